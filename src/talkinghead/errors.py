@@ -1,0 +1,11 @@
+"""Exceptions for user errors: the CLI prints their message on one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class TalkingHeadError(Exception):
+    """Base class of every error caused by the user's input or files."""
+
+
+class CheckpointError(TalkingHeadError):
+    """A checkpoint file is missing, unreadable, or not the network it should be."""

@@ -1,0 +1,120 @@
+"""Loading the release's PyTorch checkpoints unchanged, with strict key checking."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from talkinghead.errors import CheckpointError
+from talkinghead.models.registry import OFFICIAL_NETWORKS, NetworkSpec
+
+_CONTAINER_KEYS = {"retarget_shoulder": "retarget_shoulder", "model_state_dict": "model_state_dict"}
+_MAX_KEYS_SHOWN = 8
+
+
+def _short_list(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+    more = len(keys) - _MAX_KEYS_SHOWN
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load` with `weights_only=True`, turning every failure into a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+
+
+def unwrap_state_dict(obj: Any, container: str, path: str | os.PathLike) -> OrderedDict:
+    """Take the state_dict out of the release's container and strip DDP `module.` prefixes."""
+    if container != "raw_state_dict":
+        key = _CONTAINER_KEYS[container]
+        if not isinstance(obj, Mapping) or key not in obj:
+            found = list(obj.keys())[:_MAX_KEYS_SHOWN] if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(
+                f"{path}: expected a {{'{key}': state_dict}} container, found {found}"
+            )
+        obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state_dict of tensors")
+    # The release strips "module." anywhere in the key (DDP wrappers); do the same.
+    return OrderedDict((k.replace("module.", ""), v) for k, v in obj.items())
+
+
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, kind: str
+) -> None:
+    """Strict load whose error names the file, the network and the offending keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_short_list(unexpected)}")
+        raise CheckpointError(f"{path} is not a {kind} checkpoint: " + "; ".join(parts))
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{path} does not fit this {kind} configuration: {len(wrong)} shape mismatches: "
+            + _short_list(wrong)
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def load_official(
+    kind: str,
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    **config: Any,
+) -> nn.Module:
+    """Build the network `kind` and load a released checkpoint into it, in eval mode.
+
+    `kind` is one of `OFFICIAL_NETWORKS` (appearance_extractor, motion_extractor,
+    warp_network, decoder, stitch_network, lmdm). `config` overrides the release's
+    constructor defaults (e.g. another LMDM variant's dimensions).
+    """
+    try:
+        spec: NetworkSpec = OFFICIAL_NETWORKS[kind]
+    except KeyError:
+        raise CheckpointError(
+            f"unknown network kind {kind!r}; expected one of {', '.join(OFFICIAL_NETWORKS)}"
+        ) from None
+    net = spec.factory()(**config)
+    state_dict = unwrap_state_dict(read_checkpoint(path), spec.container, path)
+    target = getattr(net, spec.load_into) if spec.load_into else net
+    load_state_dict_strict(target, state_dict, path, kind)
+    return net.to(device).eval()
+
+
+def save_official(net: nn.Module, kind: str, path: str | os.PathLike) -> None:
+    """Write `net` in the release's container, so the release (and we) can load it."""
+    spec = OFFICIAL_NETWORKS[kind]
+    target = getattr(net, spec.load_into) if spec.load_into else net
+    state_dict = OrderedDict((k, v.detach().cpu()) for k, v in target.state_dict().items())
+    obj: Any = state_dict
+    if spec.container != "raw_state_dict":
+        obj = {_CONTAINER_KEYS[spec.container]: state_dict}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from _conformance import Conformance, conformance_dir
+
+
+@pytest.fixture(scope="session")
+def conformance(tmp_path_factory: pytest.TempPathFactory) -> Conformance:
+    """The official-release fixtures; skipped (or, in CI, failed) when ../shared is absent."""
+    root = conformance_dir()
+    if root is None:
+        msg = "conformance fixtures not found (set TALKINGHEAD_CONFORMANCE_DIR)"
+        if os.environ.get("TALKINGHEAD_REQUIRE_CONFORMANCE"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return Conformance(root, tmp_path_factory.mktemp("conformance"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
