@@ -27,7 +27,9 @@ class Conformance:
     def __init__(self, root: Path, workdir: Path) -> None:
         self.root = root
         self.workdir = workdir
-        spec = importlib.util.spec_from_file_location("_th_conformance_weights", root / "weights.py")
+        spec = importlib.util.spec_from_file_location(
+            "_th_conformance_weights", root / "weights.py"
+        )
         assert spec and spec.loader
         self.W: ModuleType = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.W)
@@ -75,14 +77,18 @@ class Conformance:
             return z[spec["stored"]]
         return self.W.input_from_spec(spec["make_input"])
 
-    def check(self, case: str, name: str, actual, *, intermediate: bool = False, atol_scale: float = 1.0) -> None:
+    def check(
+        self, case: str, name: str, actual, *, intermediate: bool = False, atol_scale: float = 1.0
+    ) -> None:
         """Assert `actual` matches the stored output within the README's tolerances."""
         meta, z = self.case(case)
         out = meta["intermediates" if intermediate else "outputs"][name]
         if isinstance(actual, torch.Tensor):
             actual = actual.detach().cpu().numpy()
         actual = np.asarray(actual, dtype=np.float64)
-        assert list(actual.shape) == list(out["shape"]), f"{case}.{name}: shape {actual.shape} != {out['shape']}"
+        assert list(actual.shape) == list(out["shape"]), (
+            f"{case}.{name}: shape {actual.shape} != {out['shape']}"
+        )
         tol = out["tolerance"]
         rtol, atol = tol["rtol"], tol["atol"] * atol_scale
         if out["storage"] == "full":
@@ -101,7 +107,17 @@ class Conformance:
         if out["storage"] != "full":
             stats, want = self.W.tensor_stats(actual), out["stats"]
             for key in ("l2", "abs_sum", "std"):
-                assert abs(stats[key] - want[key]) <= 1e-5 * abs(want[key]), (case, name, key, stats[key], want[key])
+                assert abs(stats[key] - want[key]) <= 1e-5 * abs(want[key]), (
+                    case,
+                    name,
+                    key,
+                    stats[key],
+                    want[key],
+                )
             assert abs(stats["sum"] - want["sum"]) <= 1e-5 * want["abs_sum"], (case, name, "sum")
             for key in ("min", "max"):
-                assert abs(stats[key] - want[key]) <= atol + rtol * abs(want[key]), (case, name, key)
+                assert abs(stats[key] - want[key]) <= atol + rtol * abs(want[key]), (
+                    case,
+                    name,
+                    key,
+                )

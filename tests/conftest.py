@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+
 from _conformance import Conformance, conformance_dir
 
 

@@ -1,0 +1,116 @@
+"""ONNX export: release I/O names, onnxruntime agrees with PyTorch (dynamic batch), CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from talkinghead.cli import app
+from talkinghead.export import ONNX_IO_NAMES, OnnxNetwork, export_onnx
+from talkinghead.models import load_official
+
+pytest.importorskip("onnxruntime")
+
+# Small spatial sizes keep the full-size networks cheap; every one of them is size-agnostic.
+SMALL_INPUTS = {
+    "appearance_extractor": lambda b: (torch.rand(b, 3, 64, 64),),
+    "motion_extractor": lambda b: (torch.rand(b, 3, 128, 128),),
+    "warp_network": lambda b: (
+        torch.randn(b, 32, 16, 32, 32) * 0.4,
+        torch.rand(b, 21, 3) - 0.5,
+        torch.rand(b, 21, 3) - 0.5,
+    ),
+    "decoder": lambda b: (torch.randn(b, 256, 16, 16) * 0.3,),
+    "stitch_network": lambda b: (torch.rand(b, 21, 3) - 0.5, torch.rand(b, 21, 3) - 0.5),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(SMALL_INPUTS))
+def test_onnxruntime_matches_pytorch(conformance, tmp_path, kind: str) -> None:
+    net = load_official(kind, conformance.checkpoint(kind))
+    path = export_onnx(net, kind, tmp_path / f"{kind}.onnx", inputs=SMALL_INPUTS[kind](1))
+    runner = OnnxNetwork(path, providers=["CPUExecutionProvider"])
+    assert (tuple(runner.input_names), tuple(runner.output_names)) == ONNX_IO_NAMES[kind]
+    x = SMALL_INPUTS[kind](3)  # another batch size than the traced one
+    with torch.no_grad():
+        expected = net(*x)
+    got = runner(*x)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [
+        ("appearance_extractor", "appearance_extractor"),
+        ("motion_extractor", "motion_extractor"),
+        ("stitch_network", "stitch_network"),
+        ("lmdm", "lmdm_t500"),
+    ],
+)
+def test_onnxruntime_reproduces_release_numbers(
+    conformance, tmp_path, kind: str, case: str
+) -> None:
+    net = load_official(kind, conformance.checkpoint(kind))
+    meta, _ = conformance.case(case)
+    inputs = [torch.from_numpy(conformance.input(case, name)) for name in meta["inputs"]]
+    runner = OnnxNetwork(export_onnx(net, kind, tmp_path / f"{kind}.onnx", inputs=inputs))
+    got = runner(*inputs)
+    got = got if isinstance(got, tuple) else (got,)
+    for name, value in zip(meta["outputs"], got, strict=True):
+        conformance.check(case, name, value.reshape(meta["outputs"][name]["shape"]), atol_scale=2.0)
+
+
+def test_export_onnx_cli(conformance, tmp_path) -> None:
+    conformance.checkpoint("stitch_network")
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(
+        app,
+        [
+            "export-onnx",
+            "--checkpoints",
+            str(conformance.release_dir),
+            "--output",
+            str(out),
+            "--kind",
+            "stitch_network",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "stitch_network.onnx").is_file()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_export_onnx_cli_reports_missing_checkpoints(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "talkinghead",
+            "export-onnx",
+            "--checkpoints",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "no release checkpoints found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_onnx_network_rejects_missing_file(tmp_path) -> None:
+    from talkinghead.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not found"):
+        OnnxNetwork(tmp_path / "none.onnx")
