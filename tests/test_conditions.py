@@ -15,7 +15,6 @@ from talkinghead.motion import (
     ConditionConfig,
     emotion_index,
     emotion_vector,
-    eye_attributes_from_landmarks,
     mirror_index,
     parse_emotion,
     shape_code_from_keypoints,
@@ -172,20 +171,3 @@ def test_configurable_dims_1059_variant():
         ConditionBuilder(
             eye_open=torch.ones(1, 3), eye_ball=torch.ones(1, 6), shape_code=torch.zeros(63)
         )
-
-
-def test_eye_attributes_from_landmarks_by_hand():
-    lmk = torch.zeros(1, 478, 3)
-    # Left eye: outer (33) at x=2, inner (133) at x=0; lids 1 apart -> open = 3 / 2.
-    lmk[0, 33, 0], lmk[0, 133, 0] = 2.0, 0.0
-    lmk[0, [159, 160, 158], 1] = 1.0  # upper lids; the lower ones (145, 144, 153) stay at 0
-    lmk[0, 468] = torch.tensor([1.0, 0.5, 0.0])  # iris half a unit above the centre
-    # Right eye: outer (263) at x=-2, inner (362) at x=0, closed, iris at the centre.
-    lmk[0, 263, 0] = -2.0
-    lmk[0, 473] = torch.tensor([-1.0, 0.0, 0.0])
-    eye_open, eye_ball = eye_attributes_from_landmarks(lmk.numpy())
-    assert eye_open.shape == (1, 2) and eye_ball.shape == (1, 6)
-    assert eye_open[0].tolist() == pytest.approx([1.5, 0.0])
-    # Left: (direction to iris (0,1,0) - eye axis (1,0,0)) * 0.5 = (-0.5, 0.5, 0).
-    # Right: distance 0 -> no movement. Layout [xL, xR, yL, yR, zL, zR].
-    assert eye_ball[0].tolist() == pytest.approx([-0.5, 0.0, 0.5, 0.0, 0.0, 0.0], abs=1e-6)

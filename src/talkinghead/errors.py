@@ -9,3 +9,11 @@ class TalkingHeadError(Exception):
 
 class CheckpointError(TalkingHeadError):
     """A checkpoint file is missing, unreadable, or not the network it should be."""
+
+
+class NoFaceError(TalkingHeadError):
+    """No face was found in a source frame."""
+
+
+class MediaError(TalkingHeadError):
+    """A source image/video or an audio file is missing, unreadable or unsupported."""

@@ -1,1 +1,1 @@
-"""media layer."""
+"""Media I/O: reading source images/videos, writing videos. Nothing here knows about faces or models."""

@@ -1,5 +1,6 @@
-"""Ditto's motion layer: the 265-dim motion format, the per-frame condition builder and
-clip-wise (windowed) generation of arbitrarily long motion sequences, offline or streaming."""
+"""Ditto's motion layer: the 265-dim motion format, the per-frame condition builder,
+clip-wise (windowed) generation of arbitrarily long motion sequences, offline or streaming,
+and stitching of generated motion onto the source into warp-network keypoints."""
 
 from talkinghead.motion.clipwise import (
     ClipwiseConfig,
@@ -33,9 +34,20 @@ from talkinghead.motion.format import (
     motion_frames,
     motion_to_dict,
 )
+from talkinghead.motion.stitch import (
+    EYE_KEYPOINTS,
+    LIP_KEYPOINTS,
+    MotionStitcher,
+    StitchConfig,
+    StitchControl,
+    as_motion_info,
+    blink_schedule,
+)
 
 __all__ = [
     "EMOTIONS",
+    "EYE_KEYPOINTS",
+    "LIP_KEYPOINTS",
     "MOTION_DIM",
     "MOTION_LAYOUT",
     "MOTION_LAYOUT_WITH_KP",
@@ -47,7 +59,12 @@ __all__ = [
     "ConditionConfig",
     "MotionField",
     "MotionLayout",
+    "MotionStitcher",
+    "StitchConfig",
+    "StitchControl",
     "WindowSampler",
+    "as_motion_info",
+    "blink_schedule",
     "clip_motion",
     "cross_fade",
     "dict_to_motion",

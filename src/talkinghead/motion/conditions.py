@@ -31,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Eye attributes belong to the face layer; re-exported here for the condition builder's users.
+from talkinghead.face.eyes import eye_attributes_from_landmarks as eye_attributes_from_landmarks
+
 EMOTIONS: tuple[str, ...] = (
     "Angry",
     "Disgust",
@@ -205,40 +208,6 @@ def shape_code_from_keypoints(kp: torch.Tensor | np.ndarray, dim: int = 63) -> t
     if kp.numel() != dim:
         raise ValueError(f"cannot read a {dim}-dim shape code from keypoints {tuple(kp.shape)}")
     return kp.reshape(dim)
-
-
-def eye_attributes_from_landmarks(
-    lmk478: torch.Tensor | np.ndarray,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MediaPipe face-mesh landmarks [F, 478, C] (C = 2 or 3) -> eye open [F, 2], eye ball [F, 2*C].
-
-    Openness is the sum of three lid heights over the eye width; the eye-ball
-    feature is the iris offset from the eye centre, as a direction relative to
-    the inner->outer eye axis scaled by its length, laid out [xL, xR, yL, yR, ...].
-    """
-    lmk = _as_float(lmk478)
-    eps = 1e-8
-
-    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a - b).pow(2).sum(-1).sqrt()
-
-    def direction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a - b) / (dist(a, b)[..., None] + eps)
-
-    def eye(outer: int, inner: int, lids: tuple[tuple[int, int], ...], iris: int):
-        p_out, p_in = lmk[:, outer], lmk[:, inner]
-        width = dist(p_out, p_in)
-        height = sum(dist(lmk[:, lo], lmk[:, up]) for lo, up in lids)
-        centre = (p_out + p_in) * 0.5
-        ball = lmk[:, iris]
-        move = (direction(ball, centre) - direction(p_out, p_in)) * dist(ball, centre)[..., None]
-        return height / (width + eps), move
-
-    left_open, left_ball = eye(33, 133, ((145, 159), (144, 160), (153, 158)), 468)
-    right_open, right_ball = eye(263, 362, ((374, 386), (373, 387), (380, 385)), 473)
-    eye_open = torch.stack([left_open, right_open], -1)
-    eye_ball = torch.stack([left_ball, right_ball], -1).flatten(1)
-    return eye_open, eye_ball
 
 
 # ---------------------------------------------------------------------------- builder
