@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Modules under talkinghead.commands that contribute commands, in --help order.
-COMMAND_MODULES = ("generate", "export", "serve", "data", "train", "evaluate")
+COMMAND_MODULES = ("generate", "export", "serve", "data", "train", "evaluate", "dithead", "difftalk")
 
 
 @app.callback()

@@ -7,6 +7,9 @@ layers there, which is why `KeypointDetector` extends the backbone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -17,9 +20,13 @@ MotionOutputs = tuple[
 ]
 
 
-def resolve_backbone(backbone: str | ConvNeXtV2Config) -> ConvNeXtV2Config:
+def resolve_backbone(backbone: str | ConvNeXtV2Config | Mapping[str, Any]) -> ConvNeXtV2Config:
     if isinstance(backbone, ConvNeXtV2Config):
         return backbone
+    if isinstance(backbone, Mapping):  # e.g. from a JSON network configuration
+        return ConvNeXtV2Config(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in backbone.items()}
+        )
     try:
         return CONVNEXTV2_PRESETS[backbone]
     except KeyError:
@@ -68,7 +75,7 @@ class MotionExtractor(nn.Module):
     def __init__(
         self,
         num_kp: int = 21,
-        backbone: str | ConvNeXtV2Config = "convnextv2_tiny",
+        backbone: str | ConvNeXtV2Config | Mapping[str, Any] = "convnextv2_tiny",
         num_bins: int = 66,
     ) -> None:
         super().__init__()

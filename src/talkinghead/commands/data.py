@@ -1,0 +1,167 @@
+"""`talkinghead prepare-data`: a folder of talking videos -> training data, for any method.
+
+The method's preparation function is looked up in `PREPARE_METHODS` and imported only
+when that method is asked for. Every one has the signature::
+
+    prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1, progress=None,
+                    **method_options) -> report
+
+`progress(done, total)` is called with the number of videos done; the report's
+``summary()`` (when it has one) is printed, and its ``failed`` mapping (name -> error),
+when present, is listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from talkinghead.commands.common import err_console
+from talkinghead.errors import TalkingHeadError
+
+PREPARE_METHODS: dict[str, str] = {
+    "ditto": "talkinghead.train.ditto_data:prepare_dataset",
+    "dithead": "talkinghead.train.dithead_data:prepare_dataset",
+    "difftalk": "talkinghead.train.difftalk_data:prepare_dataset",
+}
+
+
+def load_prepare_function(method: str) -> Callable[..., Any]:
+    """The `prepare_dataset` of `method`; a clear error when it is unknown or not installed."""
+    try:
+        target = PREPARE_METHODS[method]
+    except KeyError:
+        raise TalkingHeadError(
+            f"unknown method {method!r}; expected one of {', '.join(PREPARE_METHODS)}"
+        ) from None
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only the method's own module being absent is "not available"; a missing
+        # dependency inside it is a real error and keeps its traceback.
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise
+        raise TalkingHeadError(
+            f"data preparation for {method!r} is not available ({module_name} is missing)"
+        ) from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise TalkingHeadError(f"{module_name} has no {attr}(); cannot prepare {method!r} data")
+    return fn
+
+
+def check_options(fn: Callable[..., Any], method: str, options: dict[str, Any]) -> None:
+    """Refuse options the method's function does not take, naming them."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise TalkingHeadError(f"{method} data preparation has no option(s) {', '.join(unknown)}")
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> kwargs; values are JSON when they parse (3, true, "x", [1])."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise TalkingHeadError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _log_to_console() -> None:
+    # Warnings of the preparation (a video resampled, one skipped) go to stderr.
+    root = logging.getLogger()
+    if not root.handlers:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err_console, show_time=False, show_path=False)
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
+
+
+def prepare_data(
+    videos_dir: Path = typer.Argument(..., help="Folder of talking videos (searched recursively)."),
+    out_dir: Path = typer.Argument(..., help="Where the training data goes (resumable)."),
+    method: str = typer.Option(
+        "ditto", "--method", help=f"Whose data to prepare: {', '.join(PREPARE_METHODS)}."
+    ),
+    checkpoints: Path | None = typer.Option(
+        None, "--checkpoints", help="Release checkpoints directory the method's networks come from."
+    ),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel worker processes."),
+    face_backend: str | None = typer.Option(
+        None, "--face-backend", help="ditto: auto (default), release or mediapipe."
+    ),
+    hubert: str | None = typer.Option(
+        None,
+        "--hubert",
+        help="ditto: HuBERT ONNX file or transformers model directory "
+        "(default: aux_models/hubert_streaming_fix_kv.onnx).",
+    ),
+    device: str | None = typer.Option(None, "--device", help="Torch device, e.g. cuda:0."),
+    flip: bool | None = typer.Option(
+        None, "--flip/--no-flip", help="ditto: also store every video mirrored (augmentation)."
+    ),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="Other method option as KEY=VALUE (repeatable)."
+    ),
+) -> None:
+    """Prepare training data from a folder of talking videos; finished videos are skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    prepare = load_prepare_function(method)
+    if not videos_dir.is_dir():
+        raise TalkingHeadError(f"{videos_dir}: videos directory not found")
+    options = parse_options(option)
+    given = {"face_backend": face_backend, "hubert": hubert, "device": device, "flip": flip}
+    options.update({k: v for k, v in given.items() if v is not None})
+    check_options(prepare, method, options)
+    _log_to_console()
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(f"{method}: preparing videos", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = prepare(
+            videos_dir,
+            out_dir,
+            checkpoints=checkpoints,
+            workers=workers,
+            progress=progress,
+            **options,
+        )
+    failed = getattr(report, "failed", None) or {}
+    for name, error in failed.items():
+        err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
+    summary = report.summary() if hasattr(report, "summary") else str(report)
+    typer.echo(summary)
+    ok = getattr(report, "ok", None)
+    if failed and ok is not None and not ok:
+        raise TalkingHeadError(
+            f"no video could be prepared ({len(failed)} failed); see {out_dir / 'manifest.json'}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare-data")(prepare_data)

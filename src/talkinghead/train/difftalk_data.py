@@ -1,0 +1,688 @@
+"""DiffTalk training data: face crops, landmarks, mouth masks, audio windows, reference frames.
+
+``prepare_dataset(VIDEOS_DIR, OUT_DIR)`` turns talking videos (with their audio track,
+or a ``<stem>.wav`` beside them) into::
+
+    OUT_DIR/difftalk_data.json        manifest: resolution, crop, audio features, clips
+    OUT_DIR/clips/<name>/meta.json    frames, fps, source; written last (= clip finished)
+    OUT_DIR/clips/<name>/frames/000000.jpg ...   face crops, RGB, resolution^2, JPEG q95
+    OUT_DIR/clips/<name>/landmarks.npy           [F, 478, 2] float32, crop pixels
+    OUT_DIR/clips/<name>/audio.npy               [F, 16, C] float32 character windows
+    OUT_DIR/clips/<name>/crop.npy                [F, 3, 3] float32 crop -> frame matrices
+
+Crops follow the face (MediaPipe's 478-point mesh, `talkinghead.face`), scale 1.8 and
+vy -0.1 around the mesh's jaw/brow box, smoothed over 5 frames against jitter.
+
+`DiffTalkDataset` serves, per frame i: the crop x, the mouth-masked crop x_m (every
+row from the nose tip down set to black, as the release does), a reference crop x_r
+from the same clip at least 60 frames away (the farthest frame when the clip is
+shorter), the audio windows of frames i - 8 .. i + 8 for the temporal filter, and
+the landmarks outside the mouth region, in [0, 1] crop units.
+
+The geometry helpers (`landmark_condition`, `masked_frame`, `generation_mask`) are
+shared with inference (`talkinghead.pipelines.difftalk`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from talkinghead.errors import MediaError, TalkingHeadError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "talkinghead-difftalk-data"
+VERSION = 1
+MANIFEST_NAME = "difftalk_data.json"
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})
+AUDIO_SAMPLE_RATE = 16000
+
+CROP_SCALE = 1.8
+CROP_VY = -0.1
+CROP_SMOOTHING = 5  # frames in the moving average of the crop transform
+MIN_REFERENCE_GAP = 60
+SMOOTH_RADIUS = 8
+
+# MediaPipe face-mesh indices (image-left side first), counterparts of the 68-point
+# layout's points the release keeps (0-3 and 13-47: upper jaw, brows, nose, eyes).
+_JAW_UPPER = (127, 234, 93, 132, 361, 323, 454, 356)
+_BROWS = (
+    70, 63, 105, 66, 107, 55, 65, 52, 53, 46,
+    300, 293, 334, 296, 336, 285, 295, 282, 283, 276,
+)  # fmt: skip
+_EYES = (33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380)
+_NOSE = (168, 6, 197, 195, 5, 4, 98, 97, 2, 326, 327)
+LANDMARK_POINTS: tuple[int, ...] = _JAW_UPPER + _BROWS + _EYES + _NOSE  # 51 points
+NOSE_TIP = 1
+# The lower face to regenerate: the jaw contour cheek to cheek via the chin, closed
+# under the nose (the release's 68-point 2..14 + 33).
+MOUTH_REGION = (
+    93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
+    377, 400, 378, 379, 365, 397, 288, 361, 323, 2,
+)  # fmt: skip
+MESH_POINTS = 478
+
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def _check_mesh(landmarks: np.ndarray) -> np.ndarray:
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    if landmarks.shape[-2:] != (MESH_POINTS, 2):
+        raise ValueError(
+            f"DiffTalk needs MediaPipe's 478 landmarks [..., 478, 2], got {landmarks.shape}"
+        )
+    return landmarks
+
+
+def landmark_condition(landmarks: np.ndarray, resolution: int) -> np.ndarray:
+    """Crop-pixel mesh [..., 478, 2] -> the points outside the mouth region in [0, 1]: [..., 51, 2]."""
+    lm = _check_mesh(landmarks)
+    return (lm[..., list(LANDMARK_POINTS), :] / float(resolution)).astype(np.float32)
+
+
+def mask_row(landmarks: np.ndarray) -> int:
+    """First crop row of the masked region: the nose tip's row."""
+    return int(np.floor(_check_mesh(landmarks)[NOSE_TIP, 1]))
+
+
+def masked_frame(crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """x_m: the crop with every row from the nose tip down set to black (uint8 RGB)."""
+    out = np.array(crop, copy=True)
+    out[max(0, mask_row(landmarks)) :] = 0
+    return out
+
+
+def generation_mask(landmarks: np.ndarray, size: int, dilation: float = 0.03) -> np.ndarray:
+    """[size, size] float32: 1 inside the lower-face polygon (to generate), 0 elsewhere.
+
+    The polygon is grown by `dilation` x size pixels so that a mouth opening wider
+    than the source's still falls inside.
+    """
+    lm = _check_mesh(landmarks)
+    mask = np.zeros((size, size), np.uint8)
+    pts = np.rint(lm[list(MOUTH_REGION)]).astype(np.int32)
+    cv2.fillPoly(mask, [pts], 1)
+    grow = round(dilation * size)
+    if grow > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+        mask = cv2.dilate(mask, kernel)
+    return mask.astype(np.float32)
+
+
+def latent_keep_mask(generate: np.ndarray, latent_size: int) -> np.ndarray:
+    """Pixel generation mask [H, W] -> latent keep mask [h, w]: 0 where any pixel is generated."""
+    h = generate.shape[0]
+    f = h // latent_size
+    blocks = generate[: f * latent_size, : f * latent_size].reshape(latent_size, f, latent_size, f)
+    return (blocks.max(axis=(1, 3)) <= 0).astype(np.float32)
+
+
+def reference_index(
+    index: int, num_frames: int, rng: np.random.Generator, min_gap: int = MIN_REFERENCE_GAP
+) -> int:
+    """A random frame at least `min_gap` frames from `index`; the farthest one if none is."""
+    candidates = np.flatnonzero(np.abs(np.arange(num_frames) - index) >= min_gap)
+    if candidates.size:
+        return int(rng.choice(candidates))
+    return 0 if index >= num_frames - 1 - index else num_frames - 1
+
+
+def to_tensor_image(rgb: np.ndarray):
+    """uint8 RGB [H, W, 3] -> float tensor [3, H, W] in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def smooth_transforms(matrices: np.ndarray, window: int = CROP_SMOOTHING) -> np.ndarray:
+    """Centred moving average (shrinking at the ends) of [F, 3, 3] similarity matrices."""
+    if window <= 1 or len(matrices) <= 1:
+        return matrices.copy()
+    half = window // 2
+    out = np.empty_like(matrices)
+    for i in range(len(matrices)):
+        out[i] = matrices[max(0, i - half) : i + half + 1].mean(0)
+    return out
+
+
+def crop_config(resolution: int, scale: float = CROP_SCALE, vy: float = CROP_VY):
+    from talkinghead.face.types import CropConfig
+
+    return CropConfig(dsize=resolution, scale=scale, vx_ratio=0.0, vy_ratio=vy)
+
+
+@dataclass
+class TrackedFaces:
+    """A face tracked through frames, on a temporally smoothed crop transform."""
+
+    o2c: np.ndarray  # [F, 3, 3] float64, frame pixels -> crop pixels
+    landmarks: np.ndarray  # [F, 478, 2] float32, crop pixels
+
+    @property
+    def c2o(self) -> np.ndarray:
+        return np.linalg.inv(self.o2c).astype(np.float32)
+
+    def crop(self, frame: np.ndarray, i: int, resolution: int) -> np.ndarray:
+        from talkinghead.face.crop import warp_image
+
+        return warp_image(frame, self.o2c[i], resolution)
+
+
+def track_faces(
+    analyzer,
+    frames: Iterable[np.ndarray],
+    smoothing: int = CROP_SMOOTHING,
+    what: str = "the source",
+) -> TrackedFaces:
+    """Find the face in every frame (tracking it from the previous one) and smooth the crops."""
+    from talkinghead.face.crop import warp_points
+
+    lmks, c2o, previous = [], [], None
+    for i, frame in enumerate(frames):
+        face = analyzer.analyze(frame, previous=previous)
+        if face.landmarks.shape[0] != MESH_POINTS:
+            raise TalkingHeadError(
+                f"{what}: DiffTalk needs 478 mesh landmarks; the {analyzer.name!r} face "
+                f"backend gives {face.landmarks.shape[0]} (frame {i})"
+            )
+        lmks.append(face.landmarks)
+        c2o.append(face.M_c2o.astype(np.float64))
+        previous = face
+    if not lmks:
+        raise MediaError(f"{what}: no frames")
+    o2c = smooth_transforms(np.linalg.inv(np.stack(c2o)), smoothing)
+    landmarks = np.stack([warp_points(p, m) for p, m in zip(lmks, o2c, strict=True)])
+    return TrackedFaces(o2c, landmarks.astype(np.float32))
+
+
+def iter_video_frames(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a video's frames one by one (RGB uint8, display rotation applied)."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        for k, frame in enumerate(container.decode(container.streams.video[0])):
+            if max_frames is not None and k >= max_frames:
+                break
+            rgb = frame.to_ndarray(format="rgb24")
+            turns = round((frame.rotation or 0) / 90.0) % 4
+            yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def video_fps(path: Path) -> float:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable video ({e})") from None
+    return float(rate) if rate else 25.0
+
+
+# ---------------------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """`prepare_dataset`'s method options."""
+
+    resolution: int = 256
+    audio_model: str | None = (
+        None  # wav2vec2 CTC dir or hub id; None: checkpoints/wav2vec2 or the default
+    )
+    face_backend: str = "mediapipe"
+    crop_scale: float = CROP_SCALE
+    crop_vy: float = CROP_VY
+    crop_smoothing: int = CROP_SMOOTHING
+    max_frames: int | None = None  # per video
+    device: str = "cpu"
+    jpeg_quality: int = 95
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PrepareOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(k for k in options if k not in known and k != "audio_encoder")
+        if unknown:
+            raise TalkingHeadError(
+                f"unknown DiffTalk data option(s): {', '.join(unknown)}; expected {', '.join(sorted(known))}"
+            )
+        return cls(**{k: v for k, v in options.items() if k in known and v is not None})
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare_dataset` did."""
+
+    out_dir: Path
+    prepared: list[str] = field(default_factory=list)  # clips written by this run
+    existing: list[str] = field(default_factory=list)  # finished earlier, skipped
+    failed: dict[str, str] = field(default_factory=dict)  # video file name -> reason
+    frames: int = 0  # frames in the whole dataset
+
+    @property
+    def clips(self) -> int:
+        return len(self.prepared) + len(self.existing)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.clips} clip(s), {self.frames} frames in {self.out_dir} "
+            f"({len(self.prepared)} new, {len(self.existing)} already done"
+        )
+        if self.failed:
+            text += f", {len(self.failed)} failed: " + "; ".join(
+                f"{k}: {v}" for k, v in self.failed.items()
+            )
+        return text + ")"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "prepared": self.prepared,
+            "existing": self.existing,
+            "failed": self.failed,
+            "frames": self.frames,
+        }
+
+
+def default_audio_model(checkpoints: Path | None) -> str:
+    from talkinghead.audio.ctc import DEFAULT_CTC_MODEL
+
+    if checkpoints is not None and (Path(checkpoints) / "wav2vec2").is_dir():
+        return str(Path(checkpoints) / "wav2vec2")
+    return DEFAULT_CTC_MODEL
+
+
+def _clip_name(path: Path, taken: set[str]) -> str:
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "clip"
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}-{k}"
+    taken.add(name)
+    return name
+
+
+def _load_clip_audio(video: Path) -> np.ndarray:
+    from talkinghead.audio.io import load_audio
+
+    for suffix in (".wav", ".flac"):
+        side = video.with_suffix(suffix)
+        if side.is_file():
+            return load_audio(side, AUDIO_SAMPLE_RATE)
+    return load_audio(video, AUDIO_SAMPLE_RATE)
+
+
+class _ClipPreparer:
+    """Per-process worker state: the face analyser and the audio encoder, built once."""
+
+    def __init__(
+        self, options: PrepareOptions, audio_model: str, checkpoints: Path | None, encoder=None
+    ):
+        from talkinghead.face import create_face_analyzer
+
+        self.options = options
+        self.analyzer = create_face_analyzer(
+            options.face_backend,
+            aux_dir=checkpoints,
+            crop=crop_config(options.resolution, options.crop_scale, options.crop_vy),
+        )
+        if encoder is None:
+            from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
+
+            encoder = Wav2Vec2CTCEncoder(audio_model, device=options.device)
+        self.encoder = encoder
+
+    def __call__(self, video: Path, clip_dir: Path) -> int:
+        o = self.options
+        fps = video_fps(video)
+        audio = _load_clip_audio(video)
+        # Two passes over the video keep memory flat: track, then crop on smoothed transforms.
+        faces = track_faces(
+            self.analyzer, iter_video_frames(video, o.max_frames), o.crop_smoothing, str(video)
+        )
+        tmp = clip_dir.with_name(clip_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write(video, fps, audio, faces, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        os.replace(tmp, clip_dir)
+        return len(faces.o2c)
+
+    def _write(
+        self, video: Path, fps: float, audio: np.ndarray, faces: TrackedFaces, tmp: Path
+    ) -> None:
+        o = self.options
+        (tmp / "frames").mkdir(parents=True)
+        n, written = len(faces.o2c), 0
+        for i, frame in enumerate(iter_video_frames(video, n)):
+            crop = faces.crop(frame, i, o.resolution)
+            ok = cv2.imwrite(
+                str(tmp / "frames" / f"{i:06d}.jpg"),
+                np.ascontiguousarray(crop[..., ::-1]),
+                [cv2.IMWRITE_JPEG_QUALITY, o.jpeg_quality],
+            )
+            if not ok:
+                raise MediaError(f"{tmp}: cannot write frame {i}")
+            size, written = frame.shape[:2], written + 1
+        if written != n:
+            raise MediaError(
+                f"{video}: decoded {written} frames on the second pass, {n} on the first"
+            )
+        from talkinghead.audio.ctc import frame_windows
+
+        probs = self.encoder.probabilities(audio)
+        if probs.shape[0] == 0:
+            raise MediaError(f"{video}: the audio track is empty")
+        windows = frame_windows(probs, n, fps, rate=self.encoder.rate)
+        np.save(tmp / "landmarks.npy", faces.landmarks)
+        np.save(tmp / "audio.npy", windows.astype(np.float32))
+        np.save(tmp / "crop.npy", faces.c2o)
+        meta = {"frames": n, "fps": fps, "source": video.name, "size": list(size)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+_WORKER: _ClipPreparer | None = None
+
+
+def _worker_init(options: PrepareOptions, audio_model: str, checkpoints: Path | None) -> None:
+    global _WORKER
+    _WORKER = _ClipPreparer(options, audio_model, checkpoints)
+
+
+def _worker_run(video: Path, clip_dir: Path) -> tuple[int, str | None]:
+    try:
+        return _WORKER(video, clip_dir), None  # type: ignore[misc]
+    except Exception as e:  # one bad video must not stop the others
+        return 0, f"{type(e).__name__}: {e}"
+
+
+def _settings(options: PrepareOptions, audio_model: str, feature_dim: int | None) -> dict[str, Any]:
+    return {
+        "resolution": options.resolution,
+        "crop": {
+            "scale": options.crop_scale,
+            "vy": options.crop_vy,
+            "smoothing": options.crop_smoothing,
+        },
+        "face_backend": options.face_backend,
+        "audio": {"encoder": audio_model, "feature_dim": feature_dim, "window": 16, "rate": 50.0},
+    }
+
+
+def prepare_dataset(
+    videos_dir: Path,
+    out_dir: Path,
+    *,
+    checkpoints: Path | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+    **method_options: Any,
+) -> PrepareReport:
+    """Prepare every video in `videos_dir` (see the module docstring); resumable.
+
+    Clips already finished with the same settings are kept; a video that fails is
+    logged, reported and skipped. Method options: those of `PrepareOptions`, plus
+    ``audio_encoder`` (a `CharProbabilityEncoder` object; single process only).
+    """
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    options = PrepareOptions.from_options(method_options)
+    if not videos_dir.is_dir():
+        raise MediaError(f"{videos_dir}: not a directory")
+    videos = sorted(
+        p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+    )
+    if not videos:
+        raise MediaError(f"{videos_dir}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    encoder = method_options.get("audio_encoder")
+    audio_model = (
+        getattr(encoder, "name", None) or options.audio_model or default_audio_model(checkpoints)
+    )
+
+    manifest_path = out_dir / MANIFEST_NAME
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    settings = _settings(options, audio_model, None)
+    same = (
+        old is not None
+        and all(old.get(k) == v for k, v in settings.items() if k != "audio")
+        and old.get("audio", {}).get("encoder") == audio_model
+    )
+    if old is not None and not same:
+        raise TalkingHeadError(
+            f"{out_dir}: holds data prepared with other settings; use a new directory"
+        )
+
+    taken: set[str] = set()
+    jobs = [(v, out_dir / "clips" / _clip_name(v, taken)) for v in videos]
+    report = PrepareReport(out_dir)
+    todo = []
+    for video, clip_dir in jobs:
+        if (clip_dir / "meta.json").is_file():
+            report.existing.append(clip_dir.name)
+        else:
+            todo.append((video, clip_dir))
+    total = len(jobs)
+    done = len(report.existing)
+    if progress:
+        progress("videos", done, total)
+
+    def finish(video: Path, clip_dir: Path, error: str | None) -> None:
+        nonlocal done
+        done += 1
+        if error is None:
+            report.prepared.append(clip_dir.name)
+        else:
+            log.warning("skipping %s: %s", video, error)
+            report.failed[video.name] = error
+        if progress:
+            progress("videos", done, total)
+
+    if todo:
+        (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    if todo and workers > 1 and encoder is None:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(options, audio_model, checkpoints),
+        ) as pool:
+            futures = [(v, d, pool.submit(_worker_run, v, d)) for v, d in todo]
+            for video, clip_dir, fut in futures:
+                finish(video, clip_dir, fut.result()[1])
+    elif todo:
+        preparer = _ClipPreparer(options, audio_model, checkpoints, encoder)
+        for video, clip_dir in todo:
+            try:
+                preparer(video, clip_dir)
+                error = None
+            except Exception as e:  # one bad video must not stop the others
+                error = f"{type(e).__name__}: {e}"
+            finish(video, clip_dir, error)
+
+    clips = []
+    feature_dim = None
+    for _, clip_dir in jobs:
+        meta_path = clip_dir / "meta.json"
+        if not meta_path.is_file():
+            continue
+        meta = json.loads(meta_path.read_text())
+        if feature_dim is None:
+            feature_dim = int(np.load(clip_dir / "audio.npy", mmap_mode="r").shape[-1])
+        clips.append({"name": clip_dir.name, "frames": meta["frames"], "fps": meta["fps"]})
+        report.frames += int(meta["frames"])
+    if feature_dim is None and old is not None:
+        feature_dim = old.get("audio", {}).get("feature_dim")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        **_settings(options, audio_model, feature_dim),
+    }
+    manifest["clips"] = clips
+    manifest["failed"] = report.failed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)
+    return report
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise MediaError(
+            f"{data_dir}: not a DiffTalk dataset (no {MANIFEST_NAME}); run prepare-data first"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise MediaError(f"{path}: not a DiffTalk data manifest")
+    if not manifest.get("clips"):
+        raise MediaError(f"{data_dir}: the dataset has no clips")
+    return manifest
+
+
+@dataclass
+class _Clip:
+    name: str
+    frames_dir: Path
+    landmarks: np.ndarray  # [F, 478, 2]
+    audio: np.ndarray  # [F, 16, C]
+
+    @property
+    def num_frames(self) -> int:
+        return self.landmarks.shape[0]
+
+
+class DiffTalkDataset:
+    """Training examples of a prepared dataset (a map-style torch dataset).
+
+    Each item is a dict of float tensors: ``image``, ``masked``, ``reference`` [3, R, R]
+    in [-1, 1]; ``audio`` [2w + 1, 16, C]; ``landmarks`` [51, 2]. References are drawn
+    from a generator seeded by (seed, epoch, index): call `set_epoch` between epochs.
+    `cache` keeps decoded frames in memory (small datasets).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        min_reference_gap: int = MIN_REFERENCE_GAP,
+        smooth_radius: int = SMOOTH_RADIUS,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.manifest = read_manifest(self.data_dir)
+        self.resolution = int(self.manifest["resolution"])
+        self.min_reference_gap = min_reference_gap
+        self.smooth_radius = smooth_radius
+        self.seed = seed
+        self.epoch = 0
+        self.cache: dict[tuple[int, int], np.ndarray] | None = {} if cache else None
+        self.clips: list[_Clip] = []
+        for entry in self.manifest["clips"]:
+            d = self.data_dir / "clips" / entry["name"]
+            self.clips.append(
+                _Clip(
+                    entry["name"],
+                    d / "frames",
+                    np.load(d / "landmarks.npy"),
+                    np.load(d / "audio.npy"),
+                )
+            )
+        self.index = [(c, i) for c, clip in enumerate(self.clips) for i in range(clip.num_frames)]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.clips[0].audio.shape[-1])
+
+    def manifest_settings(self) -> dict[str, Any]:
+        """The preparation settings inference must repeat (resolution, crop, audio...)."""
+        keys = ("resolution", "crop", "face_backend", "audio")
+        return {k: self.manifest[k] for k in keys if k in self.manifest}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def frame(self, clip: int, i: int) -> np.ndarray:
+        if self.cache is not None and (clip, i) in self.cache:
+            return self.cache[(clip, i)]
+        path = self.clips[clip].frames_dir / f"{i:06d}.jpg"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise MediaError(f"{path}: cannot read the frame")
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        if self.cache is not None:
+            self.cache[(clip, i)] = rgb
+        return rgb
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        import torch
+
+        from talkinghead.audio.ctc import neighbour_indices
+
+        c, i = self.index[idx]
+        clip = self.clips[c]
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        r = reference_index(i, clip.num_frames, rng, self.min_reference_gap)
+        image = self.frame(c, i)
+        lm = clip.landmarks[i]
+        neighbours = neighbour_indices(clip.num_frames, self.smooth_radius, np.array([i]))[0]
+        return {
+            "image": to_tensor_image(image),
+            "masked": to_tensor_image(masked_frame(image, lm)),
+            "reference": to_tensor_image(self.frame(c, r)),
+            "audio": torch.from_numpy(clip.audio[neighbours]),
+            "landmarks": torch.from_numpy(landmark_condition(lm, self.resolution)),
+            "reference_index": r,
+        }
+
+
+__all__ = [
+    "LANDMARK_POINTS",
+    "MANIFEST_NAME",
+    "MOUTH_REGION",
+    "DiffTalkDataset",
+    "PrepareOptions",
+    "PrepareReport",
+    "generation_mask",
+    "landmark_condition",
+    "latent_keep_mask",
+    "masked_frame",
+    "prepare_dataset",
+    "read_manifest",
+    "reference_index",
+]

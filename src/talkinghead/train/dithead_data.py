@@ -1,0 +1,825 @@
+"""DiT-Head data: face crops at 25 fps, the lower-face mask, wav2vec2 audio windows.
+
+`prepare_dataset` turns a folder of talking-head videos into training clips:
+
+* frames are decoded in a stream and resampled to 25 fps (nearest frame in time);
+* faces are found and tracked with `talkinghead.face` (478-point MediaPipe mesh by
+  default, the release's 203-point models when present); each frame is cropped with
+  a rotation-aligned similarity transform to ``size`` x ``size`` pixels (256);
+* the landmarks are stored in crop pixels, so the mask is drawn at training time
+  (with the random shifts the paper uses as augmentation);
+* per-frame audio features are the CTC logits of a wav2vec2 model (the paper's
+  ``jonatasgrosman/wav2vec2-large-xlsr-53-english``: 33 output tokens), averaged
+  over the two 20 ms wav2vec2 frames of each 40 ms video frame. A window of 11
+  frames (t - 5 ... t + 5) of them is the paper's 363-dimensional audio vector
+  (11 x 33 = 363), built when a sample is drawn.
+
+Layout of a prepared dataset::
+
+    dataset.json                  settings, audio model, list of clips
+    clips/<name>/frames.u8        raw uint8 crops [N, size, size, 3] (memory-mapped)
+    clips/<name>/landmarks.npy    float32 [N, K, 2], crop pixels
+    clips/<name>/audio.npy        float32 [N, V] per-frame CTC logits
+    clips/<name>/M_c2o.npy        float32 [N, 3, 3], crop -> source frame pixels
+    clips/<name>/valid.npy        bool [N]: False where tracking lost the face
+
+The lower-face mask (`lower_face_mask`) is the convex hull of the landmarks that
+lie below a line across the face (``cut`` of the way from the eyes to the mouth,
+just under the nose tip by default), extended below the chin so that a wider
+open mouth fits inside, dilated, and blurred with a Gaussian so that pasting the
+generated face back leaves no seam.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
+from talkinghead.face.crop import anchor_points, crop_transform, warp_image, warp_points
+from talkinghead.face.types import FaceCrop
+
+log = logging.getLogger(__name__)
+
+FPS = 25
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 = two 320-sample wav2vec2 hops
+WAV2VEC2_HOP = 320
+WAV2VEC2_RECEPTIVE_FIELD = 400
+DEFAULT_AUDIO_MODEL = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
+AUDIO_MODEL_DIRNAME = "wav2vec2"  # <checkpoints>/wav2vec2/ holds a local copy
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+DATASET_FILE = "dataset.json"
+FORMAT = "talkinghead.dithead.dataset"
+
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """The face crop: rotation-aligned square around the landmarks, ``size`` pixels."""
+
+    size: int = 256
+    scale: float = 1.6  # crop side / the landmarks' box side
+    vy_ratio: float = 0.0  # centre offset along the eyes->mouth axis, in crop sides
+
+    def transform(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M_o2c, M_c2o) 3x3 for landmarks in frame pixels."""
+        return crop_transform(
+            landmarks, dsize=self.size, scale=self.scale, vx_ratio=0.0, vy_ratio=self.vy_ratio
+        )
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """The lower-face mask; lengths are fractions of the crop side so they scale with it."""
+
+    cut: float = 0.7  # top edge: this far from the eyes to the mouth (nose tip ~0.75)
+    chin_extend: float = 0.2  # points below the mouth also pushed down by this x eyes-mouth
+    dilate: float = 0.02  # grow the hull by this x size
+    blur: float = 0.06  # Gaussian kernel width x size (made odd)
+    sigma: float = 0.02  # Gaussian sigma x size
+    max_shift: float = 0.015  # training augmentation: random shift up to this x size
+
+    def kernel(self, size: int) -> tuple[int, float]:
+        k = max(1, round(self.blur * size))
+        return k + 1 - k % 2, max(self.sigma * size, 0.1)
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    window: int = 11  # frames t - 5 ... t + 5
+    vocab_size: int = 33  # CTC tokens of the audio model, read from it when preparing
+
+    @property
+    def dim(self) -> int:
+        return self.window * self.vocab_size
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Everything about the data that training and inference must agree on."""
+
+    crop: CropSettings = field(default_factory=CropSettings)
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    min_ref_distance: int = 60  # frames between target and reference
+    audio_model: str = DEFAULT_AUDIO_MODEL
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSettings:
+        def sub(klass, value):
+            names = {f.name for f in fields(klass)}
+            return klass(**{k: v for k, v in (value or {}).items() if k in names})
+
+        return cls(
+            crop=sub(CropSettings, d.get("crop")),
+            mask=sub(MaskSettings, d.get("mask")),
+            audio=sub(AudioSettings, d.get("audio")),
+            min_ref_distance=int(d.get("min_ref_distance", 60)),
+            audio_model=str(d.get("audio_model", DEFAULT_AUDIO_MODEL)),
+        )
+
+
+# --------------------------------------------------------------------------- mask
+
+
+def lower_face_polygon(
+    landmarks: np.ndarray, mask: MaskSettings = MaskSettings(), shift: tuple[float, float] = (0, 0)
+) -> np.ndarray:
+    """Convex hull [P, 2] (float32, same pixels as the landmarks) of the lower face.
+
+    Works for every landmark layout `talkinghead.face.crop` knows (68+ points).
+    """
+    pts = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    if pts.shape[0] < 68:
+        raise ValueError(f"a lower-face mask needs a dense landmark layout, got {pts.shape[0]}")
+    eyes, mouth = anchor_points(pts)
+    axis = mouth - eyes
+    length = float(np.linalg.norm(axis))
+    if length < 1e-6:
+        raise ValueError("degenerate landmarks: eyes and mouth coincide")
+    u = axis / length
+    along = (pts - eyes) @ u / length
+    lower = pts[along >= mask.cut]
+    below_mouth = pts[along > 1.0]
+    extended = below_mouth + u * (mask.chin_extend * length)
+    sel = np.concatenate([lower, extended]) + np.asarray(shift, dtype=np.float64)
+    return cv2.convexHull(sel.astype(np.float32))[:, 0, :]
+
+
+def lower_face_mask(
+    landmarks: np.ndarray,
+    size: int | tuple[int, int],
+    mask: MaskSettings = MaskSettings(),
+    shift: tuple[float, float] = (0, 0),
+) -> np.ndarray:
+    """Blurred lower-face mask [H, W] float32 in [0, 1] (1 = generated region).
+
+    ``landmarks`` are in the mask's pixels (crop pixels for a crop); ``size`` is the
+    crop side or (height, width); lengths in ``mask`` are fractions of the larger side.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    side = max(h, w)
+    poly = lower_face_polygon(landmarks, mask, shift)
+    canvas = np.zeros((h, w), np.uint8)
+    bits = 4  # sub-pixel vertex precision
+    cv2.fillConvexPoly(
+        canvas, np.round(poly * (1 << bits)).astype(np.int32), 255, cv2.LINE_AA, bits
+    )
+    grow = round(mask.dilate * side)
+    if grow > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+        canvas = cv2.dilate(canvas, kernel)
+    k, sigma = mask.kernel(side)
+    out = canvas.astype(np.float32) / 255.0
+    if k > 1:
+        out = cv2.GaussianBlur(out, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+    return np.clip(out, 0.0, 1.0)
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the masked region blacked out (uint8 in, uint8 out)."""
+    keep = 1.0 - mask[..., None]
+    return np.clip(image.astype(np.float32) * keep + 0.5, 0, 255).astype(np.uint8)
+
+
+def random_shift(rng: np.random.Generator, size: int, mask: MaskSettings) -> tuple[float, float]:
+    s = mask.max_shift * size
+    return (float(rng.uniform(-s, s)), float(rng.uniform(-s, s))) if s > 0 else (0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _looks_local(name: str | Path) -> bool:
+    """A filesystem path rather than a hub id ("org/model"), so no download is attempted."""
+    s = str(name)
+    return isinstance(name, Path) or s.startswith((".", "/", "~")) or "\\" in s
+
+
+def resolve_audio_model(checkpoints: Path | None, override: str | Path | None = None) -> str:
+    """The wav2vec2 model to load: the override, else ``<checkpoints>/wav2vec2`` when it
+    exists, else the paper's model id on the Hugging Face hub."""
+    if override:
+        return str(override)
+    if checkpoints is not None and (Path(checkpoints) / AUDIO_MODEL_DIRNAME).is_dir():
+        return str(Path(checkpoints) / AUDIO_MODEL_DIRNAME)
+    return DEFAULT_AUDIO_MODEL
+
+
+class CTCAudioFeatures:
+    """Per-video-frame CTC logits [N, vocab] of a `Wav2Vec2ForCTC` (needs `transformers`).
+
+    The input is normalised to zero mean and unit variance over the whole clip (what
+    the model's feature extractor does, ``do_normalize``), unless the model's
+    preprocessor config says otherwise. Long audio runs in chunks of ``chunk_seconds``
+    with one second of context on each side, so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str = "cpu",
+        normalize: bool | None = None,
+        chunk_seconds: float = 20.0,
+    ) -> None:
+        try:
+            import torch
+            from transformers import Wav2Vec2ForCTC
+        except ImportError:
+            raise CheckpointError(
+                f"{model}: wav2vec2 audio features need the 'transformers' package "
+                "(pip install transformers)"
+            ) from None
+        self.name = str(model)
+        if _looks_local(model) and not Path(model).expanduser().exists():
+            raise CheckpointError(f"{self.name}: wav2vec2 model directory not found")
+        try:
+            self.model = Wav2Vec2ForCTC.from_pretrained(self.name).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{self.name}: cannot load a wav2vec2 CTC model ({e})") from None
+        self._torch = torch
+        self.device = torch.device(device)
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.normalize = self._read_normalize(self.name) if normalize is None else normalize
+        self.chunk_frames = max(2, int(chunk_seconds * SAMPLE_RATE / WAV2VEC2_HOP) // 2 * 2)
+        self.context_frames = SAMPLE_RATE // WAV2VEC2_HOP
+
+    @staticmethod
+    def _read_normalize(name: str) -> bool:
+        try:
+            from transformers import Wav2Vec2FeatureExtractor
+
+            return bool(Wav2Vec2FeatureExtractor.from_pretrained(name).do_normalize)
+        except (OSError, ValueError):
+            return True  # what wav2vec2-large-xlsr fine-tunes expect
+
+    def logits(self, audio_16k: np.ndarray, num_frames: int) -> np.ndarray:
+        """CTC logits [num_frames, vocab] at 50 Hz (frame k covers samples 320k ... 320k + 400)."""
+        x = np.asarray(audio_16k, dtype=np.float32)
+        if self.normalize and x.size:
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        need = num_frames * WAV2VEC2_HOP + (WAV2VEC2_RECEPTIVE_FIELD - WAV2VEC2_HOP)
+        x = np.pad(x, (0, max(0, need - x.size)))
+        out = np.zeros((num_frames, self.vocab_size), np.float32)
+        torch = self._torch
+        for start in range(0, num_frames, self.chunk_frames):
+            stop = min(start + self.chunk_frames, num_frames)
+            a0 = max(0, start - self.context_frames)
+            a1 = min(num_frames, stop + self.context_frames)
+            seg = x[a0 * WAV2VEC2_HOP : a1 * WAV2VEC2_HOP + WAV2VEC2_RECEPTIVE_FIELD - WAV2VEC2_HOP]
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(seg)).to(self.device)[None]
+                logits = self.model(t).logits[0].float().cpu().numpy()
+            out[start:stop] = logits[start - a0 : stop - a0]
+        return out
+
+    def __call__(self, audio_16k: np.ndarray, num_frames: int | None = None) -> np.ndarray:
+        """Per-video-frame features [N, vocab]; N = ceil(seconds * 25) unless given."""
+        if num_frames is None:
+            num_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
+        if num_frames == 0:
+            return np.zeros((0, self.vocab_size), np.float32)
+        logits = self.logits(audio_16k, 2 * num_frames)
+        return logits.reshape(num_frames, 2, -1).mean(axis=1)
+
+
+def audio_windows(features: np.ndarray, window: int = 11) -> np.ndarray:
+    """Per-frame features [N, V] -> windows [N, window * V] centred on each frame
+    (frames t - window // 2 ... t + window // 2, edges repeated)."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the audio window must be a positive odd number, got {window}")
+    feats = np.asarray(features, dtype=np.float32)
+    half = window // 2
+    padded = np.pad(feats, ((half, half), (0, 0)), mode="edge")
+    idx = np.arange(feats.shape[0])[:, None] + np.arange(window)[None]
+    return padded[idx].reshape(feats.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def iter_video_frames(path: Path, fps: float = FPS) -> Iterator[np.ndarray]:
+    """RGB uint8 frames of a video resampled to ``fps`` (nearest source frame in time),
+    decoded one at a time. A still image yields its single frame once."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or fps)
+        k = 0  # next output frame, at time k / fps
+        prev: tuple[float, np.ndarray] | None = None
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else i / rate
+                rgb = frame.to_ndarray(format="rgb24")
+                if frame.rotation:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, round(frame.rotation / 90) % 4))
+                if prev is not None:
+                    # Output times before the midpoint of prev and this frame belong to prev.
+                    mid = (prev[0] + t) / 2
+                    while k / fps < mid:
+                        yield prev[1]
+                        k += 1
+                prev = (t, rgb)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            if prev is None:
+                raise MediaError(f"{path}: cannot decode ({e})") from None
+            log.warning("%s: decoding stopped early (%s)", path, e)
+        if prev is None:
+            raise MediaError(f"{path}: the video has no decodable frames")
+        end = prev[0] + 1.0 / rate
+        while k / fps < end - 1e-9 or k == 0:
+            yield prev[1]
+            k += 1
+
+
+def find_videos(videos_dir: Path) -> list[Path]:
+    """Video files under a folder (recursively, sorted), or the file itself."""
+    videos_dir = Path(videos_dir)
+    if videos_dir.is_file():
+        return [videos_dir]
+    if not videos_dir.is_dir():
+        raise MediaError(f"{videos_dir}: no such file or directory")
+    return sorted(
+        p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    )
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class PreparedVideo:
+    """One source video, analysed: crops, landmarks (crop pixels), transforms, validity."""
+
+    frames: np.ndarray  # [N, S, S, 3] uint8
+    landmarks: np.ndarray  # [N, K, 2] float32, crop pixels
+    M_c2o: np.ndarray  # [N, 3, 3] float32
+    valid: np.ndarray  # [N] bool
+    first: int  # index (25 fps) of the first frame kept: frames before had no face
+
+
+def analyze_frames(
+    frames: Iterator[np.ndarray] | list[np.ndarray],
+    analyzer: Any,
+    crop: CropSettings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> PreparedVideo:
+    """Track the face through frames and crop each. Frames before the first face are
+    dropped; later frames where the face is lost reuse the last landmarks (invalid)."""
+    crops, lmks, mats, valid = [], [], [], []
+    previous: FaceCrop | None = None
+    first = 0
+    for i, rgb in enumerate(frames):
+        try:
+            fc = analyzer.analyze(rgb, previous)
+            ok = True
+        except NoFaceError:
+            fc, ok = None, False
+            if previous is not None:
+                try:
+                    fc, ok = analyzer.analyze(rgb, None), True
+                except NoFaceError:
+                    fc = previous
+        if fc is None:  # no face yet: drop the frame
+            first = i + 1
+            continue
+        previous = fc
+        M_o2c, M_c2o = crop.transform(fc.landmarks)
+        crops.append(warp_image(rgb, M_o2c, crop.size))
+        lmks.append(warp_points(fc.landmarks[:, :2], M_o2c).astype(np.float32))
+        mats.append(M_c2o.astype(np.float32))
+        valid.append(ok)
+        if progress is not None:
+            progress(i + 1)
+    if not crops:
+        raise NoFaceError("no face found in any frame")
+    return PreparedVideo(
+        frames=np.stack(crops),
+        landmarks=np.stack(lmks),
+        M_c2o=np.stack(mats),
+        valid=np.asarray(valid, dtype=bool),
+        first=first,
+    )
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare_dataset` did."""
+
+    out_dir: Path
+    clips: list[str] = field(default_factory=list)
+    frames: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+
+    def __str__(self) -> str:
+        text = f"{len(self.clips)} clip(s), {self.frames} frames at {FPS} fps in {self.out_dir}"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)}: " + "; ".join(
+                f"{Path(v).name} ({r})" for v, r in self.skipped
+            )
+        return text
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _clip_name(path: Path, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "clip"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def _write_clip(clip_dir: Path, video: PreparedVideo, audio: np.ndarray, meta: dict) -> None:
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    video.frames.tofile(clip_dir / "frames.u8")
+    np.save(clip_dir / "landmarks.npy", video.landmarks)
+    np.save(clip_dir / "audio.npy", audio.astype(np.float32))
+    np.save(clip_dir / "M_c2o.npy", video.M_c2o)
+    np.save(clip_dir / "valid.npy", video.valid)
+    (clip_dir / "clip.json").write_text(json.dumps(meta, indent=1))
+
+
+def _process_video(
+    path: Path,
+    clip_dir: Path,
+    settings: DataSettings,
+    analyzer: Any,
+    audio_encoder: CTCAudioFeatures,
+    max_frames: int | None,
+    on_frame: Callable[[int], None] | None = None,
+) -> int:
+    from itertools import islice
+
+    from talkinghead.audio.io import load_audio
+
+    frames = iter_video_frames(path)
+    if max_frames is not None:
+        frames = islice(frames, max_frames)
+    video = analyze_frames(frames, analyzer, settings.crop, progress=on_frame)
+    try:
+        audio = load_audio(path, SAMPLE_RATE)
+    except MediaError as e:
+        raise MediaError(f"{path}: no usable audio ({e})") from None
+    total = video.first + len(video.frames)
+    feats = audio_encoder(audio, total)[video.first :]
+    n = min(len(video.frames), len(feats))
+    video = PreparedVideo(
+        video.frames[:n], video.landmarks[:n], video.M_c2o[:n], video.valid[:n], video.first
+    )
+    meta = {
+        "source": str(path),
+        "frames": n,
+        "size": settings.crop.size,
+        "first_frame": video.first,
+        "valid_frames": int(video.valid.sum()),
+    }
+    _write_clip(clip_dir, video, feats[:n], meta)
+    return n
+
+
+def _worker_init(face_backend: str, aux_dir: str | None, audio_model: str, device: str) -> None:
+    from talkinghead.face import create_face_analyzer
+
+    _WORKER["analyzer"] = create_face_analyzer(face_backend, aux_dir)
+    _WORKER["audio"] = CTCAudioFeatures(audio_model, device=device)
+
+
+def _worker_run(path: Path, clip_dir: Path, settings: DataSettings, max_frames: int | None):
+    try:
+        return _process_video(
+            path, clip_dir, settings, _WORKER["analyzer"], _WORKER["audio"], max_frames
+        ), None
+    except TalkingHeadError as e:
+        return 0, str(e)
+
+
+def prepare_dataset(
+    videos_dir: Path,
+    out_dir: Path,
+    *,
+    checkpoints: Path | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+    **method_options: Any,
+) -> PrepareReport:
+    """Prepare DiT-Head training clips from the videos under ``videos_dir`` (see module doc).
+
+    Options: ``size`` (crop side, 256), ``crop_scale`` (1.6), ``crop_vy`` (0.0),
+    ``audio_model`` (a wav2vec2 CTC model directory or hub id; default
+    ``<checkpoints>/wav2vec2`` if present, else the paper's model), ``face_backend``
+    ("auto" | "release" | "mediapipe") with ``aux_dir`` (the folder of the release's
+    face models, for "auto"/"release"), ``max_frames`` (per video), ``device`` for the audio model ("cpu"),
+    ``min_ref_distance`` (60) and ``window`` (11), which are recorded for training.
+    A video that fails (no face, no audio, unreadable) is skipped and reported.
+    """
+    out_dir = Path(out_dir)
+    known = {
+        "size", "crop_scale", "crop_vy", "audio_model", "face_backend", "aux_dir",
+        "max_frames", "device", "min_ref_distance", "window",
+    }  # fmt: skip
+    unknown = set(method_options) - known
+    if unknown:
+        raise TalkingHeadError(f"unknown dithead data option(s): {', '.join(sorted(unknown))}")
+    opts = method_options
+    videos = find_videos(Path(videos_dir))
+    if not videos:
+        raise MediaError(f"{videos_dir}: no videos found ({', '.join(VIDEO_SUFFIXES)})")
+    audio_model = resolve_audio_model(checkpoints, opts.get("audio_model"))
+    crop = CropSettings(
+        size=int(opts.get("size", 256)),
+        scale=float(opts.get("crop_scale", 1.6)),
+        vy_ratio=float(opts.get("crop_vy", 0.0)),
+    )
+    device = str(opts.get("device", "cpu"))
+    encoder = CTCAudioFeatures(audio_model, device=device) if workers <= 1 else None
+    vocab = encoder.vocab_size if encoder else _vocab_size(audio_model)
+    settings = DataSettings(
+        crop=crop,
+        audio=AudioSettings(window=int(opts.get("window", 11)), vocab_size=vocab),
+        min_ref_distance=int(opts.get("min_ref_distance", 60)),
+        audio_model=audio_model,
+    )
+    face_backend = str(opts.get("face_backend", "auto"))
+    aux_dir = opts.get("aux_dir")
+    max_frames = opts.get("max_frames")
+    max_frames = None if max_frames is None else int(max_frames)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PrepareReport(out_dir)
+    taken: set[str] = set()
+    jobs = [(v, out_dir / "clips" / _clip_name(v, taken)) for v in videos]
+    if progress:
+        progress("videos", 0, len(jobs))
+    results: list[tuple[Path, Path, int, str | None]] = []
+    if workers <= 1:
+        from talkinghead.face import create_face_analyzer
+
+        analyzer = create_face_analyzer(face_backend, aux_dir)
+        for done, (video, clip_dir) in enumerate(jobs, 1):
+            try:
+                n = _process_video(video, clip_dir, settings, analyzer, encoder, max_frames)
+                results.append((video, clip_dir, n, None))
+            except TalkingHeadError as e:
+                results.append((video, clip_dir, 0, str(e)))
+            if progress:
+                progress("videos", done, len(jobs))
+    else:
+        ctx = get_context("spawn")
+        init = (face_backend, None if aux_dir is None else str(aux_dir), audio_model, device)
+        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=init) as pool:
+            futures = [pool.submit(_worker_run, v, d, settings, max_frames) for v, d in jobs]
+            for done, ((video, clip_dir), fut) in enumerate(zip(jobs, futures, strict=True), 1):
+                n, err = fut.result()
+                results.append((video, clip_dir, n, err))
+                if progress:
+                    progress("videos", done, len(jobs))
+
+    clips = []
+    for video, clip_dir, n, err in results:
+        if err is not None:
+            log.warning("skipping %s: %s", video, err)
+            report.skipped.append((str(video), err))
+            continue
+        clips.append({"name": clip_dir.name, "frames": n, "source": str(video)})
+        report.clips.append(clip_dir.name)
+        report.frames += n
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "method": "dithead",
+        "fps": FPS,
+        "settings": settings.to_dict(),
+        "clips": clips,
+    }
+    (out_dir / DATASET_FILE).write_text(json.dumps(manifest, indent=1))
+    return report
+
+
+def _vocab_size(audio_model: str) -> int:
+    try:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(audio_model).vocab_size)
+    except (ImportError, OSError, ValueError) as e:
+        raise CheckpointError(f"{audio_model}: cannot read the wav2vec2 config ({e})") from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Clip:
+    name: str
+    frames: np.ndarray  # memory-mapped [N, S, S, 3] uint8
+    landmarks: np.ndarray
+    audio: np.ndarray  # [N, V]
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass
+class PreparedDataset:
+    root: Path
+    settings: DataSettings
+    clips: list[Clip]
+
+    @property
+    def size(self) -> int:
+        return self.settings.crop.size
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.clips)
+
+
+def load_prepared(data_dir: Path) -> PreparedDataset:
+    """Open a dataset written by `prepare_dataset` (frames stay on disk, memory-mapped)."""
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / DATASET_FILE
+    if not manifest_path.is_file():
+        raise MediaError(f"{data_dir}: not a prepared DiT-Head dataset (no {DATASET_FILE})")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise MediaError(f"{manifest_path}: not a DiT-Head dataset")
+    settings = DataSettings.from_dict(manifest["settings"])
+    s = settings.crop.size
+    clips = []
+    for entry in manifest["clips"]:
+        d = data_dir / "clips" / entry["name"]
+        n = int(entry["frames"])
+        if n == 0:
+            continue
+        frames = np.memmap(d / "frames.u8", dtype=np.uint8, mode="r", shape=(n, s, s, 3))
+        clips.append(
+            Clip(
+                name=entry["name"],
+                frames=frames,
+                landmarks=np.load(d / "landmarks.npy"),
+                audio=np.load(d / "audio.npy"),
+                valid=np.load(d / "valid.npy"),
+            )
+        )
+    if not clips:
+        raise MediaError(f"{data_dir}: the dataset has no clips")
+    return PreparedDataset(data_dir, settings, clips)
+
+
+def to_tensor_image(images: np.ndarray):
+    """uint8 [..., H, W, 3] -> float32 torch [..., 3, H, W] in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)
+    return x.movedim(-1, -3)
+
+
+def from_tensor_image(x) -> np.ndarray:
+    """float torch [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]."""
+    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+class SampleDrawer:
+    """Draws training batches from a prepared dataset with a seeded numpy generator.
+
+    Stage 1 draws single crops (whole, or masked with a randomly shifted mask);
+    stage 2 draws (target, masked target, reference, audio window) tuples, the
+    reference at least ``min_ref_distance`` frames from the target (the farthest
+    valid frame when the clip is too short for that).
+    """
+
+    def __init__(self, data: PreparedDataset, seed: int = 0, augment: bool = True) -> None:
+        self.data = data
+        self.rng = np.random.default_rng(seed)
+        self.augment = augment
+        self.index = [
+            (ci, int(i)) for ci, c in enumerate(data.clips) for i in np.flatnonzero(c.valid)
+        ]
+        if not self.index:
+            raise MediaError(f"{data.root}: no frame with a tracked face")
+
+    def _pick(self, n: int) -> list[tuple[int, int]]:
+        idx = self.rng.integers(0, len(self.index), size=n)
+        return [self.index[i] for i in idx]
+
+    def masked_crop(self, clip: Clip, i: int) -> np.ndarray:
+        s, m = self.data.size, self.data.settings.mask
+        shift = random_shift(self.rng, s, m) if self.augment else (0.0, 0.0)
+        return apply_mask(
+            np.asarray(clip.frames[i]), lower_face_mask(clip.landmarks[i], s, m, shift)
+        )
+
+    def reference_index(self, clip: Clip, i: int) -> int:
+        valid = np.flatnonzero(clip.valid)
+        dist = np.abs(valid - i)
+        far = valid[dist >= self.data.settings.min_ref_distance]
+        if far.size:
+            return int(far[self.rng.integers(0, far.size)])
+        return int(valid[np.argmax(dist)])
+
+    def images(self, batch: int, masked: bool):
+        """Stage 1: [B, 3, S, S] in [-1, 1]."""
+        out = []
+        for ci, i in self._pick(batch):
+            clip = self.data.clips[ci]
+            out.append(self.masked_crop(clip, i) if masked else np.asarray(clip.frames[i]))
+        return to_tensor_image(np.stack(out))
+
+    def dit_batch(self, batch: int) -> dict[str, Any]:
+        """Stage 2: target, masked, reference images [B, 3, S, S] and audio [B, window * V]."""
+        import torch
+
+        window = self.data.settings.audio.window
+        tgt, msk, ref, aud = [], [], [], []
+        for ci, i in self._pick(batch):
+            clip = self.data.clips[ci]
+            tgt.append(np.asarray(clip.frames[i]))
+            msk.append(self.masked_crop(clip, i))
+            ref.append(np.asarray(clip.frames[self.reference_index(clip, i)]))
+            aud.append(_window_at(clip.audio, i, window))
+        return {
+            "target": to_tensor_image(np.stack(tgt)),
+            "masked": to_tensor_image(np.stack(msk)),
+            "reference": to_tensor_image(np.stack(ref)),
+            "audio": torch.from_numpy(np.stack(aud)),
+        }
+
+
+def _window_at(features: np.ndarray, i: int, window: int) -> np.ndarray:
+    half = window // 2
+    idx = np.clip(np.arange(i - half, i + half + 1), 0, len(features) - 1)
+    return np.asarray(features[idx], dtype=np.float32).reshape(-1)
+
+
+def check_audio_dim(settings: DataSettings, audio_dim: int) -> None:
+    if settings.audio.dim != audio_dim:
+        raise CheckpointError(
+            f"the data's audio windows have {settings.audio.window} x "
+            f"{settings.audio.vocab_size} = {settings.audio.dim} values but the model "
+            f"expects {audio_dim}"
+        )
+
+
+def frames_for_audio(num_samples: int) -> int:
+    """Video frames (25 fps) covering ``num_samples`` of 16 kHz audio: ceil(seconds * 25)."""
+    return -(-num_samples // SAMPLES_PER_FRAME)
+
+
+__all__ = [
+    "DEFAULT_AUDIO_MODEL",
+    "FPS",
+    "AudioSettings",
+    "CTCAudioFeatures",
+    "Clip",
+    "CropSettings",
+    "DataSettings",
+    "MaskSettings",
+    "PrepareReport",
+    "PreparedDataset",
+    "SampleDrawer",
+    "analyze_frames",
+    "apply_mask",
+    "audio_windows",
+    "check_audio_dim",
+    "find_videos",
+    "frames_for_audio",
+    "from_tensor_image",
+    "iter_video_frames",
+    "load_prepared",
+    "lower_face_mask",
+    "lower_face_polygon",
+    "prepare_dataset",
+    "resolve_audio_model",
+    "to_tensor_image",
+]
