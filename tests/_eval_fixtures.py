@@ -76,7 +76,9 @@ def arcface_onnx(path: Path, seed: int = 0, batch: str | int = "None", dim: int 
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((3 * 8 * 8, dim)).astype(np.float32)
     nodes = [
-        helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[14, 14], strides=[14, 14]),
+        helper.make_node(
+            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[14, 14], strides=[14, 14]
+        ),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["683"]),
     ]
@@ -141,7 +143,9 @@ def fixed_track(frames: np.ndarray, what: str = "") -> FaceTrack:
     return FaceTrack(np.tile(box, (t, 1)), np.tile(pts, (t, 1, 1)))
 
 
-def pattern_frames(n: int, h: int = 64, w: int = 64, seed: int = 0, motion: float = 3.0) -> np.ndarray:
+def pattern_frames(
+    n: int, h: int = 64, w: int = 64, seed: int = 0, motion: float = 3.0
+) -> np.ndarray:
     """Smooth coloured frames (H.264 keeps them well) that change over time."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -149,7 +153,8 @@ def pattern_frames(n: int, h: int = 64, w: int = 64, seed: int = 0, motion: floa
     frames = []
     for i in range(n):
         chans = [
-            128 + 90 * np.sin(2 * np.pi * (x + motion * i) / w + phase[c]) * np.cos(2 * np.pi * y / h)
+            128
+            + 90 * np.sin(2 * np.pi * (x + motion * i) / w + phase[c]) * np.cos(2 * np.pi * y / h)
             for c in range(3)
         ]
         frames.append(np.stack(chans, -1))

@@ -24,3 +24,15 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> Conformance:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the shared fixtures and media must be there: a silent skip would hide failures."""
+    if not os.environ.get("TALKINGHEAD_REQUIRE_CONFORMANCE"):
+        return
+    from _conformance import REPO_ROOT
+
+    media = os.environ.get("TALKINGHEAD_MEDIA_DIR", str(REPO_ROOT.parent / "shared" / "media"))
+    missing = [p for p in (conformance_dir(), media) if p is None or not os.path.isdir(p)]
+    if missing:
+        pytest.exit(f"required test fixtures missing: {missing}", returncode=3)

@@ -147,3 +147,17 @@ def test_info_lists_checkpoints(release, tmp_path) -> None:
     proc = run(["info", "--checkpoints", str(release)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "decoder" in proc.stdout and "ok" in proc.stdout and "torch" in proc.stdout
+
+
+def test_blink_needs_the_release_blink_clip() -> None:
+    import numpy as np
+
+    from talkinghead.commands.generate import _blink_setting
+    from talkinghead.errors import TalkingHeadError
+    from talkinghead.motion.stitch import StitchConfig
+
+    with pytest.raises(TalkingHeadError, match="blink clip"):
+        _blink_setting(StitchConfig(), True)
+    clip = StitchConfig(delta_eye_arr=np.zeros((15, 63), np.float32))
+    assert _blink_setting(clip, True).delta_eye_open_n == 0
+    assert _blink_setting(clip, False).delta_eye_open_n == -1

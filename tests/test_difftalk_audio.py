@@ -90,4 +90,6 @@ def test_neighbour_windows_for_the_temporal_filter():
     nb = neighbour_windows(windows, radius=8)
     assert nb.shape == (5, 17, 16, 2)
     np.testing.assert_array_equal(nb[2, :, 0, 0], np.clip(np.arange(-6, 11), 0, 4))
-    np.testing.assert_array_equal(neighbour_indices(10, 1, np.array([0, 9])), [[0, 0, 1], [8, 9, 9]])
+    np.testing.assert_array_equal(
+        neighbour_indices(10, 1, np.array([0, 9])), [[0, 0, 1], [8, 9, 9]]
+    )

@@ -39,9 +39,12 @@ def tiny_ldm() -> DiffTalkLDM:
     return DiffTalkLDM(DiffTalkLDMConfig(unet=unet_preset("tiny", sample_size=16))).eval()
 
 
-def conditions(batch: int, cfg: DiffTalkConditionConfig = DiffTalkConditionConfig(), seed=0):
+def conditions(batch: int, cfg: DiffTalkConditionConfig | None = None, seed=0):
+    cfg = cfg or DiffTalkConditionConfig()
     g = torch.Generator().manual_seed(seed)
-    audio = torch.rand(batch, cfg.smooth_frames, cfg.audio_window, cfg.audio_feature_dim, generator=g)
+    audio = torch.rand(
+        batch, cfg.smooth_frames, cfg.audio_window, cfg.audio_feature_dim, generator=g
+    )
     landmarks = torch.rand(batch, cfg.num_landmarks, 2, generator=g)
     return audio, landmarks
 
@@ -84,7 +87,7 @@ def test_temporal_filter_is_a_convex_combination_of_the_17_frames():
 def test_smoothed_audio_depends_on_the_neighbouring_frames():
     torch.manual_seed(0)
     cond = DiffTalkConditioner().eval()
-    audio, landmarks = conditions(1)
+    audio, _ = conditions(1)
     base = cond.audio(audio)
     for k in (0, 8, 16):  # first neighbour, the frame itself, last neighbour
         changed = audio.clone()
@@ -199,9 +202,7 @@ def test_checkpoints_round_trip(tmp_path, tiny_ldm):
     torch.manual_seed(1)
     ae = DiffTalkAutoencoder(autoencoder_preset("tiny-f4", resolution=64)).eval()
     p_ae = save_component(tmp_path / "autoencoder.pt", "autoencoder", ae, ae.config.to_dict())
-    p_ldm = save_component(
-        tmp_path / "ldm.pt", "ldm", tiny_ldm, tiny_ldm.config.to_dict(), step=7
-    )
+    p_ldm = save_component(tmp_path / "ldm.pt", "ldm", tiny_ldm, tiny_ldm.config.to_dict(), step=7)
     ae2 = load_autoencoder(p_ae)
     ldm2, extra = load_ldm(p_ldm)
     assert ae2.config == ae.config and ldm2.config == tiny_ldm.config and extra["step"] == 7
@@ -253,12 +254,15 @@ def test_masked_ddim_is_deterministic_and_keeps_the_known_region():
     def eps(x, t):
         return torch.einsum("ij,bjhw->bihw", w, x) * 0.1
 
-    def run(seed):
+    def run(seed, eta=0.0):
         g = torch.Generator().manual_seed(seed)
-        return masked_ddim_sample(eps, known, keep, steps=10, generator=g)
+        return masked_ddim_sample(eps, known, keep, steps=10, generator=g, eta=eta)
 
     a, b, c = run(0), run(0), run(1)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
+    stochastic = run(0, eta=1.0)
+    torch.testing.assert_close(stochastic, run(0, eta=1.0), rtol=0, atol=0)
+    assert not torch.allclose(stochastic, a)
     torch.testing.assert_close(a * keep, known * keep)
     assert not torch.allclose(a * (1 - keep), known * (1 - keep))

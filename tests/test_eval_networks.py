@@ -95,13 +95,17 @@ def test_fid_methods_agree_and_identical_sets_are_zero():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((50, 16))
     b = rng.standard_normal((40, 16)) * 1.5 + 0.3
-    assert fid_from_features(a, b, "sqrtm") == pytest.approx(fid_from_features(a, b, "fast"), rel=1e-8)
+    assert fid_from_features(a, b, "sqrtm") == pytest.approx(
+        fid_from_features(a, b, "fast"), rel=1e-8
+    )
     # Fewer samples than dimensions: the low-rank path of "fast" vs pytorch-fid's sqrtm.
     c, d = rng.standard_normal((10, 24)), rng.standard_normal((12, 24)) + 0.5
-    assert fid_from_features(c, d, "sqrtm") == pytest.approx(fid_from_features(c, d, "fast"), rel=1e-6)
+    assert fid_from_features(c, d, "sqrtm") == pytest.approx(
+        fid_from_features(c, d, "fast"), rel=1e-6
+    )
     assert abs(fid_from_features(a, a, "sqrtm")) < 1e-6
     assert abs(fid_from_features(c, c, "fast")) < 1e-9
-    mu, cov = statistics(a)
+    _, cov = statistics(a)
     np.testing.assert_allclose(cov, np.cov(a, rowvar=False))
     with pytest.raises(ValueError, match="at least 2"):
         statistics(a[:1])
@@ -132,7 +136,9 @@ def test_inception_features_and_fid(inception):
     frames = rng.integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
     f = inception_features(model, frames, batch_size=2)
     assert f.shape == (2, 2048) and f.dtype == np.float64 and np.all(f >= 0)
-    np.testing.assert_allclose(f, inception_features(model, frames, batch_size=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        f, inception_features(model, frames, batch_size=1), rtol=1e-4, atol=1e-6
+    )
     assert f.std() > 1e-3  # the generated weights keep the activations alive
     assert abs(fid_from_features(f, f, "fast")) < 1e-6
     assert fid_from_features(f, f[::-1] + 1.0, "fast") == pytest.approx(2048.0, rel=1e-6)

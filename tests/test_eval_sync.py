@@ -102,7 +102,7 @@ def syncnet(tmp_path_factory):
 
 
 def test_syncnet_layout(syncnet):
-    path, model = syncnet
+    path, _ = syncnet
     sd = torch.load(path, weights_only=True)
     assert sd["netcnnaud.0.weight"].shape == (64, 1, 3, 3)
     assert sd["netcnnaud.18.weight"].shape == (512, 256, 5, 4)
@@ -116,6 +116,13 @@ def test_syncnet_layout(syncnet):
     prefixed = path.with_name("prefixed.model")
     torch.save({f"__S__.{k}": v for k, v in sd.items()}, prefixed)
     load_syncnet(prefixed)
+    # The 2017 file predates BatchNorm's num_batches_tracked and uses the legacy format.
+    old = path.with_name("old.model")
+    sd_old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd_old, old, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(
+        load_syncnet(old).state_dict()["netfclip.3.weight"], sd["netfclip.3.weight"]
+    )
 
 
 @pytest.mark.slow

@@ -212,27 +212,46 @@ def test_resume_skips_finished_videos_and_redoes_incomplete_ones(prepared, video
     assert manifest["videos"]["talking"]["status"] == "ok"
 
 
-def test_parallel_workers_give_the_in_process_result(media_ok, tmp_path):
-    """Two spawned worker processes; one bad video among them does not stop the other."""
+def test_parallel_workers_give_the_in_process_result(prepared, videos, tmp_path):
+    """Two spawned worker processes; the bad video does not stop the other one."""
     from talkinghead.train.ditto_data import prepare_dataset
 
-    videos = tmp_path / "videos"
-    make_talking_video(videos / "clip.mp4", 10)
-    (videos / "bad.mov").write_bytes(b"garbage")
-    serial = prepare_dataset(
-        videos, tmp_path / "serial", networks=tiny_networks(), face_backend="mediapipe"
+    _, serial, _ = prepared
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "clip.mp4").symlink_to(videos / "sub" / "talking30.mp4")
+    (folder / "broken.mp4").symlink_to(videos / "broken.mp4")
+    out = tmp_path / "parallel"
+    report = prepare_dataset(
+        folder,
+        out,
+        workers=2,
+        networks=tiny_networks(),
+        face_backend="mediapipe",
+        # named by import path: each worker builds its own
+        emotion_classifier="test_train_ditto_data:StandInEmotion",
     )
-    parallel = prepare_dataset(
-        videos, tmp_path / "parallel", workers=2, networks=tiny_networks(), face_backend="mediapipe"
-    )
-    for report in (serial, parallel):
-        assert report.prepared == ["clip"] and list(report.failed) == ["bad"]
+    assert report.prepared == ["clip"] and list(report.failed) == ["broken"]
     for kind in ("LP_npy", "hubert_aud_npy", "eye_open_npy", "eye_ball_npy", "emo_npy"):
         np.testing.assert_allclose(
-            np.load(tmp_path / "parallel" / kind / "clip.npy"),
-            np.load(tmp_path / "serial" / kind / "clip.npy"),
+            np.load(out / kind / "clip.npy"),
+            np.load(serial / kind / "sub" / "talking30.npy"),
             atol=1e-5,
         )
+
+
+def test_prepared_data_trains(prepared, tmp_path):
+    """The prepared folder is what train-motion reads: a few steps of the tiny preset."""
+    from dataclasses import replace
+
+    from talkinghead.train.ditto_motion import PRESETS, train_motion
+
+    _, out, _ = prepared
+    cfg = replace(PRESETS["tiny"], max_steps=2, tensorboard=False)
+    result = train_motion(out, tmp_path / "run", cfg)
+    assert result.step == 2 and all(np.isfinite(result.losses))
+    sidecar = json.loads(result.sidecar.read_text())["lmdm"]
+    assert sidecar["audio_feat_dim"] == AUD_DIM + 8 + 2 + 6 + 63
 
 
 def test_user_errors(tmp_path):
@@ -379,7 +398,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
                 str(tmp_path / "o2"),
                 "--option",
                 "batch_size=2",
-                "-o",
+                "--option",
                 "colour=red",
             ]
         ),
@@ -403,9 +422,9 @@ def test_cli_dispatches_by_method_with_its_options(tmp_path, monkeypatch):
             "3",
             "--device",
             "cpu",
-            "-o",
+            "--option",
             "image_size=256",
-            "-o",
+            "--option",
             "name=x",
         ]
     )

@@ -130,7 +130,7 @@ def test_preload_cache_gives_the_same_items(data, tmp_path):
 
 def test_loss_terms():
     cfg = quick()
-    x = torch.randn(2, 8, 265)
+    x = torch.randn(2, 16, 265)
     total, terms = motion_loss(x, x, x[:, 0], cfg)
     assert float(total) == 0.0
     assert set(terms) == {
@@ -153,17 +153,21 @@ def test_loss_terms():
 
 def test_tiny_model_overfits(data, tmp_path):
     # The release's condition dropout (0.2) stays on: the unconditional branch learns too.
-    cfg = quick(epochs=1000, max_steps=120, tensorboard=True)
+    cfg = quick(epochs=1000, max_steps=100, seq_frames=8, tensorboard=True)
     result = train_motion(data, tmp_path / "run", cfg)
-    assert result.step == 120 and len(result.losses) == 120
+    assert result.step == 100 and len(result.losses) == 100
     first, last = np.mean(result.losses[:20]), np.mean(result.losses[-20:])
     assert first / last >= 5, (first, last)
     log_lines = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
-    last = json.loads(log_lines[-1])
-    assert last["step"] == 120 and {"loss/total", "loss/exp_P", "lr", "grad_norm"} <= set(last)
-    if any((tmp_path / "run" / "logs").glob("events.out.tfevents.*")) is False:
-        pytest.importorskip("tensorboard")
-        pytest.fail("tensorboard is installed but no event file was written")
+    logged = json.loads(log_lines[-1])
+    assert logged["step"] == 100 and {"loss/total", "loss/exp_P", "lr", "grad_norm"} <= set(logged)
+    events = list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+    try:
+        import tensorboard  # noqa: F401  (optional: without it only the JSONL log is written)
+    except ImportError:
+        assert not events
+    else:
+        assert events
 
 
 def _decoder_state(path: Path) -> dict[str, torch.Tensor]:
@@ -171,14 +175,14 @@ def _decoder_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_from_the_saved_step(data, tmp_path):
-    # 3 steps per epoch: the first run stops in the middle of the second epoch.
+    # 2 steps per epoch: the first run stops in the middle of the third epoch.
     cfg = quick(save_every_steps=2, max_steps=5)
     first = train_motion(data, tmp_path / "split", cfg)
     assert (first.start_step, first.step) == (0, 5)
     states = sorted((tmp_path / "split" / "state").iterdir())
     assert [p.name for p in states] == ["step_00000004", "step_00000005"]  # keep_states = 2
     trainer = json.loads((states[-1] / "trainer.json").read_text())
-    assert trainer == {"step": 5, "epoch": 1, "batch": 2}
+    assert trainer == {"step": 5, "epoch": 2, "batch": 1}
     resumed = train_motion(data, tmp_path / "split", replace(cfg, max_steps=10))
     assert (resumed.start_step, resumed.step) == (5, 10) and len(resumed.losses) == 5
     straight = train_motion(data, tmp_path / "straight", replace(cfg, max_steps=10))
@@ -218,7 +222,7 @@ def test_epoch_saves_and_export_load_and_sample(data, tmp_path):
     _, cond_frame, cond = ds[3]
     g = torch.Generator().manual_seed(0)
     out = DDIMSampler(num_steps=4)(net, cond_frame[None], cond[None], generator=g)
-    assert out.shape == (1, 8, 265) and torch.isfinite(out).all()
+    assert out.shape == (1, cfg.seq_frames, 265) and torch.isfinite(out).all()
 
     # Installed into a checkpoints root: the file and sidecar generate reads.
     root = tmp_path / "checkpoints"
@@ -284,3 +288,31 @@ def test_cli_errors_are_one_line(data, tmp_path):
         assert result.exit_code == 1
         assert isinstance(result.exception, TalkingHeadError), result.output
         assert match in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_trained_checkpoint_drives_generate(data, tmp_path):
+    """Train -> install into a (tiny) release -> the pipeline `generate` builds loads it and
+    makes motion with it (rendering itself is the pipeline tests' business)."""
+    from _conformance import REPO_ROOT
+    from _tiny_release import build_tiny_release
+    from talkinghead.audio.io import load_audio
+    from talkinghead.pipelines.ditto import DittoPipeline
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait, speech = media / "ditto_example_face.jpg", media / "ditto_example_speech.wav"
+    if not (portrait.is_file() and speech.is_file()):
+        pytest.skip(f"test media not found in {media}")
+    pytest.importorskip("mediapipe")
+    root = build_tiny_release(tmp_path / "release")
+    result = train_motion(data, tmp_path / "run", quick(max_steps=3))
+    install_checkpoint(tmp_path / "run", root)
+
+    pipe = DittoPipeline.from_pretrained(
+        root, download=False, cache=False, steps=2, seed=0, max_size=256
+    )
+    trained = torch.load(result.checkpoint, weights_only=True)["model_state_dict"]
+    loaded = pipe.models.lmdm.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    avatar = pipe.register(portrait)
+    motion, _ = pipe.motion(avatar, load_audio(speech)[: 16000 * 2])
+    assert motion.shape == (50, 265) and np.isfinite(motion).all()

@@ -25,7 +25,16 @@ app = typer.Typer(
 )
 
 # Modules under talkinghead.commands that contribute commands, in --help order.
-COMMAND_MODULES = ("generate", "export", "serve", "data", "train", "evaluate", "dithead", "difftalk")
+COMMAND_MODULES = (
+    "generate",
+    "export",
+    "serve",
+    "data",
+    "train",
+    "evaluate",
+    "dithead",
+    "difftalk",
+)
 
 
 @app.callback()

@@ -113,11 +113,16 @@ def prepare_data(
         "(default: aux_models/hubert_streaming_fix_kv.onnx).",
     ),
     device: str | None = typer.Option(None, "--device", help="Torch device, e.g. cuda:0."),
+    emotion_classifier: str | None = typer.Option(
+        None,
+        "--emotion-classifier",
+        help="ditto: MODULE:NAME of a face-crop emotion classifier (default: every frame Neutral).",
+    ),
     flip: bool | None = typer.Option(
         None, "--flip/--no-flip", help="ditto: also store every video mirrored (augmentation)."
     ),
     option: list[str] = typer.Option(
-        None, "--option", "-o", help="Other method option as KEY=VALUE (repeatable)."
+        None, "--option", help="Other method option as KEY=VALUE (repeatable)."
     ),
 ) -> None:
     """Prepare training data from a folder of talking videos; finished videos are skipped."""
@@ -127,7 +132,13 @@ def prepare_data(
     if not videos_dir.is_dir():
         raise TalkingHeadError(f"{videos_dir}: videos directory not found")
     options = parse_options(option)
-    given = {"face_backend": face_backend, "hubert": hubert, "device": device, "flip": flip}
+    given = {
+        "face_backend": face_backend,
+        "hubert": hubert,
+        "device": device,
+        "flip": flip,
+        "emotion_classifier": emotion_classifier,
+    }
     options.update({k: v for k, v in given.items() if v is not None})
     check_options(prepare, method, options)
     _log_to_console()

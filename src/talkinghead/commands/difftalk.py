@@ -49,11 +49,20 @@ def train_difftalk(
     options = {
         k: v
         for k, v in dict(
-            steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, device=device
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            save_every=save_every,
+            seed=seed,
+            device=device,
         ).items()
         if v is not None
     }
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    )
     with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task(f"training {stage.value}", total=None)
 

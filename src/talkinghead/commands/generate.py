@@ -95,7 +95,9 @@ def generate(
         None, help="transformers HuBERT id/path (or .onnx) if the release's HuBERT is absent."
     ),
     emotion: str = typer.Option("Neutral", help=EMOTION_HELP),
-    steps: int = typer.Option(50, min=1, help="Diffusion (DDIM) steps."),
+    steps: int | None = typer.Option(
+        None, min=1, help="Diffusion (DDIM) steps (default: Ditto 50, DiT-Head 250, DiffTalk 200)."
+    ),
     seed: int | None = typer.Option(None, help="Random seed (same seed, same video)."),
     delta_pitch: float = typer.Option(0.0, help="Head pitch offset, degrees."),
     delta_yaw: float = typer.Option(0.0, help="Head yaw offset, degrees."),
@@ -108,6 +110,11 @@ def generate(
     crop_scale: float = typer.Option(2.3, help="Face crop scale (larger: more around the face)."),
     crop_vy: float = typer.Option(-0.125, help="Face crop vertical offset."),
     max_size: int = typer.Option(1920, min=64, help="Longest side of the source, pixels."),
+    blink: bool | None = typer.Option(
+        None,
+        "--blink/--no-blink",
+        help="Insert blinks (needs the release config's blink clip). Default: as the config.",
+    ),
     stream: bool = typer.Option(
         False, "--stream", help="Run the streaming pipeline (audio fed in chunks) instead."
     ),
@@ -132,18 +139,8 @@ def generate(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if method != "ditto":
-        _generate_other(
-            method,
-            source,
-            audio,
-            output,
-            checkpoints,
-            seed,
-            steps,
-            device,
-            resolution=resolution,
-            fps=fps,
-        )
+        options = {"resolution": resolution} if method == "difftalk" else {"fps": fps}
+        _generate_other(method, source, audio, output, checkpoints, seed, steps, device, **options)
         return
 
     from talkinghead.face import CropConfig
@@ -151,7 +148,7 @@ def generate(
 
     settings = {
         "emotion": _parse_emotion(emotion),
-        "steps": steps,
+        "steps": 50 if steps is None else steps,
         "seed": seed,
         "delta_pitch": delta_pitch,
         "delta_yaw": delta_yaw,
@@ -172,6 +169,8 @@ def generate(
     }
     start = time.perf_counter()
     pipe = DittoPipeline.from_pretrained(checkpoints, download=download, hubert=hubert, **settings)
+    if blink is not None:
+        pipe.config = pipe.config.replace(stitch=_blink_setting(pipe.config.stitch, blink))
     err_console.print(f"face backend: {pipe.face_backend}, device: {device}", highlight=False)
     with _StageProgress(enabled=not quiet) as progress:
         if stream:
@@ -187,6 +186,19 @@ def generate(
         typer.echo(f"{result.output} ({result.num_frames} frames, {elapsed:.1f} s)")
 
 
+def _blink_setting(stitch: Any, blink: bool) -> Any:
+    """Blinks are a clip of eye expression offsets that the release ships in its config."""
+    from dataclasses import replace
+
+    if blink and stitch.delta_eye_arr is None:
+        raise TalkingHeadError(
+            "--blink needs a blink clip (delta_eye_arr), which comes with the release's "
+            "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
+        )
+    # 0: random open-eye gaps of 60-100 frames between blinks (the release's pipeline default).
+    return replace(stitch, delta_eye_open_n=0 if blink else -1)
+
+
 def _run_stream(pipe: Any, source: Path, audio: Path, output: str, progress: Any) -> Any:
     """The streaming pipeline fed from a file in 200 ms chunks, as a live client would."""
     import numpy as np
@@ -194,12 +206,14 @@ def _run_stream(pipe: Any, source: Path, audio: Path, output: str, progress: Any
     from talkinghead.audio.hubert import num_frames
     from talkinghead.audio.io import load_audio
     from talkinghead.media.writer import open_writer
-    from talkinghead.pipelines.ditto import GenerationResult
+    from talkinghead.pipelines.ditto import GenerationResult, video_options
 
     pcm = load_audio(audio, 16000)
     total = num_frames(len(pcm))
     session = pipe.stream(source)
-    writer = open_writer(output, fps=25, audio=(load_audio(audio, 48000), 48000))
+    writer = open_writer(
+        output, fps=25, audio=(load_audio(audio, 48000), 48000), **video_options(output)
+    )
     done = 0
     try:
         chunks = (pcm[i : i + 3200] for i in range(0, len(pcm), 3200))
@@ -222,7 +236,7 @@ def _generate_other(
     output: str,
     checkpoints: Path | None,
     seed: int | None,
-    steps: int,
+    steps: int | None,
     device: str,
     **options: Any,
 ) -> None:

@@ -7,7 +7,7 @@ learned variance (the second half of ADM's output) is not used: DiT-Head's
 objective is epsilon only, and DDIM with eta = 0 does not need a variance.
 
 DDIM runs on ADM's respaced grid: "ddim250" takes every 4th of the 1000 steps
-(0, 4, ..., 996), i.e. the largest stride that gives exactly the requested count,
+(0, 4, ..., 996), i.e. the smallest stride that gives exactly the requested count,
 as ADM's ``space_timesteps`` does. All randomness comes from the ``generator``
 (drawn on its device, in a fixed order), so a seed fixes the result.
 
@@ -37,12 +37,12 @@ def linear_beta_schedule(n_timestep: int = 1000) -> np.ndarray:
 def ddim_timesteps(num_steps: int, n_timestep: int = 1000) -> list[int]:
     """Ascending timesteps of an N-step DDIM grid (ADM's "ddimN" respacing).
 
-    The largest integer stride with exactly N steps from 0 (e.g. 250 of 1000 -> stride 4);
-    when none exists, N evenly spaced steps from 0 to T - 1, rounded.
+    The smallest integer stride giving exactly N steps from 0 (250 of 1000 -> stride 4,
+    0 ... 996); when no stride does, N evenly spaced steps from 0 to T - 1, rounded.
     """
     if not 1 <= num_steps <= n_timestep:
         raise ValueError(f"num_steps must be in [1, {n_timestep}], got {num_steps}")
-    for stride in range(n_timestep, 0, -1):
+    for stride in range(1, n_timestep + 1):
         if len(range(0, n_timestep, stride)) == num_steps:
             return list(range(0, n_timestep, stride))
     return sorted({round(x) for x in np.linspace(0, n_timestep - 1, num_steps)})

@@ -43,7 +43,13 @@ from talkinghead.eval.video import (
     read_video,
     sample_indices,
 )
-from talkinghead.eval.weights import METRIC_WEIGHTS, WEIGHT_FILES, WeightResolver, sha256
+from talkinghead.eval.weights import (
+    METRIC_WEIGHTS,
+    WEIGHT_FILES,
+    WeightResolver,
+    missing_message,
+    sha256,
+)
 
 METRICS = ("psnr", "ssim", "lpips", "lpips_vgg", "fid", "lse", "csim", "fvd")
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "fid", "lse", "csim")
@@ -82,10 +88,9 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def metric_columns(metrics: Sequence[str], face_crop: bool) -> list[str]:
+    """Per-video columns in `METRICS` order, then the set-level ones."""
     cols: list[str] = []
-    for m in METRICS:
-        if m not in metrics:
-            continue
+    for m in sorted(metrics, key=lambda m: (m in SET_METRICS, METRICS.index(m))):
         cols += _COLUMNS[m]
         if face_crop and m in _FACE_METRICS:
             cols.append(f"{m}_face")
@@ -336,15 +341,23 @@ def evaluate(
     skipped: dict[str, str] = {}
     problems: list[str] = []
     for m in names:
+        errors: list[tuple[str, CheckpointError]] = []
         for key in METRIC_WEIGHTS.get(m, ()):
             try:
                 resolver.resolve(key, m)
             except CheckpointError as e:
-                if skip_missing:
-                    skipped[m] = str(e)
-                else:
-                    problems.append(str(e))
-                break
+                errors.append((key, e))
+        if not errors:
+            continue
+        if len(errors) == 1:
+            message = str(errors[0][1])
+        else:  # name every missing file of the metric at once
+            message = missing_message(m, [WEIGHT_FILES[k] for k, _ in errors], resolver)
+            message += " (download failed)" if download else ""
+        if skip_missing:
+            skipped[m] = message
+        else:
+            problems.append(message)
     if problems:
         raise CheckpointError("; ".join(problems) + " (or pass --skip-missing)")
     active = tuple(m for m in names if m not in skipped)
@@ -352,7 +365,13 @@ def evaluate(
     tracker = face_tracker
     needs_faces = face_crop or "lse" in active or "csim" in active
     if needs_faces and tracker is None:
-        tracker = face_mod.MeshFaceTracker()
+        try:
+            tracker = face_mod.MeshFaceTracker()
+        except ImportError as e:
+            raise ImportError(
+                f"face tracking (LSE, CSIM, --face-crop) needs mediapipe: pip install "
+                f"'talkinghead[face]' ({e})"
+            ) from e
 
     rows: list[VideoScores] = []
     fid_feats: dict[str, list[np.ndarray]] = {"pred": [], "ref": []}
@@ -432,15 +451,7 @@ def evaluate(
         key: {"file": WEIGHT_FILES[key].name, "path": str(path), "sha256": sha256(path)}
         for key, path in resolver.resolved.items()
     }
-    return EvaluationResult(
-        rows,
-        mean,
-        columns + [c for c in ("fid", "fvd") if c in mean and c not in columns],
-        settings,
-        versions(extra),
-        weights,
-        skipped,
-    )
+    return EvaluationResult(rows, mean, columns, settings, versions(extra), weights, skipped)
 
 
 def _evaluate_pair(

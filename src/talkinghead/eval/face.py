@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import median_filter
 from scipy.signal import medfilt
 
 from talkinghead.errors import NoFaceError
@@ -140,10 +141,19 @@ def fill_gaps(
     )
 
 
-def _medfilt(x: np.ndarray, kernel: int = SMOOTH_KERNEL) -> np.ndarray:
+def _medfilt(x: np.ndarray, kernel: int = SMOOTH_KERNEL, zero_pad: bool = False) -> np.ndarray:
+    """Running median over `kernel` frames.
+
+    ``zero_pad``: scipy.signal.medfilt, as syncnet_python smooths (its tracks are at least
+    100 frames, so the zeros it pads with never win the median); only used when the
+    track is at least `kernel` long. Otherwise the ends repeat the edge values.
+    """
+    x = x.astype(np.float64)
     if len(x) < 2:
-        return x.astype(np.float64)
-    return medfilt(x.astype(np.float64), kernel_size=kernel)
+        return x
+    if zero_pad and len(x) >= kernel:
+        return medfilt(x, kernel_size=kernel)
+    return median_filter(x, size=min(kernel, len(x) - (len(x) + 1) % 2), mode="nearest")
 
 
 def _crop_with_pad(frame: np.ndarray, y0: int, y1: int, x0: int, x1: int, value: int) -> np.ndarray:
@@ -178,9 +188,9 @@ def face_crops(frames: np.ndarray, windows: np.ndarray) -> np.ndarray:
 def syncnet_crops(frames: np.ndarray, track: FaceTrack) -> np.ndarray:
     """224x224 RGB face crops [T, 224, 224, 3] cut the way syncnet_python does."""
     b = track.boxes
-    s = _medfilt(np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2)
-    cy = _medfilt((b[:, 1] + b[:, 3]) / 2)
-    cx = _medfilt((b[:, 0] + b[:, 2]) / 2)
+    s = _medfilt(np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2, zero_pad=True)
+    cy = _medfilt((b[:, 1] + b[:, 3]) / 2, zero_pad=True)
+    cx = _medfilt((b[:, 0] + b[:, 2]) / 2, zero_pad=True)
     cs = SYNCNET_CROP_SCALE
     out = np.empty((len(frames), SYNCNET_SIZE, SYNCNET_SIZE, 3), np.uint8)
     for i, frame in enumerate(frames):

@@ -42,8 +42,15 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> np.ndarray:
     """Per-frame PSNR [N] in dB of frames [N, H, W, 3] (or one frame [H, W, 3])."""
     a, b = _check_pair(a, b)
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = (diff * diff).reshape(len(a), -1).mean(axis=1)
+    mse = np.empty(len(a))
+    for i, (fa, fb) in enumerate(zip(a, b, strict=True)):
+        # Exact integer arithmetic for uint8, one frame at a time (no float64 copy of the video).
+        if fa.dtype == np.uint8 and fb.dtype == np.uint8:
+            d = fa.astype(np.int32) - fb.astype(np.int32)
+            mse[i] = int((d * d).sum(dtype=np.int64)) / d.size
+        else:
+            d = fa.astype(np.float64) - fb.astype(np.float64)
+            mse[i] = float((d * d).mean())
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(data_range**2 / mse)
 

@@ -29,6 +29,7 @@ class DiffTalkAutoencoderConfig:
     latent_channels: int = 3
     num_embeddings: int = 8192
     norm_num_groups: int = 32
+    mid_attention: bool = True  # self-attention in the middle blocks (CompVis has it)
 
     @property
     def downsample(self) -> int:
@@ -54,9 +55,9 @@ AUTOENCODER_PRESETS: dict[str, DiffTalkAutoencoderConfig] = {
     # The paper's two first stages (64 x 64 x 3 latents).
     "f4": DiffTalkAutoencoderConfig(256, (128, 256, 512)),
     "f8": DiffTalkAutoencoderConfig(512, (128, 256, 256, 512)),
-    # CPU-test sizes with the same downsampling.
-    "tiny-f4": DiffTalkAutoencoderConfig(256, (8, 16, 16), 1, 3, 64, 4),
-    "tiny-f8": DiffTalkAutoencoderConfig(512, (8, 8, 16, 16), 1, 3, 64, 4),
+    # CPU-test sizes with the same downsampling (no attention over 64 x 64 latents).
+    "tiny-f4": DiffTalkAutoencoderConfig(256, (8, 16, 16), 1, 3, 64, 4, False),
+    "tiny-f8": DiffTalkAutoencoderConfig(512, (8, 8, 16, 16), 1, 3, 64, 4, False),
 }
 
 
@@ -91,6 +92,7 @@ class DiffTalkAutoencoder(nn.Module):
             norm_num_groups=c.norm_num_groups,
             vq_embed_dim=c.latent_channels,
             scaling_factor=1.0,
+            mid_block_add_attention=c.mid_attention,
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,13 @@ class VQGANConfig:
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, height, width) of the latent of a height x width image."""
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise ValueError(f"image size {height}x{width} is not a multiple of f = {f}")
+        return self.embed_dim, height // f, width // f
+
     @classmethod
     def paper(cls, **overrides: Any) -> VQGANConfig:
         return cls(**overrides)
@@ -288,10 +295,7 @@ class VQModel(nn.Module):
         return self.config.downsample_factor
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"image size {height}x{width} is not a multiple of f = {f}")
-        return self.config.embed_dim, height // f, width // f
+        return self.config.latent_shape(height, width)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous latent (before quantisation) [B, embed_dim, H / f, W / f]."""

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -46,8 +48,10 @@ from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
 from talkinghead.train.difftalk_data import (
+    CROP_SCALE,
     CROP_SMOOTHING,
-    crop_config,
+    CROP_VY,
+    face_analyzer,
     generation_mask,
     landmark_condition,
     latent_keep_mask,
@@ -67,6 +71,7 @@ AUDIO_MODEL_DIR = "wav2vec2"
 SAMPLE_RATE = 16000
 IMAGE_FPS = 25.0
 RESOLUTIONS = (256, 512)
+SOURCE_CACHE_SIZE = 256  # source frames whose latents are kept
 
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
@@ -153,6 +158,16 @@ def write_manifest(directory: Path, resolution: int, data: Mapping[str, Any]) ->
     return path
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a DiffTalk checkpoint manifest")
+    return data
+
+
 def resolve_checkpoint_dir(checkpoints: Path, resolution: int | None = None) -> Path:
     """The directory holding `difftalk.json` for `resolution` (see the module docstring)."""
     checkpoints = Path(checkpoints)
@@ -165,7 +180,7 @@ def resolve_checkpoint_dir(checkpoints: Path, resolution: int | None = None) -> 
         path = d / MANIFEST_NAME
         if not path.is_file():
             continue
-        manifest = json.loads(path.read_text())
+        manifest = _read_json(path)
         if resolution is not None and int(manifest.get("resolution", 0)) != int(resolution):
             if d == checkpoints:
                 continue  # a parent may still hold difftalk_<resolution>/
@@ -196,7 +211,7 @@ def load_difftalk(
     checkpoints: Path, resolution: int | None = None, device: str | torch.device = "cpu"
 ) -> DiffTalkModels:
     directory = resolve_checkpoint_dir(checkpoints, resolution)
-    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    manifest = _read_json(directory / MANIFEST_NAME)
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{directory / MANIFEST_NAME}: not a DiffTalk checkpoint manifest")
     ae = load_autoencoder(directory / manifest.get("autoencoder", AUTOENCODER_FILE), device)
@@ -224,7 +239,9 @@ class DiffTalkConfig:
     side of the source), ``max_source_frames`` (video sources; None: as many as output
     frames), ``mask_dilation`` (lower-face mask growth, fraction of the crop), ``feather``
     (blur of the blend mask, fraction of the crop), ``audio_model`` (override of the CTC
-    model), ``progressive`` (False: the source crop is every frame's reference)."""
+    model), ``progressive`` (False: the source crop is every frame's reference), ``fps``
+    (output frame rate; None: the source video's, 25 for an image; a video source is
+    then sampled at its own rate, so its motion keeps its speed)."""
 
     steps: int = 200
     eta: float = 0.0
@@ -235,6 +252,7 @@ class DiffTalkConfig:
     feather: float = 0.03
     audio_model: str | None = None
     progressive: bool = True
+    fps: float | None = None  # output frame rate; None: the source video's, 25 for an image
 
     def replace(self, **changes: Any) -> DiffTalkConfig:
         known = {f.name for f in fields(self)}
@@ -254,8 +272,27 @@ class SourceFaces:
     crops: np.ndarray  # [F, R, R, 3] uint8
     landmarks: np.ndarray  # [F, 478, 2] crop pixels
     c2o: np.ndarray  # [F, 3, 3]
-    fps: float
+    fps: float  # output frame rate
     is_image: bool
+    source_fps: float | None = None  # a video's own rate
+
+    def index(self, i: int) -> int:
+        """The source frame behind output frame i (videos loop back and forth)."""
+        from talkinghead.pipelines.avatar import mirror_index
+
+        if self.is_image:
+            return 0
+        t = i if not self.source_fps else int(i * self.source_fps / self.fps + 1e-6)
+        return mirror_index(t, len(self.frames))
+
+
+@dataclass
+class _SourceInputs:
+    z_src: torch.Tensor  # [1, 3, h, w] latent of the source crop (kept outside the mouth)
+    z_masked: torch.Tensor  # [1, 3, h, w] latent of its mouth-masked version
+    keep: torch.Tensor  # [1, 1, h, w] latent keep mask
+    soft: np.ndarray  # [R, R] feathered pixel mask of the generated region
+    landmarks: torch.Tensor  # [1, 51, 2] landmark condition
 
 
 @dataclass
@@ -278,9 +315,16 @@ class DiffTalkGenerator:
     ) -> None:
         self.models = models
         self.config = config or DiffTalkConfig()
+        if self.config.fps is not None and self.config.fps <= 0:
+            raise TalkingHeadError(f"fps must be positive, got {self.config.fps}")
+        if self.config.steps < 1 or self.config.eta < 0:
+            raise TalkingHeadError(
+                f"DiffTalk needs steps >= 1 and eta >= 0, got {self.config.steps}, {self.config.eta}"
+            )
         self.device = torch.device(device)
         self._audio_encoder = audio_encoder
         self._analyzer = None
+        self._source_cache: OrderedDict[Any, _SourceInputs] = OrderedDict()
 
     # -- inputs
 
@@ -305,16 +349,7 @@ class DiffTalkGenerator:
 
     def analyzer(self):
         if self._analyzer is None:
-            from talkinghead.face import create_face_analyzer
-
-            crop = self.models.data.get("crop", {})
-            self._analyzer = create_face_analyzer(
-                self.config.face_backend,
-                aux_dir=self.models.directory,
-                crop=crop_config(
-                    self.models.resolution, crop.get("scale", 1.8), crop.get("vy", -0.1)
-                ),
-            )
+            self._analyzer = face_analyzer(self.config.face_backend, self.models.directory)
         return self._analyzer
 
     def prepare_source(
@@ -326,11 +361,13 @@ class DiffTalkGenerator:
 
         cfg = self.config
         probe = load_source(source, max_side=cfg.max_size, max_frames=1)
-        fps = IMAGE_FPS if probe.is_image or not probe.fps else float(probe.fps)
+        source_fps = None if probe.is_image or not probe.fps else float(probe.fps)
+        fps = float(cfg.fps or source_fps or IMAGE_FPS)
         n = output_frames(num_samples, fps)
         if n == 0:
             raise MediaError("the audio is empty")
-        limit = cfg.max_source_frames if cfg.max_source_frames is not None else n
+        needed = math.ceil(n * (source_fps or fps) / fps)
+        limit = cfg.max_source_frames if cfg.max_source_frames is not None else needed
         media = (
             probe
             if probe.is_image
@@ -338,13 +375,24 @@ class DiffTalkGenerator:
         )
         if progress:
             progress("source", 0, len(media.frames))
-        smoothing = int(self.models.data.get("crop", {}).get("smoothing", CROP_SMOOTHING))
-        faces = track_faces(self.analyzer(), media.frames, smoothing, what=str(source))
+        crop = self.models.data.get("crop", {})
         res = self.models.resolution
+        faces = track_faces(
+            self.analyzer(),
+            media.frames,
+            res,
+            scale=float(crop.get("scale", CROP_SCALE)),
+            vy=float(crop.get("vy", CROP_VY)),
+            smoothing=int(crop.get("smoothing", CROP_SMOOTHING)),
+            what=str(source),
+        )
         crops = np.stack([faces.crop(f, i, res) for i, f in enumerate(media.frames)])
         if progress:
             progress("source", len(media.frames), len(media.frames))
-        return SourceFaces(media.frames, crops, faces.landmarks, faces.c2o, fps, media.is_image), n
+        src = SourceFaces(
+            media.frames, crops, faces.landmarks, faces.c2o, fps, media.is_image, source_fps
+        )
+        return src, n
 
     def audio_windows(self, audio_16k: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
         """Per output frame, the [2w + 1, 16, C] neighbourhood the temporal filter reads."""
@@ -359,6 +407,33 @@ class DiffTalkGenerator:
         return torch.stack([to_tensor_image(x) for x in rgb]).to(self.device)
 
     @torch.no_grad()
+    def source_inputs(
+        self, crop: np.ndarray, landmarks: np.ndarray, key: Any = None
+    ) -> _SourceInputs:
+        """What a source crop contributes to every frame made from it (cached by `key`)."""
+        if key is not None and key in self._source_cache:
+            self._source_cache.move_to_end(key)
+            return self._source_cache[key]
+        m = self.models
+        res = m.resolution
+        z_src, z_masked = m.autoencoder.encode(
+            self._images(crop, masked_frame(crop, landmarks))
+        ).split(1)
+        generate = generation_mask(landmarks, res, self.config.mask_dilation)
+        keep = torch.from_numpy(latent_keep_mask(generate, z_src.shape[-1]))[None, None]
+        sigma = self.config.feather * res
+        soft = cv2.GaussianBlur(generate, (0, 0), sigma) if sigma > 0 else generate
+        lm = torch.from_numpy(landmark_condition(landmarks, res))[None]
+        inputs = _SourceInputs(
+            z_src, z_masked, keep.to(self.device), np.clip(soft, 0, 1), lm.to(self.device)
+        )
+        if key is not None:
+            self._source_cache[key] = inputs
+            while len(self._source_cache) > SOURCE_CACHE_SIZE:
+                self._source_cache.popitem(last=False)
+        return inputs
+
+    @torch.no_grad()
     def render_frame(
         self,
         crop: np.ndarray,
@@ -366,33 +441,34 @@ class DiffTalkGenerator:
         reference: np.ndarray,
         audio: np.ndarray,
         generator: torch.Generator,
+        key: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One crop: the generated D_I(z~) (uint8) and the feathered lower-face mask [R, R]."""
+        """One crop: the generated D_I(z~) (uint8) and the feathered lower-face mask [R, R].
+
+        `key` names the source frame, so that its latents are encoded once.
+        """
         from talkinghead.diffusion.latent_inpainting import masked_ddim_sample
 
         m = self.models
-        res = m.resolution
-        z_src, z_masked, z_ref = m.autoencoder.encode(
-            self._images(crop, masked_frame(crop, landmarks), reference)
-        ).split(1)
-        lm = torch.from_numpy(landmark_condition(landmarks, res))[None].to(self.device)
-        context = m.ldm.context(torch.from_numpy(audio)[None].float().to(self.device), lm)
-        generate = generation_mask(landmarks, res, self.config.mask_dilation)
-        keep = torch.from_numpy(latent_keep_mask(generate, z_src.shape[-1]))[None, None].to(
-            self.device
-        )
+        src = self.source_inputs(crop, landmarks, key)
+        z_ref = m.autoencoder.encode(self._images(reference))
+        audio_t = torch.from_numpy(audio)[None].float().to(self.device)
+        context = m.ldm.context(audio_t, src.landmarks)
 
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return m.ldm(x, t, z_masked, z_ref, context)
+            return m.ldm(x, t, src.z_masked, z_ref, context)
 
         z = masked_ddim_sample(
-            eps, z_src, keep, steps=self.config.steps, generator=generator, eta=self.config.eta
+            eps,
+            src.z_src,
+            src.keep,
+            steps=self.config.steps,
+            generator=generator,
+            eta=self.config.eta,
         )
         img = m.autoencoder.decode(z)[0].clamp(-1, 1)
         generated = ((img.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        sigma = self.config.feather * res
-        soft = cv2.GaussianBlur(generate, (0, 0), sigma) if sigma > 0 else generate
-        return generated, np.clip(soft, 0, 1)
+        return generated, src.soft
 
     # -- a whole clip
 
@@ -407,7 +483,6 @@ class DiffTalkGenerator:
     ) -> Iterator[FrameResult]:
         """Output frames in order (progressive: each frame's reference is the last output)."""
         from talkinghead.face.paste import PasteBack
-        from talkinghead.pipelines.avatar import mirror_index
 
         audio = self.audio_windows(audio_16k, num_frames, source.fps)
         generator = torch.Generator("cpu").manual_seed(
@@ -415,13 +490,12 @@ class DiffTalkGenerator:
         )
         paste = PasteBack()
         reference = source.crops[0]
-        n_src = len(source.frames)
         if progress:
             progress("frames", 0, num_frames)
         for i in range(num_frames):
-            k = 0 if source.is_image else mirror_index(i, n_src)
+            k = source.index(i)
             generated, soft = self.render_frame(
-                source.crops[k], source.landmarks[k], reference, audio[i], generator
+                source.crops[k], source.landmarks[k], reference, audio[i], generator, key=k
             )
             frame = compose(source.frames[k], generated, soft, source.c2o[k], paste)
             if self.config.progressive:

@@ -48,13 +48,13 @@ from talkinghead.pipelines.dithead_interpolation import create_interpolator, int
 from talkinghead.train.dithead import DIT_FILE, VQ_FILES, load_checkpoint
 from talkinghead.train.dithead_data import (
     AUDIO_MODEL_DIRNAME,
-    FPS,
     SAMPLE_RATE,
     CTCAudioFeatures,
     DataSettings,
     apply_mask,
     audio_windows,
     from_tensor_image,
+    iter_video_frames,
     lower_face_mask,
     to_tensor_image,
 )
@@ -64,7 +64,7 @@ DEFAULT_STEPS = 250
 Progress = Callable[[str, int, int | None], None]
 _OPTIONS = {
     "fps", "interpolation", "eta", "face_backend", "aux_dir", "audio_model", "max_side",
-    "evolve", "reference_frame",
+    "evolve", "reference_frame", "resolution",
 }  # fmt: skip
 
 
@@ -117,17 +117,19 @@ class SourceFace:
     M_c2o: np.ndarray  # 3x3
 
 
-def _source_frames(source: Path, max_side: int | None) -> list[np.ndarray]:
-    """Source frames at 25 fps (nearest frame in time); one frame for a still image."""
-    from talkinghead.media.source import load_source
+def _source_frames(
+    source: Path, max_side: int | None, limit: int | None = None
+) -> list[np.ndarray]:
+    """Up to ``limit`` source frames at 25 fps (nearest frame in time), decoded as a
+    stream so a long source costs only what is used; one frame for a still image."""
+    from itertools import islice
 
-    media = load_source(source, max_side=max_side)
-    frames = media.frames
-    if media.is_image or not media.fps or len(frames) == 1:
-        return frames[:1]
-    n = max(1, round(len(frames) * FPS / media.fps))
-    idx = np.minimum(np.round(np.arange(n) * media.fps / FPS).astype(int), len(frames) - 1)
-    return [frames[i] for i in idx]
+    from talkinghead.media.source import fit_frame, load_source
+
+    probe = load_source(source, max_side=max_side, max_frames=1)
+    if probe.is_image:
+        return probe.frames
+    return [fit_frame(f, max_side) for f in islice(iter_video_frames(source), limit)]
 
 
 def pingpong(k: int, n: int) -> int:
@@ -282,7 +284,8 @@ def generate_video(
     ``face_backend`` ("auto") and ``aux_dir``, ``audio_model`` (wav2vec2 directory
     or hub id; default ``<checkpoints>/wav2vec2``, else the model used in training),
     ``max_side`` (1920), ``evolve`` (True: previous latent as reference),
-    ``reference_frame`` (index of the first reference; default random).
+    ``reference_frame`` (index of the first reference; default random). ``resolution``
+    is accepted for the CLI's sake and ignored: the checkpoint fixes the crop size.
     """
     from talkinghead.audio.io import load_audio
     from talkinghead.face import create_face_analyzer
@@ -310,8 +313,8 @@ def generate_video(
     if progress:
         progress("audio", len(windows), len(windows))
 
-    frames = _source_frames(Path(source), opts.get("max_side", 1920))
-    frames = frames[: len(windows)]  # ping-pong never needs more than N source frames
+    # ping-pong never needs more than N source frames
+    frames = _source_frames(Path(source), opts.get("max_side", 1920), len(windows))
     analyzer = create_face_analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
     faces = analyze_source(frames, models.settings, analyzer, progress)
 

@@ -216,6 +216,13 @@ def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None)
     return base.replace(**changes)
 
 
+def video_options(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """x264's "veryfast" preset keeps encoding well ahead of real time at crf 18."""
+    from talkinghead.media.writer import VIDEO_SUFFIXES
+
+    return {"preset": "veryfast"} if Path(output).suffix.lower() in VIDEO_SUFFIXES else {}
+
+
 def fade_alphas(num_frames: int, fade_in: int, fade_out: int) -> np.ndarray | None:
     """Per-frame fade weights (1 = generated motion), as the release's ``setup_Nd``."""
     if fade_in <= 0 and fade_out <= 0:
@@ -408,7 +415,12 @@ class DittoPipeline:
             return sampler(lmdm, cond_frame.to(device), cond.to(device), generator=generator).cpu()
 
         seq_frames = getattr(getattr(lmdm, "config", None), "seq_frames", 80)
-        clip_cfg = cfg.clipwise(streaming, seq_frames)
+        try:
+            clip_cfg = cfg.clipwise(streaming, seq_frames)
+        except ValueError as exc:  # e.g. an overlap that does not fit a short-window model
+            raise TalkingHeadError(
+                f"motion settings do not fit the motion model ({seq_frames}-frame windows): {exc}"
+            ) from None
         prefix = None
         if clip_cfg.fuse == "online":
             # The release's streaming driver starts from `overlap` frames of silence.
@@ -490,7 +502,12 @@ class DittoPipeline:
         avatar = self.register(source, max_frames=max_frames, config=cfg, progress=progress)
         motion, d0 = self.motion(avatar, audio_16k, config=cfg, progress=progress)
         mux_rate = 48000
-        writer = open_writer(output, fps=FPS, audio=(load_audio(audio_path, mux_rate), mux_rate))
+        writer = open_writer(
+            output,
+            fps=FPS,
+            audio=(load_audio(audio_path, mux_rate), mux_rate),
+            **video_options(output),
+        )
         renderer = self._renderer(avatar, cfg, n, d0)
         try:
             with StageRunner(renderer.stages(writer, progress), maxsize=2) as runner:

@@ -166,7 +166,7 @@ def train_autoencoder(
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = DiffTalkAutoencoder(ae_cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), foreach=True)
     rng = np.random.default_rng(cfg.seed)
     logger = _Log(out_dir / "train_autoencoder.jsonl", cfg.log_every)
     losses: list[float] = []
@@ -183,8 +183,9 @@ def train_autoencoder(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
-            logger(step, {"loss": float(loss), "l1": float(rec), "vq": float(vq_loss)})
+            values = {"loss": loss.item(), "l1": rec.item(), "vq": vq_loss.item()}
+            losses.append(values["loss"])
+            logger(step, values)
             if progress:
                 progress("autoencoder", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
@@ -230,8 +231,9 @@ class _LatentSource:
                 for s in range(0, clip.num_frames, 16):
                     frames = [data.frame(c, i) for i in range(s, min(s + 16, clip.num_frames))]
                     masked = [masked_frame(f, clip.landmarks[s + k]) for k, f in enumerate(frames)]
-                    z.append(self._encode(frames))
-                    zm.append(self._encode(masked))
+                    # Kept in host memory; batches move to the device.
+                    z.append(self._encode(frames).cpu())
+                    zm.append(self._encode(masked).cpu())
                 self.cache.append((torch.cat(z), torch.cat(zm)))
 
     @torch.no_grad()
@@ -256,7 +258,9 @@ class _LatentSource:
                 zr.append(zc[r])
             else:
                 frame = d.frame(c, i)
-                enc = self._encode([frame, masked_frame(frame, clip.landmarks[i]), d.frame(c, r)])
+                enc = self._encode(
+                    [frame, masked_frame(frame, clip.landmarks[i]), d.frame(c, r)]
+                ).cpu()
                 z.append(enc[0])
                 zm.append(enc[1])
                 zr.append(enc[2])
@@ -347,7 +351,9 @@ def train_ldm(
     torch.manual_seed(cfg.seed)
     ldm = DiffTalkLDM(model_config).to(device).train()
     ema = EMA(ldm, cfg.ema_decay) if cfg.ema else None
-    opt = torch.optim.AdamW(ldm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        ldm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
+    )
     scheduler = training_scheduler()
     cache = cfg.cache_latents if cfg.cache_latents is not None else len(data) <= 20_000
     source = _LatentSource(data, ae, device, cache)
@@ -384,7 +390,7 @@ def train_ldm(
             opt.step()
             if ema is not None:
                 ema.update(ldm)
-            value = float(loss)
+            value = loss.item()
             if not math.isfinite(value):
                 raise TalkingHeadError(f"the loss diverged at step {step}")
             losses.append(value)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from talkinghead.audio.ctc import frame_windows, neighbour_indices
 from talkinghead.errors import MediaError, TalkingHeadError
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,8 @@ MOUTH_REGION = (
 )  # fmt: skip
 MESH_POINTS = 478
 
-# Progress callback: (stage name, items done, total or None).
-Progress = Callable[[str, int, int | None], None]
+# Progress callback of `prepare_dataset` (the prepare-data command's): (videos done, total).
+Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -160,10 +162,23 @@ def smooth_transforms(matrices: np.ndarray, window: int = CROP_SMOOTHING) -> np.
     return out
 
 
-def crop_config(resolution: int, scale: float = CROP_SCALE, vy: float = CROP_VY):
-    from talkinghead.face.types import CropConfig
+_ANALYZERS = threading.local()
 
-    return CropConfig(dsize=resolution, scale=scale, vx_ratio=0.0, vy_ratio=vy)
+
+def face_analyzer(backend: str = "mediapipe", aux_dir: Path | None = None):
+    """A face analyser, reused by later calls from the same thread (MediaPipe's graphs take
+    a while to build and must not be shared between threads). Its own crop is unused:
+    DiffTalk crops from the landmarks (`track_faces`)."""
+    from talkinghead.face import create_face_analyzer
+
+    cache = getattr(_ANALYZERS, "cache", None)
+    if cache is None:
+        cache = _ANALYZERS.cache = {}
+    # Only the release backend reads files from aux_dir.
+    key = (backend, None if aux_dir is None or backend == "mediapipe" else str(aux_dir))
+    if key not in cache:
+        cache[key] = create_face_analyzer(backend, aux_dir=aux_dir)
+    return cache[key]
 
 
 @dataclass
@@ -186,13 +201,19 @@ class TrackedFaces:
 def track_faces(
     analyzer,
     frames: Iterable[np.ndarray],
+    resolution: int,
+    *,
+    scale: float = CROP_SCALE,
+    vy: float = CROP_VY,
     smoothing: int = CROP_SMOOTHING,
     what: str = "the source",
 ) -> TrackedFaces:
-    """Find the face in every frame (tracking it from the previous one) and smooth the crops."""
-    from talkinghead.face.crop import warp_points
+    """Find the face in every frame (tracking it from the previous one); crop
+    `resolution` pixels around it (`scale` x the mesh box, shifted by `vy`) with the
+    crop transform smoothed over `smoothing` frames."""
+    from talkinghead.face.crop import crop_transform, warp_points
 
-    lmks, c2o, previous = [], [], None
+    lmks, o2c, previous = [], [], None
     for i, frame in enumerate(frames):
         face = analyzer.analyze(frame, previous=previous)
         if face.landmarks.shape[0] != MESH_POINTS:
@@ -201,13 +222,13 @@ def track_faces(
                 f"backend gives {face.landmarks.shape[0]} (frame {i})"
             )
         lmks.append(face.landmarks)
-        c2o.append(face.M_c2o.astype(np.float64))
+        o2c.append(crop_transform(face.landmarks, dsize=resolution, scale=scale, vy_ratio=vy)[0])
         previous = face
     if not lmks:
         raise MediaError(f"{what}: no frames")
-    o2c = smooth_transforms(np.linalg.inv(np.stack(c2o)), smoothing)
-    landmarks = np.stack([warp_points(p, m) for p, m in zip(lmks, o2c, strict=True)])
-    return TrackedFaces(o2c, landmarks.astype(np.float32))
+    smoothed = smooth_transforms(np.stack(o2c), smoothing)
+    landmarks = np.stack([warp_points(p, m) for p, m in zip(lmks, smoothed, strict=True)])
+    return TrackedFaces(smoothed, landmarks.astype(np.float32))
 
 
 def iter_video_frames(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -342,14 +363,8 @@ class _ClipPreparer:
     def __init__(
         self, options: PrepareOptions, audio_model: str, checkpoints: Path | None, encoder=None
     ):
-        from talkinghead.face import create_face_analyzer
-
         self.options = options
-        self.analyzer = create_face_analyzer(
-            options.face_backend,
-            aux_dir=checkpoints,
-            crop=crop_config(options.resolution, options.crop_scale, options.crop_vy),
-        )
+        self.analyzer = face_analyzer(options.face_backend, checkpoints)
         if encoder is None:
             from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
 
@@ -362,7 +377,13 @@ class _ClipPreparer:
         audio = _load_clip_audio(video)
         # Two passes over the video keep memory flat: track, then crop on smoothed transforms.
         faces = track_faces(
-            self.analyzer, iter_video_frames(video, o.max_frames), o.crop_smoothing, str(video)
+            self.analyzer,
+            iter_video_frames(video, o.max_frames),
+            o.resolution,
+            scale=o.crop_scale,
+            vy=o.crop_vy,
+            smoothing=o.crop_smoothing,
+            what=str(video),
         )
         tmp = clip_dir.with_name(clip_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -395,8 +416,6 @@ class _ClipPreparer:
             raise MediaError(
                 f"{video}: decoded {written} frames on the second pass, {n} on the first"
             )
-        from talkinghead.audio.ctc import frame_windows
-
         probs = self.encoder.probabilities(audio)
         if probs.shape[0] == 0:
             raise MediaError(f"{video}: the audio track is empty")
@@ -445,7 +464,7 @@ def prepare_dataset(
     progress: Progress | None = None,
     **method_options: Any,
 ) -> PrepareReport:
-    """Prepare every video in `videos_dir` (see the module docstring); resumable.
+    """Prepare every video under `videos_dir`, recursively (see the module docstring); resumable.
 
     Clips already finished with the same settings are kept; a video that fails is
     logged, reported and skipped. Method options: those of `PrepareOptions`, plus
@@ -455,8 +474,14 @@ def prepare_dataset(
     options = PrepareOptions.from_options(method_options)
     if not videos_dir.is_dir():
         raise MediaError(f"{videos_dir}: not a directory")
+    out_abs = out_dir.resolve()
     videos = sorted(
-        p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+        p
+        for p in videos_dir.rglob("*")
+        if p.suffix.lower() in VIDEO_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(videos_dir).parts)
+        and out_abs not in p.resolve().parents
     )
     if not videos:
         raise MediaError(f"{videos_dir}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
@@ -490,7 +515,7 @@ def prepare_dataset(
     total = len(jobs)
     done = len(report.existing)
     if progress:
-        progress("videos", done, total)
+        progress(done, total)
 
     def finish(video: Path, clip_dir: Path, error: str | None) -> None:
         nonlocal done
@@ -499,9 +524,9 @@ def prepare_dataset(
             report.prepared.append(clip_dir.name)
         else:
             log.warning("skipping %s: %s", video, error)
-            report.failed[video.name] = error
+            report.failed[video.relative_to(videos_dir).as_posix()] = error
         if progress:
-            progress("videos", done, total)
+            progress(done, total)
 
     if todo:
         (out_dir / "clips").mkdir(parents=True, exist_ok=True)
@@ -652,8 +677,6 @@ class DiffTalkDataset:
     def __getitem__(self, idx: int) -> dict[str, Any]:
         import torch
 
-        from talkinghead.audio.ctc import neighbour_indices
-
         c, i = self.index[idx]
         clip = self.clips[c]
         rng = np.random.default_rng([self.seed, self.epoch, idx])
@@ -678,11 +701,18 @@ __all__ = [
     "DiffTalkDataset",
     "PrepareOptions",
     "PrepareReport",
+    "TrackedFaces",
+    "face_analyzer",
     "generation_mask",
+    "iter_video_frames",
     "landmark_condition",
     "latent_keep_mask",
+    "mask_row",
     "masked_frame",
     "prepare_dataset",
     "read_manifest",
     "reference_index",
+    "smooth_transforms",
+    "track_faces",
+    "video_fps",
 ]

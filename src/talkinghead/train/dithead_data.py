@@ -36,7 +36,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
@@ -62,8 +62,8 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 DATASET_FILE = "dataset.json"
 FORMAT = "talkinghead.dithead.dataset"
 
-# Progress callback: (stage name, items done, total or None).
-Progress = Callable[[str, int, int | None], None]
+# Progress callback of `prepare_dataset`: (videos done, videos in all).
+Progress = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------- configs
@@ -431,20 +431,28 @@ def analyze_frames(
 
 @dataclass
 class PrepareReport:
-    """What `prepare_dataset` did."""
+    """What `prepare_dataset` did; ``failed`` maps a video to why it was skipped."""
 
     out_dir: Path
     clips: list[str] = field(default_factory=list)
     frames: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+    reused: int = 0  # clips already prepared with the same settings by an earlier run
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.clips)
+
+    def summary(self) -> str:
+        text = f"{len(self.clips)} clip(s), {self.frames} frames at {FPS} fps in {self.out_dir}"
+        if self.reused:
+            text += f" ({self.reused} already prepared)"
+        if self.failed:
+            text += f"; {len(self.failed)} video(s) skipped"
+        return text
 
     def __str__(self) -> str:
-        text = f"{len(self.clips)} clip(s), {self.frames} frames at {FPS} fps in {self.out_dir}"
-        if self.skipped:
-            text += f"; skipped {len(self.skipped)}: " + "; ".join(
-                f"{Path(v).name} ({r})" for v, r in self.skipped
-            )
-        return text
+        return self.summary()
 
 
 _WORKER: dict[str, Any] = {}
@@ -486,26 +494,47 @@ def _process_video(
     frames = iter_video_frames(path)
     if max_frames is not None:
         frames = islice(frames, max_frames)
-    video = analyze_frames(frames, analyzer, settings.crop, progress=on_frame)
+    try:
+        video = analyze_frames(frames, analyzer, settings.crop, progress=on_frame)
+    except NoFaceError as e:
+        raise NoFaceError(f"{path}: {e}") from None
     try:
         audio = load_audio(path, SAMPLE_RATE)
     except MediaError as e:
         raise MediaError(f"{path}: no usable audio ({e})") from None
-    total = video.first + len(video.frames)
-    feats = audio_encoder(audio, total)[video.first :]
+    # Frames past the end of the audio (or of the video) have nothing to pair with.
+    feats = audio_encoder(audio, frames_for_audio(len(audio)))[video.first :]
     n = min(len(video.frames), len(feats))
+    if n <= 0:
+        raise MediaError(f"{path}: the audio ends before the first frame with a face")
     video = PreparedVideo(
         video.frames[:n], video.landmarks[:n], video.M_c2o[:n], video.valid[:n], video.first
     )
     meta = {
         "source": str(path),
         "frames": n,
-        "size": settings.crop.size,
         "first_frame": video.first,
         "valid_frames": int(video.valid.sum()),
+        "settings": _clip_key(settings, max_frames),
     }
     _write_clip(clip_dir, video, feats[:n], meta)
     return n
+
+
+def _clip_key(settings: DataSettings, max_frames: int | None) -> dict[str, Any]:
+    # What the stored arrays depend on (the mask and window are applied when training).
+    return {"crop": asdict(settings.crop), "audio_model": settings.audio_model, "max": max_frames}
+
+
+def _finished(clip_dir: Path, video: Path, key: dict[str, Any]) -> int | None:
+    """Frames of a clip an earlier run completed from the same video and settings, else None."""
+    try:
+        meta = json.loads((clip_dir / "clip.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("source") != str(video) or meta.get("settings") != key:
+        return None
+    return int(meta["frames"])
 
 
 def _worker_init(face_backend: str, aux_dir: str | None, audio_model: str, device: str) -> None:
@@ -541,7 +570,10 @@ def prepare_dataset(
     ("auto" | "release" | "mediapipe") with ``aux_dir`` (the folder of the release's
     face models, for "auto"/"release"), ``max_frames`` (per video), ``device`` for the audio model ("cpu"),
     ``min_ref_distance`` (60) and ``window`` (11), which are recorded for training.
-    A video that fails (no face, no audio, unreadable) is skipped and reported.
+    A video that fails (no face, no audio, unreadable) is skipped and reported in
+    ``failed``; a video an earlier run already prepared with the same settings is
+    reused, so an interrupted run can be started again. ``progress(done, total)``
+    counts videos.
     """
     out_dir = Path(out_dir)
     known = {
@@ -562,8 +594,7 @@ def prepare_dataset(
         vy_ratio=float(opts.get("crop_vy", 0.0)),
     )
     device = str(opts.get("device", "cpu"))
-    encoder = CTCAudioFeatures(audio_model, device=device) if workers <= 1 else None
-    vocab = encoder.vocab_size if encoder else _vocab_size(audio_model)
+    vocab = _vocab_size(audio_model)
     settings = DataSettings(
         crop=crop,
         audio=AudioSettings(window=int(opts.get("window", 11)), vocab_size=vocab),
@@ -579,37 +610,50 @@ def prepare_dataset(
     report = PrepareReport(out_dir)
     taken: set[str] = set()
     jobs = [(v, out_dir / "clips" / _clip_name(v, taken)) for v in videos]
+    key = _clip_key(settings, max_frames)
+    results: dict[Path, tuple[int, str | None]] = {}
+    todo = []
+    for video, clip_dir in jobs:
+        n = _finished(clip_dir, video, key)
+        if n is None:
+            todo.append((video, clip_dir))
+        else:
+            results[video] = (n, None)
+            report.reused += 1
+    done = len(results)
     if progress:
-        progress("videos", 0, len(jobs))
-    results: list[tuple[Path, Path, int, str | None]] = []
-    if workers <= 1:
+        progress(done, len(jobs))
+    if todo and workers <= 1:
         from talkinghead.face import create_face_analyzer
 
         analyzer = create_face_analyzer(face_backend, aux_dir)
-        for done, (video, clip_dir) in enumerate(jobs, 1):
+        encoder = CTCAudioFeatures(audio_model, device=device)
+        for video, clip_dir in todo:
             try:
                 n = _process_video(video, clip_dir, settings, analyzer, encoder, max_frames)
-                results.append((video, clip_dir, n, None))
+                results[video] = (n, None)
             except TalkingHeadError as e:
-                results.append((video, clip_dir, 0, str(e)))
+                results[video] = (0, str(e))
+            done += 1
             if progress:
-                progress("videos", done, len(jobs))
-    else:
+                progress(done, len(jobs))
+    elif todo:
         ctx = get_context("spawn")
         init = (face_backend, None if aux_dir is None else str(aux_dir), audio_model, device)
         with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=init) as pool:
-            futures = [pool.submit(_worker_run, v, d, settings, max_frames) for v, d in jobs]
-            for done, ((video, clip_dir), fut) in enumerate(zip(jobs, futures, strict=True), 1):
-                n, err = fut.result()
-                results.append((video, clip_dir, n, err))
+            futures = {pool.submit(_worker_run, v, d, settings, max_frames): v for v, d in todo}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                done += 1
                 if progress:
-                    progress("videos", done, len(jobs))
+                    progress(done, len(jobs))
 
     clips = []
-    for video, clip_dir, n, err in results:
+    for video, clip_dir in jobs:
+        n, err = results[video]
         if err is not None:
             log.warning("skipping %s: %s", video, err)
-            report.skipped.append((str(video), err))
+            report.failed[str(video)] = err
             continue
         clips.append({"name": clip_dir.name, "frames": n, "source": str(video)})
         report.clips.append(clip_dir.name)
@@ -621,17 +665,24 @@ def prepare_dataset(
         "fps": FPS,
         "settings": settings.to_dict(),
         "clips": clips,
+        "failed": report.failed,
     }
     (out_dir / DATASET_FILE).write_text(json.dumps(manifest, indent=1))
     return report
 
 
 def _vocab_size(audio_model: str) -> int:
+    if _looks_local(audio_model) and not Path(audio_model).expanduser().exists():
+        raise CheckpointError(f"{audio_model}: wav2vec2 model directory not found")
     try:
         from transformers import AutoConfig
 
         return int(AutoConfig.from_pretrained(audio_model).vocab_size)
-    except (ImportError, OSError, ValueError) as e:
+    except ImportError:
+        raise CheckpointError(
+            f"{audio_model}: wav2vec2 audio features need the 'transformers' package"
+        ) from None
+    except (OSError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{audio_model}: cannot read the wav2vec2 config ({e})") from None
 
 

@@ -26,8 +26,8 @@ Output layout (folder and key names follow the release's training branch)::
     OUT_DIR/
       manifest.json           status of every video, settings and array dims (below)
       data_list.json          the release's training list: one entry per finished video
-                              {"frame_num", "mtn", "aud", "emo", "eye_open", "eye_ball", "sc"}
-                              (paths relative to OUT_DIR)
+                              {"name", "frame_num", "mtn", "aud", "emo", "eye_open",
+                              "eye_ball", "sc"} (paths relative to OUT_DIR)
       data_info.json          the release's per-kind path lists (absolute paths):
                               fps25_video_list, hubert_aud_npy_list, LP_npy_list,
                               eye_open_npy_list, eye_ball_npy_list, emo_npy_list, sc_npy_list
@@ -42,7 +42,8 @@ NAME is the video's path relative to VIDEOS_DIR without its suffix (``a/b.mp4`` 
 ``a/b``; with `flip`, the mirrored copy is ``NAME_flip``). `manifest.json`::
 
     {"format": "talkinghead-ditto-data", "version": 1, "fps": 25, "sample_rate": 16000,
-     "dims": {"aud": D, "mtn": 328, "emo": 8, "eye_open": 2, "eye_ball": 6, "sc": 63},
+     # per-frame shape of each array (sc: one row per video)
+     "dims": {"aud": [D], "mtn": [328], "eye_open": [2], "eye_ball": [6], "emo": [8], "sc": []},
      "settings": {"face_backend", "motion_extractor", "hubert", "emotion", ...},
      "videos": {NAME: {"status": "ok", "source", "frame_num", "fps", "resampled_from",
                        "audio_seconds", "num_faces", "files": {kind: path}},
@@ -84,7 +85,6 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".avi", ".webm")
 MANIFEST_NAME = "manifest.json"
 DATA_LIST_NAME = "data_list.json"
 DATA_INFO_NAME = "data_info.json"
-SIDECAR_NAME = "talkinghead.json"
 HUBERT_ONNX_NAME = "hubert_streaming_fix_kv.onnx"
 
 # data_list.json key -> (folder, data_info.json list name). Folder names are the release's.
@@ -165,33 +165,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npy")
     np.save(tmp, np.ascontiguousarray(arr, dtype=np.float32))
     os.replace(tmp, path)
-
-
-def read_sidecar(models_dir: Path) -> dict[str, dict[str, Any]]:
-    """`ditto_pytorch/models/talkinghead.json` ({kind: constructor kwargs}), or {}."""
-    path = models_dir / SIDECAR_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable JSON sidecar ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise CheckpointError(f"{path}: expected {{network kind: {{constructor kwargs}}}}")
-    return data
-
-
-def motion_extractor_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Sidecar kwargs -> MotionExtractor kwargs (a JSON ``backbone`` dict becomes its config)."""
-    kwargs = dict(config)
-    backbone = kwargs.get("backbone")
-    if isinstance(backbone, dict):
-        from talkinghead.models.convnextv2 import ConvNeXtV2Config
-
-        kwargs["backbone"] = ConvNeXtV2Config(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in backbone.items()}
-        )
-    return kwargs
 
 
 def find_videos(videos_dir: Path) -> dict[str, Path]:
@@ -289,6 +262,24 @@ class _WorkerSpec:
     torch_threads: int | None = None
 
 
+def resolve_emotion_classifier(spec: Any, *, instantiate: bool = True) -> Any:
+    """A classifier, or ``"module:name"`` naming one (a class is instantiated without arguments)."""
+    if not isinstance(spec, str):
+        return spec
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise TalkingHeadError(f"emotion classifier {spec!r}: expected MODULE:NAME")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise TalkingHeadError(f"emotion classifier {spec!r}: cannot import it ({exc})") from None
+    if isinstance(obj, type) and instantiate:
+        obj = obj()
+    return obj
+
+
 def _build_speech_encoder(hubert: str, device: str):
     from talkinghead.audio.hubert import OnnxHubertEncoder, TransformersHubertEncoder
 
@@ -320,7 +311,7 @@ class VideoFeatureExtractor:
                 "motion_extractor",
                 spec.motion_extractor_path,
                 device=spec.device,
-                **motion_extractor_kwargs(spec.motion_config),
+                **spec.motion_config,
             )
         if nets is not None and nets.speech_encoder is not None:
             encoder = nets.speech_encoder
@@ -332,7 +323,15 @@ class VideoFeatureExtractor:
             self.face = nets.face_analyzer
         else:
             self.face = create_face_analyzer(spec.face_backend, spec.aux_dir)
-        self.emotion_classifier = spec.emotion_classifier
+        self.emotion_classifier = resolve_emotion_classifier(spec.emotion_classifier)
+
+    def close(self) -> None:
+        """Release the face analyser's native resources, unless the caller owns it."""
+        nets = self.spec.networks
+        if nets is None or nets.face_analyzer is None:
+            close = getattr(self.face, "close", None)
+            if close is not None:
+                close()
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -592,6 +591,8 @@ def _resolve_sources(
         if not p.is_file():
             raise CheckpointError(f"{p}: motion extractor checkpoint not found")
         motion_path = str(p)
+        from talkinghead.pipelines.ditto import read_sidecar
+
         motion_cfg = read_sidecar(p.parent).get("motion_extractor", {})
     hubert_spec = None
     if need_hubert:
@@ -614,7 +615,7 @@ def prepare_dataset(
     workers: int = 1,
     face_backend: str = "auto",
     hubert: str | None = None,
-    emotion_classifier: EmotionClassifier | None = None,
+    emotion_classifier: EmotionClassifier | str | None = None,
     progress: ProgressCallback | None = None,
     networks: PrepareNetworks | Mapping[str, Any] | None = None,
     device: str = "cpu",
@@ -631,6 +632,8 @@ def prepare_dataset(
     hubert:       a HuBERT ONNX file, or a `transformers` HuBERT directory / hub id
                   (default: ``aux_models/hubert_streaming_fix_kv.onnx``)
     face_backend: "auto" (release models when present, else mediapipe), "release", "mediapipe"
+    emotion_classifier: an `EmotionClassifier`, or ``"module:name"`` of one (a class is
+                  instantiated in each worker); None gives every frame the Neutral default
     networks:     `PrepareNetworks` (or a dict with its fields) to use instead of files
     progress:     called with (videos done, total) at the start and after each video
     flip:         also store each video mirrored left-right (``NAME_flip``), the release's
@@ -658,11 +661,13 @@ def prepare_dataset(
     report = PrepareReport(out_dir, manifest_path, out_dir / DATA_LIST_NAME)
     report.skipped = [v for n in done for v in names_of[n]]
 
-    emotion = (
-        "default:Neutral"
-        if emotion_classifier is None
-        else str(getattr(emotion_classifier, "name", type(emotion_classifier).__name__))
-    )
+    if emotion_classifier is None:
+        emotion = "default:Neutral"
+    elif isinstance(emotion_classifier, str):
+        resolve_emotion_classifier(emotion_classifier, instantiate=False)  # fail early
+        emotion = emotion_classifier
+    else:
+        emotion = str(getattr(emotion_classifier, "name", type(emotion_classifier).__name__))
     settings: dict[str, Any] = {
         "face_backend": face_backend,
         "emotion": emotion,
@@ -732,11 +737,14 @@ def prepare_dataset(
         finished = len(done)
         if workers == 1:
             extractor = VideoFeatureExtractor(spec)
-            for name in todo:
-                record(_process_video(extractor, name, videos[name], out_dir))
-                finished += 1
-                if progress is not None:
-                    progress(finished, total)
+            try:
+                for name in todo:
+                    record(_process_video(extractor, name, videos[name], out_dir))
+                    finished += 1
+                    if progress is not None:
+                        progress(finished, total)
+            finally:
+                extractor.close()
         else:
             _run_pool(spec, workers, todo, videos, out_dir, record, progress, finished, total)
     else:

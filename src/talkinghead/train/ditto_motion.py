@@ -57,7 +57,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -156,7 +155,14 @@ class MotionTrainConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("seq_frames", "batch_size", "epochs", "save_ckpt_freq", "log_every"):
+        for name in (
+            "seq_frames",
+            "batch_size",
+            "epochs",
+            "save_ckpt_freq",
+            "log_every",
+            "keep_states",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -207,10 +213,11 @@ STRUCTURAL_FIELDS = (
 
 PRESETS: dict[str, MotionTrainConfig] = {
     "release": MotionTrainConfig(),
-    # A few-second CPU run: a small network on short windows (tests, smoke runs).
+    # A few-second CPU run: a small network on short windows (tests, smoke runs). 16 frames:
+    # generation overlaps consecutive windows by 10 frames, so windows must be longer.
     "tiny": MotionTrainConfig(
         audio_feat_dim=None,
-        seq_frames=8,
+        seq_frames=16,
         latent_dim=32,
         ff_size=64,
         num_layers=1,
@@ -888,12 +895,3 @@ def _ema_copy(module: nn.Module, ema: EMA) -> nn.Module:
     clone = copy.deepcopy(module)
     ema.copy_to(clone)
     return clone
-
-
-def total_steps_hint(data: str | os.PathLike, cfg: MotionTrainConfig) -> int:
-    """Optimizer steps of a whole run on one process (for progress bars)."""
-    videos = load_data_list(data, cfg)
-    windows = sum(v.frame_num - cfg.seq_frames for v in videos)
-    per_epoch = math.ceil(windows / cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    return min(total, cfg.max_steps) if cfg.max_steps else total
