@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from _tiny_release import tiny_hubert_onnx
 from talkinghead.audio.hubert import (
     HubertFeatureExtractor,
     OnnxHubertEncoder,
@@ -202,32 +201,6 @@ def test_encoder_must_return_enough_frames():
 
 
 # --- the release's ONNX interface, with a tiny model built here ---------------------------
-
-
-def tiny_hubert_onnx(path, dim: int = 16) -> np.ndarray:
-    """A strided conv with the release's I/O: input_values [1, L] -> encoding_out [T, dim]."""
-    w = np.random.default_rng(0).standard_normal((dim, 1, WIN)).astype(np.float32) * 0.05
-    nodes = [
-        helper.make_node("Unsqueeze", ["input_values", "ax1"], ["x3"]),
-        helper.make_node("Conv", ["x3", "w"], ["y"], strides=[HOP]),  # [1, dim, T]
-        helper.make_node("Squeeze", ["y", "ax0"], ["y2"]),
-        helper.make_node("Transpose", ["y2"], ["encoding_out"], perm=[1, 0]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_hubert",
-        [helper.make_tensor_value_info("input_values", TensorProto.FLOAT, [1, "L"])],
-        [helper.make_tensor_value_info("encoding_out", TensorProto.FLOAT, ["T", dim])],
-        initializer=[
-            numpy_helper.from_array(w, "w"),
-            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-            numpy_helper.from_array(np.array([0], np.int64), "ax0"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return w
 
 
 def test_onnx_encoder(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from _tiny_release import tiny_hubert_onnx
 from talkinghead.errors import MediaError
 from talkinghead.models.convnextv2 import ConvNeXtV2Config
 from talkinghead.models.motion_extractor import MotionExtractor
@@ -280,33 +281,6 @@ def test_resample_frames_is_nearest_frame():
 # --- the prepare-data command ------------------------------------------------------------------
 
 
-def tiny_hubert_onnx(path: Path, dim: int = AUD_DIM) -> None:
-    """The release's HuBERT I/O (input_values [1, L] -> [T, dim]) as one strided conv."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).standard_normal((dim, 1, 400)).astype(np.float32) * 0.05
-    nodes = [
-        helper.make_node("Unsqueeze", ["input_values", "ax1"], ["x3"]),
-        helper.make_node("Conv", ["x3", "w"], ["y"], strides=[320]),
-        helper.make_node("Squeeze", ["y", "ax0"], ["y2"]),
-        helper.make_node("Transpose", ["y2"], ["encoding_out"], perm=[1, 0]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_hubert",
-        [helper.make_tensor_value_info("input_values", TensorProto.FLOAT, [1, "L"])],
-        [helper.make_tensor_value_info("encoding_out", TensorProto.FLOAT, ["T", dim])],
-        initializer=[
-            numpy_helper.from_array(w, "w"),
-            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-            numpy_helper.from_array(np.array([0], np.int64), "ax0"),
-        ],
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 def tiny_checkpoints(root: Path) -> Path:
     """A release-shaped checkpoints root: tiny motion extractor + sidecar, tiny HuBERT ONNX."""
     from talkinghead.models import save_official
@@ -319,7 +293,9 @@ def tiny_checkpoints(root: Path) -> Path:
     (models / "talkinghead.json").write_text(
         json.dumps({"motion_extractor": {"backbone": backbone}})
     )
-    tiny_hubert_onnx(root / "ditto_pytorch" / "aux_models" / "hubert_streaming_fix_kv.onnx")
+    aux = root / "ditto_pytorch" / "aux_models"
+    aux.mkdir(parents=True, exist_ok=True)
+    tiny_hubert_onnx(aux / "hubert_streaming_fix_kv.onnx", dim=AUD_DIM)
     return root
 
 
