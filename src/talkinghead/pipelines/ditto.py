@@ -667,15 +667,10 @@ class DittoStream:
             runner.put((self.frames_out, np.stack(batch)))
             self.frames_out += len(batch)
 
-    def _collect(self, wait: bool) -> list[np.ndarray]:
+    def _collect(self) -> list[np.ndarray]:
         if self._runner is None:
             return []
-        if wait:
-            self._runner.close()
-            batches = list(self._runner.results())
-        else:
-            batches = self._runner.poll()
-        return [frame for batch in batches for frame in batch]
+        return [frame for batch in self._runner.poll() for frame in batch]
 
     def push(self, audio: np.ndarray | bytes) -> list[np.ndarray]:
         """Add audio; returns the frames rendered so far (possibly none)."""
@@ -690,12 +685,12 @@ class DittoStream:
             cond = self.builder(feats, start=self.frames_in)
             self.frames_in += len(feats)
             self._feed(self.motion.push(cond), final=False)
-        return self._collect(wait=False)
+        return self._collect()
 
-    def close(self) -> list[np.ndarray]:
-        """End of speech: flush everything and return the remaining frames."""
+    def finish(self) -> Iterator[np.ndarray]:
+        """End of speech: flush everything, yielding the remaining frames as they are rendered."""
         if self._closed:
-            return []
+            return
         self._closed = True
         feats = self.features.flush()
         if len(feats):
@@ -703,7 +698,14 @@ class DittoStream:
             self.frames_in += len(feats)
             self._feed(self.motion.push(cond), final=False)
         self._feed(self.motion.flush(), final=True)
-        return self._collect(wait=True)
+        if self._runner is not None:
+            self._runner.close()
+            for batch in self._runner.results():
+                yield from batch
+
+    def close(self) -> list[np.ndarray]:
+        """End of speech: flush everything and return the remaining frames."""
+        return list(self.finish())
 
     def abort(self) -> None:
         self._closed = True
@@ -716,7 +718,7 @@ class DittoStream:
         try:
             for chunk in chunks:
                 yield from self.push(chunk)
-            yield from self.close()
+            yield from self.finish()
         except BaseException:
             self.abort()
             raise

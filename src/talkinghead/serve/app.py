@@ -1,0 +1,477 @@
+"""The FastAPI application: avatar registry, WebSocket sessions, health, metrics, the page.
+
+    create_app(pipeline_or_factory, ServeSettings(...)) -> FastAPI
+
+`pipeline_or_factory` is a loaded pipeline (anything with `register(path,
+max_frames=...)` and `stream(avatar, **settings)`, e.g. `DittoPipeline`) or a
+callable returning one, called once at startup in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from talkinghead.errors import TalkingHeadError
+from talkinghead.serve import protocol
+from talkinghead.serve.avatars import AvatarRegistry, UploadError
+from talkinghead.serve.metrics import ServeMetrics
+from talkinghead.serve.protocol import ProtocolError
+from talkinghead.serve.sessions import (
+    EndItem,
+    ErrorItem,
+    FrameItem,
+    SessionInfo,
+    SessionManager,
+    SessionWorker,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+# Room for the multipart envelope around a file of exactly `max_upload_bytes`.
+MULTIPART_SLACK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and defaults of a server (the CLI's options)."""
+
+    max_sessions: int = 2
+    max_upload_bytes: int = 20 * 2**20
+    max_avatars: int = 32
+    max_avatar_frames: int = 50  # frames of a video avatar that are registered
+    max_loaded_avatars: int = 4
+    avatar_dir: Path | None = None  # None: a temporary directory, removed at shutdown
+    preload: Sequence[Path] = ()  # operator-provided sources registered at startup
+    idle_timeout_s: float = 30.0  # no client message for this long (before "end") closes
+    max_session_audio_s: float = 600.0
+    # Clients keep the audio they have sent at most this far ahead of the newest frame
+    # they received (announced in "ready"), so the server never has to stop reading.
+    audio_window_s: float = 5.0
+    # Audio waiting for the model before the server stops reading the socket (TCP
+    # backpressure for clients that ignore the window; keepalive pings stall meanwhile).
+    audio_buffer_s: float = 30.0
+    frame_buffer: int = 25  # rendered frames waiting to be sent before the oldest drop
+    jpeg_quality: int = 80
+    max_steps: int = 50
+    default_controls: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    settings: ServeSettings
+    metrics: ServeMetrics
+    sessions: SessionManager
+    pipeline: Any = None
+    registry: AvatarRegistry | None = None
+    temp_dir: Path | None = None
+    started: float = field(default_factory=time.time)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    protocol.check_controls(settings.default_controls, settings.max_steps)
+    metrics = ServeMetrics()
+    state = _State(settings, metrics, SessionManager(settings.max_sessions))
+    metrics.sessions_max.set(settings.max_sessions)
+    metrics.sessions_active.set_function(lambda: state.sessions.active)
+    metrics.avatars.set_function(lambda: len(state.registry) if state.registry else 0)
+    metrics.bind_queues(state.sessions.queued_audio_seconds, state.sessions.queued_frames)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if callable(pipeline) and not hasattr(pipeline, "stream"):
+            state.pipeline = await asyncio.to_thread(pipeline)
+        else:
+            state.pipeline = pipeline
+        directory = settings.avatar_dir
+        if directory is None:
+            state.temp_dir = directory = Path(tempfile.mkdtemp(prefix="talkinghead-avatars-"))
+        state.registry = AvatarRegistry(
+            state.pipeline,
+            directory,
+            max_avatars=settings.max_avatars,
+            max_frames=settings.max_avatar_frames,
+            max_loaded=settings.max_loaded_avatars,
+        )
+        registry = state.registry
+        registry.cleanup_uploads()
+        if settings.avatar_dir is not None:
+            n = await asyncio.to_thread(registry.load_existing)
+            log.info("%d stored avatar(s) registered", n)
+        for path in settings.preload:
+            record = await asyncio.to_thread(registry.add_local, Path(path))
+            log.info("avatar %s: %s", record.id, path)
+        try:
+            yield
+        finally:
+            await state.sessions.stop_all()
+            if state.temp_dir is not None:
+                shutil.rmtree(state.temp_dir, ignore_errors=True)
+
+    app = FastAPI(title="talkinghead", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.serve = state
+
+    # ------------------------------------------------------------------ pages and status
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "sessions": state.sessions.active,
+            "max_sessions": settings.max_sessions,
+            "avatars": len(state.registry) if state.registry else 0,
+            "uptime_s": round(time.time() - state.started, 1),
+        }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------------ avatars
+
+    @app.get("/avatars")
+    async def list_avatars() -> dict[str, Any]:
+        return {"avatars": _registry().list()}
+
+    @app.post("/avatars", status_code=201)
+    async def upload_avatar(request: Request) -> JSONResponse:
+        """An image or short video: the raw request body, or the "file" field of a form."""
+        registry = _registry()
+        limit = settings.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit + MULTIPART_SLACK:
+            return _upload_refused(413, f"the upload is larger than {limit} bytes")
+        tmp = registry.new_upload_file()
+        try:
+            try:
+                size = await _receive_upload(request, tmp, limit)
+            except _TooLarge:
+                return _upload_refused(413, f"the upload is larger than {limit} bytes")
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is left to read it
+            if size == 0:
+                return _upload_refused(415, "the upload is empty")
+            try:
+                record, created = await asyncio.to_thread(registry.add_file, tmp)
+            except UploadError as exc:
+                return _upload_refused(exc.status, str(exc))
+        finally:
+            tmp.unlink(missing_ok=True)
+        metrics.uploads.labels(str(201 if created else 200)).inc()
+        return JSONResponse(record.public(), status_code=201 if created else 200)
+
+    def _upload_refused(status: int, message: str) -> JSONResponse:
+        metrics.uploads.labels(str(status)).inc()
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.get("/avatars/{avatar_id}")
+    async def get_avatar(avatar_id: str) -> dict[str, Any]:
+        return _record(avatar_id).public()
+
+    @app.get("/avatars/{avatar_id}/thumbnail")
+    async def avatar_thumbnail(avatar_id: str) -> Response:
+        return Response(_record(avatar_id).thumbnail, media_type="image/jpeg")
+
+    @app.delete("/avatars/{avatar_id}", status_code=204)
+    async def delete_avatar(avatar_id: str) -> Response:
+        if not _registry().delete(avatar_id):
+            raise HTTPException(404, f"no avatar {avatar_id!r}")
+        return Response(status_code=204)
+
+    def _registry() -> AvatarRegistry:
+        if state.registry is None:
+            raise HTTPException(503, "the server is starting")
+        return state.registry
+
+    def _record(avatar_id: str):
+        record = _registry().get(avatar_id)
+        if record is None:
+            raise HTTPException(404, f"no avatar {avatar_id!r}")
+        return record
+
+    # ------------------------------------------------------------------ sessions
+
+    @app.websocket("/ws")
+    async def session(ws: WebSocket) -> None:
+        await ws.accept()
+        info = state.sessions.try_open()
+        if info is None:
+            metrics.sessions.labels("busy").inc()
+            await _close_with_error(
+                ws,
+                ProtocolError(
+                    f"busy: all {settings.max_sessions} sessions are in use; try again later",
+                    "busy",
+                ),
+            )
+            return
+        outcome = "completed"
+        try:
+            await _run_session(ws, info)
+        except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
+            outcome = "disconnected"
+        except ProtocolError as exc:
+            outcome = exc.code
+            await _close_with_error(ws, exc)
+        except Exception:
+            outcome = "internal_error"
+            log.exception("session %s failed", info.id)
+            await _close_with_error(
+                ws, ProtocolError("internal error (see the server's log)", "internal_error")
+            )
+        finally:
+            if info.worker is not None:
+                await info.worker.shutdown()
+            state.sessions.release(info)
+            metrics.sessions.labels(outcome).inc()
+            log.info("session %s: %s, %s", info.id, outcome, info.summary())
+
+    async def _run_session(ws: WebSocket, info: SessionInfo) -> None:
+        start = await _receive(ws, timeout=settings.idle_timeout_s)
+        if "text" not in start or start["text"] is None:
+            raise ProtocolError('the first message must be {"type": "start", ...} as text')
+        msg = protocol.parse_text(start["text"], settings.max_steps)
+        if not isinstance(msg, protocol.Start):
+            raise ProtocolError('the first message must be {"type": "start", ...}')
+        controls = {**settings.default_controls, **msg.controls}
+        registry = _registry()
+        if registry.get(msg.avatar) is None:
+            raise ProtocolError(
+                f"no avatar {msg.avatar!r}; upload one with POST /avatars", "not_found"
+            )
+        try:
+            avatar = await asyncio.to_thread(registry.avatar, msg.avatar)
+            stream = await asyncio.to_thread(
+                state.pipeline.stream, avatar, **protocol.pipeline_settings(controls)
+            )
+        except KeyError:
+            raise ProtocolError(f"no avatar {msg.avatar!r}", "not_found") from None
+        except (TalkingHeadError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"cannot start the session: {exc}") from None
+        loop = asyncio.get_running_loop()
+        info.avatar = msg.avatar
+        info.worker = SessionWorker(
+            stream,
+            loop,
+            audio_buffer_bytes=int(settings.audio_buffer_s * protocol.SAMPLE_RATE * 2),
+            frame_buffer=settings.frame_buffer,
+            lossless=bool(controls.get("lossless", False)),
+            jpeg_quality=int(controls.get("jpeg_quality", settings.jpeg_quality)),
+            on_drop=metrics.frames_dropped.inc,
+            name=f"session-{info.id}",
+        ).start()
+        size = getattr(avatar, "frame_size", (0, 0))
+        await ws.send_text(
+            json.dumps(
+                {
+                    "type": "ready",
+                    "session": info.id,
+                    "avatar": msg.avatar,
+                    "fps": protocol.FPS,
+                    "sample_rate": protocol.SAMPLE_RATE,
+                    "width": int(size[1]),
+                    "height": int(size[0]),
+                    "frame_header_bytes": protocol.FRAME_HEADER_BYTES,
+                    "audio_window_s": settings.audio_window_s,
+                    "controls": controls,
+                }
+            )
+        )
+        send_lock = asyncio.Lock()
+        receiver = asyncio.create_task(_receive_loop(ws, info, send_lock))
+        sender = asyncio.create_task(_send_loop(ws, info, send_lock))
+        try:
+            done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if sender not in done:
+                receiver.result()  # the receiver only ever ends with an exception
+            sender.result()
+        finally:
+            for task in (receiver, sender):
+                task.cancel()
+            await asyncio.gather(receiver, sender, return_exceptions=True)
+
+    async def _receive(ws: WebSocket, timeout: float | None) -> dict[str, Any]:
+        try:
+            message = await asyncio.wait_for(ws.receive(), timeout)
+        except asyncio.TimeoutError:
+            raise ProtocolError(
+                f"no message for {settings.idle_timeout_s:g} s; closing the idle session",
+                "idle_timeout",
+            ) from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message
+
+    async def _receive_loop(ws: WebSocket, info: SessionInfo, send_lock: asyncio.Lock) -> None:
+        worker = info.worker
+        assert worker is not None
+        max_bytes = int(settings.max_session_audio_s * protocol.SAMPLE_RATE * 2)
+        idle = settings.idle_timeout_s
+        ended = False
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(ws.receive())
+                # Idle: a quiet client while the server owes it nothing. A client waiting
+                # for frames (its audio window is full) is not idle; after "end" the
+                # client only reads, so no limit applies.
+                done, _ = await asyncio.wait(
+                    {pending}, timeout=None if ended else min(1.0, idle / 2)
+                )
+                if not done:
+                    if worker.busy:
+                        info.last_activity = time.monotonic()
+                    elif time.monotonic() - info.last_activity > idle:
+                        raise ProtocolError(
+                            f"no message for {idle:g} s; closing the idle session", "idle_timeout"
+                        )
+                    continue
+                message, pending = pending.result(), None
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+                info.last_activity = time.monotonic()
+                data = message.get("bytes")
+                if data is not None:
+                    if ended:
+                        raise ProtocolError('audio after {"type": "end"}')
+                    if info.first_audio is None and data:
+                        info.first_audio = time.monotonic()
+                    if worker.inbox.total_bytes + len(data) > max_bytes:
+                        raise ProtocolError(
+                            f"more than {settings.max_session_audio_s:g} s of audio in one session",
+                            "too_large",
+                        )
+                    metrics.audio_seconds.inc(len(data) / 2 / protocol.SAMPLE_RATE)
+                    await worker.inbox.put(data)
+                    continue
+                msg = protocol.parse_text(message.get("text") or "", settings.max_steps)
+                if isinstance(msg, protocol.Start):
+                    raise ProtocolError("the session has already started")
+                if isinstance(msg, protocol.End):
+                    if ended:
+                        raise ProtocolError('a second {"type": "end"}')
+                    ended = True
+                    worker.inbox.end()
+                elif isinstance(msg, protocol.Ping):
+                    async with send_lock:
+                        await ws.send_text('{"type": "pong"}')
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def _send_loop(ws: WebSocket, info: SessionInfo, send_lock: asyncio.Lock) -> None:
+        worker = info.worker
+        assert worker is not None
+        while True:
+            item = await worker.outbox.get()
+            if isinstance(item, FrameItem):
+                payload = protocol.encode_frame(item.index, item.jpeg)
+                async with send_lock:
+                    await _send(ws.send_bytes(payload))
+                if info.first_frame is None:
+                    info.first_frame = time.monotonic()
+                    if info.first_audio is not None:
+                        metrics.first_frame_latency.observe(info.first_frame - info.first_audio)
+                info.frames_sent += 1
+                info.last_activity = time.monotonic()
+                metrics.frame_sent()
+            elif isinstance(item, EndItem):
+                async with send_lock:
+                    await _send(ws.send_text(json.dumps({"type": "end", **info.summary()})))
+                    await ws.close(protocol.CLOSE_NORMAL)
+                return
+            elif isinstance(item, ErrorItem):
+                raise ProtocolError(f"generation failed: {item.error}", "internal_error")
+
+    async def _send(coro: Any) -> None:
+        """A send that a client who stopped reading cannot block forever."""
+        try:
+            await asyncio.wait_for(coro, settings.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise ProtocolError("the client stopped reading", "idle_timeout") from None
+
+    return app
+
+
+async def _receive_upload(request: Request, path: Path, limit: int) -> int:
+    """Write the upload (raw body, or a form's "file" field) to `path`; returns its size."""
+    received = 0
+
+    async def counting_receive() -> dict[str, Any]:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit + MULTIPART_SLACK:
+                raise _TooLarge
+        return message
+
+    size = 0
+    content_type = request.headers.get("content-type", "")
+    with open(path, "wb") as out:
+        if content_type.startswith("multipart/form-data"):
+            limited = Request(request.scope, counting_receive)
+            try:
+                form = await limited.form(max_files=1, max_fields=8)
+            except _TooLarge:
+                raise
+            except Exception as exc:
+                raise HTTPException(400, f"malformed form: {exc}") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, 'the form needs a "file" field with the image or video')
+            try:
+                while block := await upload.read(1 << 20):
+                    size += len(block)
+                    if size > limit:
+                        raise _TooLarge
+                    out.write(block)
+            finally:
+                await form.close()
+        else:
+            async for block in request.stream():
+                size += len(block)
+                if size > limit:
+                    raise _TooLarge
+                out.write(block)
+    return size
+
+
+async def _close_with_error(ws: WebSocket, error: ProtocolError) -> None:
+    """Tell the client why (an error message), then close with the matching code."""
+    if ws.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.send_text(protocol.error_message(error.code, str(error))), 5)
+    with contextlib.suppress(Exception):
+        reason = str(error).encode()[:120].decode(errors="ignore")
+        await ws.close(error.close_code, reason=reason)

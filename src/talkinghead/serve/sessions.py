@@ -1,0 +1,400 @@
+"""Streaming sessions: a bounded pool of slots, and one worker thread per session.
+
+The model is CPU/GPU-bound, so it never runs on the event loop. Each session's
+worker thread owns its `DittoStream`: it takes the audio the connection has
+received so far (at most one HuBERT hop, 200 ms, per step, so frames are
+collected between steps), pushes it, JPEG-encodes the frames that came back and
+hands them to the event loop, which sends them. When no audio is waiting, the
+worker polls the stream every `POLL_S` for frames that finished in between. So
+the serving layer adds at most one chunk (plus `POLL_S`) to what the model
+itself needs.
+
+`push` would block inside the renderer's bounded queues when rendering falls
+behind, and frames finished meanwhile would wait for it to return. So the worker
+takes no more audio while `max_in_flight` frames are in the renderer (submitted,
+`stream.frames_out`, minus collected); it only polls until they drain.
+
+Both directions are bounded. Audio: the connection stops reading from its socket
+while more than `audio_buffer_bytes` wait for the model (TCP backpressure; that is
+also how a renderer that falls behind slows the client down). Frames: at most
+`frame_buffer` rendered frames wait to be sent; a live client that reads slower
+than frames are rendered loses the oldest ones (counted as dropped), a
+``lossless`` one slows the session instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from talkinghead.serve.protocol import SAMPLE_RATE, expected_frame_count
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.01  # how often an idle worker looks for finished frames
+STEP_BYTES = 3200 * 2  # audio per push: one HuBERT hop (5 frames, 200 ms) of PCM16
+# Frames in the renderer before the worker stops feeding it. One 200 ms step adds at
+# most ~12 (a motion window emits 10, plus a partial batch), so in-flight frames stay
+# within the renderer's first queue (4 batches + 1 in work): `push` never blocks there.
+MAX_IN_FLIGHT = 8
+_EMPTY = np.zeros(0, np.float32)
+
+
+class _Stopped(Exception):
+    """Internal: the session was stopped while the worker waited."""
+
+
+# ---------------------------------------------------------------------------- audio in
+
+
+class AudioInbox:
+    """PCM16 bytes from the event loop to the worker thread, bounded in bytes.
+
+    `put` (event loop) waits while the buffer is full; `take` (worker) returns what
+    has arrived, at most `step` bytes at a time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int) -> None:
+        self.loop = loop
+        self.max_bytes = max(int(max_bytes), 1)
+        self._cond = threading.Condition()
+        self._buf = bytearray()
+        self._ended = False
+        self._closed = False
+        self._space = asyncio.Event()
+        self._space.set()
+        self.total_bytes = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    async def put(self, data: bytes) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                # An empty buffer takes any chunk, however large, so a big chunk cannot stall.
+                if not self._buf or len(self._buf) + len(data) <= self.max_bytes:
+                    self._buf += data
+                    self.total_bytes += len(data)
+                    self._cond.notify_all()
+                    return
+                self._space.clear()
+            await self._space.wait()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop: wake both sides for good (call from the event loop)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._space.set()
+
+    def take(self, timeout: float, step: int = STEP_BYTES) -> tuple[bytes, bool]:
+        """(audio, ended): up to `step` bytes; `ended` once the last of it has been taken."""
+        with self._cond:
+            if not self._buf and not self._ended and not self._closed:
+                self._cond.wait(timeout)
+            if self._closed:
+                raise _Stopped
+            data = bytes(self._buf[:step])
+            del self._buf[:step]
+            ended = self._ended and not self._buf
+        if data:
+            try:
+                self.loop.call_soon_threadsafe(self._space.set)
+            except RuntimeError:  # the loop is gone: the server is shutting down
+                raise _Stopped from None
+        return data, ended
+
+
+# ---------------------------------------------------------------------------- frames out
+
+
+@dataclass
+class FrameItem:
+    index: int
+    jpeg: bytes
+
+
+@dataclass
+class EndItem:
+    frames: int
+    audio_samples: int
+
+
+@dataclass
+class ErrorItem:
+    error: BaseException
+
+
+class SessionWorker:
+    """Runs one `DittoStream` in a thread: PCM16 in through `inbox`, JPEG frames out
+    through `outbox` (an asyncio.Queue read on the event loop)."""
+
+    def __init__(
+        self,
+        stream: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        audio_buffer_bytes: int,
+        frame_buffer: int,
+        lossless: bool = False,
+        jpeg_quality: int = 80,
+        on_drop: Callable[[], None] | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        name: str = "session",
+    ) -> None:
+        self.stream = stream
+        self.loop = loop
+        self.inbox = AudioInbox(loop, audio_buffer_bytes)
+        self.outbox: asyncio.Queue = asyncio.Queue(max(frame_buffer, 1))
+        self.lossless = lossless
+        self.jpeg_quality = jpeg_quality
+        self.on_drop = on_drop
+        self.max_in_flight = max_in_flight
+        self.frames_rendered = 0
+        self.frames_dropped = 0  # updated on the event loop
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name=f"serve-{name}", daemon=True)
+
+    # ---- control (event loop side)
+
+    def start(self) -> SessionWorker:
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """Work is pending for the client: audio not taken yet, or frames not sent yet."""
+        return bool(self.inbox.buffered or self._in_flight() > 0 or not self.outbox.empty())
+
+    def stop(self) -> None:
+        """Ask the worker to stop (non-blocking); `shutdown` also waits for it."""
+        self._stop.set()
+        self.inbox.close()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the worker, abort its stream and wait until every thread of it has ended."""
+        self.stop()
+        await asyncio.to_thread(self._abort_and_join, timeout)
+
+    def _abort_and_join(self, timeout: float) -> None:
+        if not self._finished:
+            # Unblocks a worker waiting on the renderer's full queue; the worker aborts
+            # again on its way out in case it had just started the renderer.
+            self.stream.abort()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("session worker %s still running after %.0f s", self._thread.name, timeout)
+
+    # ---- the worker thread
+
+    def _in_flight(self) -> int:
+        """Frames given to the renderer and not collected yet."""
+        return int(getattr(self.stream, "frames_out", 0)) - self.frames_rendered
+
+    def _drain(self, limit: int) -> None:
+        """Poll (an empty push feeds nothing) until at most `limit` frames are in flight."""
+        while self._in_flight() > limit:
+            if self._stop.is_set():
+                raise _Stopped
+            frames = self.stream.push(_EMPTY)
+            if frames:
+                self._emit(frames)
+            else:
+                time.sleep(POLL_S)
+
+    def _run(self) -> None:
+        odd = b""
+        try:
+            while not self._stop.is_set():
+                self._drain(self.max_in_flight - 1)
+                data, ended = self.inbox.take(POLL_S)
+                if self._stop.is_set():
+                    break
+                if data:
+                    data = odd + data
+                    cut = len(data) - len(data) % 2
+                    data, odd = data[:cut], data[cut:]
+                # An empty push returns the frames finished since the last call.
+                self._emit(self.stream.push(data if data else _EMPTY))
+                if ended:
+                    self._finish_stream()
+                    self._finished = True
+                    self._deliver(EndItem(self.frames_rendered, self.inbox.total_bytes // 2))
+                    return
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            if not self._stop.is_set():
+                log.exception("session %s failed", self._thread.name)
+                with contextlib.suppress(_Stopped):
+                    self._deliver(ErrorItem(exc))
+        finally:
+            if not self._finished:
+                self.stream.abort()
+
+    def _finish_stream(self) -> None:
+        """End of speech: the remaining frames.
+
+        `DittoStream.close()` returns the frames of the final flush (the last motion
+        window) only once all of them are rendered; a stream with a ``finish()``
+        generator (the same frames, yielded as they are rendered) avoids that.
+        """
+        # What is in flight leaves as it is rendered; only the final flush is held back.
+        self._drain(0)
+        finish = getattr(self.stream, "finish", None)
+        if callable(finish):
+            for frame in finish():
+                if self._stop.is_set():
+                    raise _Stopped
+                self._emit([frame])
+        else:
+            self._emit(self.stream.close())
+
+    def _emit(self, frames: list[np.ndarray]) -> None:
+        import cv2
+
+        for frame in frames:
+            ok, jpeg = cv2.imencode(
+                ".jpg",
+                np.ascontiguousarray(frame[..., ::-1]),
+                [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality],
+            )
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            item = FrameItem(self.frames_rendered, jpeg.tobytes())
+            self.frames_rendered += 1
+            if self.lossless:
+                self._deliver(item)
+            else:
+                self._call_in_loop(self._put_dropping_oldest, item)
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed
+            raise _Stopped from None
+
+    def _put_dropping_oldest(self, item: FrameItem) -> None:
+        q = self.outbox
+        while q.full():
+            q.get_nowait()  # only frames are ever dropped: end/error items come last
+            self.frames_dropped += 1
+            if self.on_drop:
+                self.on_drop()
+        q.put_nowait(item)
+
+    def _deliver(self, item: Any) -> None:
+        """Put `item` in the outbox, waiting for room (backpressure), unless stopped."""
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self.outbox.put(item), self.loop)
+        except RuntimeError:
+            raise _Stopped from None
+        while True:
+            try:
+                fut.result(timeout=0.1)
+                return
+            except concurrent.futures.TimeoutError:
+                if self._stop.is_set():
+                    fut.cancel()
+                    raise _Stopped from None
+
+
+# ---------------------------------------------------------------------------- the pool
+
+
+@dataclass
+class SessionInfo:
+    """What the server knows of a session (for metrics and `/healthz`)."""
+
+    id: str
+    opened: float = field(default_factory=time.monotonic)
+    avatar: str | None = None
+    worker: SessionWorker | None = None
+    first_audio: float | None = None  # monotonic time of the first audio byte
+    first_frame: float | None = None
+    frames_sent: int = 0
+    last_activity: float = field(default_factory=time.monotonic)  # a client message or a frame
+
+    @property
+    def audio_samples(self) -> int:
+        return self.worker.inbox.total_bytes // 2 if self.worker else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames_sent,
+            "dropped": self.worker.frames_dropped if self.worker else 0,
+            "audio_seconds": round(self.audio_samples / SAMPLE_RATE, 4),
+            "expected_frames": expected_frame_count(self.audio_samples),
+            "first_frame_latency_s": (
+                None
+                if self.first_frame is None or self.first_audio is None
+                else round(self.first_frame - self.first_audio, 4)
+            ),
+        }
+
+
+class SessionManager:
+    """At most `max_sessions` sessions at once; one more is refused, never queued."""
+
+    def __init__(self, max_sessions: int) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        self.max_sessions = max_sessions
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionInfo] = {}
+        self._ids = itertools.count(1)
+
+    def try_open(self) -> SessionInfo | None:
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                return None
+            info = SessionInfo(f"{next(self._ids)}-{uuid.uuid4().hex[:8]}")
+            self._sessions[info.id] = info
+            return info
+
+    def release(self, info: SessionInfo) -> None:
+        with self._lock:
+            self._sessions.pop(info.id, None)
+
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[SessionInfo]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def queued_audio_seconds(self) -> float:
+        return sum(s.worker.inbox.buffered / 2 / SAMPLE_RATE for s in self.sessions() if s.worker)
+
+    def queued_frames(self) -> float:
+        return float(sum(s.worker.outbox.qsize() for s in self.sessions() if s.worker))
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(
+            *(s.worker.shutdown() for s in self.sessions() if s.worker is not None)
+        )

@@ -1,0 +1,482 @@
+// talkinghead live avatar page: upload a portrait, stream speech (file or microphone) to
+// the server as PCM16 16 kHz over a WebSocket, and play the frames that come back in
+// sync with the audio.
+//
+// Sync: the AudioContext clock is the master. Audio is scheduled at t0 + sample/16000
+// and frame i is drawn when that clock reaches t0 + i/25 (its timestamp). When the next
+// frame has not arrived in time, the audio context is suspended (its clock stops) until
+// a few frames are buffered, so audio never runs ahead of the picture.
+"use strict";
+
+const FPS = 25;
+const RATE = 16000;
+const SAMPLES_PER_FRAME = RATE / FPS;
+const HEADER_BYTES = 16; // "THF1", uint32 index, float64 timestamp (little-endian)
+const CHUNK = 1600; // samples per message: 100 ms
+const PREBUFFER_S = 0.12; // delay between the first frame and the start of playback
+const REBUFFER_FRAMES = 5; // frames buffered before resuming after a stall
+const MAX_BUFFERED_BYTES = 64 * 1024; // WebSocket send buffer the page lets build up
+
+const $ = (id) => document.getElementById(id);
+const setText = (id, value) => { $(id).textContent = String(value); };
+const showError = (message) => setText("error", message || "");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ------------------------------------------------------------------ avatars
+
+async function refreshAvatars(select) {
+  const response = await fetch("/avatars");
+  const { avatars } = await response.json();
+  const menu = $("avatar");
+  const keep = select || menu.value;
+  menu.innerHTML = "";
+  if (!avatars.length) menu.add(new Option("(no avatar yet)", ""));
+  for (const a of avatars) {
+    menu.add(new Option(`${a.kind} ${a.width}×${a.height} · ${a.id.slice(0, 8)}`, a.id));
+  }
+  if (keep && avatars.some((a) => a.id === keep)) menu.value = keep;
+  updateThumb();
+  updateButtons();
+}
+
+function updateThumb() {
+  const id = $("avatar").value;
+  const thumb = $("thumb");
+  thumb.hidden = !id;
+  if (id) thumb.src = `/avatars/${id}/thumbnail`;
+  else thumb.removeAttribute("src");
+}
+
+$("avatar").addEventListener("change", () => { updateThumb(); updateButtons(); });
+
+$("portrait-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  const status = $("upload-status");
+  status.className = "";
+  status.textContent = `uploading ${file.name}…`;
+  try {
+    // The raw file as the body: the server decides what it is by decoding it.
+    const response = await fetch("/avatars", {
+      method: "POST",
+      body: file,
+      headers: { "Content-Type": "application/octet-stream" },
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      status.className = "error";
+      status.textContent = `refused (${response.status}): ${body.detail || response.statusText}`;
+      return;
+    }
+    await refreshAvatars(body.id);
+    status.textContent = `registered avatar ${body.id}`; // once it is selectable
+  } catch (err) {
+    status.className = "error";
+    status.textContent = `upload failed: ${err.message || err}`;
+  }
+});
+
+// ------------------------------------------------------------------ audio file
+
+let filePcm = null;
+
+function mixDown(buffer) {
+  if (buffer.numberOfChannels === 1) return buffer.getChannelData(0).slice();
+  const out = new Float32Array(buffer.length);
+  for (let c = 0; c < buffer.numberOfChannels; c++) {
+    const data = buffer.getChannelData(c);
+    for (let i = 0; i < out.length; i++) out[i] += data[i] / buffer.numberOfChannels;
+  }
+  return out;
+}
+
+$("audio-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  filePcm = null;
+  showError("");
+  updateButtons();
+  if (!file) return;
+  try {
+    // An offline context at 16 kHz decodes and resamples in one step.
+    const decoder = new OfflineAudioContext(1, 1, RATE);
+    filePcm = mixDown(await decoder.decodeAudioData(await file.arrayBuffer()));
+    setText("frames-expected", Math.ceil(filePcm.length / SAMPLES_PER_FRAME));
+  } catch (err) {
+    showError(`cannot decode ${file.name}: ${err.message || err}`);
+  }
+  updateButtons();
+});
+
+// ------------------------------------------------------------------ playback in sync
+
+class SyncPlayer {
+  constructor(canvas) {
+    this.canvas = canvas;
+    this.g = canvas.getContext("2d");
+    this.audio = new AudioContext();
+    this.t0 = null; // audio-clock time of sample 0 / frame 0
+    this.pendingAudio = [];
+    this.audioSamples = 0;
+    this.frames = new Map(); // index -> ImageBitmap, not yet shown
+    this.maxIndex = -1;
+    this.shown = -1;
+    this.ended = false;
+    this.totalFrames = null;
+    this.stalled = false;
+    this.stopped = false;
+    this.sources = [];
+  }
+
+  addAudio(pcm) {
+    const item = { pcm, offset: this.audioSamples };
+    this.audioSamples += pcm.length;
+    if (this.t0 === null) this.pendingAudio.push(item);
+    else this.schedule(item);
+  }
+
+  schedule({ pcm, offset }) {
+    const buffer = this.audio.createBuffer(1, pcm.length, RATE);
+    buffer.copyToChannel(pcm, 0);
+    const source = this.audio.createBufferSource();
+    source.buffer = buffer;
+    source.connect(this.audio.destination);
+    const when = this.t0 + offset / RATE;
+    const now = this.audio.currentTime;
+    if (when >= now) source.start(when);
+    else if (now - when < buffer.duration) source.start(now, now - when);
+    else return; // entirely in the past
+    this.sources.push(source);
+  }
+
+  addFrame(index, bitmap) {
+    if (this.stopped) { bitmap.close(); return; }
+    this.frames.set(index, bitmap);
+    this.maxIndex = Math.max(this.maxIndex, index);
+    if (this.t0 === null) this.begin();
+    if (this.stalled && (this.ended || this.maxIndex >= this.due() + REBUFFER_FRAMES)) this.resume();
+  }
+
+  finish(totalFrames) {
+    this.ended = true;
+    this.totalFrames = totalFrames;
+    if (this.stalled) this.resume();
+    if (this.t0 === null && totalFrames === 0) setText("playback", "finished");
+  }
+
+  begin() {
+    this.t0 = this.audio.currentTime + PREBUFFER_S;
+    for (const item of this.pendingAudio) this.schedule(item);
+    this.pendingAudio = [];
+    setText("playback", "playing");
+    requestAnimationFrame(() => this.tick());
+  }
+
+  due() {
+    return Math.floor((this.audio.currentTime - this.t0) * FPS);
+  }
+
+  resume() {
+    this.stalled = false;
+    setText("playback", "playing");
+    this.audio.resume();
+  }
+
+  tick() {
+    if (this.stopped) return;
+    const due = this.due();
+    let pick = -1;
+    for (const index of this.frames.keys()) if (index <= due && index > pick) pick = index;
+    if (pick > this.shown || (this.shown < 0 && this.frames.has(0))) {
+      // Before playback starts, frame 0 is shown as a still.
+      const index = pick >= 0 ? pick : 0;
+      this.draw(this.frames.get(index));
+      this.shown = index;
+      for (const [i, bitmap] of this.frames) {
+        if (i <= index) { bitmap.close(); this.frames.delete(i); }
+      }
+      setText("frames-shown", index + 1);
+    }
+    const last = this.totalFrames === null ? Infinity : this.totalFrames - 1;
+    if (!this.ended && due > this.maxIndex && due >= 0 && this.audio.state === "running") {
+      this.stalled = true; // the picture is late: hold the audio clock
+      setText("playback", "buffering");
+      this.audio.suspend();
+    }
+    if (this.ended && this.shown >= last && due > last) {
+      setText("playback", "finished");
+      return;
+    }
+    requestAnimationFrame(() => this.tick());
+  }
+
+  draw(bitmap) {
+    if (this.canvas.width !== bitmap.width || this.canvas.height !== bitmap.height) {
+      this.canvas.width = bitmap.width;
+      this.canvas.height = bitmap.height;
+    }
+    this.g.drawImage(bitmap, 0, 0);
+  }
+
+  stop() {
+    this.stopped = true;
+    for (const source of this.sources) { try { source.stop(); } catch (e) { /* not started */ } }
+    for (const bitmap of this.frames.values()) bitmap.close();
+    this.frames.clear();
+    this.audio.close();
+  }
+}
+
+// ------------------------------------------------------------------ the session
+
+class Session {
+  constructor(avatar, controls) {
+    this.avatar = avatar;
+    this.controls = controls;
+    this.player = new SyncPlayer($("canvas")); // created in the click: audio may start
+    this.received = 0;
+    this.firstAudioAt = null;
+    this.closed = false;
+    this.onClose = null;
+    this.lastIndex = -1;
+    this.decoding = Promise.resolve();
+    this.sending = Promise.resolve(true);
+    this.samplesSent = 0;
+    this.window = Infinity; // seconds of audio ahead of the newest frame (from "ready")
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+      ws.binaryType = "arraybuffer";
+      this.ws = ws;
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ type: "start", avatar: this.avatar, controls: this.controls }));
+      };
+      ws.onmessage = (event) => {
+        if (typeof event.data !== "string") { this.onFrame(event.data); return; }
+        const message = JSON.parse(event.data);
+        if (message.type === "ready") {
+          if (message.audio_window_s) this.window = message.audio_window_s;
+          setText("status", "streaming");
+          resolve(this);
+        } else if (message.type === "end") {
+          setText("status", "complete");
+          setText("frames-dropped", message.dropped);
+          setText("frames-expected", message.expected_frames);
+          // Frames are decoded in order: finish once the last one is in the player.
+          this.decoding.then(() => this.player.finish(message.frames + message.dropped));
+        } else if (message.type === "error") {
+          showError(`${message.code}: ${message.message}`);
+        }
+      };
+      ws.onclose = (event) => {
+        this.closed = true;
+        if (event.code !== 1000 && $("status").textContent !== "complete") {
+          setText("status", `closed (${event.code})`);
+          if (!$("error").textContent) showError(`connection closed: ${event.code} ${event.reason}`);
+        }
+        reject(new Error(`closed before ready (${event.code} ${event.reason})`));
+        if (this.onClose) this.onClose();
+        updateButtons();
+      };
+    });
+  }
+
+  onFrame(data) {
+    const view = new DataView(data);
+    const magic = String.fromCharCode(...new Uint8Array(data, 0, 4));
+    if (data.byteLength < HEADER_BYTES || magic !== "THF1") {
+      showError("unexpected binary message");
+      return;
+    }
+    const index = view.getUint32(4, true);
+    if (index <= this.lastIndex) showError(`frame ${index} out of order`);
+    this.lastIndex = index;
+    this.received += 1;
+    setText("frames-received", this.received);
+    if (this.received === 1 && this.firstAudioAt !== null) {
+      setText("latency", `${Math.round(performance.now() - this.firstAudioAt)} ms`);
+    }
+    const jpeg = new Blob([new Uint8Array(data, HEADER_BYTES)], { type: "image/jpeg" });
+    const decoded = createImageBitmap(jpeg);
+    this.decoding = this.decoding.then(async () => this.player.addFrame(index, await decoded));
+  }
+
+  sendAudio(pcm) {
+    // Chained, so that chunks keep their order even when the caller does not wait.
+    this.sending = this.sending.then(() => this.sendNow(pcm));
+    return this.sending;
+  }
+
+  async sendNow(pcm) {
+    // Flow control: stay within the server's audio window ahead of the newest frame,
+    // and let at most MAX_BUFFERED_BYTES wait in the browser's socket buffer.
+    const ahead = () => (this.samplesSent + pcm.length) / RATE - (this.lastIndex + 1) / FPS;
+    while (!this.closed && (ahead() > this.window || this.ws.bufferedAmount > MAX_BUFFERED_BYTES)) {
+      await sleep(5);
+    }
+    if (this.closed) return false;
+    const out = new Int16Array(pcm.length);
+    for (let i = 0; i < pcm.length; i++) {
+      const s = Math.max(-1, Math.min(1, pcm[i]));
+      out[i] = s < 0 ? s * 32768 : s * 32767;
+    }
+    this.player.addAudio(pcm);
+    this.ws.send(out.buffer);
+    this.samplesSent += pcm.length;
+    if (this.firstAudioAt === null) this.firstAudioAt = performance.now();
+    return true;
+  }
+
+  end() {
+    this.sending = this.sending.then(() => {
+      if (!this.closed) this.ws.send(JSON.stringify({ type: "end" }));
+    });
+    return this.sending;
+  }
+
+  abort() {
+    this.player.stop();
+    if (!this.closed) this.ws.close(1000, "stopped by the user");
+  }
+}
+
+let session = null;
+let stopCapture = null;
+
+function controls() {
+  return { emotion: $("emotion").value };
+}
+
+function resetStats() {
+  for (const id of ["frames-received", "frames-shown", "frames-dropped"]) setText(id, 0);
+  setText("latency", "–");
+  setText("playback", "–");
+  showError("");
+}
+
+async function startSession() {
+  if (session) session.abort();
+  resetStats();
+  setText("status", "connecting");
+  const s = new Session($("avatar").value, controls());
+  session = s;
+  updateButtons();
+  try {
+    await s.open();
+  } catch (err) {
+    if (!$("error").textContent) showError(err.message || String(err));
+    return null;
+  }
+  return s;
+}
+
+$("speak").addEventListener("click", async () => {
+  const pcm = filePcm;
+  setText("frames-expected", Math.ceil(pcm.length / SAMPLES_PER_FRAME));
+  const s = await startSession();
+  if (!s) return;
+  for (let i = 0; i < pcm.length; i += CHUNK) {
+    if (!(await s.sendAudio(pcm.subarray(i, i + CHUNK)))) return;
+  }
+  s.end();
+  updateButtons();
+});
+
+// ------------------------------------------------------------------ microphone
+
+class Resampler {
+  // Streaming linear interpolation, for browsers that ignore a 16 kHz context rate.
+  constructor(from, to) {
+    this.step = from / to;
+    this.t = 0; // next output position, in input samples from the current block's start
+    this.last = 0; // the previous block's last sample (position -1)
+  }
+
+  push(x) {
+    if (this.step === 1) return x;
+    const out = [];
+    while (Math.floor(this.t) + 1 < x.length) {
+      const i = Math.floor(this.t);
+      const a = i < 0 ? this.last : x[i];
+      const frac = this.t - i;
+      out.push(a + (x[i + 1] - a) * frac);
+      this.t += this.step;
+    }
+    this.t -= x.length;
+    this.last = x[x.length - 1];
+    return Float32Array.from(out);
+  }
+}
+
+$("mic").addEventListener("click", async () => {
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+    });
+  } catch (err) {
+    showError(`microphone: ${err.message || err} (pages need https or localhost for it)`);
+    return;
+  }
+  const s = await startSession();
+  if (!s) { media.getTracks().forEach((t) => t.stop()); return; }
+  let capture;
+  try {
+    capture = new AudioContext({ sampleRate: RATE });
+  } catch (err) {
+    capture = new AudioContext();
+  }
+  await capture.audioWorklet.addModule("/static/pcm-worklet.js");
+  const input = capture.createMediaStreamSource(media);
+  const node = new AudioWorkletNode(capture, "pcm-capture");
+  const mute = capture.createGain();
+  mute.gain.value = 0; // keeps the graph pulled without echoing the microphone
+  input.connect(node).connect(mute).connect(capture.destination);
+  const resampler = new Resampler(capture.sampleRate, RATE);
+  let blocks = [];
+  let buffered = 0;
+  const flush = () => {
+    if (!buffered) return;
+    const chunk = new Float32Array(buffered);
+    let at = 0;
+    for (const b of blocks) { chunk.set(b, at); at += b.length; }
+    blocks = [];
+    buffered = 0;
+    s.sendAudio(chunk);
+  };
+  node.port.onmessage = (event) => {
+    const pcm = resampler.push(event.data);
+    blocks.push(pcm);
+    buffered += pcm.length;
+    if (buffered >= CHUNK) flush();
+  };
+  stopCapture = () => {
+    stopCapture = null;
+    node.port.onmessage = null;
+    flush();
+    media.getTracks().forEach((t) => t.stop());
+    capture.close();
+    s.end();
+    updateButtons();
+  };
+  s.onClose = () => { if (stopCapture) stopCapture(); };
+  setText("frames-expected", "–");
+  updateButtons();
+});
+
+$("stop").addEventListener("click", () => {
+  if (stopCapture) stopCapture();
+  else if (session) session.abort();
+  updateButtons();
+});
+
+function updateButtons() {
+  const live = session && !session.closed;
+  $("speak").disabled = !filePcm || !$("avatar").value || Boolean(live);
+  $("mic").disabled = !$("avatar").value || Boolean(live);
+  $("stop").disabled = !live;
+}
+
+refreshAvatars().catch((err) => showError(`cannot list avatars: ${err.message || err}`));
