@@ -39,12 +39,13 @@ The release's 512 crop of a face is thus approximated by the crop of its mesh.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from talkinghead.face.types import CropConfig
+from talkinghead.face.types import CropConfig, FaceBox, FaceCrop
 
 # The jaw contour from temple to temple via the chin (no forehead), eyebrows, the
 # eye and lip contours and the nose ridge of the MediaPipe mesh.
@@ -191,3 +192,37 @@ def crop_from_landmarks(
         rotate=config.rotate,
     )
     return Crop(warp_image(img, M_o2c, config.dsize), M_o2c, M_c2o)
+
+
+def describe_face(
+    rgb: np.ndarray,
+    landmarks: np.ndarray,
+    config: CropConfig,
+    landmarks478: Callable[[np.ndarray], np.ndarray | None],
+    *,
+    what: str,
+    box: FaceBox | None,
+    num_faces: int,
+) -> FaceCrop:
+    """The `FaceCrop` of a frame whose landmarks are known, as every backend builds it.
+
+    The 512 crop comes from `landmarks`; the eye attributes from 478 landmarks found
+    again on that crop (`landmarks478`), as the release does.
+    """
+    from talkinghead.errors import NoFaceError
+    from talkinghead.face.eyes import eye_attributes
+
+    crop = crop_from_landmarks(rgb, landmarks, config)
+    mesh = landmarks478(crop.image)
+    if mesh is None:
+        raise NoFaceError(f"no face found in the {config.dsize} crop of {what}")
+    eye_open, eye_ball = eye_attributes(mesh)
+    return FaceCrop(
+        crop=crop.image,
+        M_c2o=crop.M_c2o.astype(np.float32),
+        landmarks=landmarks,
+        eye_open=eye_open,
+        eye_ball=eye_ball,
+        box=box,
+        num_faces=num_faces,
+    )

@@ -31,12 +31,11 @@ import numpy as np
 from talkinghead.errors import NoFaceError
 from talkinghead.face.crop import (
     DEFAULT_CROP,
-    crop_from_landmarks,
     crop_transform,
+    describe_face,
     warp_image,
     warp_points,
 )
-from talkinghead.face.eyes import eye_attributes
 from talkinghead.face.types import CropConfig, FaceBox, FaceCrop
 
 REGION_SIZE = 384  # pixels of the region the mesh runs on
@@ -173,22 +172,11 @@ class MediapipeFaceAnalyzer:
         self, rgb: np.ndarray, previous: FaceCrop | None = None, what: str = "the frame"
     ) -> FaceCrop:
         lmk, box, num_faces = self.landmarks(rgb, previous, what)
-        crop = crop_from_landmarks(rgb, lmk, self.crop_config)
-        mesh = self.mesh(crop.image)
-        if mesh is None:
-            raise NoFaceError(f"no face found in the {self.crop_config.dsize} crop of {what}")
-        eye_open, eye_ball = eye_attributes(mesh)
-        keypoints = lmk[list(MESH_KEYPOINTS)]
         if box is not None:
+            keypoints = lmk[list(MESH_KEYPOINTS)]
             box = FaceBox(box.x0, box.y0, box.x1, box.y1, box.score, keypoints)
-        return FaceCrop(
-            crop=crop.image,
-            M_c2o=crop.M_c2o.astype(np.float32),
-            landmarks=lmk,
-            eye_open=eye_open,
-            eye_ball=eye_ball,
-            box=box,
-            num_faces=num_faces,
+        return describe_face(
+            rgb, lmk, self.crop_config, self.mesh, what=what, box=box, num_faces=num_faces
         )
 
     def close(self) -> None:

@@ -29,8 +29,7 @@ import cv2
 import numpy as np
 
 from talkinghead.errors import CheckpointError, NoFaceError
-from talkinghead.face.crop import DEFAULT_CROP, crop_from_landmarks, warp_points
-from talkinghead.face.eyes import eye_attributes
+from talkinghead.face.crop import DEFAULT_CROP, crop_from_landmarks, describe_face, warp_points
 from talkinghead.face.types import CropConfig, FaceBox, FaceCrop
 
 RELEASE_AUX_FILES: dict[str, str] = {
@@ -318,17 +317,6 @@ class ReleaseFaceAnalyzer:
         self, rgb: np.ndarray, previous: FaceCrop | None = None, what: str = "the frame"
     ) -> FaceCrop:
         lmk, box, num_faces = self.landmarks(rgb, previous, what)
-        crop = crop_from_landmarks(rgb, lmk, self.crop_config)
-        mesh = self.landmark478(crop.image)
-        if mesh is None:
-            raise NoFaceError(f"no face found in the {self.crop_config.dsize} crop of {what}")
-        eye_open, eye_ball = eye_attributes(mesh)
-        return FaceCrop(
-            crop=crop.image,
-            M_c2o=crop.M_c2o.astype(np.float32),
-            landmarks=lmk,
-            eye_open=eye_open,
-            eye_ball=eye_ball,
-            box=box,
-            num_faces=num_faces,
+        return describe_face(
+            rgb, lmk, self.crop_config, self.landmark478, what=what, box=box, num_faces=num_faces
         )
