@@ -52,8 +52,9 @@ def make_clip(path: Path, frames: int = CLIP_FRAMES, size: int = CLIP_SIZE) -> P
     return path
 
 
-def tiny_wav2vec2(directory: Path, vocab_size: int = 33) -> Path:
-    """A randomly initialised, few-thousand-parameter Wav2Vec2ForCTC saved to ``directory``."""
+def tiny_wav2vec2(directory: Path, vocab_size: int = 33, pos_embeddings: int = 8) -> Path:
+    """A randomly initialised, few-thousand-parameter Wav2Vec2ForCTC saved to ``directory``
+    (the real front end, hop 320, with a tiny body)."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
@@ -64,7 +65,7 @@ def tiny_wav2vec2(directory: Path, vocab_size: int = 33) -> Path:
         num_attention_heads=2,
         intermediate_size=32,
         conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=8,
+        num_conv_pos_embeddings=pos_embeddings,
         num_conv_pos_embedding_groups=2,
     )
     torch.manual_seed(0)

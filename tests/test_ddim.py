@@ -9,16 +9,7 @@ import torch
 from talkinghead.diffusion import DDIMSampler, DiffusionSchedule, ddim_coefficients, ddim_time_pairs
 from talkinghead.models import load_official
 from talkinghead.models.lmdm import LMDM
-
-TINY = dict(
-    motion_feat_dim=6,
-    audio_feat_dim=16,
-    seq_frames=8,
-    latent_dim=32,
-    ff_size=64,
-    num_layers=2,
-    num_heads=2,
-)
+from test_lmdm import TINY  # the same tiny motion model
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _dithead_helpers import tiny_wav2vec2
 from talkinghead.audio.ctc import (
     CharProbabilityEncoder,
     Wav2Vec2CTCEncoder,
@@ -18,24 +19,9 @@ from talkinghead.audio.ctc import (
 from talkinghead.errors import CheckpointError
 
 
-def save_tiny_wav2vec2(directory: Path, vocab_size: int = 32) -> Path:
-    """A random Wav2Vec2ForCTC with the real front end (hop 320) and a tiny body."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    cfg = Wav2Vec2Config(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(cfg).save_pretrained(directory)
-    return directory
+def save_tiny_wav2vec2(directory: Path) -> Path:
+    """DiffTalk's tests use a 32-token vocabulary (the English CTC characters)."""
+    return tiny_wav2vec2(directory, vocab_size=32, pos_embeddings=16)
 
 
 @pytest.fixture(scope="module")
