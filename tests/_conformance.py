@@ -16,6 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO_ROOT.parent / "shared" / "conformance"
 
 
+MEDIA_DIR = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO_ROOT.parent / "shared" / "media"))
+# Every skip for absent fixtures or media says this, so the run's summary can count them.
+MISSING_FIXTURES = "test fixtures not found"
+
+
 def conformance_dir() -> Path | None:
     path = Path(os.environ.get("TALKINGHEAD_CONFORMANCE_DIR", DEFAULT_DIR))
     return path if (path / "weights.py").is_file() else None

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
-from _conformance import Conformance, conformance_dir
+from _conformance import DEFAULT_DIR, MEDIA_DIR, MISSING_FIXTURES, Conformance, conformance_dir
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +15,7 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> Conformance:
     """The official-release fixtures; skipped (or, in CI, failed) when ../shared is absent."""
     root = conformance_dir()
     if root is None:
-        msg = "conformance fixtures not found (set TALKINGHEAD_CONFORMANCE_DIR)"
+        msg = f"conformance {MISSING_FIXTURES} (set TALKINGHEAD_CONFORMANCE_DIR)"
         if os.environ.get("TALKINGHEAD_REQUIRE_CONFORMANCE"):
             pytest.fail(msg)
         pytest.skip(msg)
@@ -26,13 +28,63 @@ def _deterministic_torch():
     yield
 
 
+def _fixture_dirs() -> dict[str, str | None]:
+    root = conformance_dir()
+    return {
+        "conformance": None if root is None else str(root),
+        "media": str(MEDIA_DIR) if MEDIA_DIR.is_dir() else None,
+    }
+
+
+_CACHE_ROOT: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests (and the CLIs they start) cache avatars in a folder of their own, not the user's."""
+    global _CACHE_ROOT
+    if "TALKINGHEAD_CACHE" not in os.environ:
+        _CACHE_ROOT = tempfile.mkdtemp(prefix="talkinghead-test-cache-")
+        os.environ["TALKINGHEAD_CACHE"] = _CACHE_ROOT
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _CACHE_ROOT is not None:
+        shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+        os.environ.pop("TALKINGHEAD_CACHE", None)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI the shared fixtures and media must be there: a silent skip would hide failures."""
     if not os.environ.get("TALKINGHEAD_REQUIRE_CONFORMANCE"):
         return
-    from _conformance import REPO_ROOT
-
-    media = os.environ.get("TALKINGHEAD_MEDIA_DIR", str(REPO_ROOT.parent / "shared" / "media"))
-    missing = [p for p in (conformance_dir(), media) if p is None or not os.path.isdir(p)]
+    missing = [name for name, path in _fixture_dirs().items() if path is None]
     if missing:
-        pytest.exit(f"required test fixtures missing: {missing}", returncode=3)
+        pytest.exit(
+            f"required test fixtures missing: {', '.join(missing)} (expected {DEFAULT_DIR} "
+            f"and {MEDIA_DIR})",
+            returncode=3,
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    found = _fixture_dirs()
+    return [
+        f"{name} fixtures: {path or 'NOT FOUND (their tests will be skipped)'}"
+        for name, path in found.items()
+    ]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Say plainly how many tests were skipped for want of ../shared, and how to fix it."""
+    skipped = [
+        r for r in terminalreporter.stats.get("skipped", []) if MISSING_FIXTURES in str(r.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"NOTE: {len(skipped)} conformance/media tests were SKIPPED because the shared test "
+            f"fixtures were not found (expected {DEFAULT_DIR} and {MEDIA_DIR}; put the project's "
+            "shared/ folder beside the clone, or set TALKINGHEAD_CONFORMANCE_DIR and "
+            "TALKINGHEAD_MEDIA_DIR).",
+            yellow=True,
+            bold=True,
+        )

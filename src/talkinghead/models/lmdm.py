@@ -294,7 +294,9 @@ class MotionDecoder(nn.Module):
 
     def embed_time(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps [B] -> FiLM vector (before the condition is added) [B, d], tokens [B, 2, d]."""
-        hidden = self.time_mlp(times)
+        # The sinusoid is computed in float32 (as the release); the MLP runs in the weights' dtype.
+        sinusoid = self.time_mlp[0](times).to(self.to_time_cond[0].weight.dtype)
+        hidden = self.time_mlp[1:](sinusoid)
         return self.to_time_cond(hidden), self.to_time_tokens(hidden)
 
     def encode_condition(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
