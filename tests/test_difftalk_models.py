@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from talkinghead.diffusion import ddim_sample
 from talkinghead.diffusion.latent_inpainting import (
-    ddim_scheduler,
+    BETA_END,
+    BETA_START,
+    ddim_sampler,
+    difftalk_schedule,
     masked_ddim_sample,
-    training_scheduler,
 )
 from talkinghead.errors import CheckpointError
 from talkinghead.models.difftalk_autoencoder import (
@@ -235,13 +238,87 @@ def test_checkpoint_with_other_sizes_is_rejected(tmp_path, tiny_ldm):
 
 
 def test_schedules_are_compvis_linear_and_uniform_ddim():
-    sched = training_scheduler()
+    sched = difftalk_schedule()
     betas = np.linspace(0.0015**0.5, 0.0195**0.5, 1000, dtype=np.float64) ** 2
     np.testing.assert_allclose(sched.betas.numpy(), betas, rtol=1e-5)
-    ddim = ddim_scheduler()
-    ddim.set_timesteps(200)
-    assert ddim.timesteps.tolist() == list(range(996, 0, -5))
-    assert ddim.final_alpha_cumprod == pytest.approx(float(sched.alphas_cumprod[0]))
+    ddim = ddim_sampler(200)
+    assert ddim.timesteps == list(range(996, 0, -5))
+    # The last step lands on alpha_bar[0] (CompVis), not on the clean sample.
+    assert ddim.time_pairs[-1] == (1, 0)
+    assert float(ddim.coefficients.alpha_next_sqrt[-1]) == pytest.approx(
+        float(sched.alphas_cumprod[0]) ** 0.5
+    )
+
+
+def _diffusers(kind: str):
+    """The reference: diffusers' scheduler with DiffTalk's settings (what DiffTalk used before)."""
+    diffusers = pytest.importorskip("diffusers")
+    common = dict(
+        num_train_timesteps=1000,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+    if kind == "ddpm":
+        return diffusers.DDPMScheduler(**common)
+    return diffusers.DDIMScheduler(
+        **common, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+    )
+
+
+def test_schedule_and_noising_equal_diffusers():
+    ref, ours = _diffusers("ddpm"), difftalk_schedule()
+    assert torch.equal(ours.betas, ref.betas)
+    assert torch.equal(ours.alphas_cumprod, ref.alphas_cumprod)
+    g = torch.Generator().manual_seed(0)
+    z, noise = torch.randn(2, 1000, 3, 2, 2, generator=g)
+    t = torch.arange(1000)
+    expected = ref.add_noise(z, noise, t)
+    torch.testing.assert_close(ours.q_sample(z, t, noise), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("steps", [1, 10, 200])
+def test_each_ddim_step_equals_diffusers(steps, eta):
+    """Same timesteps; from the same x_t, eps (and noise), the same x_{t-1} to 1e-6."""
+    ref = _diffusers("ddim")
+    ref.set_timesteps(steps)
+    sampler = ddim_sampler(steps, eta)
+    assert sampler.timesteps == ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(steps)
+    for t, t_prev in sampler.time_pairs:
+        x, eps, z = torch.randn(3, 2, 3, 8, 8, generator=g)
+        ours = ddim_sample(
+            lambda x_t, tt, eps=eps: eps,
+            x,
+            schedule=sampler.schedule,
+            time_pairs=[(t, t_prev)],
+            prediction="epsilon",
+            eta=eta,
+            step_noise=[z],
+        )
+        expected = ref.step(eps, t, x, eta=eta, variance_noise=z if eta > 0 else None)
+        torch.testing.assert_close(ours, expected.prev_sample, rtol=0, atol=1e-6)
+
+
+def test_deterministic_ddim_trajectory_equals_diffusers():
+    """The whole 200-step eta = 0 chain (a model in the loop) matches diffusers' to 1e-6."""
+    ref = _diffusers("ddim")
+    ref.set_timesteps(200)
+    w = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+
+    def eps_fn(x, t):
+        return torch.tanh(torch.einsum("ij,bjhw->bihw", w, x)) * (0.3 + t.view(-1, 1, 1, 1) / 1000)
+
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    x = x_T
+    for t in ref.timesteps:
+        tt = torch.full((1,), int(t), dtype=torch.long)
+        x = ref.step(eps_fn(x, tt), int(t), x).prev_sample
+    ours = ddim_sampler(200).sample(eps_fn, x_T.shape, x_T=x_T)
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-6)
 
 
 def test_masked_ddim_is_deterministic_and_keeps_the_known_region():

@@ -1,4 +1,4 @@
-"""DiT-Head's diffusion: ADM linear schedule, epsilon objective, DDIM sampling."""
+"""DiT-Head's diffusion: ADM linear schedule, epsilon objective, DDIM on ADM's grid."""
 
 from __future__ import annotations
 
@@ -6,31 +6,46 @@ import numpy as np
 import pytest
 import torch
 
-from talkinghead.diffusion.adm import ADMSchedule, DDIMSampler, ddim_timesteps, linear_beta_schedule
+from talkinghead.diffusion import (
+    DDIMSampler,
+    DiffusionSchedule,
+    adm_timesteps,
+    linear_beta_schedule,
+)
+
+
+def adm_sampler(steps: int, eta: float = 0.0) -> DDIMSampler:
+    """DiT-Head's sampler (as `pipelines.dithead.DiTHeadGenerator` builds it)."""
+    return DDIMSampler(
+        steps, eta, DiffusionSchedule.adm_linear(), prediction="epsilon", spacing="adm"
+    )
 
 
 def test_linear_schedule_is_adms():
-    betas = linear_beta_schedule(1000)
+    betas = linear_beta_schedule(1000).numpy()
     assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
     assert np.all(np.diff(betas) > 0)
     # fewer steps: rescaled by 1000 / T, as ADM does
-    assert linear_beta_schedule(100)[-1] == pytest.approx(0.2)
-    sched = ADMSchedule.linear()
+    assert float(linear_beta_schedule(100)[-1]) == pytest.approx(0.2)
+    sched = DiffusionSchedule.adm_linear()
     assert sched.n_timestep == 1000 and sched.alphas_cumprod[-1] < 1e-4
+    assert sched.dtype == torch.float64
+    np.testing.assert_array_equal(sched.alphas_cumprod.numpy(), np.cumprod(1.0 - betas))
 
 
 def test_ddim_grid_is_adms_respacing():
-    assert ddim_timesteps(250) == list(range(0, 1000, 4))
-    assert ddim_timesteps(50) == list(range(0, 1000, 20))
-    seven = ddim_timesteps(7)
+    assert adm_timesteps(250) == list(range(0, 1000, 4))
+    assert adm_timesteps(50) == list(range(0, 1000, 20))
+    seven = adm_timesteps(7)
     assert len(seven) == 7 and seven == sorted(set(seven)) and seven[0] == 0
-    assert ddim_timesteps(1) == [0]
+    assert adm_timesteps(1) == [0]
     with pytest.raises(ValueError):
-        ddim_timesteps(0)
+        adm_timesteps(0)
+    assert adm_sampler(250).timesteps == list(range(996, -1, -4))
 
 
 def test_q_sample_and_x0_prediction_invert():
-    sched = ADMSchedule.linear()
+    sched = DiffusionSchedule.adm_linear()
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(3, 2, 4, 4, generator=g)
     eps = torch.randn(3, 2, 4, 4, generator=g)
@@ -41,7 +56,7 @@ def test_q_sample_and_x0_prediction_invert():
 
 
 def test_training_loss_of_a_zero_model_is_the_noise_power():
-    sched = ADMSchedule.linear()
+    sched = DiffusionSchedule.adm_linear()
     x0 = torch.zeros(64, 3, 8, 8)
     g = torch.Generator().manual_seed(0)
     loss = sched.training_loss(lambda x, t: torch.zeros_like(x), x0, generator=g)
@@ -50,21 +65,23 @@ def test_training_loss_of_a_zero_model_is_the_noise_power():
 
 @pytest.mark.parametrize("steps", [1, 10, 250])
 def test_ddim_with_an_oracle_recovers_the_data(steps):
-    sched = ADMSchedule.linear()
+    sched = DiffusionSchedule.adm_linear()
     target = torch.linspace(-1, 1, 32).view(1, 2, 4, 4)
-    abar = torch.from_numpy(sched.alphas_cumprod).float()
+    abar = sched.alphas_cumprod.float()
 
     def oracle(x, t):  # the exact noise for data = target
         a = abar[t].view(-1, 1, 1, 1)
         return (x - a.sqrt() * target) / (1 - a).sqrt()
 
-    out = DDIMSampler(steps)(oracle, (1, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    out = adm_sampler(steps).sample(
+        oracle, (1, 2, 4, 4), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(out, target, atol=1e-3)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_is_deterministic_under_a_seed(eta):
-    sampler = DDIMSampler(5, eta=eta)
+    sampler = adm_sampler(5, eta=eta)
     calls = []
 
     def model(x, t):
@@ -72,14 +89,14 @@ def test_ddim_is_deterministic_under_a_seed(eta):
         return 0.1 * x
 
     def run(seed):
-        return sampler(model, (2, 3, 4, 4), generator=torch.Generator().manual_seed(seed))
+        return sampler.sample(model, (2, 3, 4, 4), generator=torch.Generator().manual_seed(seed))
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert calls[:5] == [800, 600, 400, 200, 0]
     x_T = torch.ones(2, 3, 4, 4)
     seen = []
-    sampler(model, (2, 3, 4, 4), x_T=x_T, callback=lambda i, t, x, x0: seen.append((i, t)))
+    sampler.sample(model, (2, 3, 4, 4), x_T=x_T, callback=lambda i, t, x, x0: seen.append((i, t)))
     assert seen == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
     with pytest.raises(ValueError, match="shape"):
-        sampler(model, (1, 3, 4, 4), x_T=x_T)
+        sampler.sample(model, (1, 3, 4, 4), x_T=x_T)

@@ -1,21 +1,30 @@
-"""Diffusion schedules and samplers, kept apart from the denoising networks.
+"""Diffusion schedules and the one DDIM sampler, kept apart from the denoising networks.
 
-`DiffusionSchedule` holds the float32 buffers of a noise schedule (Ditto's LMDM
-uses `DiffusionSchedule.cosine()`); `DDIMSampler` runs the reverse process for
-any model that maps `(x_t, cond_frame, cond, t)` to `(pred_noise, x_start)`.
+`schedules.DiffusionSchedule` holds a noise schedule's buffers (Ditto:
+`DiffusionSchedule.cosine()`, DiT-Head: `.adm_linear()`, DiffTalk: `.scaled_linear()`);
+`ddim.ddim_sample` / `ddim.DDIMSampler` run the reverse process for any
+``model_fn(x_t, t) -> x_0 or eps``, with the prediction type and the time grid as
+parameters. `DDIMSampler(...)(model, cond_frame, cond)` samples Ditto's motion model.
 """
 
 from talkinghead.diffusion.ddim import (
     DDIMCoefficients,
     DDIMSampler,
     Denoiser,
+    ModelFn,
+    Prediction,
+    Spacing,
+    adm_timesteps,
     ddim_coefficients,
+    ddim_sample,
     ddim_time_pairs,
 )
-from talkinghead.diffusion.schedule import (
+from talkinghead.diffusion.schedules import (
     DiffusionSchedule,
     cosine_beta_schedule,
+    linear_beta_schedule,
     predict_noise_from_start,
+    scaled_linear_beta_schedule,
 )
 
 __all__ = [
@@ -23,8 +32,15 @@ __all__ = [
     "DDIMSampler",
     "Denoiser",
     "DiffusionSchedule",
+    "ModelFn",
+    "Prediction",
+    "Spacing",
+    "adm_timesteps",
     "cosine_beta_schedule",
     "ddim_coefficients",
+    "ddim_sample",
     "ddim_time_pairs",
+    "linear_beta_schedule",
     "predict_noise_from_start",
+    "scaled_linear_beta_schedule",
 ]
