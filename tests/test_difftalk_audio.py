@@ -79,3 +79,17 @@ def test_neighbour_windows_for_the_temporal_filter():
     np.testing.assert_array_equal(
         neighbour_indices(10, 1, np.array([0, 9])), [[0, 0, 1], [8, 9, 9]]
     )
+
+
+def test_one_wrapper_serves_both_methods(encoder):
+    """DiffTalk's probabilities and DiT-Head's per-frame logits come from the same logits."""
+    audio = np.random.default_rng(2).uniform(-0.5, 0.5, 6400).astype(np.float32)  # 0.4 s
+    logits = encoder.logits(audio)
+    assert logits.shape == (20, 32)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = encoder.probabilities(audio)
+    np.testing.assert_allclose(probs, e / e.sum(-1, keepdims=True), atol=1e-6)
+    frames = encoder.frame_logits(audio)
+    assert frames.shape == (10, 32)
+    np.testing.assert_allclose(frames, logits.reshape(10, 2, 32).mean(1), atol=1e-6)
+    assert encoder.logits(audio, 30)[20:].shape == (10, 32)  # padded with silence

@@ -159,7 +159,7 @@ def test_prepare_dataset_writes_the_documented_layout(prepared, videos):
         )
     finally:
         (videos[0] / "broken.txt").rename(videos[0] / "broken.mp4")
-    assert again.existing == ["clip"] and again.prepared == [] and again.frames == CLIP_FRAMES
+    assert again.skipped == ["clip"] and again.prepared == [] and again.frames == CLIP_FRAMES
     with pytest.raises(TalkingHeadError, match="other settings"):
         prepare_dataset(videos[0], out, resolution=256, audio_model=manifest["audio"]["encoder"])
 
@@ -193,6 +193,23 @@ def test_tiny_presets_overfit_the_clip(trained):
     assert {"autoencoder.pt", "ldm.pt", "difftalk.json"} <= {p.name for p in out.iterdir()}
     manifest = json.loads((out / "difftalk.json").read_text())
     assert manifest["resolution"] == RES and manifest["data"]["smooth_radius"] == 8
+
+
+def test_ldm_checkpoint_holds_the_warmed_up_average(trained, prepared, tmp_path):
+    from talkinghead.pipelines.difftalk import read_component
+
+    ae = trained[0] / "autoencoder.pt"
+    for name, ema in (("raw", False), ("ema", True)):
+        config = LdmTrainConfig(preset="tiny", steps=1, batch_size=2, ema=ema)
+        train_ldm(prepared[0], tmp_path / name, config, autoencoder=ae)
+    raw = read_component(tmp_path / "raw" / "ldm.pt", "ldm")
+    average = read_component(tmp_path / "ema" / "ldm.pt", "ldm")
+    assert average["ema"] and not raw["ema"]
+    torch.manual_seed(config.seed)  # the weights training started from
+    start = DiffTalkLDM(DiffTalkLDMConfig.from_dict(average["config"])).state_dict()
+    # After one update the CompVis warm-up decay is min(0.9999, 2 / 11).
+    for k, v in average["state_dict"].items():
+        assert torch.equal(v, torch.lerp(start[k], raw["state_dict"][k], 1 - 2 / 11)), k
 
 
 def test_train_command(trained, prepared, tmp_path):

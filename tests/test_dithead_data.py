@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 
 from _dithead_helpers import portrait, require_media, tiny_wav2vec2
+from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.face.crop import warp_image, warp_points
+from talkinghead.media.video import iter_video_frames
 from talkinghead.train.dithead_data import (
     Clip,
     CropSettings,
-    CTCAudioFeatures,
     DataSettings,
     MaskSettings,
     PreparedDataset,
     SampleDrawer,
     apply_mask,
     audio_windows,
-    iter_video_frames,
     lower_face_mask,
     lower_face_polygon,
     prepare_dataset,
@@ -107,18 +107,21 @@ def test_audio_windows_layout():
 
 def test_ctc_features_per_video_frame(tmp_path):
     model = tiny_wav2vec2(tmp_path / "w2v")
-    enc = CTCAudioFeatures(model)
+    enc = Wav2Vec2CTCEncoder(model)
     assert enc.vocab_size == 33 and enc.normalize  # no preprocessor config: normalise
     rng = np.random.default_rng(0)
     for n, frames in ((6399, 10), (6400, 10), (6401, 11), (100, 1)):
-        assert enc(rng.normal(size=n).astype(np.float32) * 0.1).shape == (frames, 33)
+        assert enc.frame_logits(rng.normal(size=n).astype(np.float32) * 0.1).shape == (frames, 33)
     audio = rng.normal(size=16000).astype(np.float32) * 0.1
-    whole = enc(audio)
-    chunked = CTCAudioFeatures(model, chunk_seconds=0.3)(audio)
+    whole = enc.frame_logits(audio)
+    chunked = Wav2Vec2CTCEncoder(model, chunk_seconds=0.3).frame_logits(audio)
     assert chunked.shape == whole.shape == (25, 33) and np.isfinite(chunked).all()
-    assert enc(np.zeros(0, np.float32)).shape == (0, 33)
+    # each video frame is the mean of its two 20 ms steps' logits
+    steps = enc.logits(audio, 50)
+    np.testing.assert_allclose(whole, (steps[0::2] + steps[1::2]) / 2, rtol=1e-5, atol=1e-6)
+    assert enc.frame_logits(np.zeros(0, np.float32)).shape == (0, 33)
     with pytest.raises(CheckpointError, match="not found"):
-        CTCAudioFeatures(tmp_path / "missing")
+        Wav2Vec2CTCEncoder(tmp_path / "missing")
 
 
 def test_video_is_resampled_to_25_fps(tmp_path):
@@ -128,7 +131,7 @@ def test_video_is_resampled_to_25_fps(tmp_path):
     with VideoWriter(path, fps=10) as w:
         for i in range(5):
             w.write(np.full((32, 32, 3), 40 * i + 20, np.uint8))
-    frames = list(iter_video_frames(path))
+    frames = list(iter_video_frames(path, fps=25))
     assert len(frames) == 13  # 0.5 s at 25 fps
     levels = [int(f.mean()) for f in frames]
     expected = [40 * min(round(k * 10 / 25), 4) + 20 for k in range(13)]  # nearest frame
@@ -137,11 +140,11 @@ def test_video_is_resampled_to_25_fps(tmp_path):
 
 def test_prepare_dataset_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MediaError, match="no videos"):
+    with pytest.raises(MediaError, match="no video files"):
         prepare_dataset(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(TalkingHeadError, match="unknown dithead data option"):
         prepare_dataset(tmp_path / "empty", tmp_path / "out", colour="blue")
-    with pytest.raises(MediaError, match="no such file"):
+    with pytest.raises(MediaError, match="videos directory not found"):
         prepare_dataset(tmp_path / "nope", tmp_path / "out")
 
 

@@ -171,17 +171,18 @@ def test_manifest_and_arrays_have_documented_shapes(prepared):
 def test_motion_matches_the_extractor_on_the_same_crop(prepared, videos):
     """Frame 0 of the 25 fps video, re-analysed here, gives the stored motion."""
     from talkinghead.face import create_face_analyzer
+    from talkinghead.media.video import iter_video_frames
+    from talkinghead.models.motion_extractor import OUTPUT_KEYS
+    from talkinghead.motion.extraction import crop_to_network_input
     from talkinghead.motion.format import dict_to_motion
-    from talkinghead.pipelines.avatar import MOTION_KEYS, crop_to_network_input
-    from talkinghead.train.ditto_data import iter_video_frames
 
     _, out, _ = prepared
-    _, frames = iter_video_frames(videos / "talking.mp4")
+    frames = iter_video_frames(videos / "talking.mp4", fit=True)
     face = create_face_analyzer("mediapipe").analyze(next(frames))
     net = tiny_networks()["motion_extractor"]
     x = torch.from_numpy(crop_to_network_input(face.crop)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        info = dict(zip(MOTION_KEYS, (o.numpy() for o in net(x)), strict=True))
+        info = dict(zip(OUTPUT_KEYS, (o.numpy() for o in net(x)), strict=True))
     stored = np.load(out / "LP_npy" / "talking.npy")[0]
     np.testing.assert_allclose(stored, dict_to_motion(info, include_kp=True)[0], atol=1e-5)
     np.testing.assert_allclose(
@@ -268,13 +269,22 @@ def test_user_errors(tmp_path):
         prepare_dataset(tmp_path, tmp_path / "out")
 
 
-def test_resample_frames_is_nearest_frame():
-    from talkinghead.train.ditto_data import resample_frames
+def test_resampling_to_25_fps_is_nearest_frame(tmp_path):
+    """The video reader the preparation uses: output frame j shows source frame
+    round(j * fps / 25)."""
+    from talkinghead.media.video import iter_video_frames
+    from talkinghead.media.writer import VideoWriter
 
-    src = list(range(30))  # one second at 30 fps
-    out = list(resample_frames(iter(src), 30.0))
-    assert len(out) == 25 and out[:6] == [0, 1, 2, 4, 5, 6]
-    up = list(resample_frames(iter(range(20)), 20.0))
+    def levels(fps: int) -> list[int]:
+        path = tmp_path / f"{fps}.mp4"
+        with VideoWriter(path, fps=fps) as w:  # one second, frame i at level 8 * i
+            for i in range(fps):
+                w.write(np.full((32, 32, 3), 8 * i, np.uint8))
+        return [round(float(f.mean()) / 8) for f in iter_video_frames(path, fps=25)]
+
+    down = levels(30)
+    assert len(down) == 25 and down[:6] == [0, 1, 2, 4, 5, 6]
+    up = levels(20)
     assert len(up) == 25 and up[:5] == [0, 1, 2, 2, 3]
 
 

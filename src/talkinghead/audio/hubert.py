@@ -35,19 +35,13 @@ import numpy as np
 from einops import rearrange
 
 from talkinghead.errors import CheckpointError
+from talkinghead.timebase import SAMPLE_RATE as SAMPLE_RATE  # re-exported: the rate HuBERT takes
+from talkinghead.timebase import SAMPLES_PER_FRAME, num_frames
 
-SAMPLE_RATE = 16000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 HUBERT_FRAMES_PER_VIDEO_FRAME = 2  # HuBERT runs at 50 Hz (20 ms)
 RECEPTIVE_FIELD_EXTRA = 80  # 400-sample conv window minus its 320-sample hop
 DEFAULT_CHUNKSIZE = (3, 5, 2)
 FEATURE_DIM = 1024  # hubert-large
-
-
-def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> int:
-    """Video frames covering `num_samples` of audio: ceil(seconds * fps), exactly."""
-    return -(-num_samples * fps // sample_rate)
 
 
 @runtime_checkable

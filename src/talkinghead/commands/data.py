@@ -6,9 +6,10 @@ when that method is asked for. Every one has the signature::
     prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1, progress=None,
                     **method_options) -> report
 
-`progress(done, total)` is called with the number of videos done; the report's
-``summary()`` (when it has one) is printed, and its ``failed`` mapping (name -> error),
-when present, is listed.
+`progress(done, total)` is called with the number of videos done. The three methods
+return the shared `talkinghead.training.prepare.PrepareReport`: its ``summary()`` is
+printed and its ``failed`` mapping (video -> error) listed (another report type only
+needs a ``str()``).
 """
 
 from __future__ import annotations
@@ -169,9 +170,8 @@ def prepare_data(
     typer.echo(summary)
     ok = getattr(report, "ok", None)
     if failed and ok is not None and not ok:
-        raise TalkingHeadError(
-            f"no video could be prepared ({len(failed)} failed); see {out_dir / 'manifest.json'}"
-        )
+        manifest = getattr(report, "manifest", out_dir)
+        raise TalkingHeadError(f"no video could be prepared ({len(failed)} failed); see {manifest}")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from talkinghead.eval.mfcc import syncnet_mfcc
+from talkinghead.timebase import SAMPLES_PER_FRAME
 
 VSHIFT = 15
 WINDOW = 5  # video frames per window
 MFCC_PER_FRAME = 4  # 100 Hz MFCC / 25 fps
 MFCC_WINDOW = 20
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 
 
 class SyncEmbedder(Protocol):

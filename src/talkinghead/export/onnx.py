@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
+from talkinghead.models.motion_extractor import OUTPUT_KEYS
 
 # Names as in the release's ditto_onnx/ files (the appearance extractor's output is "pred").
 ONNX_IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "appearance_extractor": (("image",), ("pred",)),
-    "motion_extractor": (("image",), ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")),
+    "motion_extractor": (("image",), OUTPUT_KEYS),
     "warp_network": (("feature_3d", "kp_source", "kp_driving"), ("out",)),
     "decoder": (("feature",), ("output",)),
     "stitch_network": (("kp_source", "kp_driving"), ("out",)),

@@ -18,6 +18,9 @@ from talkinghead.models.convnextv2 import CONVNEXTV2_PRESETS, ConvNeXtV2, ConvNe
 MotionOutputs = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]
+# What `forward` returns, in order: the release's head order (its ONNX and TensorRT
+# builds keep it). The same keys as `talkinghead.motion.format.MOTION_KEYS`, permuted.
+OUTPUT_KEYS: tuple[str, ...] = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 
 
 def resolve_backbone(backbone: str | ConvNeXtV2Config | Mapping[str, Any]) -> ConvNeXtV2Config:

@@ -25,6 +25,7 @@ from talkinghead.motion.conditions import (
 )
 from talkinghead.motion.format import (
     MOTION_DIM,
+    MOTION_KEYS,
     MOTION_LAYOUT,
     MOTION_LAYOUT_WITH_KP,
     POSE_DIMS,
@@ -49,6 +50,7 @@ __all__ = [
     "EYE_KEYPOINTS",
     "LIP_KEYPOINTS",
     "MOTION_DIM",
+    "MOTION_KEYS",
     "MOTION_LAYOUT",
     "MOTION_LAYOUT_WITH_KP",
     "NEUTRAL",

@@ -89,6 +89,8 @@ MOTION_LAYOUT = MotionLayout.from_sizes(
 )
 # The release's converter with its optional canonical-keypoint block appended.
 MOTION_LAYOUT_WITH_KP = MotionLayout((*MOTION_LAYOUT.fields, MotionField("kp", 63, 265)))
+# The keys of the keyed form, in the vector's order: scale, pitch, yaw, roll, t, exp, kp.
+MOTION_KEYS: tuple[str, ...] = MOTION_LAYOUT_WITH_KP.names
 
 MOTION_DIM = MOTION_LAYOUT.dim  # 265
 # Scale, pose and translation: the dims the clip-wise generator smooths (exp is left alone).

@@ -59,13 +59,12 @@ import torch
 from torch import nn
 
 from talkinghead.models.keypoints import bin66_to_degree, transform_keypoints
-from talkinghead.motion.format import motion_to_dict
+from talkinghead.motion.format import MOTION_KEYS, motion_to_dict
 
 LIP_KEYPOINTS: tuple[int, ...] = (6, 12, 14, 17, 19, 20)
 EYE_KEYPOINTS: tuple[int, ...] = (11, 13, 15, 16, 18)
 NUM_KEYPOINTS = 21
 POSE_KEYS: tuple[str, ...] = ("pitch", "yaw", "roll")
-MOTION_KEYS: tuple[str, ...] = ("scale", "pitch", "yaw", "roll", "t", "exp", "kp")
 IMAGE_D_KEYS: tuple[str, ...] = ("exp", "pitch", "yaw", "roll", "t")
 VIDEO_D_KEYS: tuple[str, ...] = ("exp",)
 

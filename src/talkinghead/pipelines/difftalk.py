@@ -45,8 +45,10 @@ from torch import nn
 
 from talkinghead.audio.ctc import frame_windows, neighbour_windows
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.filemode import set_default_mode
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
+from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
 from talkinghead.train.difftalk_data import (
     CROP_SCALE,
     CROP_SMOOTHING,
@@ -67,9 +69,6 @@ CHECKPOINT_VERSION = 1
 MANIFEST_NAME = "difftalk.json"
 AUTOENCODER_FILE = "autoencoder.pt"
 LDM_FILE = "ldm.pt"
-AUDIO_MODEL_DIR = "wav2vec2"
-SAMPLE_RATE = 16000
-IMAGE_FPS = 25.0
 RESOLUTIONS = (256, 512)
 SOURCE_CACHE_SIZE = 256  # source frames whose latents are kept
 
@@ -95,6 +94,7 @@ def save_component(
         **extra,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
     os.close(fd)
     try:
         torch.save(payload, tmp)
@@ -330,9 +330,9 @@ class DiffTalkGenerator:
 
     def audio_encoder(self):
         if self._audio_encoder is None:
-            from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
+            from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 
-            local = self.models.directory / AUDIO_MODEL_DIR
+            local = self.models.directory / LOCAL_MODEL_DIRNAME
             name = self.config.audio_model or (
                 str(local) if local.is_dir() else self.models.data.get("audio", {}).get("encoder")
             )
@@ -362,8 +362,8 @@ class DiffTalkGenerator:
         cfg = self.config
         probe = load_source(source, max_side=cfg.max_size, max_frames=1)
         source_fps = None if probe.is_image or not probe.fps else float(probe.fps)
-        fps = float(cfg.fps or source_fps or IMAGE_FPS)
-        n = output_frames(num_samples, fps)
+        fps = float(cfg.fps or source_fps or FPS)  # an image plays at the toolkit's 25 fps
+        n = num_frames(num_samples, SAMPLE_RATE, fps)  # exact for 50 or 30000/1001 fps too
         if n == 0:
             raise MediaError("the audio is empty")
         needed = math.ceil(n * (source_fps or fps) / fps)
@@ -524,11 +524,6 @@ def compose(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def output_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """ceil(duration x fps): the frames that cover the audio."""
-    return int(np.ceil(num_samples * fps / sample_rate - 1e-9))
-
-
 def generate_video(
     source: Path,
     audio: Path,
@@ -585,7 +580,6 @@ __all__ = [
     "load_autoencoder",
     "load_difftalk",
     "load_ldm",
-    "output_frames",
     "resolve_checkpoint_dir",
     "save_component",
     "write_manifest",

@@ -39,22 +39,21 @@ import cv2
 import numpy as np
 import torch
 
-from talkinghead.diffusion.adm import ADMSchedule, DDIMSampler
+from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
+from talkinghead.diffusion import DDIMSampler, DiffusionSchedule
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
 from talkinghead.face.crop import warp_image, warp_points
+from talkinghead.media.video import iter_video_frames
 from talkinghead.models.dithead_dit import DiTHead
 from talkinghead.models.dithead_vqgan import VQModel
 from talkinghead.pipelines.dithead_interpolation import create_interpolator, interpolate_2x
+from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.train.dithead import DIT_FILE, VQ_FILES, load_checkpoint
 from talkinghead.train.dithead_data import (
-    AUDIO_MODEL_DIRNAME,
-    SAMPLE_RATE,
-    CTCAudioFeatures,
     DataSettings,
     apply_mask,
     audio_windows,
     from_tensor_image,
-    iter_video_frames,
     lower_face_mask,
     to_tensor_image,
 )
@@ -122,14 +121,12 @@ def _source_frames(
 ) -> list[np.ndarray]:
     """Up to ``limit`` source frames at 25 fps (nearest frame in time), decoded as a
     stream so a long source costs only what is used; one frame for a still image."""
-    from itertools import islice
-
-    from talkinghead.media.source import fit_frame, load_source
+    from talkinghead.media.source import load_source
 
     probe = load_source(source, max_side=max_side, max_frames=1)
     if probe.is_image:
         return probe.frames
-    return [fit_frame(f, max_side) for f in islice(iter_video_frames(source), limit)]
+    return list(iter_video_frames(source, fps=FPS, fit=True, max_side=max_side, max_frames=limit))
 
 
 def pingpong(k: int, n: int) -> int:
@@ -206,8 +203,8 @@ class DiTHeadGenerator:
     ) -> None:
         self.models = models
         self.device = torch.device(device)
-        schedule = ADMSchedule.linear(models.n_timestep)
-        self.sampler = DDIMSampler(steps, eta, schedule)
+        schedule = DiffusionSchedule.adm_linear(models.n_timestep)
+        self.sampler = DDIMSampler(steps, eta, schedule, prediction="epsilon", spacing="adm")
 
     @torch.no_grad()
     def encode(self, vq: VQModel, images: np.ndarray) -> torch.Tensor:
@@ -237,7 +234,7 @@ class DiTHeadGenerator:
             def eps(x: torch.Tensor, t: torch.Tensor, masked=masked, ref=ref, aud=aud):
                 return m.dit(x, t, masked, ref, aud).float()
 
-            z0 = self.sampler(eps, tuple(ref.shape), generator=generator, device=self.device)
+            z0 = self.sampler.sample(eps, ref.shape, generator=generator, device=self.device)
             if evolve:
                 ref = z0
             image = m.vq_full.decode(z0 / m.latent_scale)
@@ -253,16 +250,16 @@ def audio_features(
     """Per-frame windows [N, window * vocab] for the audio, with the training's encoder:
     ``audio_model`` if given, else ``<checkpoints>/wav2vec2``, else the one recorded in
     the checkpoint (a local directory or a hub id)."""
-    local = models.root / AUDIO_MODEL_DIRNAME
+    local = models.root / LOCAL_MODEL_DIRNAME
     name = audio_model or (str(local) if local.is_dir() else models.settings.audio_model)
-    encoder = CTCAudioFeatures(name, device=device)
+    encoder = Wav2Vec2CTCEncoder(name, device=device)
     a = models.settings.audio
     if encoder.vocab_size != a.vocab_size:
         raise CheckpointError(
             f"{name}: the audio model has {encoder.vocab_size} CTC tokens, the DiT was "
             f"trained with {a.vocab_size}"
         )
-    return audio_windows(encoder(audio_16k), a.window)
+    return audio_windows(encoder.frame_logits(audio_16k), a.window)
 
 
 def generate_video(

@@ -25,9 +25,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+# The server's time base is the toolkit's; `FPS` and `SAMPLE_RATE` are re-exported.
+from talkinghead.timebase import FPS as FPS
+from talkinghead.timebase import SAMPLE_RATE as SAMPLE_RATE
+from talkinghead.timebase import frame_time
 
 # Binary frame message: magic, frame index (uint32), audio timestamp in seconds (float64,
 # = index / 25: the frame shows the face at that point of the audio), then the JPEG.
@@ -69,7 +70,7 @@ class ProtocolError(Exception):
 
 
 def encode_frame(index: int, jpeg: bytes) -> bytes:
-    return FRAME_HEADER.pack(FRAME_MAGIC, index, frame_timestamp(index)) + jpeg
+    return FRAME_HEADER.pack(FRAME_MAGIC, index, frame_time(index)) + jpeg
 
 
 def decode_frame(message: bytes) -> tuple[int, float, bytes]:
@@ -80,15 +81,6 @@ def decode_frame(message: bytes) -> tuple[int, float, bytes]:
     if magic != FRAME_MAGIC:
         raise ProtocolError(f"not a frame message (magic {magic!r})")
     return index, timestamp, bytes(message[FRAME_HEADER_BYTES:])
-
-
-def frame_timestamp(index: int) -> float:
-    return index / FPS
-
-
-def expected_frame_count(num_samples: int) -> int:
-    """Frames a session returns for `num_samples` of 16 kHz audio: ceil(duration x 25)."""
-    return math.ceil(num_samples / SAMPLES_PER_FRAME)
 
 
 # ---------------------------------------------------------------------------- controls

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from talkinghead.serve.protocol import SAMPLE_RATE, expected_frame_count
+from talkinghead.timebase import SAMPLE_RATE, num_frames
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class SessionInfo:
             "frames": self.frames_sent,
             "dropped": self.worker.frames_dropped if self.worker else 0,
             "audio_seconds": round(self.audio_samples / SAMPLE_RATE, 4),
-            "expected_frames": expected_frame_count(self.audio_samples),
+            "expected_frames": num_frames(self.audio_samples),
             "first_frame_latency_s": (
                 None
                 if self.first_frame is None or self.first_audio is None

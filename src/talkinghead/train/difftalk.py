@@ -21,7 +21,6 @@ Both stages write into OUT_DIR (``autoencoder.pt``, ``ldm.pt``, ``difftalk.json`
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -32,8 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from talkinghead.diffusion import DiffusionSchedule
+from talkinghead.diffusion.latent_inpainting import difftalk_schedule
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.models.difftalk_autoencoder import (
     DiffTalkAutoencoder,
@@ -57,6 +57,7 @@ from talkinghead.train.difftalk_data import (
     reference_index,
     to_tensor_image,
 )
+from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -200,24 +201,6 @@ def train_autoencoder(
 # ---------------------------------------------------------------------------- stage 2
 
 
-class EMA:
-    """CompVis-style EMA: decay min(d, (1 + n) / (10 + n)) after n updates."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow.parameters(), model.parameters(), strict=True):
-            s.lerp_(p.detach(), 1 - d)
-        for s, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
-            s.copy_(b)
-
-
 class _LatentSource:
     """Training latents of (frame, masked frame, reference) plus conditions, per example."""
 
@@ -279,17 +262,17 @@ class _LatentSource:
 
 def ldm_loss(
     ldm: DiffTalkLDM,
-    scheduler,
+    schedule: DiffusionSchedule,
     batch: dict[str, torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
     """||eps - M(z_t, t, C)||^2 for one batch; t and eps drawn from `generator` (CPU)."""
     z = batch["z"]
     b = z.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+    t = torch.randint(0, schedule.n_timestep, (b,), generator=generator)
     noise = torch.randn(z.shape, generator=generator).to(z.device)
     t = t.to(z.device)
-    noisy = scheduler.add_noise(z, noise, t)
+    noisy = schedule.q_sample(z, t, noise)
     context = ldm.context(batch["audio"], batch["landmarks"])
     pred = ldm(noisy, t, batch["masked"], batch["reference"], context)
     return torch.nn.functional.mse_loss(pred, noise)
@@ -305,8 +288,6 @@ def train_ldm(
     model_config: DiffTalkLDMConfig | None = None,
 ) -> TrainResult:
     """Train M, E_A, E_L with the frozen autoencoder; writes ldm.pt and difftalk.json."""
-    from talkinghead.diffusion.latent_inpainting import training_scheduler
-
     cfg = config or LdmTrainConfig()
     out_dir = Path(out_dir)
     ae_path = Path(autoencoder) if autoencoder is not None else out_dir / AUTOENCODER_FILE
@@ -354,7 +335,7 @@ def train_ldm(
     opt = torch.optim.AdamW(
         ldm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
     )
-    scheduler = training_scheduler()
+    schedule = difftalk_schedule()
     cache = cfg.cache_latents if cfg.cache_latents is not None else len(data) <= 20_000
     source = _LatentSource(data, ae, device, cache)
     rng = np.random.default_rng(cfg.seed)
@@ -366,7 +347,7 @@ def train_ldm(
     losses: list[float] = []
 
     def save(step: int) -> None:
-        weights = ema.shadow if ema is not None else ldm
+        weights = ema.averaged(ldm) if ema is not None else ldm
         save_component(
             path,
             "ldm",
@@ -382,7 +363,7 @@ def train_ldm(
 
     try:
         for step, (epoch, idx) in enumerate(_batches(len(data), cfg.batch_size, rng), start=1):
-            loss = ldm_loss(ldm, scheduler, source.batch(idx, epoch), generator)
+            loss = ldm_loss(ldm, schedule, source.batch(idx, epoch), generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip and cfg.grad_clip > 0:

@@ -1,7 +1,8 @@
 """DiffTalk training data: face crops, landmarks, mouth masks, audio windows, reference frames.
 
 ``prepare_dataset(VIDEOS_DIR, OUT_DIR)`` turns talking videos (with their audio track,
-or a ``<stem>.wav`` beside them) into::
+or a ``<stem>.wav`` beside them) into the following, resumably and in parallel
+(`talkinghead.training.prepare` runs it; the manifest is rewritten after every video)::
 
     OUT_DIR/difftalk_data.json        manifest: resolution, crop, audio features, clips
     OUT_DIR/clips/<name>/meta.json    frames, fps, source; written last (= clip finished)
@@ -25,30 +26,43 @@ shared with inference (`talkinghead.pipelines.difftalk`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from talkinghead.audio.ctc import frame_windows, neighbour_indices
+from talkinghead.audio.ctc import (
+    DEFAULT_CTC_MODEL,
+    frame_windows,
+    neighbour_indices,
+    resolve_ctc_model,
+)
 from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.timebase import FPS, SAMPLE_RATE
+from talkinghead.training.prepare import (
+    ClipListLayout,
+    PrepareJob,
+    PrepareReport,
+    PrepareRun,
+    VideoResult,
+    find_videos,
+    unique_names,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "talkinghead-difftalk-data"
 VERSION = 1
 MANIFEST_NAME = "difftalk_data.json"
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})
-AUDIO_SAMPLE_RATE = 16000
 
 CROP_SCALE = 1.8
 CROP_VY = -0.1
@@ -231,39 +245,6 @@ def track_faces(
     return TrackedFaces(smoothed, landmarks.astype(np.float32))
 
 
-def iter_video_frames(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Decode a video's frames one by one (RGB uint8, display rotation applied)."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable video ({e})") from None
-    with container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        for k, frame in enumerate(container.decode(container.streams.video[0])):
-            if max_frames is not None and k >= max_frames:
-                break
-            rgb = frame.to_ndarray(format="rgb24")
-            turns = round((frame.rotation or 0) / 90.0) % 4
-            yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-
-
-def video_fps(path: Path) -> float:
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable video ({e})") from None
-    return float(rate) if rate else 25.0
-
-
 # ---------------------------------------------------------------------------- preparation
 
 
@@ -294,57 +275,16 @@ class PrepareOptions:
         return cls(**{k: v for k, v in options.items() if k in known and v is not None})
 
 
-@dataclass
-class PrepareReport:
-    """What `prepare_dataset` did."""
+def _clip_names(videos: list[Path]) -> list[str]:
+    def safe(stem: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "clip"
 
-    out_dir: Path
-    prepared: list[str] = field(default_factory=list)  # clips written by this run
-    existing: list[str] = field(default_factory=list)  # finished earlier, skipped
-    failed: dict[str, str] = field(default_factory=dict)  # video file name -> reason
-    frames: int = 0  # frames in the whole dataset
-
-    @property
-    def clips(self) -> int:
-        return len(self.prepared) + len(self.existing)
-
-    def summary(self) -> str:
-        text = (
-            f"{self.clips} clip(s), {self.frames} frames in {self.out_dir} "
-            f"({len(self.prepared)} new, {len(self.existing)} already done"
-        )
-        if self.failed:
-            text += f", {len(self.failed)} failed: " + "; ".join(
-                f"{k}: {v}" for k, v in self.failed.items()
-            )
-        return text + ")"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "out_dir": str(self.out_dir),
-            "prepared": self.prepared,
-            "existing": self.existing,
-            "failed": self.failed,
-            "frames": self.frames,
-        }
+    return unique_names([safe(v.stem) for v in videos], "-")
 
 
-def default_audio_model(checkpoints: Path | None) -> str:
-    from talkinghead.audio.ctc import DEFAULT_CTC_MODEL
-
-    if checkpoints is not None and (Path(checkpoints) / "wav2vec2").is_dir():
-        return str(Path(checkpoints) / "wav2vec2")
-    return DEFAULT_CTC_MODEL
-
-
-def _clip_name(path: Path, taken: set[str]) -> str:
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "clip"
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}-{k}"
-    taken.add(name)
-    return name
+def _clip_entry(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A clip's entry in the manifest, from its meta.json."""
+    return {"name": name, "frames": int(meta["frames"]), "fps": meta["fps"]}
 
 
 def _load_clip_audio(video: Path) -> np.ndarray:
@@ -353,16 +293,22 @@ def _load_clip_audio(video: Path) -> np.ndarray:
     for suffix in (".wav", ".flac"):
         side = video.with_suffix(suffix)
         if side.is_file():
-            return load_audio(side, AUDIO_SAMPLE_RATE)
-    return load_audio(video, AUDIO_SAMPLE_RATE)
+            return load_audio(side, SAMPLE_RATE)
+    return load_audio(video, SAMPLE_RATE)
 
 
-class _ClipPreparer:
+class DiffTalkVideoWorker:
     """Per-process worker state: the face analyser and the audio encoder, built once."""
 
     def __init__(
-        self, options: PrepareOptions, audio_model: str, checkpoints: Path | None, encoder=None
-    ):
+        self,
+        out_dir: Path,
+        options: PrepareOptions,
+        audio_model: str,
+        checkpoints: Path | None,
+        encoder: Any = None,
+    ) -> None:
+        self.clips_dir = Path(out_dir) / "clips"
         self.options = options
         self.analyzer = face_analyzer(options.face_backend, checkpoints)
         if encoder is None:
@@ -371,14 +317,19 @@ class _ClipPreparer:
             encoder = Wav2Vec2CTCEncoder(audio_model, device=options.device)
         self.encoder = encoder
 
-    def __call__(self, video: Path, clip_dir: Path) -> int:
+    def __call__(self, job: PrepareJob) -> list[VideoResult]:
+        from talkinghead.media.video import VideoReader
+
         o = self.options
-        fps = video_fps(video)
+        (name,) = job.outputs
+        video, clip_dir = job.video, self.clips_dir / name
+        reader = VideoReader(video)
+        fps = reader.fps or float(FPS)
         audio = _load_clip_audio(video)
         # Two passes over the video keep memory flat: track, then crop on smoothed transforms.
         faces = track_faces(
             self.analyzer,
-            iter_video_frames(video, o.max_frames),
+            reader.frames(max_frames=o.max_frames),
             o.resolution,
             scale=o.crop_scale,
             vy=o.crop_vy,
@@ -388,21 +339,23 @@ class _ClipPreparer:
         tmp = clip_dir.with_name(clip_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            self._write(video, fps, audio, faces, tmp)
+            meta = self._write(video, fps, audio, faces, tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(clip_dir, ignore_errors=True)
         os.replace(tmp, clip_dir)
-        return len(faces.o2c)
+        return [VideoResult(name, meta["frames"], _clip_entry(name, meta))]
 
     def _write(
         self, video: Path, fps: float, audio: np.ndarray, faces: TrackedFaces, tmp: Path
-    ) -> None:
+    ) -> dict[str, Any]:
+        from talkinghead.media.video import iter_video_frames
+
         o = self.options
         (tmp / "frames").mkdir(parents=True)
         n, written = len(faces.o2c), 0
-        for i, frame in enumerate(iter_video_frames(video, n)):
+        for i, frame in enumerate(iter_video_frames(video, max_frames=n)):
             crop = faces.crop(frame, i, o.resolution)
             ok = cv2.imwrite(
                 str(tmp / "frames" / f"{i:06d}.jpg"),
@@ -425,21 +378,7 @@ class _ClipPreparer:
         np.save(tmp / "crop.npy", faces.c2o)
         meta = {"frames": n, "fps": fps, "source": video.name, "size": list(size)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-
-
-_WORKER: _ClipPreparer | None = None
-
-
-def _worker_init(options: PrepareOptions, audio_model: str, checkpoints: Path | None) -> None:
-    global _WORKER
-    _WORKER = _ClipPreparer(options, audio_model, checkpoints)
-
-
-def _worker_run(video: Path, clip_dir: Path) -> tuple[int, str | None]:
-    try:
-        return _WORKER(video, clip_dir), None  # type: ignore[misc]
-    except Exception as e:  # one bad video must not stop the others
-        return 0, f"{type(e).__name__}: {e}"
+        return meta
 
 
 def _settings(options: PrepareOptions, audio_model: str, feature_dim: int | None) -> dict[str, Any]:
@@ -453,6 +392,47 @@ def _settings(options: PrepareOptions, audio_model: str, feature_dim: int | None
         "face_backend": options.face_backend,
         "audio": {"encoder": audio_model, "feature_dim": feature_dim, "window": 16, "rate": 50.0},
     }
+
+
+class DiffTalkLayout(ClipListLayout):
+    """OUT_DIR: difftalk_data.json and one folder per clip under clips/ (module docstring)."""
+
+    manifest_name = MANIFEST_NAME
+
+    def __init__(
+        self,
+        out_dir: Path,
+        jobs: list[PrepareJob],
+        options: PrepareOptions,
+        audio_model: str,
+        old_feature_dim: int | None,
+    ) -> None:
+        super().__init__(out_dir, jobs)
+        self.options = options
+        self.audio_model = audio_model
+        self.old_feature_dim = old_feature_dim
+
+    def earlier_clip(self, job: PrepareJob) -> dict[str, Any] | None:
+        """A clip is finished once its meta.json exists: it is written last."""
+        (name,) = job.outputs
+        try:
+            meta = json.loads((self.out_dir / "clips" / name / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return _clip_entry(name, meta)
+
+    def manifest(self, clips: list[dict[str, Any]], failed: dict[str, str]) -> dict[str, Any]:
+        feature_dim = self.old_feature_dim
+        if clips:
+            audio = self.out_dir / "clips" / clips[0]["name"] / "audio.npy"
+            feature_dim = int(np.load(audio, mmap_mode="r").shape[-1])
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            **_settings(self.options, self.audio_model, feature_dim),
+            "clips": clips,
+            "failed": failed,
+        }
 
 
 def prepare_dataset(
@@ -472,22 +452,10 @@ def prepare_dataset(
     """
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     options = PrepareOptions.from_options(method_options)
-    if not videos_dir.is_dir():
-        raise MediaError(f"{videos_dir}: not a directory")
-    out_abs = out_dir.resolve()
-    videos = sorted(
-        p
-        for p in videos_dir.rglob("*")
-        if p.suffix.lower() in VIDEO_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(videos_dir).parts)
-        and out_abs not in p.resolve().parents
-    )
-    if not videos:
-        raise MediaError(f"{videos_dir}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    videos = find_videos(videos_dir, exclude=out_dir)
     encoder = method_options.get("audio_encoder")
-    audio_model = (
-        getattr(encoder, "name", None) or options.audio_model or default_audio_model(checkpoints)
+    audio_model = getattr(encoder, "name", None) or resolve_ctc_model(
+        checkpoints, options.audio_model, DEFAULT_CTC_MODEL
     )
 
     manifest_path = out_dir / MANIFEST_NAME
@@ -503,80 +471,19 @@ def prepare_dataset(
             f"{out_dir}: holds data prepared with other settings; use a new directory"
         )
 
-    taken: set[str] = set()
-    jobs = [(v, out_dir / "clips" / _clip_name(v, taken)) for v in videos]
-    report = PrepareReport(out_dir)
-    todo = []
-    for video, clip_dir in jobs:
-        if (clip_dir / "meta.json").is_file():
-            report.existing.append(clip_dir.name)
-        else:
-            todo.append((video, clip_dir))
-    total = len(jobs)
-    done = len(report.existing)
-    if progress:
-        progress(done, total)
-
-    def finish(video: Path, clip_dir: Path, error: str | None) -> None:
-        nonlocal done
-        done += 1
-        if error is None:
-            report.prepared.append(clip_dir.name)
-        else:
-            log.warning("skipping %s: %s", video, error)
-            report.failed[video.relative_to(videos_dir).as_posix()] = error
-        if progress:
-            progress(done, total)
-
-    if todo:
-        (out_dir / "clips").mkdir(parents=True, exist_ok=True)
-    if todo and workers > 1 and encoder is None:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(options, audio_model, checkpoints),
-        ) as pool:
-            futures = [(v, d, pool.submit(_worker_run, v, d)) for v, d in todo]
-            for video, clip_dir, fut in futures:
-                finish(video, clip_dir, fut.result()[1])
-    elif todo:
-        preparer = _ClipPreparer(options, audio_model, checkpoints, encoder)
-        for video, clip_dir in todo:
-            try:
-                preparer(video, clip_dir)
-                error = None
-            except Exception as e:  # one bad video must not stop the others
-                error = f"{type(e).__name__}: {e}"
-            finish(video, clip_dir, error)
-
-    clips = []
-    feature_dim = None
-    for _, clip_dir in jobs:
-        meta_path = clip_dir / "meta.json"
-        if not meta_path.is_file():
-            continue
-        meta = json.loads(meta_path.read_text())
-        if feature_dim is None:
-            feature_dim = int(np.load(clip_dir / "audio.npy", mmap_mode="r").shape[-1])
-        clips.append({"name": clip_dir.name, "frames": meta["frames"], "fps": meta["fps"]})
-        report.frames += int(meta["frames"])
-    if feature_dim is None and old is not None:
-        feature_dim = old.get("audio", {}).get("feature_dim")
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        **_settings(options, audio_model, feature_dim),
-    }
-    manifest["clips"] = clips
-    manifest["failed"] = report.failed
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
-    return report
+    root = videos_dir if videos_dir.is_dir() else videos_dir.parent
+    jobs = [
+        PrepareJob(video, video.relative_to(root).as_posix(), (name,))
+        for video, name in zip(videos, _clip_names(videos), strict=True)
+    ]
+    old_dim = None if old is None else old.get("audio", {}).get("feature_dim")
+    layout = DiffTalkLayout(out_dir, jobs, options, audio_model, old_dim)
+    make_worker = functools.partial(
+        DiffTalkVideoWorker, out_dir, options, audio_model, checkpoints, encoder
+    )
+    # An encoder object given by the caller stays in this process.
+    workers = 1 if encoder is not None else workers
+    return PrepareRun(out_dir, jobs, layout).run(make_worker, workers=workers, progress=progress)
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -704,7 +611,6 @@ __all__ = [
     "TrackedFaces",
     "face_analyzer",
     "generation_mask",
-    "iter_video_frames",
     "landmark_condition",
     "latent_keep_mask",
     "mask_row",
@@ -714,5 +620,4 @@ __all__ = [
     "reference_index",
     "smooth_transforms",
     "track_faces",
-    "video_fps",
 ]

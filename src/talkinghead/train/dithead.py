@@ -22,7 +22,6 @@ of the full-face latents, measured when training starts (latent diffusion's
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from talkinghead.diffusion.adm import ADMSchedule
+from talkinghead.diffusion import DiffusionSchedule
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_losses import LPIPS, VQGANLoss, VQGANLossConfig
@@ -45,6 +44,7 @@ from talkinghead.train.dithead_data import (
     check_audio_dim,
     load_prepared,
 )
+from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def load_vq_pair(
 
 
 def _dit_eval(
-    dit: DiTHead, schedule: ADMSchedule, lat: _Latents, t: torch.Tensor, noise: torch.Tensor
+    dit: DiTHead, schedule: DiffusionSchedule, lat: _Latents, t: torch.Tensor, noise: torch.Tensor
 ) -> float:
     with torch.no_grad():
         return float(
@@ -419,14 +419,14 @@ def train_dit(
     dit_cfg = DiTConfig.from_preset(config.preset, **overrides)
     check_audio_dim(data.settings, dit_cfg.audio_dim)
     dit = DiTHead(dit_cfg).to(device)
-    schedule = ADMSchedule.linear(config.n_timestep)
+    schedule = DiffusionSchedule.adm_linear(config.n_timestep)
     out = out_dir / DIT_FILE
 
     drawer = SampleDrawer(data, seed=config.seed, augment=config.augment)
     gen = torch.Generator().manual_seed(config.seed)
     encoder = LatentEncoder(vq_full, vq_masked)
     step, scale = 0, 1.0
-    ema = copy.deepcopy(dit).requires_grad_(False) if config.ema_decay > 0 else None
+    ema = EMA(dit, config.ema_decay, warmup=False) if config.ema_decay > 0 else None
     opt = torch.optim.AdamW(
         dit.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
@@ -435,7 +435,7 @@ def train_dit(
         state = payload.get("train_state") or {}
         dit.load_state_dict(state.get("model", payload["state_dict"]))
         if ema is not None:
-            ema.load_state_dict(payload["state_dict"])
+            ema.load_average(payload["state_dict"])
         if "opt" in state:
             opt.load_state_dict(state["opt"])
         step = int(payload.get("step", 0))
@@ -455,7 +455,7 @@ def train_dit(
     )
 
     def save(at: int) -> None:
-        weights = (ema or dit).state_dict()
+        weights = ema.averaged_state_dict(dit) if ema is not None else dit.state_dict()
         train_state = {"model": dit.state_dict(), "opt": opt.state_dict()}
         save_checkpoint(
             out,
@@ -486,7 +486,7 @@ def train_dit(
             torch.nn.utils.clip_grad_norm_(dit.parameters(), config.grad_clip)
         opt.step()
         if ema is not None:
-            _ema_update(ema, dit, config.ema_decay)
+            ema.update(dit)
         step += 1
         logs = {"loss": loss.item()}
         result.history.append(logs)
@@ -498,15 +498,10 @@ def train_dit(
             progress("dit", step, config.steps)
     dit.eval()
     save(step)
-    result.final_loss = _dit_eval(ema or dit, schedule, eval_lat, eval_t, eval_noise)
+    final = ema.averaged(dit) if ema is not None else dit
+    result.final_loss = _dit_eval(final, schedule, eval_lat, eval_t, eval_noise)
     result.seconds = time.monotonic() - start_time
     return result
-
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p, 1.0 - decay)
 
 
 def with_overrides(config: Any, **changes: Any) -> Any:

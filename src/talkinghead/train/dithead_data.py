@@ -1,6 +1,7 @@
 """DiT-Head data: face crops at 25 fps, the lower-face mask, wav2vec2 audio windows.
 
-`prepare_dataset` turns a folder of talking-head videos into training clips:
+`prepare_dataset` turns a folder of talking-head videos into training clips
+(`talkinghead.training.prepare` runs it: resumable, parallel, a bad video is skipped):
 
 * frames are decoded in a stream and resampled to 25 fps (nearest frame in time);
 * faces are found and tracked with `talkinghead.face` (478-point MediaPipe mesh by
@@ -10,7 +11,8 @@
   (with the random shifts the paper uses as augmentation);
 * per-frame audio features are the CTC logits of a wav2vec2 model (the paper's
   ``jonatasgrosman/wav2vec2-large-xlsr-53-english``: 33 output tokens), averaged
-  over the two 20 ms wav2vec2 frames of each 40 ms video frame. A window of 11
+  over the two 20 ms wav2vec2 frames of each 40 ms video frame
+  (`talkinghead.audio.ctc.Wav2Vec2CTCEncoder.frame_logits`). A window of 11
   frames (t - 5 ... t + 5) of them is the paper's 363-dimensional audio vector
   (11 x 33 = 363), built when a sample is drawn.
 
@@ -32,33 +34,37 @@ generated face back leaves no seam.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
-from multiprocessing import get_context
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from talkinghead.audio.ctc import Wav2Vec2CTCEncoder, ctc_vocab_size, resolve_ctc_model
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
 from talkinghead.face.crop import anchor_points, crop_transform, warp_image, warp_points
 from talkinghead.face.types import FaceCrop
+from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
+from talkinghead.training.prepare import (
+    ClipListLayout,
+    PrepareJob,
+    PrepareReport,
+    PrepareRun,
+    VideoResult,
+    find_videos,
+    unique_names,
+)
 
 log = logging.getLogger(__name__)
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 = two 320-sample wav2vec2 hops
-WAV2VEC2_HOP = 320
-WAV2VEC2_RECEPTIVE_FIELD = 400
 DEFAULT_AUDIO_MODEL = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
-AUDIO_MODEL_DIRNAME = "wav2vec2"  # <checkpoints>/wav2vec2/ holds a local copy
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 DATASET_FILE = "dataset.json"
 FORMAT = "talkinghead.dithead.dataset"
 
@@ -209,99 +215,6 @@ def random_shift(rng: np.random.Generator, size: int, mask: MaskSettings) -> tup
 # --------------------------------------------------------------------------- audio
 
 
-def _looks_local(name: str | Path) -> bool:
-    """A filesystem path rather than a hub id ("org/model"), so no download is attempted."""
-    s = str(name)
-    return isinstance(name, Path) or s.startswith((".", "/", "~")) or "\\" in s
-
-
-def resolve_audio_model(checkpoints: Path | None, override: str | Path | None = None) -> str:
-    """The wav2vec2 model to load: the override, else ``<checkpoints>/wav2vec2`` when it
-    exists, else the paper's model id on the Hugging Face hub."""
-    if override:
-        return str(override)
-    if checkpoints is not None and (Path(checkpoints) / AUDIO_MODEL_DIRNAME).is_dir():
-        return str(Path(checkpoints) / AUDIO_MODEL_DIRNAME)
-    return DEFAULT_AUDIO_MODEL
-
-
-class CTCAudioFeatures:
-    """Per-video-frame CTC logits [N, vocab] of a `Wav2Vec2ForCTC` (needs `transformers`).
-
-    The input is normalised to zero mean and unit variance over the whole clip (what
-    the model's feature extractor does, ``do_normalize``), unless the model's
-    preprocessor config says otherwise. Long audio runs in chunks of ``chunk_seconds``
-    with one second of context on each side, so memory stays bounded.
-    """
-
-    def __init__(
-        self,
-        model: str | Path,
-        device: str = "cpu",
-        normalize: bool | None = None,
-        chunk_seconds: float = 20.0,
-    ) -> None:
-        try:
-            import torch
-            from transformers import Wav2Vec2ForCTC
-        except ImportError:
-            raise CheckpointError(
-                f"{model}: wav2vec2 audio features need the 'transformers' package "
-                "(pip install transformers)"
-            ) from None
-        self.name = str(model)
-        if _looks_local(model) and not Path(model).expanduser().exists():
-            raise CheckpointError(f"{self.name}: wav2vec2 model directory not found")
-        try:
-            self.model = Wav2Vec2ForCTC.from_pretrained(self.name).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{self.name}: cannot load a wav2vec2 CTC model ({e})") from None
-        self._torch = torch
-        self.device = torch.device(device)
-        self.vocab_size = int(self.model.config.vocab_size)
-        self.normalize = self._read_normalize(self.name) if normalize is None else normalize
-        self.chunk_frames = max(2, int(chunk_seconds * SAMPLE_RATE / WAV2VEC2_HOP) // 2 * 2)
-        self.context_frames = SAMPLE_RATE // WAV2VEC2_HOP
-
-    @staticmethod
-    def _read_normalize(name: str) -> bool:
-        try:
-            from transformers import Wav2Vec2FeatureExtractor
-
-            return bool(Wav2Vec2FeatureExtractor.from_pretrained(name).do_normalize)
-        except (OSError, ValueError):
-            return True  # what wav2vec2-large-xlsr fine-tunes expect
-
-    def logits(self, audio_16k: np.ndarray, num_frames: int) -> np.ndarray:
-        """CTC logits [num_frames, vocab] at 50 Hz (frame k covers samples 320k ... 320k + 400)."""
-        x = np.asarray(audio_16k, dtype=np.float32)
-        if self.normalize and x.size:
-            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-        need = num_frames * WAV2VEC2_HOP + (WAV2VEC2_RECEPTIVE_FIELD - WAV2VEC2_HOP)
-        x = np.pad(x, (0, max(0, need - x.size)))
-        out = np.zeros((num_frames, self.vocab_size), np.float32)
-        torch = self._torch
-        for start in range(0, num_frames, self.chunk_frames):
-            stop = min(start + self.chunk_frames, num_frames)
-            a0 = max(0, start - self.context_frames)
-            a1 = min(num_frames, stop + self.context_frames)
-            seg = x[a0 * WAV2VEC2_HOP : a1 * WAV2VEC2_HOP + WAV2VEC2_RECEPTIVE_FIELD - WAV2VEC2_HOP]
-            with torch.inference_mode():
-                t = torch.from_numpy(np.ascontiguousarray(seg)).to(self.device)[None]
-                logits = self.model(t).logits[0].float().cpu().numpy()
-            out[start:stop] = logits[start - a0 : stop - a0]
-        return out
-
-    def __call__(self, audio_16k: np.ndarray, num_frames: int | None = None) -> np.ndarray:
-        """Per-video-frame features [N, vocab]; N = ceil(seconds * 25) unless given."""
-        if num_frames is None:
-            num_frames = -(-len(audio_16k) // SAMPLES_PER_FRAME)
-        if num_frames == 0:
-            return np.zeros((0, self.vocab_size), np.float32)
-        logits = self.logits(audio_16k, 2 * num_frames)
-        return logits.reshape(num_frames, 2, -1).mean(axis=1)
-
-
 def audio_windows(features: np.ndarray, window: int = 11) -> np.ndarray:
     """Per-frame features [N, V] -> windows [N, window * V] centred on each frame
     (frames t - window // 2 ... t + window // 2, edges repeated)."""
@@ -312,62 +225,6 @@ def audio_windows(features: np.ndarray, window: int = 11) -> np.ndarray:
     padded = np.pad(feats, ((half, half), (0, 0)), mode="edge")
     idx = np.arange(feats.shape[0])[:, None] + np.arange(window)[None]
     return padded[idx].reshape(feats.shape[0], -1)
-
-
-# --------------------------------------------------------------------------- video
-
-
-def iter_video_frames(path: Path, fps: float = FPS) -> Iterator[np.ndarray]:
-    """RGB uint8 frames of a video resampled to ``fps`` (nearest source frame in time),
-    decoded one at a time. A still image yields its single frame once."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable video ({e})") from None
-    with container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: the file has no video stream")
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or fps)
-        k = 0  # next output frame, at time k / fps
-        prev: tuple[float, np.ndarray] | None = None
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else i / rate
-                rgb = frame.to_ndarray(format="rgb24")
-                if frame.rotation:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, round(frame.rotation / 90) % 4))
-                if prev is not None:
-                    # Output times before the midpoint of prev and this frame belong to prev.
-                    mid = (prev[0] + t) / 2
-                    while k / fps < mid:
-                        yield prev[1]
-                        k += 1
-                prev = (t, rgb)
-        except (av.FFmpegError, OSError, ValueError) as e:
-            if prev is None:
-                raise MediaError(f"{path}: cannot decode ({e})") from None
-            log.warning("%s: decoding stopped early (%s)", path, e)
-        if prev is None:
-            raise MediaError(f"{path}: the video has no decodable frames")
-        end = prev[0] + 1.0 / rate
-        while k / fps < end - 1e-9 or k == 0:
-            yield prev[1]
-            k += 1
-
-
-def find_videos(videos_dir: Path) -> list[Path]:
-    """Video files under a folder (recursively, sorted), or the file itself."""
-    videos_dir = Path(videos_dir)
-    if videos_dir.is_file():
-        return [videos_dir]
-    if not videos_dir.is_dir():
-        raise MediaError(f"{videos_dir}: no such file or directory")
-    return sorted(
-        p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-    )
 
 
 # --------------------------------------------------------------------------- preparation
@@ -429,43 +286,8 @@ def analyze_frames(
     )
 
 
-@dataclass
-class PrepareReport:
-    """What `prepare_dataset` did; ``failed`` maps a video to why it was skipped."""
-
-    out_dir: Path
-    clips: list[str] = field(default_factory=list)
-    frames: int = 0
-    reused: int = 0  # clips already prepared with the same settings by an earlier run
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.clips)
-
-    def summary(self) -> str:
-        text = f"{len(self.clips)} clip(s), {self.frames} frames at {FPS} fps in {self.out_dir}"
-        if self.reused:
-            text += f" ({self.reused} already prepared)"
-        if self.failed:
-            text += f"; {len(self.failed)} video(s) skipped"
-        return text
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _clip_name(path: Path, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "clip"
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
+def _clip_names(videos: list[Path]) -> list[str]:
+    return unique_names([re.sub(r"[^A-Za-z0-9_.-]+", "_", v.stem) or "clip" for v in videos], "_")
 
 
 def _write_clip(clip_dir: Path, video: PreparedVideo, audio: np.ndarray, meta: dict) -> None:
@@ -483,17 +305,14 @@ def _process_video(
     clip_dir: Path,
     settings: DataSettings,
     analyzer: Any,
-    audio_encoder: CTCAudioFeatures,
+    audio_encoder: Wav2Vec2CTCEncoder,
     max_frames: int | None,
     on_frame: Callable[[int], None] | None = None,
 ) -> int:
-    from itertools import islice
-
     from talkinghead.audio.io import load_audio
+    from talkinghead.media.video import iter_video_frames
 
-    frames = iter_video_frames(path)
-    if max_frames is not None:
-        frames = islice(frames, max_frames)
+    frames = islice(iter_video_frames(path, fps=FPS), max_frames)
     try:
         video = analyze_frames(frames, analyzer, settings.crop, progress=on_frame)
     except NoFaceError as e:
@@ -503,7 +322,7 @@ def _process_video(
     except MediaError as e:
         raise MediaError(f"{path}: no usable audio ({e})") from None
     # Frames past the end of the audio (or of the video) have nothing to pair with.
-    feats = audio_encoder(audio, frames_for_audio(len(audio)))[video.first :]
+    feats = audio_encoder.frame_logits(audio, num_frames(len(audio)))[video.first :]
     n = min(len(video.frames), len(feats))
     if n <= 0:
         raise MediaError(f"{path}: the audio ends before the first frame with a face")
@@ -526,31 +345,81 @@ def _clip_key(settings: DataSettings, max_frames: int | None) -> dict[str, Any]:
     return {"crop": asdict(settings.crop), "audio_model": settings.audio_model, "max": max_frames}
 
 
-def _finished(clip_dir: Path, video: Path, key: dict[str, Any]) -> int | None:
-    """Frames of a clip an earlier run completed from the same video and settings, else None."""
-    try:
-        meta = json.loads((clip_dir / "clip.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("source") != str(video) or meta.get("settings") != key:
-        return None
-    return int(meta["frames"])
+class DitHeadVideoWorker:
+    """Per-process state: the face analyser and the audio encoder, built once."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        settings: DataSettings,
+        face_backend: str,
+        aux_dir: str | None,
+        device: str,
+        max_frames: int | None,
+    ) -> None:
+        from talkinghead.face import create_face_analyzer
+
+        self.clips_dir = Path(out_dir) / "clips"
+        self.settings = settings
+        self.max_frames = max_frames
+        self.analyzer = create_face_analyzer(face_backend, aux_dir)
+        self.encoder = Wav2Vec2CTCEncoder(settings.audio_model, device=device)
+
+    def __call__(self, job: PrepareJob) -> list[VideoResult]:
+        (name,) = job.outputs
+        n = _process_video(
+            job.video,
+            self.clips_dir / name,
+            self.settings,
+            self.analyzer,
+            self.encoder,
+            self.max_frames,
+        )
+        return [VideoResult(name, n, {"name": name, "frames": n, "source": str(job.video)})]
+
+    def close(self) -> None:
+        close = getattr(self.analyzer, "close", None)
+        if close is not None:
+            close()
 
 
-def _worker_init(face_backend: str, aux_dir: str | None, audio_model: str, device: str) -> None:
-    from talkinghead.face import create_face_analyzer
+class DitHeadLayout(ClipListLayout):
+    """OUT_DIR: dataset.json and one folder per clip under clips/ (module docstring)."""
 
-    _WORKER["analyzer"] = create_face_analyzer(face_backend, aux_dir)
-    _WORKER["audio"] = CTCAudioFeatures(audio_model, device=device)
+    manifest_name = DATASET_FILE
 
+    def __init__(
+        self,
+        out_dir: Path,
+        jobs: list[PrepareJob],
+        settings: DataSettings,
+        clip_key: dict[str, Any],
+    ) -> None:
+        super().__init__(out_dir, jobs)
+        self.settings = settings
+        self.clip_key = clip_key  # what a clip of an earlier run must have been made with
 
-def _worker_run(path: Path, clip_dir: Path, settings: DataSettings, max_frames: int | None):
-    try:
-        return _process_video(
-            path, clip_dir, settings, _WORKER["analyzer"], _WORKER["audio"], max_frames
-        ), None
-    except TalkingHeadError as e:
-        return 0, str(e)
+    def earlier_clip(self, job: PrepareJob) -> dict[str, Any] | None:
+        """The clip an earlier run completed from the same video and settings, if any."""
+        (name,) = job.outputs
+        try:
+            meta = json.loads((self.out_dir / "clips" / name / "clip.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("source") != str(job.video) or meta.get("settings") != self.clip_key:
+            return None
+        return {"name": name, "frames": int(meta["frames"]), "source": str(job.video)}
+
+    def manifest(self, clips: list[dict[str, Any]], failed: dict[str, str]) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "method": "dithead",
+            "fps": FPS,
+            "settings": self.settings.to_dict(),
+            "clips": clips,
+            "failed": failed,
+        }
 
 
 def prepare_dataset(
@@ -584,106 +453,37 @@ def prepare_dataset(
     if unknown:
         raise TalkingHeadError(f"unknown dithead data option(s): {', '.join(sorted(unknown))}")
     opts = method_options
-    videos = find_videos(Path(videos_dir))
-    if not videos:
-        raise MediaError(f"{videos_dir}: no videos found ({', '.join(VIDEO_SUFFIXES)})")
-    audio_model = resolve_audio_model(checkpoints, opts.get("audio_model"))
-    crop = CropSettings(
-        size=int(opts.get("size", 256)),
-        scale=float(opts.get("crop_scale", 1.6)),
-        vy_ratio=float(opts.get("crop_vy", 0.0)),
-    )
-    device = str(opts.get("device", "cpu"))
-    vocab = _vocab_size(audio_model)
+    videos = find_videos(Path(videos_dir), exclude=out_dir)
+    audio_model = resolve_ctc_model(checkpoints, opts.get("audio_model"), DEFAULT_AUDIO_MODEL)
+    window = int(opts.get("window", 11))
     settings = DataSettings(
-        crop=crop,
-        audio=AudioSettings(window=int(opts.get("window", 11)), vocab_size=vocab),
+        crop=CropSettings(
+            size=int(opts.get("size", 256)),
+            scale=float(opts.get("crop_scale", 1.6)),
+            vy_ratio=float(opts.get("crop_vy", 0.0)),
+        ),
+        audio=AudioSettings(window=window, vocab_size=ctc_vocab_size(audio_model)),
         min_ref_distance=int(opts.get("min_ref_distance", 60)),
         audio_model=audio_model,
     )
-    face_backend = str(opts.get("face_backend", "auto"))
+    max_frames = None if opts.get("max_frames") is None else int(opts["max_frames"])
     aux_dir = opts.get("aux_dir")
-    max_frames = opts.get("max_frames")
-    max_frames = None if max_frames is None else int(max_frames)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = PrepareReport(out_dir)
-    taken: set[str] = set()
-    jobs = [(v, out_dir / "clips" / _clip_name(v, taken)) for v in videos]
-    key = _clip_key(settings, max_frames)
-    results: dict[Path, tuple[int, str | None]] = {}
-    todo = []
-    for video, clip_dir in jobs:
-        n = _finished(clip_dir, video, key)
-        if n is None:
-            todo.append((video, clip_dir))
-        else:
-            results[video] = (n, None)
-            report.reused += 1
-    done = len(results)
-    if progress:
-        progress(done, len(jobs))
-    if todo and workers <= 1:
-        from talkinghead.face import create_face_analyzer
-
-        analyzer = create_face_analyzer(face_backend, aux_dir)
-        encoder = CTCAudioFeatures(audio_model, device=device)
-        for video, clip_dir in todo:
-            try:
-                n = _process_video(video, clip_dir, settings, analyzer, encoder, max_frames)
-                results[video] = (n, None)
-            except TalkingHeadError as e:
-                results[video] = (0, str(e))
-            done += 1
-            if progress:
-                progress(done, len(jobs))
-    elif todo:
-        ctx = get_context("spawn")
-        init = (face_backend, None if aux_dir is None else str(aux_dir), audio_model, device)
-        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=init) as pool:
-            futures = {pool.submit(_worker_run, v, d, settings, max_frames): v for v, d in todo}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                done += 1
-                if progress:
-                    progress(done, len(jobs))
-
-    clips = []
-    for video, clip_dir in jobs:
-        n, err = results[video]
-        if err is not None:
-            log.warning("skipping %s: %s", video, err)
-            report.failed[str(video)] = err
-            continue
-        clips.append({"name": clip_dir.name, "frames": n, "source": str(video)})
-        report.clips.append(clip_dir.name)
-        report.frames += n
-    manifest = {
-        "format": FORMAT,
-        "version": 1,
-        "method": "dithead",
-        "fps": FPS,
-        "settings": settings.to_dict(),
-        "clips": clips,
-        "failed": report.failed,
-    }
-    (out_dir / DATASET_FILE).write_text(json.dumps(manifest, indent=1))
-    return report
-
-
-def _vocab_size(audio_model: str) -> int:
-    if _looks_local(audio_model) and not Path(audio_model).expanduser().exists():
-        raise CheckpointError(f"{audio_model}: wav2vec2 model directory not found")
-    try:
-        from transformers import AutoConfig
-
-        return int(AutoConfig.from_pretrained(audio_model).vocab_size)
-    except ImportError:
-        raise CheckpointError(
-            f"{audio_model}: wav2vec2 audio features need the 'transformers' package"
-        ) from None
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{audio_model}: cannot read the wav2vec2 config ({e})") from None
+    jobs = [
+        PrepareJob(video, str(video), (name,))
+        for video, name in zip(videos, _clip_names(videos), strict=True)
+    ]
+    layout = DitHeadLayout(out_dir, jobs, settings, _clip_key(settings, max_frames))
+    make_worker = functools.partial(
+        DitHeadVideoWorker,
+        out_dir,
+        settings,
+        str(opts.get("face_backend", "auto")),
+        None if aux_dir is None else str(aux_dir),
+        str(opts.get("device", "cpu")),
+        max_frames,
+    )
+    return PrepareRun(out_dir, jobs, layout).run(make_worker, workers=workers, progress=progress)
 
 
 # --------------------------------------------------------------------------- loading
@@ -842,16 +642,9 @@ def check_audio_dim(settings: DataSettings, audio_dim: int) -> None:
         )
 
 
-def frames_for_audio(num_samples: int) -> int:
-    """Video frames (25 fps) covering ``num_samples`` of 16 kHz audio: ceil(seconds * 25)."""
-    return -(-num_samples // SAMPLES_PER_FRAME)
-
-
 __all__ = [
     "DEFAULT_AUDIO_MODEL",
-    "FPS",
     "AudioSettings",
-    "CTCAudioFeatures",
     "Clip",
     "CropSettings",
     "DataSettings",
@@ -863,14 +656,10 @@ __all__ = [
     "apply_mask",
     "audio_windows",
     "check_audio_dim",
-    "find_videos",
-    "frames_for_audio",
     "from_tensor_image",
-    "iter_video_frames",
     "load_prepared",
     "lower_face_mask",
     "lower_face_polygon",
     "prepare_dataset",
-    "resolve_audio_model",
     "to_tensor_image",
 ]

@@ -1,14 +1,17 @@
 """Training data for Ditto's motion model: a folder of talking videos -> per-video arrays.
 
 `prepare_dataset(videos_dir, out_dir)` processes every video under `videos_dir`
-(``.mp4 .mov .mkv .m4v .avi .webm``, searched recursively). Each should be a
-25 fps clip with its speech and one face in every frame; other frame rates are
-resampled to 25 fps (nearest frame) with a warning. Per video and per 25 fps frame:
+(``.mp4 .mov .mkv .m4v .avi .webm``, searched recursively; `talkinghead.training.prepare`
+runs it). Each should be a 25 fps clip with its speech and one face in every frame;
+other frame rates are resampled to 25 fps (nearest frame in time) with a warning. Per
+video and per 25 fps frame:
 
 * the face is tracked and cropped (`talkinghead.face`, 512 crop, the release's
   scale 2.3 / vy -0.125), and the crop, shrunk to 256, goes through the motion
   extractor: the 265-dim motion (`talkinghead.motion.format`) plus the 63
-  canonical keypoints;
+  canonical keypoints. This is avatar registration's own code
+  (`talkinghead.motion.extraction`), without its temporal smoothing: training
+  targets are the per-frame motion;
 * eye openness [2] and eye-ball offsets [6] come from the face backend;
 * emotion [8] (`talkinghead.motion.conditions.EMOTIONS` order) comes from a
   pluggable classifier run on every `emotion_stride`-th crop and linearly
@@ -60,32 +63,36 @@ its own face analyser and networks).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
+from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.timebase import FPS, SAMPLE_RATE
+from talkinghead.training.prepare import (
+    PrepareJob,
+    PrepareReport,
+    PrepareRun,
+    VideoResult,
+    find_videos,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "talkinghead-ditto-data"
 FORMAT_VERSION = 1
-FPS = 25
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".avi", ".webm")
 MANIFEST_NAME = "manifest.json"
 DATA_LIST_NAME = "data_list.json"
 DATA_INFO_NAME = "data_info.json"
-HUBERT_ONNX_NAME = "hubert_streaming_fix_kv.onnx"
 
 # data_list.json key -> (folder, data_info.json list name). Folder names are the release's.
 ARRAY_KINDS: dict[str, tuple[str, str]] = {
@@ -127,37 +134,7 @@ class PrepareNetworks:
     face_analyzer: Any = None
 
 
-@dataclass
-class PrepareReport:
-    """What a `prepare_dataset` run did."""
-
-    out_dir: Path
-    manifest: Path
-    data_list: Path
-    prepared: list[str] = field(default_factory=list)  # processed by this run
-    skipped: list[str] = field(default_factory=list)  # finished by an earlier run
-    failed: dict[str, str] = field(default_factory=dict)  # name -> error
-    frames: int = 0  # frames of every finished video (prepared + skipped)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> list[str]:
-        return [*self.skipped, *self.prepared]
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.prepared)} prepared, {len(self.skipped)} already done, "
-            f"{len(self.failed)} failed; {self.frames} frames in {self.out_dir}"
-        )
-
-
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
-    os.replace(tmp, path)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -167,67 +144,17 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def find_videos(videos_dir: Path) -> dict[str, Path]:
-    """NAME -> video file for every video under `videos_dir` (sorted, unique names)."""
-    files = sorted(
-        p
-        for p in videos_dir.rglob("*")
-        if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+def video_names(videos: list[Path], videos_dir: Path) -> dict[str, Path]:
+    """NAME -> video file: the path relative to `videos_dir` without its suffix."""
+    root = videos_dir if videos_dir.is_dir() else videos_dir.parent
     names: dict[str, Path] = {}
-    for p in files:
-        rel = p.relative_to(videos_dir)
+    for p in videos:
+        rel = p.relative_to(root)
         name = rel.with_suffix("").as_posix()
         if name in names:  # a.mp4 next to a.mov: keep both, the second by its full name
             name = rel.as_posix().replace(".", "_")
         names[name] = p
     return names
-
-
-def iter_video_frames(
-    path: Path, max_side: int | None = 1920
-) -> tuple[float, Iterator[np.ndarray]]:
-    """(fps, RGB uint8 frames) of a video, decoded one frame at a time (PyAV)."""
-    import av
-
-    from talkinghead.media.source import fit_frame
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{path}: not a readable video ({exc})") from None
-    if not container.streams.video:
-        container.close()
-        raise MediaError(f"{path}: the file has no video stream")
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate
-    if not rate:
-        container.close()
-        raise MediaError(f"{path}: unknown frame rate")
-
-    def frames() -> Iterator[np.ndarray]:
-        with container:
-            try:
-                for frame in container.decode(stream):
-                    rgb = frame.to_ndarray(format="rgb24")
-                    k = round((frame.rotation or 0) / 90.0) % 4  # phones' display matrix
-                    if k:
-                        rgb = np.ascontiguousarray(np.rot90(rgb, k))
-                    yield fit_frame(rgb, max_side)
-            except (av.FFmpegError, OSError) as exc:
-                raise MediaError(f"{path}: cannot decode the video ({exc})") from None
-
-    return float(rate), frames()
-
-
-def resample_frames(frames: Iterator[np.ndarray], fps: float, target: float = FPS):
-    """Nearest-frame resampling: output frame j shows source frame round(j * fps / target)."""
-    ratio = fps / target
-    j = 0
-    for i, frame in enumerate(frames):
-        while math.floor(j * ratio + 0.5) == i:
-            yield frame
-            j += 1
 
 
 def interpolate_rows(known: dict[int, np.ndarray], n: int) -> np.ndarray:
@@ -238,28 +165,6 @@ def interpolate_rows(known: dict[int, np.ndarray], n: int) -> np.ndarray:
     for c in range(values.shape[1]):
         out[:, c] = np.interp(np.arange(n), idx, values[:, c])
     return out.astype(np.float32)
-
-
-# --- per-video work ---------------------------------------------------------------------------
-
-
-@dataclass
-class _WorkerSpec:
-    """Everything a worker needs to build its extractor (picklable)."""
-
-    motion_extractor_path: str | None
-    motion_config: dict[str, Any]
-    hubert: str | None
-    face_backend: str
-    aux_dir: str | None
-    networks: PrepareNetworks | None
-    emotion_classifier: Any
-    device: str
-    batch_size: int
-    emotion_stride: int
-    flip: bool
-    max_side: int | None
-    torch_threads: int | None = None
 
 
 def resolve_emotion_classifier(spec: Any, *, instantiate: bool = True) -> Any:
@@ -288,7 +193,33 @@ def _build_speech_encoder(hubert: str, device: str):
     return TransformersHubertEncoder(hubert, device=device)
 
 
-class VideoFeatureExtractor:
+def _files(name: str) -> dict[str, str]:
+    return {k: f"{folder}/{name}.npy" for k, (folder, _) in ARRAY_KINDS.items()}
+
+
+# --- per-video work ---------------------------------------------------------------------------
+
+
+@dataclass
+class _WorkerSpec:
+    """Everything a worker needs to build its networks (picklable)."""
+
+    out_dir: str
+    motion_extractor_path: str | None
+    motion_config: dict[str, Any]
+    hubert: str | None
+    face_backend: str
+    aux_dir: str | None
+    networks: PrepareNetworks | None
+    emotion_classifier: Any
+    device: str
+    batch_size: int
+    emotion_stride: int
+    flip: bool
+    max_side: int | None
+
+
+class DittoVideoWorker:
     """Turns one video into the training arrays (one instance per worker process)."""
 
     def __init__(self, spec: _WorkerSpec) -> None:
@@ -298,8 +229,6 @@ class VideoFeatureExtractor:
         from talkinghead.face import create_face_analyzer
         from talkinghead.models import load_official
 
-        if spec.torch_threads:
-            torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         nets = spec.networks
         self.device = torch.device(spec.device)
@@ -333,23 +262,32 @@ class VideoFeatureExtractor:
             if close is not None:
                 close()
 
+    def __call__(self, job: PrepareJob) -> list[VideoResult]:
+        """Write the arrays of `job`'s video (and of its mirror image with `flip`)."""
+        start = time.perf_counter()
+        out_dir = Path(self.spec.out_dir)
+        results = []
+        for name, variant in zip(job.outputs, self.process(job.video), strict=True):
+            files = _files(name)
+            for kind, arr in variant["arrays"].items():
+                _save_npy(out_dir / files[kind], arr)
+            entry = {
+                "status": "ok",
+                "source": str(job.video),
+                "flip": variant["flip"],
+                "frame_num": variant["frame_num"],
+                "fps": variant["fps"],
+                "resampled_from": variant["resampled_from"],
+                "audio_seconds": variant["audio_seconds"],
+                "num_faces": variant["num_faces"],
+                "seconds": round(time.perf_counter() - start, 2),
+                "files": files,
+                "dims": {k: list(a.shape[1:]) for k, a in variant["arrays"].items()},
+            }
+            results.append(VideoResult(name, variant["frame_num"], entry))
+        return results
+
     # -- pieces ---------------------------------------------------------------------------
-
-    def _motion(self, crops256: np.ndarray) -> np.ndarray:
-        """[B, 256, 256, 3] uint8 -> [B, 328] motion (265) + canonical keypoints (63)."""
-        import torch
-
-        from talkinghead.motion.format import dict_to_motion
-        from talkinghead.pipelines.avatar import MOTION_KEYS
-
-        with torch.inference_mode():
-            x = torch.from_numpy(crops256).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-            outs = self.motion_extractor(x)
-        info = {
-            k: o.float().reshape(o.shape[0], -1).cpu().numpy()
-            for k, o in zip(MOTION_KEYS, outs, strict=True)
-        }
-        return dict_to_motion(info, include_kp=True)
 
     def _classify(self, crops: list[tuple[int, np.ndarray]], known: dict[int, np.ndarray]) -> None:
         """Run the emotion classifier on (frame index, 512 crop) pairs into `known`."""
@@ -370,155 +308,97 @@ class VideoFeatureExtractor:
             return np.repeat(emotion_vector(NEUTRAL).numpy()[None], n, axis=0)
         return interpolate_rows(known, n)
 
-    def _face_track(self, frames: Iterator[np.ndarray], video: Path, flip: bool):
-        """Per frame: (crop256, eye_open, eye_ball, crop512 when emotion wants it, faces)."""
-        from talkinghead.pipelines.avatar import crop_to_network_input
+    def _track(self, video: Path, flip: bool) -> dict[str, Any]:
+        """Per 25 fps frame: motion with keypoints, eyes, emotion; frame rate and faces."""
+        from talkinghead.media.video import VideoReader
+        from talkinghead.motion.extraction import extract_source_batches
+        from talkinghead.motion.format import dict_to_motion
 
-        previous = None
-        for i, rgb in enumerate(frames):
-            if flip:
-                rgb = np.ascontiguousarray(rgb[:, ::-1])
-            try:
-                face = self.face.analyze(rgb, previous)
-            except NoFaceError as exc:
-                where = f"{video} (frame {i}{', mirrored' if flip else ''})"
-                raise NoFaceError(f"{where}: {exc}") from exc
-            previous = face
-            want_crop = self.emotion_classifier is not None and i % self.spec.emotion_stride == 0
-            yield (
-                crop_to_network_input(face.crop),
-                np.asarray(face.eye_open, np.float32).reshape(2),
-                np.asarray(face.eye_ball, np.float32).reshape(6),
-                face.crop if want_crop else None,
-                int(face.num_faces),
-            )
+        reader = VideoReader(video)
+        fps = reader.fps
+        if fps is None:
+            reader.close()
+            raise MediaError(f"{video}: unknown frame rate")
+        resampled = abs(fps - FPS) > 1e-3
+        if resampled and not flip:
+            log.warning("%s: %.3f fps, resampled to %d fps", video, fps, FPS)
+        frames = reader.frames(
+            fps=FPS if resampled else None, fit=True, max_side=self.spec.max_side
+        )
+        if flip:
+            frames = (np.ascontiguousarray(f[:, ::-1]) for f in frames)
+        batches = extract_source_batches(
+            frames,
+            self.face,
+            self.motion_extractor,
+            device=self.device,
+            batch_size=self.spec.batch_size,
+            where=f"{video}, mirrored" if flip else str(video),
+        )
+        stride = self.spec.emotion_stride
+        motion, eye_open, eye_ball = [], [], []
+        emo_crops: list[tuple[int, np.ndarray]] = []
+        emo_known: dict[int, np.ndarray] = {}
+        num_faces = 1
+        for batch in batches:
+            if batch.start == 0:
+                num_faces = int(batch.faces[0].num_faces)
+            motion.append(dict_to_motion(batch.motion, include_kp=True))
+            eye_open.append(batch.eye_open)
+            eye_ball.append(batch.eye_ball)
+            if self.emotion_classifier is not None:
+                faces = enumerate(batch.faces, batch.start)
+                emo_crops += [(i, f.crop) for i, f in faces if i % stride == 0]
+                if len(emo_crops) >= self.spec.batch_size:
+                    self._classify(emo_crops, emo_known)
+        self._classify(emo_crops, emo_known)
+        if not motion:
+            raise MediaError(f"{video}: the video has no decodable frames")
+        mtn = np.concatenate(motion).astype(np.float32)
+        return {
+            "mtn": mtn,
+            "eye_open": np.concatenate(eye_open),
+            "eye_ball": np.concatenate(eye_ball),
+            "emo": self._emotions(emo_known, mtn.shape[0]),
+            "fps": fps,
+            "resampled": resampled,
+            "num_faces": num_faces,
+        }
 
     # -- one video ------------------------------------------------------------------------
 
     def process(self, video: Path) -> list[dict[str, Any]]:
         """Arrays of one video (and of its mirror image with `flip`), as per-variant dicts."""
-        from talkinghead.audio.hubert import SAMPLE_RATE
         from talkinghead.audio.io import load_audio
 
         audio = load_audio(video, SAMPLE_RATE)  # fails early for a file without audio
         aud = self.hubert.features(audio).astype(np.float32)
         results = []
         for flip in (False, True) if self.spec.flip else (False,):
-            fps, frames = iter_video_frames(video, self.spec.max_side)
-            resampled = abs(fps - FPS) > 1e-3
-            if resampled and not flip:
-                log.warning("%s: %.3f fps, resampled to %d fps", video, fps, FPS)
-            if resampled:
-                frames = resample_frames(frames, fps)
-            track = self._face_track(frames, video, flip)
-            motion, eye_open, eye_ball = [], [], []
-            batch: list[np.ndarray] = []
-            emo_batch: list[tuple[int, np.ndarray]] = []
-            emo_known: dict[int, np.ndarray] = {}
-            num_faces = 1
-            for i, (crop256, eo, eb, crop512, faces) in enumerate(track):
-                if i == 0:
-                    num_faces = faces
-                batch.append(crop256)
-                eye_open.append(eo)
-                eye_ball.append(eb)
-                if crop512 is not None:
-                    emo_batch.append((i, crop512))
-                    if len(emo_batch) == self.spec.batch_size:
-                        self._classify(emo_batch, emo_known)
-                if len(batch) == self.spec.batch_size:
-                    motion.append(self._motion(np.stack(batch)))
-                    batch = []
-            if batch:
-                motion.append(self._motion(np.stack(batch)))
-            self._classify(emo_batch, emo_known)
-            if not motion:
-                raise MediaError(f"{video}: the video has no decodable frames")
-            mtn = np.concatenate(motion)
+            track = self._track(video, flip)
+            mtn = track["mtn"]
             n = min(mtn.shape[0], aud.shape[0])
             if n == 0:
                 raise MediaError(f"{video}: no frames with audio")
-            emo = self._emotions(emo_known, mtn.shape[0])
             results.append(
                 {
                     "flip": flip,
                     "arrays": {
                         "aud": aud[:n],
                         "mtn": mtn[:n],
-                        "eye_open": np.stack(eye_open)[:n],
-                        "eye_ball": np.stack(eye_ball)[:n],
-                        "emo": emo[:n],
+                        "eye_open": track["eye_open"][:n],
+                        "eye_ball": track["eye_ball"][:n],
+                        "emo": track["emo"][:n],
                         "sc": mtn[0, -63:],
                     },
                     "frame_num": n,
-                    "fps": fps,
-                    "resampled_from": fps if resampled else None,
+                    "fps": track["fps"],
+                    "resampled_from": track["fps"] if track["resampled"] else None,
                     "audio_seconds": round(audio.shape[0] / SAMPLE_RATE, 3),
-                    "num_faces": num_faces,
+                    "num_faces": track["num_faces"],
                 }
             )
         return results
-
-
-def _files(name: str) -> dict[str, str]:
-    return {k: f"{folder}/{name}.npy" for k, (folder, _) in ARRAY_KINDS.items()}
-
-
-def _process_video(
-    extractor: VideoFeatureExtractor, name: str, video: Path, out_dir: Path
-) -> dict[str, dict[str, Any]]:
-    """NAME(s) -> manifest entry; failures are returned, not raised."""
-    source = str(video)
-    start = time.perf_counter()
-    try:
-        variants = extractor.process(video)
-    except Exception as exc:  # one bad video must not stop the run
-        return {name: {"status": "failed", "source": source, "error": _error_message(exc)}}
-    out = {}
-    for v in variants:
-        vname = f"{name}_flip" if v["flip"] else name
-        files = _files(vname)
-        for kind, arr in v["arrays"].items():
-            _save_npy(out_dir / files[kind], arr)
-        out[vname] = {
-            "status": "ok",
-            "source": source,
-            "flip": v["flip"],
-            "frame_num": v["frame_num"],
-            "fps": v["fps"],
-            "resampled_from": v["resampled_from"],
-            "audio_seconds": v["audio_seconds"],
-            "num_faces": v["num_faces"],
-            "seconds": round(time.perf_counter() - start, 2),
-            "files": files,
-            "dims": {k: list(a.shape[1:]) for k, a in v["arrays"].items()},
-        }
-    return out
-
-
-_WORKER: VideoFeatureExtractor | None = None
-_WORKER_ERROR: str | None = None
-
-
-def _error_message(exc: BaseException) -> str:
-    msg = str(exc) if isinstance(exc, TalkingHeadError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(msg.split())  # one line, whatever the library said
-
-
-def _init_worker(spec: _WorkerSpec) -> None:
-    global _WORKER, _WORKER_ERROR
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        _WORKER = VideoFeatureExtractor(spec)
-    except Exception as exc:  # reported with every video, instead of a broken pool
-        _WORKER_ERROR = _error_message(exc)
-
-
-def _worker_task(name: str, video: str, out_dir: str) -> dict[str, dict[str, Any]]:
-    if _WORKER is None:
-        error = f"worker setup failed: {_WORKER_ERROR}"
-        return {name: {"status": "failed", "source": video, "error": error}}
-    return _process_video(_WORKER, name, Path(video), Path(out_dir))
 
 
 # --- manifest -----------------------------------------------------------------------------------
@@ -538,28 +418,75 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def _finished(entry: Mapping[str, Any] | None, out_dir: Path) -> bool:
-    return bool(
-        entry
-        and entry.get("status") == "ok"
-        and all((out_dir / p).is_file() for p in entry.get("files", {}).values())
-    )
+class DittoLayout:
+    """OUT_DIR in the release's layout: manifest.json, data_list.json, data_info.json."""
 
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.manifest_path = out_dir / MANIFEST_NAME
+        old = _load_manifest(self.manifest_path)
+        self.entries: dict[str, Any] = dict(old.get("videos", {}))
+        self.manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "fps": FPS,
+            "sample_rate": SAMPLE_RATE,
+            "dims": old.get("dims", {}),
+            "settings": dict(old.get("settings", {})),
+            "videos": self.entries,
+        }
 
-def _video_dims(entry: Mapping[str, Any]) -> dict[str, list[int]]:
-    return {k: list(v) for k, v in entry.get("dims", {}).items()}
+    def _complete(self, name: str) -> bool:
+        entry = self.entries.get(name)
+        return bool(
+            entry
+            and entry.get("status") == "ok"
+            and all((self.out_dir / p).is_file() for p in entry.get("files", {}).values())
+        )
 
+    def finished(self, job: PrepareJob) -> list[VideoResult] | None:
+        if not all(self._complete(name) for name in job.outputs):
+            return None
+        return [
+            VideoResult(name, int(self.entries[name]["frame_num"]), self.entries[name])
+            for name in job.outputs
+        ]
 
-def _write_outputs(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """manifest.json, then data_list.json and data_info.json from the finished videos."""
-    _write_json(out_dir / MANIFEST_NAME, manifest)
-    ok = {n: e for n, e in manifest["videos"].items() if e.get("status") == "ok"}
-    data_list = [{"frame_num": e["frame_num"], **e["files"], "name": n} for n, e in ok.items()]
-    _write_json(out_dir / DATA_LIST_NAME, data_list)
-    info: dict[str, list[str]] = {"fps25_video_list": [e["source"] for e in ok.values()]}
-    for kind, (_, list_name) in ARRAY_KINDS.items():
-        info[list_name] = [str((out_dir / e["files"][kind]).resolve()) for e in ok.values()]
-    _write_json(out_dir / DATA_INFO_NAME, info)
+    def record(
+        self, job: PrepareJob, results: list[VideoResult] | None, error: str | None
+    ) -> str | None:
+        if results is None:
+            self.entries[job.key] = {"status": "failed", "source": str(job.video), "error": error}
+            return None
+        dims = self.manifest["dims"]
+        for r in results:
+            got = {k: list(v) for k, v in r.entry["dims"].items()}
+            if not dims:
+                dims = self.manifest["dims"] = got
+            elif got != dims:
+                refused = f"array dims {got} differ from the dataset's {dims}"
+                for bad in results:
+                    self.entries[bad.name] = {
+                        "status": "failed",
+                        "source": str(job.video),
+                        "error": refused,
+                    }
+                return refused
+        self.entries.update((r.name, r.entry) for r in results)
+        return None
+
+    def write(self) -> None:
+        """manifest.json, then data_list.json and data_info.json from the finished videos."""
+        write_json(self.manifest_path, self.manifest)
+        ok = {n: e for n, e in self.entries.items() if e.get("status") == "ok"}
+        data_list = [{"frame_num": e["frame_num"], **e["files"], "name": n} for n, e in ok.items()]
+        write_json(self.out_dir / DATA_LIST_NAME, data_list)
+        info: dict[str, list[str]] = {"fps25_video_list": [e["source"] for e in ok.values()]}
+        for kind, (_, list_name) in ARRAY_KINDS.items():
+            info[list_name] = [
+                str((self.out_dir / e["files"][kind]).resolve()) for e in ok.values()
+            ]
+        write_json(self.out_dir / DATA_INFO_NAME, info)
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -607,6 +534,15 @@ def _resolve_sources(
     return motion_path, motion_cfg, hubert_spec, aux_dir
 
 
+def _emotion_setting(emotion_classifier: Any) -> str:
+    if emotion_classifier is None:
+        return "default:Neutral"
+    if isinstance(emotion_classifier, str):
+        resolve_emotion_classifier(emotion_classifier, instantiate=False)  # fail early
+        return emotion_classifier
+    return str(getattr(emotion_classifier, "name", type(emotion_classifier).__name__))
+
+
 def prepare_dataset(
     videos_dir: Path,
     out_dir: Path,
@@ -639,88 +575,44 @@ def prepare_dataset(
     flip:         also store each video mirrored left-right (``NAME_flip``), the release's
                   augmentation
     """
-    start = time.perf_counter()
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
-    if not videos_dir.is_dir():
-        raise MediaError(f"{videos_dir}: videos directory not found")
     if workers < 1 or batch_size < 1 or emotion_stride < 1:
         raise ValueError("workers, batch_size and emotion_stride must be >= 1")
     if isinstance(networks, Mapping):
         networks = PrepareNetworks(**networks)
-    videos = find_videos(videos_dir)
-    if not videos:
-        raise MediaError(f"{videos_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    if workers > 1 and networks is not None and networks.face_analyzer is not None:
+        raise ValueError("an injected face_analyzer only works with workers=1")
+    videos = video_names(find_videos(videos_dir, exclude=out_dir), videos_dir)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST_NAME
-    manifest = _load_manifest(manifest_path)
-    entries: dict[str, Any] = dict(manifest.get("videos", {}))
-    names_of = {n: [n, f"{n}_flip"] if flip else [n] for n in videos}
-    done = [n for n in videos if all(_finished(entries.get(v), out_dir) for v in names_of[n])]
-    todo = [n for n in videos if n not in done]
-    report = PrepareReport(out_dir, manifest_path, out_dir / DATA_LIST_NAME)
-    report.skipped = [v for n in done for v in names_of[n]]
-
-    if emotion_classifier is None:
-        emotion = "default:Neutral"
-    elif isinstance(emotion_classifier, str):
-        resolve_emotion_classifier(emotion_classifier, instantiate=False)  # fail early
-        emotion = emotion_classifier
-    else:
-        emotion = str(getattr(emotion_classifier, "name", type(emotion_classifier).__name__))
+    layout = DittoLayout(out_dir)
+    jobs = [
+        PrepareJob(video, name, (name, f"{name}_flip") if flip else (name,))
+        for name, video in videos.items()
+    ]
+    run = PrepareRun(out_dir, jobs, layout)
     settings: dict[str, Any] = {
         "face_backend": face_backend,
-        "emotion": emotion,
+        "emotion": _emotion_setting(emotion_classifier),
         "emotion_stride": emotion_stride,
         "flip": flip,
         "max_side": max_side,
     }
-    if todo:
+    make_worker = None
+    if run.todo:
         motion_path, motion_cfg, hubert_spec, aux_dir = _resolve_sources(
             checkpoints, hubert, networks
         )
         settings["motion_extractor"] = motion_path or "injected"
         settings["hubert"] = hubert_spec or "injected"
-        old = manifest.get("settings", {})
+        old = layout.manifest["settings"]
         changed = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
         if changed:
-            log.warning("%s: settings differ from the earlier run's: %s", manifest_path, changed)
-    manifest = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "fps": FPS,
-        "sample_rate": 16000,
-        "dims": manifest.get("dims", {}),
-        "settings": {**manifest.get("settings", {}), **settings},
-        "videos": entries,
-    }
-
-    total = len(videos)
-    if progress is not None:
-        progress(len(done), total)
-
-    def record(result: dict[str, dict[str, Any]]) -> None:
-        for vname, entry in result.items():
-            if entry["status"] == "ok":
-                dims = _video_dims(entry)
-                if not manifest["dims"]:
-                    manifest["dims"] = dims
-                elif manifest["dims"] != dims:
-                    entry = {
-                        "status": "failed",
-                        "source": entry["source"],
-                        "error": f"array dims {dims} differ from the dataset's {manifest['dims']}",
-                    }
-            entries[vname] = entry
-            if entry["status"] == "ok":
-                report.prepared.append(vname)
-            else:
-                report.failed[vname] = entry["error"]
-                log.warning("skipping %s: %s", entry["source"], entry["error"])
-        _write_outputs(out_dir, manifest)
-
-    if todo:
+            log.warning(
+                "%s: settings differ from the earlier run's: %s", layout.manifest_path, changed
+            )
         spec = _WorkerSpec(
+            out_dir=str(out_dir),
             motion_extractor_path=motion_path,
             motion_config=motion_cfg,
             hubert=hubert_spec,
@@ -734,71 +626,21 @@ def prepare_dataset(
             flip=flip,
             max_side=max_side,
         )
-        finished = len(done)
-        if workers == 1:
-            extractor = VideoFeatureExtractor(spec)
-            try:
-                for name in todo:
-                    record(_process_video(extractor, name, videos[name], out_dir))
-                    finished += 1
-                    if progress is not None:
-                        progress(finished, total)
-            finally:
-                extractor.close()
-        else:
-            _run_pool(spec, workers, todo, videos, out_dir, record, progress, finished, total)
-    else:
-        _write_outputs(out_dir, manifest)
-
-    report.frames = sum(
-        entries[v]["frame_num"] for v in report.ok if entries.get(v, {}).get("status") == "ok"
-    )
-    report.seconds = time.perf_counter() - start
-    return report
+        make_worker = functools.partial(DittoVideoWorker, spec)
+    layout.manifest["settings"].update(settings)
+    return run.run(make_worker, workers=workers, progress=progress)
 
 
-def _run_pool(
-    spec: _WorkerSpec,
-    workers: int,
-    todo: list[str],
-    videos: Mapping[str, Path],
-    out_dir: Path,
-    record: Callable[[dict[str, dict[str, Any]]], None],
-    progress: ProgressCallback | None,
-    finished: int,
-    total: int,
-) -> None:
-    import multiprocessing
-
-    if spec.networks is not None and spec.networks.face_analyzer is not None:
-        raise ValueError("an injected face_analyzer only works with workers=1")
-    cpus = os.cpu_count() or 1
-    spec.torch_threads = max(1, cpus // workers)
-    # spawn: forked children of a process that already ran torch/mediapipe threads can hang.
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(spec,),
-    )
-    with pool:
-        pending = {pool.submit(_worker_task, n, str(videos[n]), str(out_dir)): n for n in todo}
-        while pending:
-            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in ready:
-                name = pending.pop(fut)
-                try:
-                    result = fut.result()
-                except BrokenProcessPool as exc:
-                    result = {
-                        name: {
-                            "status": "failed",
-                            "source": str(videos[name]),
-                            "error": f"worker process died ({exc})",
-                        }
-                    }
-                record(result)
-                finished += 1
-                if progress is not None:
-                    progress(finished, total)
+__all__ = [
+    "ARRAY_KINDS",
+    "FORMAT",
+    "DittoLayout",
+    "DittoVideoWorker",
+    "EmotionClassifier",
+    "PrepareNetworks",
+    "PrepareReport",
+    "interpolate_rows",
+    "prepare_dataset",
+    "resolve_emotion_classifier",
+    "video_names",
+]

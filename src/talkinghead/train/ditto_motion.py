@@ -70,6 +70,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
         return iter((torch.randperm(self.size, generator=g) + offset).tolist())
 
 
-# --- loss and EMA ---------------------------------------------------------------------------
+# --- loss -----------------------------------------------------------------------------------
 
 
 def motion_parts(dim: int) -> list[tuple[str, slice]]:
@@ -469,50 +470,6 @@ def motion_loss(
             terms[f"{name}_{k}"] = v * w
             total = total + v * w
     return total, terms
-
-
-class EMA:
-    """Exponential moving average of a module's floating-point state (decay warmed up)."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow = {
-            k: v.detach().clone().float()
-            for k, v in module.state_dict().items()
-            if v.is_floating_point()
-        }
-        self._bound: tuple[int, list[torch.Tensor], list[torch.Tensor]] | None = None
-
-    def _pairs(self, module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # The module's tensors are the same objects every step: look them up once.
-        if self._bound is None or self._bound[0] != id(module):
-            live = module.state_dict(keep_vars=True)
-            keys = [k for k in self.shadow if k in live]
-            self._bound = (id(module), [self.shadow[k] for k in keys], [live[k] for k in keys])
-        return self._bound[1], self._bound[2]
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.num_updates += 1
-        # Early on the average follows the weights closely: (1 + n) / (10 + n).
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        shadow, live = self._pairs(module)
-        torch._foreach_lerp_(shadow, [t.detach().float() for t in live], 1 - d)
-
-    def copy_to(self, module: nn.Module) -> None:
-        state = module.state_dict()
-        module.load_state_dict(
-            {k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in state.items()}
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.num_updates = int(state["num_updates"])
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -772,7 +729,7 @@ def train_motion(
                 shutil.rmtree(old, ignore_errors=True)
             weights = accelerator.unwrap_model(decoder)
             if ema is not None:
-                weights = _ema_copy(weights, ema)
+                weights = ema.averaged(weights)
             state_dict = weights.state_dict()
             ckpt = export_checkpoint(
                 state_dict,
@@ -887,11 +844,3 @@ def _accelerator(mixed_precision: str):
         # (a notebook, the tests) would otherwise be stuck with the first run's precision.
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision)
-
-
-def _ema_copy(module: nn.Module, ema: EMA) -> nn.Module:
-    import copy
-
-    clone = copy.deepcopy(module)
-    ema.copy_to(clone)
-    return clone

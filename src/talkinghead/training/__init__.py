@@ -1,0 +1,1 @@
+"""Pieces every trainer shares: data preparation, the weights' moving average."""
