@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,12 +16,12 @@ import pytest
 import torch
 
 import talkinghead.pipelines.avatar as avatar_mod
-from talkinghead.errors import NoFaceError
+from talkinghead.errors import NoFaceError, TalkingHeadError
 from talkinghead.face.types import CropConfig, FaceCrop
 from talkinghead.models import save_official
 from talkinghead.models.appearance_extractor import AppearanceFeatureExtractor
 from talkinghead.models.convnextv2 import ConvNeXtV2Config
-from talkinghead.models.motion_extractor import MotionExtractor
+from talkinghead.models.motion_extractor import OUTPUT_KEYS, MotionExtractor
 from talkinghead.pipelines import (
     Avatar,
     AvatarCache,
@@ -145,7 +147,7 @@ def test_preprocessing_and_outputs_match_the_networks(nets):
     with torch.no_grad():
         motion = nets[0](x)
         f_s = nets[1](x)
-    for k, out in zip(MOTION_KEYS, motion, strict=True):
+    for k, out in zip(OUTPUT_KEYS, motion, strict=True):
         np.testing.assert_allclose(av.x_s_info[k], out.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(av.f_s, f_s.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(av.M_c2o[0], face.M_c2o)
@@ -393,6 +395,85 @@ def test_default_directory(monkeypatch, tmp_path):
     assert AvatarCache().directory == tmp_path / "avatars"
     monkeypatch.delenv("TALKINGHEAD_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "talkinghead" / "avatars"
+
+
+@pytest.fixture(scope="module")
+def image_avatar(nets) -> Avatar:
+    return registrar(nets).register(make_frames(1, seed=5)[0])
+
+
+def lru_order(cache: AvatarCache) -> list[str]:
+    """The entries' one-letter names, least recently used first."""
+    return [e.path.stem[0] for e in cache.entries()]
+
+
+def test_cache_limit_evicts_least_recently_used(image_avatar, tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        cache = AvatarCache(tmp_path / "cache", max_bytes=0)
+        size = cache.save("a" * 32, image_avatar).stat().st_size
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "cache" / f"{'a' * 32}.avatar").stat().st_mode) == 0o644
+    cache.max_bytes = int(size * 2.5)  # room for two entries
+    cache.save("b" * 32, image_avatar)
+    assert lru_order(cache) == ["a", "b"]
+    assert cache.load("a" * 32) is not None  # a hit makes "a" the most recent
+    assert lru_order(cache) == ["b", "a"]
+    cache.save("c" * 32, image_avatar)
+    assert lru_order(cache) == ["a", "c"]  # "b", least recently used, went
+    assert cache.load("b" * 32) is None
+    cache.load("a" * 32)
+    cache.save("d" * 32, image_avatar)
+    assert lru_order(cache) == ["a", "d"]
+    assert sum(e.size for e in cache.entries()) <= cache.max_bytes
+    # Without a limit nothing is evicted.
+    unlimited = AvatarCache(tmp_path / "cache", max_bytes=0)
+    unlimited.save("e" * 32, image_avatar)
+    assert lru_order(unlimited) == ["a", "d", "e"]
+
+
+def test_avatar_larger_than_the_limit_is_not_cached(nets, source, tmp_path, caplog):
+    cache = AvatarCache(tmp_path / "cache", max_bytes=1 << 20)  # f_s alone is 8 MiB
+    reg = counting(nets)
+    with caplog.at_level(logging.WARNING, logger="talkinghead.pipelines.avatar"):
+        got = cache.get_or_register(source, reg, load=load_npy)
+    assert got.num_frames == 1 and "more than the cache limit" in caplog.text
+    assert cache.entries() == []
+    cache.get_or_register(source, reg, load=load_npy)
+    assert not cache.last_hit and reg.calls == 2
+
+
+def test_eviction_and_clear_spare_temp_files_being_written(image_avatar, tmp_path):
+    folder = tmp_path / "cache"
+    cache = AvatarCache(folder, max_bytes=1 << 30)
+    cache.save("a" * 32, image_avatar)
+    writing = folder / f".{'b' * 32}.x1y2.tmp"  # another process's entry in progress
+    abandoned = folder / f".{'c' * 32}.z3w4.tmp"  # a writer that died long ago
+    for p in (writing, abandoned):
+        p.write_bytes(b"THAVATAR partial")
+    long_ago = time.time() - avatar_mod.STALE_TEMP_SECONDS - 60
+    os.utime(abandoned, (long_ago, long_ago))
+    cache.save("d" * 32, image_avatar)
+    assert writing.exists() and not abandoned.exists()
+    assert cache.clear() == 2
+    assert [p.name for p in folder.iterdir()] == [writing.name]
+
+
+def test_cache_limit_setting(monkeypatch, tmp_path):
+    monkeypatch.delenv("TALKINGHEAD_CACHE_MAX_MB", raising=False)
+    assert AvatarCache(tmp_path).max_bytes == 2 << 30
+    monkeypatch.setenv("TALKINGHEAD_CACHE_MAX_MB", "512")
+    assert AvatarCache(tmp_path).max_bytes == 512 << 20
+    assert AvatarCache(tmp_path, max_bytes=1000).max_bytes == 1000  # the argument wins
+    monkeypatch.setenv("TALKINGHEAD_CACHE_MAX_MB", "0")
+    assert AvatarCache(tmp_path).max_bytes == 0
+    for bad in ("lots", "-1", "inf"):
+        monkeypatch.setenv("TALKINGHEAD_CACHE_MAX_MB", bad)
+        with pytest.raises(TalkingHeadError, match="TALKINGHEAD_CACHE_MAX_MB"):
+            AvatarCache(tmp_path)
+    with pytest.raises(ValueError, match="max_bytes"):
+        AvatarCache(tmp_path, max_bytes=-1)
 
 
 def test_model_identities(nets, tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import collections
+import errno
+import importlib
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -24,10 +27,7 @@ from talkinghead.pipelines.checkpoints import (
 hub = pytest.importorskip("huggingface_hub")
 from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: E402
 
-DOWNLOAD_HINT = (
-    'hf download digital-avatar/ditto-talkinghead --include "ditto_pytorch/*" '
-    '--include "ditto_cfg/*" --local-dir ./checkpoints'
-)
+DOWNLOAD_HINT = "talkinghead download --dir ./checkpoints"
 
 
 def make_release(root: Path, *, aux: bool = True, onnx: bool = False, skip: tuple = ()) -> Path:
@@ -81,14 +81,14 @@ def test_missing_files_are_named(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert "ditto_pytorch/models/decoder.pth" in msg and "det_10g.onnx" in msg
-    assert f"--local-dir {root}" in msg
+    assert f"talkinghead download --dir {root}" in msg
     c = resolve_checkpoints(root, strict=False)
     assert root / "ditto_pytorch/models/decoder.pth" in c.missing()
     assert c.missing(include_aux=False) == [root / "ditto_pytorch/models/decoder.pth"]
 
 
 def test_path_that_does_not_exist(tmp_path):
-    with pytest.raises(CheckpointError, match=r"not found.*hf download"):
+    with pytest.raises(CheckpointError, match=r"not found.*talkinghead download --dir"):
         resolve_checkpoints(tmp_path / "nope")
 
 
@@ -143,6 +143,10 @@ def test_incomplete_cache_triggers_download(tmp_path, monkeypatch):
     fake = FakeHub(cached=partial, download_to=tmp_path / "new")
     monkeypatch.setattr(hub, "snapshot_download", fake)
     assert resolve_checkpoints().root == tmp_path / "new"
+    # Downloading off: the partial copy for a lax caller, a one-line error for a strict one.
+    assert resolve_checkpoints(download=False, strict=False).root == partial
+    with pytest.raises(CheckpointError, match=r"incomplete copy \(1 file\(s\) missing\)"):
+        resolve_checkpoints(download=False)
 
 
 def offline_errors() -> list[BaseException]:
@@ -183,10 +187,177 @@ def test_no_download_requested(monkeypatch):
     assert all(call["local_files_only"] for call in fake.calls)
 
 
-def test_without_huggingface_hub(monkeypatch):
+def test_without_huggingface_hub(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import now fails
-    with pytest.raises(CheckpointError, match=r"pip install huggingface_hub.*hf download"):
+    with pytest.raises(CheckpointError, match=r"pip install 'talkinghead\[hub\]'.*download --dir"):
         resolve_checkpoints()
+    with pytest.raises(CheckpointError, match=r"cannot download.*pip install 'talkinghead\[hub\]'"):
+        ck.download_release(tmp_path)
+
+
+# -- revisions, the real hub's cache lookup, download errors --
+
+
+def test_download_command():
+    assert ck.download_command() == "talkinghead download --dir ./checkpoints"
+    assert ck.download_command("/a b") == "talkinghead download --dir '/a b'"
+    assert (
+        ck.download_command("ck", revision=ck.DEFAULT_REVISION) == "talkinghead download --dir ck"
+    )
+    assert ck.download_command("ck", revision="v2") == "talkinghead download --dir ck --revision v2"
+
+
+def test_default_revision_is_pinned(tmp_path, monkeypatch):
+    assert re.fullmatch(r"[0-9a-f]{40}", ck.DEFAULT_REVISION)  # a commit, not a movable branch
+    fake = FakeHub(download_to=tmp_path / "snap")
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    resolve_checkpoints()
+    assert [call["revision"] for call in fake.calls] == [ck.DEFAULT_REVISION] * 2
+    assert all(
+        call["allow_patterns"] == ["ditto_pytorch/**", "ditto_cfg/**"] for call in fake.calls
+    )
+
+
+def test_patterns_select_the_pytorch_release():
+    # The release's top level, as listed on the Hub; the hub's own filter decides what is fetched.
+    repo_files = [
+        ".gitattributes",
+        "README.md",
+        f"ditto_cfg/{ck.CONFIG_NAME}",
+        "ditto_cfg/v0.4_hubert_cfg_trt.pkl",
+        "ditto_onnx/decoder.onnx",
+        "ditto_trt_Ampere_Plus/decoder_fp16.engine",
+        *(f"ditto_pytorch/models/{s.checkpoint_name}" for s in OFFICIAL_NETWORKS.values()),
+        *(f"ditto_pytorch/aux_models/{name}" for name in AUX_MODELS.values()),
+    ]
+    from huggingface_hub.utils import filter_repo_objects
+
+    selected = set(filter_repo_objects(repo_files, allow_patterns=list(ck.HUB_PATTERNS)))
+    assert selected == {f for f in repo_files if f.startswith(("ditto_pytorch/", "ditto_cfg/"))}
+
+
+def hub_cache(cache: Path, commit: str, ref: str | None = None) -> Path:
+    """The Hugging Face cache layout: a snapshot folder per commit, refs/<branch or tag> -> commit."""
+    repo = cache / "models--digital-avatar--ditto-talkinghead"
+    snap = make_release(repo / "snapshots" / commit)
+    if ref is not None:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snap
+
+
+def test_real_hub_finds_the_pinned_revision_in_the_cache(tmp_path):
+    # No mock: huggingface_hub's own offline lookup of the cache layout.
+    cache = tmp_path / "hub"
+    snap = hub_cache(cache, ck.DEFAULT_REVISION)
+    assert resolve_checkpoints(cache_dir=cache, download=False).root == snap
+    other = "0123456789abcdef0123456789abcdef01234567"
+    tagged = hub_cache(cache, other, ref="v2")
+    assert resolve_checkpoints(cache_dir=cache, revision="v2", download=False).root == tagged
+    assert resolve_checkpoints(cache_dir=cache, revision=other, download=False).root == tagged
+    with pytest.raises(
+        CheckpointError, match=r"downloading is off \(digital-avatar/ditto-talkinghead@v3\)"
+    ):
+        resolve_checkpoints(cache_dir=cache, revision="v3", download=False)
+
+
+def test_revision_does_not_apply_to_a_folder(tmp_path):
+    root = make_release(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="local checkpoint directory has no revisions"):
+        resolve_checkpoints(root, revision="v2")
+
+
+def test_from_pretrained_passes_revision_and_cache(tmp_path, monkeypatch):
+    from _tiny_release import build_tiny_release
+    from talkinghead.pipelines.ditto import DittoPipeline
+
+    fake = FakeHub(cached=build_tiny_release(tmp_path / "snap"))
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    pipe = DittoPipeline.from_pretrained(
+        revision="v2", cache_dir=tmp_path / "hub", local_files_only=True, cache=False
+    )
+    assert pipe.models.identity == str(tmp_path / "snap")
+    assert fake.calls == [
+        {
+            "repo_id": "digital-avatar/ditto-talkinghead",
+            "revision": "v2",
+            "cache_dir": str(tmp_path / "hub"),
+            "allow_patterns": ["ditto_pytorch/**", "ditto_cfg/**"],
+            "local_files_only": True,
+        }
+    ]
+    # Not cached, and local_files_only: an error, never a download.
+    fake.cached, fake.calls = None, []
+    with pytest.raises(CheckpointError, match="downloading is off"):
+        DittoPipeline.from_pretrained(local_files_only=True)
+    assert fake.calls and all(call["local_files_only"] for call in fake.calls)
+
+
+def hub_http_error(cls: type[Exception], message: str) -> Exception:
+    """A hub HTTP error as huggingface_hub raises it; hub >= 1 requires the HTTP response."""
+    try:
+        return cls(message)
+    except TypeError:
+        for name in ("httpx2", "httpx"):
+            try:
+                http = importlib.import_module(name)
+            except ImportError:
+                continue
+            request = http.Request("GET", "https://huggingface.co/api/models/x/revision/nope")
+            return cls(message, response=http.Response(404, request=request))
+        raise
+
+
+def download_errors() -> list:
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    return [
+        pytest.param(
+            hub_http_error(RevisionNotFoundError, "404 Client Error. Revision Not Found"),
+            r"revision 'nope' does not exist in digital-avatar/ditto-talkinghead",
+            id="unknown-revision",
+        ),
+        pytest.param(
+            hub_http_error(RepositoryNotFoundError, "401 Client Error. Repository Not Found"),
+            r"does not exist on the model hub or is not accessible.*HF_TOKEN",
+            id="unknown-repo",
+        ),
+        pytest.param(full, r"no space left on the disk of .*about 2\.3 GB.*--dir", id="disk-full"),
+        pytest.param(  # errno lost on the way, only the text is left
+            OSError("[Errno 28] No space left on device: 'blobs/x.incomplete'"),
+            r"no space left on the disk",
+            id="disk-full-text",
+        ),
+        *(
+            pytest.param(
+                e, r"model hub cannot be reached.*" + type(e).__name__, id=type(e).__name__
+            )
+            for e in offline_errors()
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("error", "needle"), download_errors())
+def test_download_errors_are_one_line(tmp_path, monkeypatch, error, needle):
+    monkeypatch.setattr(hub, "snapshot_download", FakeHub(error=error))
+    with pytest.raises(CheckpointError) as err:
+        ck.download_release(tmp_path / "ck", revision="nope")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("downloading digital-avatar/ditto-talkinghead@nope failed: ")
+    assert re.search(needle, msg), msg
+
+
+def test_download_of_a_revision_without_the_pytorch_release(tmp_path, monkeypatch):
+    def old_revision(repo_id, **kwargs):
+        (Path(kwargs["local_dir"]) / "ditto_cfg").mkdir(parents=True)
+        (Path(kwargs["local_dir"]) / "ditto_cfg" / "v0.4_hubert_cfg_trt.pkl").write_bytes(b"x")
+        return kwargs["local_dir"]
+
+    monkeypatch.setattr(hub, "snapshot_download", old_revision)
+    with pytest.raises(CheckpointError, match=r"@v0: \d+ file\(s\) missing .*decoder\.pth"):
+        ck.download_release(tmp_path / "ck", revision="v0")
 
 
 # -- the config pkl --

@@ -539,3 +539,13 @@ def test_with_tiny_lmdm_and_ddim():
     assert torch.equal(_stream(gen, cond, 5), out)
     batched = gen.generate(torch.stack([cond, cond]), generator=torch.Generator().manual_seed(0))
     assert batched.shape == (2, 13, D)
+
+
+def test_generate_reports_progress_per_window() -> None:
+    cfg = ClipwiseConfig()
+    calls: list[tuple[int, int]] = []
+    ClipwiseGenerator(ConstantSampler(), _source(), cfg).generate(
+        _feats(200), progress=lambda done, total: calls.append((done, total))
+    )
+    windows = cfg.num_windows(200)
+    assert windows > 1 and calls == [(k, windows) for k in range(windows + 1)]

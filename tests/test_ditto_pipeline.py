@@ -257,3 +257,28 @@ def test_model_outputs_are_deterministic_across_batches(pipe, speech, tmp_path) 
     pipe.generate(PORTRAIT, speech, str(tmp_path / "b1") + "/", batch_size=1)
     for x, y in zip(read_frames(tmp_path / "b4"), read_frames(tmp_path / "b1"), strict=True):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 1  # batched float math, then uint8
+
+
+def test_each_network_checkpoint_is_read_once(release, monkeypatch) -> None:
+    from talkinghead.models import OFFICIAL_NETWORKS, loading
+    from talkinghead.pipelines.avatar import AvatarRegistrar
+    from talkinghead.pipelines.checkpoints import resolve_checkpoints
+
+    reads: list[Path] = []
+    read_checkpoint = loading.read_checkpoint
+
+    def counting_read(path):
+        reads.append(Path(path).resolve())
+        return read_checkpoint(path)
+
+    monkeypatch.setattr(loading, "read_checkpoint", counting_read)
+    models = DittoPipeline.from_pretrained(release, download=False, cache=False, **SETTINGS).models
+    ckpt = resolve_checkpoints(release, download=False, strict=False)
+    assert sorted(reads) == sorted(ckpt.models[k].resolve() for k in OFFICIAL_NETWORKS)
+    # The registrar runs the pipeline's own extractors, named as `from_checkpoints` names them
+    # (the avatar cache keys stay the same).
+    assert models.registrar.motion_extractor is models.motion_extractor
+    assert models.registrar.appearance_extractor is models.appearance_extractor
+    assert models.registrar.model_identity == AvatarRegistrar.checkpoints_identity(
+        ckpt.models["motion_extractor"], ckpt.models["appearance_extractor"]
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -248,3 +250,34 @@ def test_open_writer_dispatch(tmp_path):
     with pytest.raises(MediaError, match="cannot tell"):
         open_writer(tmp_path / "a.txt")
     assert list(tmp_path.iterdir()) == []  # choosing a writer creates nothing
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request) -> int:
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_outputs_get_the_modes_of_a_plain_open(tmp_path, umask):
+    # The temp file / folder they are built in is private (0600 / 0700) until published.
+    plain_file, plain_dir = tmp_path / "plain.txt", tmp_path / "plain"
+    plain_file.write_text("x")
+    plain_dir.mkdir()
+    assert mode(plain_file) == 0o666 & ~umask and mode(plain_dir) == 0o777 & ~umask
+
+    video = tmp_path / "talking.mp4"
+    with VideoWriter(video, audio=(tone(0.2, 16000), 16000)) as writer:
+        writer.write_batch(make_frames(3, 32, 32))
+    assert mode(video) == mode(plain_file)
+
+    frames = tmp_path / "frames"
+    for _ in range(2):  # a new folder, then replacing an earlier run's
+        with FramesDirWriter(frames) as writer:
+            writer.write_batch(make_frames(2, 16, 16))
+        assert mode(frames) == mode(plain_dir)
+        assert {mode(p) for p in frames.iterdir()} == {mode(plain_file)}

@@ -27,6 +27,7 @@ app = typer.Typer(
 # Modules under talkinghead.commands that contribute commands, in --help order.
 COMMAND_MODULES = (
     "generate",
+    "download",
     "export",
     "serve",
     "data",
@@ -34,6 +35,7 @@ COMMAND_MODULES = (
     "evaluate",
     "dithead",
     "difftalk",
+    "cache",
 )
 
 

@@ -17,3 +17,7 @@ class NoFaceError(TalkingHeadError):
 
 class MediaError(TalkingHeadError):
     """A source image/video or an audio file is missing, unreadable or unsupported."""
+
+
+class SettingsError(TalkingHeadError):
+    """An option value is invalid (unknown name, out of range, not available here)."""

@@ -4,10 +4,16 @@ libsndfile (soundfile) reads wav/flac/ogg and friends exactly; anything else (mp
 opus, the audio track of a video...) goes through FFmpeg (PyAV). Channels are averaged
 and the result resampled with soxr at high quality, which is what the release's
 `librosa.load(path, sr=16000)` does, including its output length ceil(n * sr_out / sr_in).
+
+In-memory audio is accepted wherever a file is: an ``(array, sample_rate)`` pair, or a
+bare array, which means 16 kHz. Arrays are mono ``[n]`` or multichannel with the
+channel axis the shorter one (``[n, channels]`` as soundfile gives, or ``[channels, n]``
+as torchaudio does); float samples are taken as they are, int16/int32 are scaled to [-1, 1).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,11 @@ import soundfile
 import soxr
 
 from talkinghead.errors import MediaError
+
+# What every audio argument accepts: a file, an (array, rate) pair, or a 16 kHz array.
+AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
+DEFAULT_ARRAY_RATE = 16000
+_MAX_CHANNELS = 16  # a 2-D array's channel axis is the shorter one, and at most this long
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -93,24 +104,132 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(x, dtype=np.float32), int(sr)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode an audio file to float32 mono in [-1, 1] at `sample_rate`."""
-    path = Path(path)
+def _array_to_mono(samples: np.ndarray, where: str) -> np.ndarray:
+    """A float/int16/int32 array [n], [n, ch] or [ch, n] -> float32 mono [n]."""
+    x = np.asarray(samples)
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    elif x.dtype == np.int32:
+        x = x.astype(np.float32) / 2147483648.0
+    elif np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32, copy=False)
+    else:
+        raise MediaError(f"{where}: samples must be float, int16 or int32, got {x.dtype}")
+    if x.ndim == 2 and min(x.shape) <= _MAX_CHANNELS:
+        channel_axis = 1 if x.shape[1] <= x.shape[0] else 0
+        return x.mean(axis=channel_axis, dtype=np.float32)
+    if x.ndim != 1:
+        raise MediaError(
+            f"{where}: expected mono samples [n] or [n, channels], got an array of shape {x.shape}"
+        )
+    return x
+
+
+def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:
+    """Audio as float32 mono at its own sample rate: (samples [n], rate).
+
+    `source` is a file, an ``(array, sample_rate)`` pair or a bare array (16 kHz).
+    Channels are averaged; nothing is resampled or clipped.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise MediaError(f"{path}: file not found")
+        if not path.is_file():
+            raise MediaError(f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise MediaError(f"{path}: the file is empty")
+        decoded = _read_soundfile(path)
+        x, sr = decoded if decoded is not None else _read_ffmpeg(path)
+        if x.shape[0] == 0:
+            raise MediaError(f"{path}: the file contains no audio samples")
+        if sr <= 0:
+            raise MediaError(f"{path}: unknown sample rate")
+        return (x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]), sr
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise MediaError("audio: expected an (array, sample_rate) pair")
+        samples, sr = source
+        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise MediaError(f"audio: the sample rate must be a positive integer, got {sr!r}")
+    else:
+        samples, sr = source, DEFAULT_ARRAY_RATE
+    where = "audio array"
+    mono = _array_to_mono(samples, where)
+    if mono.shape[0] == 0:
+        raise MediaError(f"{where}: no samples")
+    if not np.all(np.isfinite(mono)):
+        raise MediaError(f"{where}: the audio contains NaN or infinite samples")
+    return mono, int(sr)
+
+
+def to_sample_rate(
+    mono: np.ndarray, rate: int, sample_rate: int, where: str = "audio"
+) -> np.ndarray:
+    """`read_audio`'s samples resampled to `sample_rate` and clipped to [-1, 1]."""
+    y = resample(mono, rate, sample_rate)
+    if not np.all(np.isfinite(y)):
+        raise MediaError(f"{where}: the audio contains NaN or infinite samples")
+    # Float files may exceed full scale and soxr may overshoot it slightly.
+    return np.clip(y, -1.0, 1.0, out=y)
+
+
+def audio_name(source: AudioInput) -> str:
+    """How error messages name an audio argument."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else "audio array"
+
+
+def load_audio(source: AudioInput, sample_rate: int = 16000) -> np.ndarray:
+    """Decode a file (or take an in-memory array) to float32 mono in [-1, 1] at `sample_rate`."""
+    mono, rate = read_audio(source)
+    return to_sample_rate(mono, rate, sample_rate, audio_name(source))
+
+
+def probe_audio(source: AudioInput) -> float:
+    """Seconds of audio in `source`, after checking that it decodes and is not empty.
+
+    Cheaper than `load_audio` for checking inputs up front: libsndfile formats are
+    read from their header, and FFmpeg decodes only up to the first non-empty frame,
+    so a long mp3 is not decoded twice. Raises `MediaError` like `load_audio`.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        mono, rate = read_audio(source)
+        return len(mono) / rate
+    path = Path(source)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
     if not path.is_file():
         raise MediaError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty")
-    decoded = _read_soundfile(path)
-    x, sr = decoded if decoded is not None else _read_ffmpeg(path)
-    if x.shape[0] == 0:
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return _probe_ffmpeg(path)
+    if info.frames <= 0 or info.samplerate <= 0:
         raise MediaError(f"{path}: the file contains no audio samples")
-    if sr <= 0:
-        raise MediaError(f"{path}: unknown sample rate")
-    mono = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
-    y = resample(mono, sr, sample_rate)
-    if not np.all(np.isfinite(y)):
-        raise MediaError(f"{path}: the audio contains NaN or infinite samples")
-    # Float files may exceed full scale and soxr may overshoot it slightly.
-    return np.clip(y, -1.0, 1.0, out=y)
+    return info.frames / info.samplerate
+
+
+def _probe_ffmpeg(path: Path) -> float:
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable audio file ({e})") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: the file has no audio stream")
+        stream = container.streams.audio[0]
+        try:
+            for frame in container.decode(stream):
+                if frame.samples:
+                    if stream.duration and stream.time_base:
+                        return float(stream.duration * stream.time_base)
+                    if container.duration:
+                        return container.duration / av.time_base
+                    return frame.samples / frame.sample_rate  # at least this much
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise MediaError(f"{path}: cannot decode the audio ({e})") from None
+    raise MediaError(f"{path}: the file contains no audio samples")

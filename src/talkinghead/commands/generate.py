@@ -12,7 +12,8 @@ from typing import Any
 import typer
 
 from talkinghead.commands.common import err_console
-from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.commands.logs import third_party_logs
+from talkinghead.errors import SettingsError, TalkingHeadError
 
 METHODS = ("ditto", "dithead", "difftalk")
 # Other methods' generation entry points: generate_video(source, audio, output, *, checkpoints, ...).
@@ -31,23 +32,54 @@ def _parse_emotion(text: str) -> Any:
     return labels[0] if len(labels) == 1 else labels
 
 
+# What each stage counts; the rate column shows frames per second for the frame stages.
+STAGE_UNITS = {
+    "register": "frames",
+    "features": "frames",
+    "motion": "windows",
+    "render": "frames",
+    "stream": "frames",
+}
+RATE_STAGES = ("render", "stream")
+
+
+def _rate_and_time(task: Any) -> str:
+    """While running: frame rate (frame stages), elapsed<left, as tqdm; when done: elapsed."""
+    elapsed = _clock(task.finished_time if task.finished else task.elapsed)
+    if task.finished or task.total is None:
+        return elapsed
+    rate = f"{task.speed:5.1f} fps  " if task.description in RATE_STAGES and task.speed else ""
+    left = _clock(task.time_remaining) if task.time_remaining is not None else "-:--:--"
+    return f"{rate}{elapsed}<{left}"
+
+
+def _clock(seconds: float | None) -> str:
+    total = int(seconds or 0)
+    return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
 class _StageProgress:
-    """Rich progress bars, one per pipeline stage, fed by the pipeline's callback."""
+    """Rich progress bars, one per pipeline stage, fed by the pipeline's callback.
+
+    A bar appears with the stage's first report (render and motion report 0/N as
+    they start) and shows its count, its unit, the frame rate and the time left.
+    """
 
     def __init__(self, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        class RateAndTime(TextColumn):
+            def render(self, task: Any) -> Any:
+                from rich.text import Text
+
+                return Text(_rate_and_time(task), style="progress.remaining")
 
         self.progress = Progress(
             TextColumn("{task.description:>9}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[unit]}"),
+            RateAndTime(""),
             console=err_console,
             disable=not enabled,
         )
@@ -62,21 +94,13 @@ class _StageProgress:
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
+            unit = STAGE_UNITS.get(stage, "")
+            self.tasks[stage] = self.progress.add_task(stage, total=total, unit=unit)
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
-def _check_inputs(source: Path, audio: Path, output: str) -> None:
-    for what, path in (("source", source), ("audio", audio)):
-        if not path.is_file():
-            raise MediaError(f"{path}: {what} file not found")
-    if output != "-":
-        parent = Path(output).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise MediaError(f"{output}: the output directory {parent} does not exist")
-
-
 def generate(
+    ctx: typer.Context,
     source: Path = typer.Option(..., "--source", "-s", help="Portrait image or short video."),
     audio: Path = typer.Option(..., "--audio", "-a", help="Speech (wav, flac, mp3, m4a, ogg...)."),
     output: str = typer.Option(
@@ -91,12 +115,17 @@ def generate(
     download: bool = typer.Option(
         True, "--download/--no-download", help="Fetch the release from the model hub if missing."
     ),
+    revision: str | None = typer.Option(
+        None,
+        "--revision",
+        help="Model-hub branch, tag or commit of the release. Default: the pinned release commit.",
+    ),
     hubert: str | None = typer.Option(
         None, help="transformers HuBERT id/path (or .onnx) if the release's HuBERT is absent."
     ),
     emotion: str = typer.Option("Neutral", help=EMOTION_HELP),
     steps: int | None = typer.Option(
-        None, min=1, help="Diffusion (DDIM) steps (default: Ditto 50, DiT-Head 250, DiffTalk 200)."
+        None, help="Diffusion (DDIM) steps (default: Ditto 50, DiT-Head 250, DiffTalk 200)."
     ),
     seed: int | None = typer.Option(None, help="Random seed (same seed, same video)."),
     delta_pitch: float = typer.Option(0.0, help="Head pitch offset, degrees."),
@@ -105,11 +134,11 @@ def generate(
     alpha_pitch: float = typer.Option(1.0, help="Head pitch scale."),
     alpha_yaw: float = typer.Option(1.0, help="Head yaw scale."),
     alpha_roll: float = typer.Option(1.0, help="Head roll scale."),
-    fade_in: int = typer.Option(0, min=0, help="Frames to fade in from the source's own motion."),
-    fade_out: int = typer.Option(0, min=0, help="Frames to fade out to the source's own motion."),
+    fade_in: int = typer.Option(0, help="Frames to fade in from the source's own motion."),
+    fade_out: int = typer.Option(0, help="Frames to fade out to the source's own motion."),
     crop_scale: float = typer.Option(2.3, help="Face crop scale (larger: more around the face)."),
     crop_vy: float = typer.Option(-0.125, help="Face crop vertical offset."),
-    max_size: int = typer.Option(1920, min=64, help="Longest side of the source, pixels."),
+    max_size: int = typer.Option(1920, help="Longest side of the source, pixels (>= 64)."),
     blink: bool | None = typer.Option(
         None,
         "--blink/--no-blink",
@@ -124,27 +153,35 @@ def generate(
     face_backend: str = typer.Option("auto", help="auto, mediapipe or release."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1... (auto: cuda if available)."),
     fp16: bool = typer.Option(False, help="Half-precision rendering (CUDA)."),
-    batch_size: int = typer.Option(4, min=1, help="Frames per warp/decode batch."),
+    batch_size: int = typer.Option(4, help="Frames per warp/decode batch."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse registered avatars."),
     resolution: int = typer.Option(256, help="DiffTalk: 256 or 512."),
     fps: int = typer.Option(25, help="DiT-Head: 25, or 50 with frame interpolation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
+    ),
 ) -> None:
     """Make a talking-head video: SOURCE speaks AUDIO, written to OUTPUT."""
-    if method not in METHODS:
-        raise TalkingHeadError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    _check_inputs(source, audio, output)
-    import torch
+    ctx.with_resource(third_party_logs(verbose))
+    from talkinghead.pipelines import validation as check
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Every option and input file is checked before any model is loaded or downloaded.
+    if method not in METHODS:
+        raise SettingsError(f"unknown method {method!r}: use {', '.join(METHODS)}")
+    check.check_face_backend(face_backend)
+    device = check.resolve_device(device)
     if method != "ditto":
         options = {"resolution": resolution} if method == "difftalk" else {"fps": fps}
+        _check_other_options(method, checkpoints, steps, seed, **options)
+        checked = check.check_inputs(source, audio, output, max_size=max_size)
+        # Both methods find faces with mediapipe.
+        _close(_check_face(check.face_check_analyzer("mediapipe"), checked.frame, source))
         _generate_other(method, source, audio, output, checkpoints, seed, steps, device, **options)
         return
 
     from talkinghead.face import CropConfig
-    from talkinghead.pipelines.ditto import DittoPipeline
+    from talkinghead.pipelines.ditto import DittoConfig, DittoPipeline
 
     settings = {
         "emotion": _parse_emotion(emotion),
@@ -166,17 +203,29 @@ def generate(
         "fp16": fp16,
         "batch_size": batch_size,
         "cache": cache,
+        "blink": blink,
     }
+    check.check_ditto_config(DittoConfig().replace(**settings))
+    checked = check.check_inputs(source, audio, output, max_size=max_size)
+    # The face check runs the backend generation will run when the checkpoints are on disk.
+    local = check.local_checkpoints(checkpoints, revision=revision)
+    face_check = check.face_check_analyzer(face_backend, local, settings["crop"])
+    analyzer = _check_face(face_check, checked.frame, source)
+    if not face_check.same_as_generation:
+        _close(analyzer)
+        analyzer = None
     start = time.perf_counter()
-    pipe = DittoPipeline.from_pretrained(checkpoints, download=download, hubert=hubert, **settings)
-    if blink is not None:
-        pipe.config = pipe.config.replace(stitch=_blink_setting(pipe.config.stitch, blink))
+    pipe = DittoPipeline.from_pretrained(
+        checkpoints,
+        download=download,
+        revision=revision,
+        hubert=hubert,
+        face_analyzer=analyzer,
+        **settings,
+    )
     err_console.print(f"face backend: {pipe.face_backend}, device: {device}", highlight=False)
     with _StageProgress(enabled=not quiet) as progress:
-        if stream:
-            result = _run_stream(pipe, source, audio, output, progress)
-        else:
-            result = pipe.generate(source, audio, output, progress=progress)
+        result = pipe.generate(source, audio, output, streaming=stream, progress=progress)
     if result.num_faces > 1:
         err_console.print(
             f"note: {result.num_faces} faces found; the largest was used", highlight=False
@@ -184,49 +233,6 @@ def generate(
     elapsed = time.perf_counter() - start
     if output != "-":
         typer.echo(f"{result.output} ({result.num_frames} frames, {elapsed:.1f} s)")
-
-
-def _blink_setting(stitch: Any, blink: bool) -> Any:
-    """Blinks are a clip of eye expression offsets that the release ships in its config."""
-    from dataclasses import replace
-
-    if blink and stitch.delta_eye_arr is None:
-        raise TalkingHeadError(
-            "--blink needs a blink clip (delta_eye_arr), which comes with the release's "
-            "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
-        )
-    # 0: random open-eye gaps of 60-100 frames between blinks (the release's pipeline default).
-    return replace(stitch, delta_eye_open_n=0 if blink else -1)
-
-
-def _run_stream(pipe: Any, source: Path, audio: Path, output: str, progress: Any) -> Any:
-    """The streaming pipeline fed from a file in 200 ms chunks, as a live client would."""
-    import numpy as np
-
-    from talkinghead.audio.hubert import num_frames
-    from talkinghead.audio.io import load_audio
-    from talkinghead.media.writer import open_writer
-    from talkinghead.pipelines.ditto import GenerationResult, video_options
-
-    pcm = load_audio(audio, 16000)
-    total = num_frames(len(pcm))
-    session = pipe.stream(source)
-    writer = open_writer(
-        output, fps=25, audio=(load_audio(audio, 48000), 48000), **video_options(output)
-    )
-    done = 0
-    try:
-        chunks = (pcm[i : i + 3200] for i in range(0, len(pcm), 3200))
-        for frame in session.frames(chunks):
-            writer.write(np.asarray(frame))
-            done += 1
-            progress("stream", done, total)
-        path = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    avatar = session.avatar
-    return GenerationResult(path, done, avatar.frame_size, avatar.face_backend, avatar.num_faces)
 
 
 def _generate_other(
@@ -247,8 +253,6 @@ def _generate_other(
         if exc.name != module_name:
             raise
         raise TalkingHeadError(f"the {method} method is not available in this version") from None
-    if checkpoints is None:
-        raise TalkingHeadError(f"--method {method} needs --checkpoints (a trained {method} model)")
     path = getattr(module, func)(
         source,
         audio,
@@ -260,6 +264,42 @@ def _generate_other(
         **options,
     )
     typer.echo(str(path))
+
+
+def _check_other_options(
+    method: str, checkpoints: Path | None, steps: int | None, seed: int | None, **options: Any
+) -> None:
+    """DiT-Head's and DiffTalk's options, as far as they can be checked without their models."""
+    from talkinghead.pipelines.validation import check_seed, check_steps
+
+    if checkpoints is None:
+        raise SettingsError(f"--method {method} needs --checkpoints (a trained {method} model)")
+    if steps is not None:
+        check_steps(steps)
+    check_seed(seed)
+    allowed = {"resolution": (256, 512), "fps": (25, 50)}
+    for name, value in options.items():
+        if value not in allowed[name]:
+            choices = " or ".join(map(str, allowed[name]))
+            raise SettingsError(f"--{name} {value}: {method} supports {choices}")
+
+
+def _check_face(face_check: Any, frame: Any, source: Path) -> Any:
+    """The face check's analyser, closed if no face was found (its threads log on the way)."""
+    from talkinghead.pipelines.validation import check_face
+
+    try:
+        check_face(frame, face_check.analyzer, source)
+    except BaseException:
+        _close(face_check.analyzer)
+        raise
+    return face_check.analyzer
+
+
+def _close(analyzer: Any) -> None:
+    close = getattr(analyzer, "close", None)
+    if close is not None:
+        close()
 
 
 def info(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talkinghead.errors import CheckpointError
+from talkinghead.filemode import set_default_mode
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class WeightResolver:
         if self.on_download is not None:
             self.on_download(spec)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", dir=self.cache)
+        set_default_mode(fd)  # mkstemp's 0600 would survive the rename
         os.close(fd)
         tmp = Path(tmp_name)
         try:

@@ -5,10 +5,16 @@ example portrait is a JPEG named `.png`): Pillow gets the first try, PyAV the se
 Frames larger than `max_side` are scaled down and both sides are made even, following
 the release's rule (scale the longest side to `max_side`, round the other, then floor
 both to a multiple of 2) so that video encoders that need even sizes accept the output.
+
+`source_media` also takes in-memory sources under the same rules: a PIL image, an
+HxWx3 (or HxW grey) array, uint8 or float in [0, 1], or a video as an [F, H, W, 3]
+array or a list of such frames (or PIL images).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from talkinghead.errors import MediaError
-
-# ffmpeg demuxers that read single still images (or text); a file that only they accept
-# is an image Pillow could not decode, not a video.
-_TEXT_DEMUXERS = frozenset({"tty"})
-
-
-def _is_image_demuxer(name: str) -> bool:
-    return any(part == "image2" or part.endswith("_pipe") for part in name.split(","))
+from talkinghead.media.video import VideoReader
 
 
 @dataclass
@@ -34,7 +33,7 @@ class SourceMedia:
     frames: list[np.ndarray]
     is_image: bool
     fps: float | None
-    path: Path
+    path: Path | None  # None for an in-memory source
 
     @property
     def size(self) -> tuple[int, int]:
@@ -98,45 +97,13 @@ def _read_image(path: Path) -> np.ndarray | None:
         return None
 
 
-def _rotate(rgb: np.ndarray, degrees_ccw: float) -> np.ndarray:
-    k = round(degrees_ccw / 90.0) % 4
-    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
-
-
 def _read_video(
     path: Path, max_side: int | None, max_frames: int | None
 ) -> tuple[list[np.ndarray], float | None, bool]:
     """(frames, fps, is_still_image) decoded with PyAV; raises MediaError."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable image or video ({e})") from None
-    with container:
-        fmt = container.format.name
-        if fmt in _TEXT_DEMUXERS or not container.streams.video:
-            raise MediaError(f"{path}: not an image or video (no picture in a {fmt!r} file)")
-        stream = container.streams.video[0]
-        still = _is_image_demuxer(fmt)
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate and not still else None
-        limit = 1 if still else max_frames
-        frames: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                if limit is not None and len(frames) >= limit:
-                    break
-                # Phones store portrait video as landscape plus a display matrix.
-                rgb = _rotate(frame.to_ndarray(format="rgb24"), frame.rotation or 0)
-                frames.append(fit_frame(rgb, max_side))
-        except (av.FFmpegError, OSError, ValueError) as e:
-            if not frames:
-                raise MediaError(f"{path}: cannot decode ({e})") from None
-            # A damaged tail: keep the frames that decoded.
-    if not frames:
-        raise MediaError(f"{path}: the video has no decodable frames")
-    return frames, fps, still
+    reader = VideoReader(path, kind="image or video")
+    frames = list(reader.frames(fit=True, max_side=max_side, max_frames=max_frames))
+    return frames, reader.fps, reader.is_still
 
 
 def load_source(
@@ -166,3 +133,63 @@ def load_source(
     except ValueError as e:  # a degenerate size from target_size
         raise MediaError(f"{path}: {e}") from None
     return SourceMedia(frames, is_image=still, fps=fps, path=path)
+
+
+# A source portrait or video: a file, or one of the in-memory forms `source_media` takes.
+SourceInput = str | os.PathLike | Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray]
+_IN_MEMORY = "source array"  # how messages name an in-memory source
+
+
+def frame_to_rgb_uint8(frame: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image (EXIF orientation applied, as for files) or an HxWx3 / HxW array, uint8 or
+    float in [0, 1] -> HxWx3 RGB uint8."""
+    if isinstance(frame, Image.Image):
+        return _to_rgb_uint8(ImageOps.exif_transpose(frame))
+    a = np.asarray(frame)
+    if a.ndim == 2:
+        a = a[..., None].repeat(3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise MediaError(f"{_IN_MEMORY}: a frame must be HxWx3 RGB (or HxW grey), got {a.shape}")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise MediaError(f"{_IN_MEMORY}: pixels must be uint8 or float in [0, 1], got {a.dtype}")
+    if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+        raise MediaError(f"{_IN_MEMORY}: float pixels must lie in [0, 1]")
+    return np.rint(a * 255.0).astype(np.uint8)
+
+
+def source_media(
+    source: SourceInput,
+    max_side: int | None = 1920,
+    max_frames: int | None = None,
+    fps: float | None = None,
+) -> SourceMedia:
+    """`load_source` for a file; in-memory sources are converted under the same rules.
+
+    A PIL image, an HxWx3 / HxW array, a one-frame list and an [1, H, W, 3] array are
+    images; more frames are a video (`fps` is recorded, not used for timing).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return load_source(source, max_side=max_side, max_frames=max_frames)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if isinstance(source, Image.Image) or (isinstance(source, np.ndarray) and source.ndim <= 3):
+        frames = [source]
+    elif isinstance(source, (np.ndarray, Sequence)):
+        frames = list(source[:max_frames] if max_frames is not None else source)
+    else:
+        raise MediaError(
+            f"unsupported source {type(source).__name__}: pass a file path, a PIL image, "
+            "a numpy array or a list of frames"
+        )
+    if not frames:
+        raise MediaError(f"{_IN_MEMORY}: no frames")
+    try:
+        rgb = [fit_frame(frame_to_rgb_uint8(f), max_side) for f in frames]
+    except ValueError as e:  # a degenerate size from target_size
+        raise MediaError(f"{_IN_MEMORY}: {e}") from None
+    if any(f.shape != rgb[0].shape for f in rgb):
+        raise MediaError(f"{_IN_MEMORY}: all frames of a video must have the same size")
+    is_image = len(rgb) == 1 and fps is None
+    return SourceMedia(rgb, is_image=is_image, fps=None if is_image else fps, path=None)

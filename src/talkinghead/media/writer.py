@@ -41,6 +41,7 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from talkinghead.errors import MediaError
+from talkinghead.filemode import set_default_mode
 
 # Container chosen from the output's suffix; all hold H.264 + AAC.
 VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -179,12 +180,21 @@ def _chroma_alignment(pix_fmt: str) -> tuple[int, int]:
 
 
 def _temp_sibling(target: Path, suffix: str, *, directory: bool = False) -> Path:
-    """A fresh hidden name next to `target`, so the final rename stays on one filesystem."""
+    """A fresh hidden name next to `target`, so the final rename stays on one filesystem.
+
+    It gets the mode a plain open()/mkdir() would (tempfile makes it private), since the
+    rename publishes it as it is.
+    """
     prefix = f".{target.name}."
     if directory:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+        path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+        set_default_mode(path, directory=True)
+        return path
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        set_default_mode(fd)
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -51,6 +51,7 @@ after the first window that needs padding (``single_padded_window``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -400,12 +401,14 @@ class ClipwiseGenerator:
         *,
         generator: torch.Generator | None = None,
         with_prefix: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Motion for a whole sequence: ``[N, C] -> [N, D]`` (or batched), exactly N frames.
 
         ``with_prefix`` also returns the prefix frames in front (``P + N``); the first
-        frame is the release's relative-driving reference ``d0``. Does not touch the
-        streaming state.
+        frame is the release's relative-driving reference ``d0``. ``progress`` is called
+        with (windows done, windows in all) before the first window and after each.
+        Does not touch the streaming state.
         """
         cfg = self.config
         feats, batched = self._batch(features)
@@ -418,8 +421,12 @@ class ClipwiseGenerator:
         windows = _Windows(cfg, self.sampler, self._source_for(feats), generator or self.generator)
         num = cfg.num_windows(total)
         windows.reserve((num - 1) * cfg.valid + cfg.seq_frames)  # one allocation for the run
+        if progress is not None:
+            progress(0, num)
         for k in range(num):
             windows.step(_window_cond(feats, k * cfg.valid, cfg.seq_frames))
+            if progress is not None:
+                progress(k + 1, num)
         first = 0 if with_prefix else prefix.shape[1]
         return self._finish(self._final_range(windows.view(total), first, total), batched)
 

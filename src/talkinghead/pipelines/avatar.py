@@ -4,7 +4,8 @@ Per source frame the face analyser gives the 512 crop (and where it sits in the
 frame), the eye attributes and landmarks to track the next frame; the crop,
 shrunk to 256 with area interpolation and scaled to [0, 1], goes through the
 motion extractor (pose logits, translation, expression, scale, canonical
-keypoints) and the appearance extractor (the 3D feature volume f_s).
+keypoints) and the appearance extractor (the 3D feature volume f_s). That per-frame
+part is `talkinghead.motion.extraction`, which Ditto's data preparation runs too.
 
 Following the release:
 
@@ -16,7 +17,8 @@ Following the release:
   F-1..0, then 0..F-1 again, each end frame shown twice in a row.
 
 `AvatarCache` keeps registered avatars on disk, keyed by the source file's
-content, the networks' identities, the face backend and the crop settings.
+content, the networks' identities, the face backend and the crop settings, up to
+a size limit (least recently used entries go first).
 """
 
 from __future__ import annotations
@@ -29,25 +31,25 @@ import math
 import os
 import struct
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from talkinghead.errors import MediaError, NoFaceError
-from talkinghead.face.types import CropConfig, FaceAnalyzer, FaceCrop
+from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.face.types import CropConfig, FaceAnalyzer
+from talkinghead.filemode import set_default_mode
+from talkinghead.motion.extraction import extract_source_batches
+from talkinghead.motion.format import MOTION_KEYS
 
 log = logging.getLogger(__name__)
 
-# The motion extractor's outputs, in its order; every one is [F, size] in an Avatar.
-MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
-NETWORK_INPUT_SIZE = 256
 SOURCE_SMOOTH_K = 13  # the release's smo_k_s
 # Bump when registration results or the cache layout change: old entries then miss.
 CACHE_FORMAT_VERSION = 1
@@ -185,13 +187,6 @@ class Avatar:
 # --- registration -------------------------------------------------------------------------
 
 
-def crop_to_network_input(crop: np.ndarray) -> np.ndarray:
-    """512 face crop -> 256x256 uint8 with area interpolation (the networks' input size)."""
-    if crop.shape[:2] == (NETWORK_INPUT_SIZE, NETWORK_INPUT_SIZE):
-        return crop
-    return cv2.resize(crop, (NETWORK_INPUT_SIZE, NETWORK_INPUT_SIZE), interpolation=cv2.INTER_AREA)
-
-
 def _unpack_source(
     media: Any, is_image: bool | None, fps: float | None
 ) -> tuple[Sequence[np.ndarray], bool, float | None, str | None]:
@@ -291,15 +286,24 @@ class AvatarRegistrar:
             device=device,
             **(appearance_config or {}),
         )
-        identity = ";".join(
+        kwargs.setdefault(
+            "model_identity",
+            cls.checkpoints_identity(motion_extractor_path, appearance_extractor_path),
+        )
+        return cls(face_analyzer, motion, appearance, device=device, **kwargs)
+
+    @staticmethod
+    def checkpoints_identity(
+        motion_extractor_path: str | os.PathLike, appearance_extractor_path: str | os.PathLike
+    ) -> str:
+        """`model_identity` for extractors loaded from these two checkpoint files (cheap)."""
+        return ";".join(
             f"{kind}={checkpoint_identity(p)}"
             for kind, p in (
                 ("motion_extractor", motion_extractor_path),
                 ("appearance_extractor", appearance_extractor_path),
             )
         )
-        kwargs.setdefault("model_identity", identity)
-        return cls(face_analyzer, motion, appearance, device=device, **kwargs)
 
     @property
     def model_identity(self) -> str:
@@ -325,15 +329,6 @@ class AvatarRegistrar:
             "smooth_k": self.smooth_k,
         }
 
-    @torch.inference_mode()
-    def _extract(self, crops256: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """[B, 256, 256, 3] uint8 -> motion outputs (MOTION_KEYS order, each [B, size]) and f_s."""
-        x = torch.from_numpy(crops256).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        motion = self.motion_extractor(x)
-        f_s = self.appearance_extractor(x)
-        outs = [m.float().reshape(m.shape[0], -1).cpu().numpy() for m in motion]
-        return outs, f_s.float().cpu().numpy()
-
     def register(
         self,
         media_or_frames: Any,
@@ -354,37 +349,32 @@ class AvatarRegistrar:
         motion: dict[str, np.ndarray] = {}
         f_s: np.ndarray | None = None
         num_faces = 0
-        previous: FaceCrop | None = None
         if progress is not None:
             progress(0, n)
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            crops = np.empty((stop - start, NETWORK_INPUT_SIZE, NETWORK_INPUT_SIZE, 3), np.uint8)
-            for i in range(start, stop):
-                try:
-                    face = self.face_analyzer.analyze(frames[i], previous)
-                except NoFaceError as exc:
-                    where = path or "source"
-                    raise NoFaceError(
-                        f"{where}{'' if is_image else f' (frame {i})'}: {exc}"
-                    ) from exc
-                if i == 0:
-                    num_faces = int(face.num_faces)
-                M_c2o[i] = face.M_c2o
-                eye_open[i] = np.asarray(face.eye_open, np.float32).reshape(2)
-                eye_ball[i] = np.asarray(face.eye_ball, np.float32).reshape(6)
-                crops[i - start] = crop_to_network_input(face.crop)
-                # Video frames are tracked from the previous frame's landmarks.
-                previous = face
-            outs, fs = self._extract(crops)
-            if f_s is None:  # sizes come from the networks (tiny test variants differ)
-                f_s = np.empty((n, *fs.shape[1:]), np.float32)
-                motion = {
-                    k: np.empty((n, o.shape[1]), np.float32)
-                    for k, o in zip(MOTION_KEYS, outs, strict=True)
-                }
-            f_s[start:stop] = fs
-            for k, o in zip(MOTION_KEYS, outs, strict=True):
+        batches = extract_source_batches(
+            frames,
+            self.face_analyzer,
+            self.motion_extractor,
+            self.appearance_extractor,
+            device=self.device,
+            batch_size=self.batch_size,
+            where=path or "source",
+            is_image=is_image,
+        )
+        for batch in batches:
+            start, stop = batch.start, batch.stop
+            assert batch.f_s is not None
+            if start == 0:
+                num_faces = int(batch.faces[0].num_faces)
+                # sizes come from the networks (tiny test variants differ)
+                f_s = np.empty((n, *batch.f_s.shape[1:]), np.float32)
+                motion = {k: np.empty((n, o.shape[1]), np.float32) for k, o in batch.motion.items()}
+            assert f_s is not None
+            M_c2o[start:stop] = batch.M_c2o
+            eye_open[start:stop] = batch.eye_open
+            eye_ball[start:stop] = batch.eye_ball
+            f_s[start:stop] = batch.f_s
+            for k, o in batch.motion.items():
                 motion[k][start:stop] = o
             if progress is not None:
                 progress(stop, n)
@@ -418,13 +408,37 @@ class AvatarRegistrar:
 
 _HASH_CHUNK = 1 << 20
 _CHECKPOINT_SPAN = 1 << 20
+CACHE_DIR_ENV = "TALKINGHEAD_CACHE"
+CACHE_MAX_MB_ENV = "TALKINGHEAD_CACHE_MAX_MB"  # MiB; 0 means no limit
+DEFAULT_CACHE_MAX_BYTES = 2 << 30
+# A temp file untouched this long belongs to a writer that died; younger ones may still
+# be written by another process (its mtime moves on with every write).
+STALE_TEMP_SECONDS = 30 * 60
+_ENTRY_SUFFIX = ".avatar"
+_TEMP_SUFFIX = ".tmp"
 
 
 def default_cache_dir() -> Path:
     """`$TALKINGHEAD_CACHE/avatars`, else `~/.cache/talkinghead/avatars`."""
-    root = os.environ.get("TALKINGHEAD_CACHE")
+    root = os.environ.get(CACHE_DIR_ENV)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "talkinghead"
     return base / "avatars"
+
+
+def default_cache_max_bytes() -> int:
+    """`$TALKINGHEAD_CACHE_MAX_MB` (MiB, 0: no limit) in bytes, else 2 GiB."""
+    text = os.environ.get(CACHE_MAX_MB_ENV, "").strip()
+    if not text:
+        return DEFAULT_CACHE_MAX_BYTES
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not math.isfinite(mib) or mib < 0:
+        raise TalkingHeadError(
+            f"{CACHE_MAX_MB_ENV}={text!r} is not a size in MiB; set e.g. 2048, or 0 for no limit"
+        )
+    return int(mib * (1 << 20))
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -436,6 +450,17 @@ def file_digest(path: str | os.PathLike) -> str:
                 h.update(chunk)
     except OSError as exc:
         raise MediaError(f"{path}: cannot read source ({exc.strerror or exc})") from exc
+    return h.hexdigest()
+
+
+def frames_digest(frames: Sequence[np.ndarray], is_image: bool, fps: float | None) -> str:
+    """Content hash of in-memory source frames (pixels, sizes, and image or video)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"frames:{len(frames)}:{is_image}:{fps}".encode())
+    for frame in frames:
+        frame = np.ascontiguousarray(frame)
+        h.update(f"{frame.dtype}:{frame.shape}".encode())
+        h.update(memoryview(frame).cast("B"))
     return h.hexdigest()
 
 
@@ -523,28 +548,49 @@ def _avatar_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
     return arrays
 
 
+class CacheEntry(NamedTuple):
+    """One avatar cache file: its path, size in bytes and last use (epoch seconds)."""
+
+    path: Path
+    size: int
+    last_used: float
+
+
 class AvatarCache:
     """Registered avatars on disk, one file per (source content, settings) key.
 
     Entries are written atomically (temp file + rename), so a reader sees a whole entry
     or none; an unreadable or inconsistent entry is deleted and registered again.
+
+    The folder holds at most `max_bytes` (default `$TALKINGHEAD_CACHE_MAX_MB`, else
+    2 GiB; 0: no limit): after each save the least recently used entries (a hit
+    counts as a use; the entry's mtime records it) are evicted until the rest fits.
+    An avatar larger than the whole limit is not cached. Several processes may share
+    the folder: a temp file another writer may still be filling is never deleted.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike | None = None, *, max_bytes: int | None = None
+    ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.max_bytes = default_cache_max_bytes() if max_bytes is None else int(max_bytes)
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 (0: no limit), got {max_bytes}")
         self.last_hit: bool | None = None  # whether the last get_or_register was a hit
 
     def key(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         registrar: AvatarRegistrar,
         *,
         max_side: int | None = 1920,
         max_frames: int | None = None,
+        source_digest: str | None = None,
     ) -> str:
+        """The entry key of a source file `path`, or of in-memory frames by `source_digest`."""
         spec = {
             "format": CACHE_FORMAT_VERSION,
-            "source": file_digest(path),
+            "source": source_digest if source_digest is not None else file_digest(path),
             "max_side": max_side,
             "max_frames": max_frames,
             **registrar.identity(),
@@ -553,7 +599,7 @@ class AvatarCache:
         return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
     def entry_path(self, key: str) -> Path:
-        return self.directory / f"{key}.avatar"
+        return self.directory / f"{key}{_ENTRY_SUFFIX}"
 
     def load(self, key: str) -> Avatar | None:
         """The cached avatar for `key`; None when absent or unusable (a corrupt entry is removed)."""
@@ -577,6 +623,7 @@ class AvatarCache:
                 source_path=meta.get("source_path"),
             )
             avatar.validate()
+            _mark_used(entry)
             return avatar
         except FileNotFoundError:
             return None
@@ -588,8 +635,24 @@ class AvatarCache:
                 entry.unlink()
             return None
 
-    def save(self, key: str, avatar: Avatar) -> Path:
-        """Write `avatar` under `key` atomically; nothing is left behind if writing fails."""
+    def save(self, key: str, avatar: Avatar) -> Path | None:
+        """Write `avatar` under `key` atomically, then evict down to the limit.
+
+        Returns the entry's path, or None when the avatar alone exceeds the limit (it is
+        then not written). Nothing is left behind if writing fails.
+        """
+        arrays = _avatar_arrays(avatar)
+        size = sum(_aligned(a.nbytes) for a in arrays.values())
+        if self.max_bytes and size > self.max_bytes:
+            log.warning(
+                "not caching the avatar of %s: it takes %.0f MiB, more than the cache limit "
+                "of %.0f MiB (raise %s to keep it)",
+                avatar.source_path,
+                size / (1 << 20),
+                self.max_bytes / (1 << 20),
+                CACHE_MAX_MB_ENV,
+            )
+            return None
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT_VERSION,
@@ -601,10 +664,11 @@ class AvatarCache:
             "source_path": avatar.source_path,
         }
         entry = self.entry_path(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=_TEMP_SUFFIX, dir=self.directory)
         try:
+            set_default_mode(fd)  # a cache file like any other, not mkstemp's 0600
             with os.fdopen(fd, "wb") as f:
-                _write_entry(f, meta, _avatar_arrays(avatar))
+                _write_entry(f, meta, arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, entry)
@@ -612,6 +676,8 @@ class AvatarCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        _mark_used(entry)
+        self.prune(keep=entry)
         return entry
 
     def get_or_register(
@@ -647,12 +713,100 @@ class AvatarCache:
             log.warning("could not cache the avatar of %s in %s (%s)", path, self.directory, exc)
         return avatar
 
+    def get_or_register_media(
+        self,
+        media: Any,
+        registrar: AvatarRegistrar,
+        *,
+        max_side: int | None = 1920,
+        max_frames: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Avatar:
+        """`get_or_register` for decoded in-memory frames (a SourceMedia-like object).
+
+        The key is a digest of the pixels, so the same picture given as an array or a PIL
+        image, in any call, finds the same entry. `max_side`/`max_frames` are the limits
+        the frames were decoded with.
+        """
+        digest = frames_digest(media.frames, bool(media.is_image), media.fps)
+        key = self.key(
+            None, registrar, max_side=max_side, max_frames=max_frames, source_digest=digest
+        )
+        avatar = self.load(key)
+        self.last_hit = avatar is not None
+        if avatar is not None:
+            avatar.source_path = None
+            return avatar
+        avatar = registrar.register(media, progress=progress)
+        try:
+            self.save(key, avatar)
+        except OSError as exc:
+            log.warning("could not cache an in-memory avatar in %s (%s)", self.directory, exc)
+        return avatar
+
+    def entries(self) -> list[CacheEntry]:
+        """The entries on disk, least recently used first."""
+        found = []
+        for path in self._files(f"*{_ENTRY_SUFFIX}"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            found.append((st.st_mtime_ns, path.name, CacheEntry(path, st.st_size, st.st_mtime)))
+        return [entry for *_, entry in sorted(found)]
+
+    def prune(self, *, keep: Path | None = None) -> int:
+        """Evict least recently used entries until the rest fits `max_bytes`, and delete
+        temp files abandoned by dead writers; returns how many files were removed.
+
+        `keep` (the entry just written) is never evicted.
+        """
+        removed = self._remove_stale_temp_files()
+        if not self.max_bytes:
+            return removed
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        for e in entries:
+            if total <= self.max_bytes:
+                break
+            if e.path == keep:
+                continue
+            total -= e.size  # gone either way: by us, or already by another process
+            # Best effort: the entry just saved is in place, whatever happens here.
+            with contextlib.suppress(OSError):
+                e.path.unlink()
+                removed += 1
+        return removed
+
     def clear(self) -> int:
-        """Delete every entry (and stray temp file); returns how many files were removed."""
+        """Delete every entry and abandoned temp file; returns how many files were removed.
+
+        Temp files other processes may still be writing are left alone.
+        """
+        removed = self._remove_stale_temp_files()
+        for e in self.entries():
+            with contextlib.suppress(FileNotFoundError):
+                e.path.unlink()
+                removed += 1
+        return removed
+
+    def _files(self, pattern: str) -> list[Path]:
+        return list(self.directory.glob(pattern)) if self.directory.is_dir() else []
+
+    def _remove_stale_temp_files(self) -> int:
         removed = 0
-        if self.directory.is_dir():
-            for p in [*self.directory.glob("*.avatar"), *self.directory.glob(".*.tmp")]:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for path in self._files(f".*{_TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):  # renamed into place or removed meanwhile
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
                     removed += 1
         return removed
+
+
+def _mark_used(entry: Path) -> None:
+    """Record a use in the entry's mtime, the eviction order (atime is often not kept)."""
+    # Explicit nanosecond times: the kernel's own timestamps tick only every few ms.
+    now = time.time_ns()
+    with contextlib.suppress(OSError):  # evicted meanwhile, or another user's file
+        os.utime(entry, ns=(now, now))

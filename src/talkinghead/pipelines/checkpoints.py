@@ -14,7 +14,9 @@ The release (``digital-avatar/ditto-talkinghead`` on the Hub) is laid out as::
 
 Only ``ditto_pytorch/`` and ``ditto_cfg/`` are needed. `resolve_checkpoints` takes a
 root the user names, or else the Hub cache, downloading those two folders only
-when they are not cached.
+when they are not cached; `download_release` (``talkinghead download``) fetches
+them into the cache or a folder. Both use the pinned `DEFAULT_REVISION` unless
+told otherwise, so a later push to the Hub repo cannot change what is loaded.
 
 The config pkl (`load_release_config`) is a pickle of plain containers; it is
 read with an unpickler that refuses anything but builtins and numpy arrays, so
@@ -48,11 +50,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import importlib
 import io
 import os
 import pickle
-from collections.abc import Mapping
+import re
+import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +66,15 @@ from talkinghead.errors import CheckpointError
 from talkinghead.models.registry import OFFICIAL_NETWORKS
 
 HUB_REPO_ID = "digital-avatar/ditto-talkinghead"
+# The release commit fetched by default (not "main", which the authors may move). Public
+# projects pin this same commit for ditto_pytorch/ and ditto_cfg/v0.4_hubert_cfg_pytorch.pkl,
+# one of them checking all 12 files (2,314,719,638 bytes) against the Hub's SHA-256s.
+DEFAULT_REVISION = "e4a2f60328ee7c32af585ac4b3cce299e4c8e254"
 # What the PyTorch pipeline needs from the repo; the ONNX and TensorRT folders are gigabytes more.
+# Always passed to snapshot_download as a list: a list works in every huggingface_hub version,
+# while `hf download --include a --include b` keeps only the last pattern in hub 0.34-0.36.
 HUB_PATTERNS = ("ditto_pytorch/**", "ditto_cfg/**")
+RELEASE_SIZE = "about 2.3 GB"
 CONFIG_NAME = "v0.4_hubert_cfg_pytorch.pkl"
 PYTORCH_DIR = "ditto_pytorch"
 CONFIG_DIR = "ditto_cfg"
@@ -79,10 +91,14 @@ AUX_MODELS: Mapping[str, str] = {
 CONFIG_SECTIONS = ("base_cfg", "audio2motion_cfg", "default_kwargs")
 
 
-def download_command(local_dir: str | os.PathLike[str] = "./checkpoints") -> str:
+def download_command(
+    local_dir: str | os.PathLike[str] = "./checkpoints", revision: str | None = None
+) -> str:
     """The shell command that fetches what `resolve_checkpoints` needs into `local_dir`."""
-    includes = " ".join(f'--include "{p.removesuffix("*")}"' for p in HUB_PATTERNS)
-    return f"hf download {HUB_REPO_ID} {includes} --local-dir {local_dir}"
+    command = f"talkinghead download --dir {shlex.quote(str(local_dir))}"
+    if revision is not None and revision != DEFAULT_REVISION:
+        command += f" --revision {shlex.quote(revision)}"
+    return command
 
 
 @dataclass(frozen=True)
@@ -181,15 +197,22 @@ def resolve_checkpoints(
 ) -> ReleaseCheckpoints:
     """The release's checkpoints: from `path`, else from the Hub cache, else downloaded.
 
-    With `path`, only that directory is used. Without, the Hugging Face cache is
-    searched first without touching the network; if the files are not there and
-    `download` is true, only ``ditto_pytorch/**`` and ``ditto_cfg/**`` are fetched
-    into the cache. With `strict` (the default), any missing file raises a
+    With `path`, only that directory is used (a `revision` is then an error: a
+    folder has none). Without, the Hugging Face cache (`cache_dir`, default the
+    standard one) is searched first without touching the network; if the files are
+    not there and `download` is true, only ``ditto_pytorch/**`` and ``ditto_cfg/**``
+    are fetched into the cache. `revision` (branch, tag or commit) defaults to
+    `DEFAULT_REVISION`. With `strict` (the default), any missing file raises a
     `CheckpointError` that says what to download and where to put it; otherwise
     the caller checks `ReleaseCheckpoints.missing()`.
     """
     if path is not None:
         root = Path(path).expanduser()
+        if revision is not None:
+            raise CheckpointError(
+                f"{root}: a local checkpoint directory has no revisions; drop the revision "
+                f"({revision}) or the directory"
+            )
         if not root.is_dir():
             raise CheckpointError(
                 f"{root}: checkpoint directory not found; get the Ditto checkpoints with: "
@@ -198,38 +221,115 @@ def resolve_checkpoints(
         ckpts = ReleaseCheckpoints.from_root(root)
         return ckpts.require() if strict else ckpts
 
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise _not_found_error(
-            "huggingface_hub is not installed (pip install huggingface_hub)"
-        ) from None
-
+    hub = _import_hub(_not_found_error)
+    revision = revision or DEFAULT_REVISION
     kwargs: dict[str, Any] = {
         "repo_id": repo_id,
-        "allow_patterns": list(HUB_PATTERNS),
         "revision": revision,
         "cache_dir": None if cache_dir is None else str(cache_dir),
     }
-    cached = _cached_snapshot(huggingface_hub, kwargs)
+    cached = _cached_snapshot(hub, kwargs)
     if cached is not None and not cached.missing():
         return cached
     if not download:
-        raise _not_found_error(f"not in the Hugging Face cache and downloading is off ({repo_id})")
-    try:
-        root = Path(huggingface_hub.snapshot_download(**kwargs))
-    except _hub_errors() as e:
+        if cached is not None and not strict:
+            return cached  # the caller decides which of the missing files it can do without
+        if cached is not None:
+            raise _not_found_error(
+                f"the Hugging Face cache holds an incomplete copy ({len(cached.missing())} "
+                f"file(s) missing) and downloading is off ({repo_id}@{revision})",
+                revision,
+            )
         raise _not_found_error(
-            f"not cached, and downloading {repo_id} failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no details'})"
+            f"not in the Hugging Face cache and downloading is off ({repo_id}@{revision})",
+            revision,
+        )
+    try:
+        root = _snapshot(hub, **kwargs)
+    except _hub_errors() as e:
+        dest = cache_dir or hub.constants.HF_HUB_CACHE
+        reason = _describe_hub_error(e, repo_id, revision, dest)
+        raise _not_found_error(
+            f"not cached, and downloading {repo_id} failed: {reason}", revision
         ) from e
     ckpts = ReleaseCheckpoints.from_root(root)
     return ckpts.require() if strict else ckpts
 
 
+def download_release(
+    local_dir: str | os.PathLike[str] | None = None,
+    *,
+    revision: str | None = None,
+    repo_id: str = HUB_REPO_ID,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+) -> ReleaseCheckpoints:
+    """Fetch ``ditto_pytorch/`` and ``ditto_cfg/`` of the release; what `talkinghead download` runs.
+
+    Into `local_dir` when given (a plain folder to pass as ``--checkpoints``), else into
+    the Hugging Face cache (`cache_dir`, default the standard one) where
+    `resolve_checkpoints` finds it. Files already there are not fetched again;
+    huggingface_hub draws its own progress bars. `revision` defaults to
+    `DEFAULT_REVISION`. Every failure (no huggingface_hub, offline, unknown
+    revision or repo, disk full, a revision without the PyTorch release) is a
+    one-line `CheckpointError`.
+    """
+    hub = _import_hub(
+        lambda reason: CheckpointError(f"cannot download the Ditto release: {reason}")
+    )
+    revision = revision or DEFAULT_REVISION
+    dest = local_dir if local_dir is not None else cache_dir or hub.constants.HF_HUB_CACHE
+    try:
+        root = _snapshot(
+            hub,
+            repo_id=repo_id,
+            revision=revision,
+            local_dir=None if local_dir is None else str(Path(local_dir).expanduser()),
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            local_files_only=local_files_only,
+        )
+    except _hub_errors() as e:
+        reason = _describe_hub_error(e, repo_id, revision, dest)
+        raise CheckpointError(f"downloading {repo_id}@{revision} failed: {reason}") from e
+    ckpts = ReleaseCheckpoints.from_root(root)
+    missing = ckpts.missing()
+    if missing:
+        names = ", ".join(_rel(p, ckpts.root) for p in missing)
+        raise CheckpointError(
+            f"{repo_id}@{revision}: {len(missing)} file(s) missing in {ckpts.root} after the "
+            f"download ({names}); run it again with network access, or pass a --revision that "
+            f"has ditto_pytorch/ and ditto_cfg/{CONFIG_NAME}"
+        )
+    return ckpts
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the Hub cache is (`cache_dir`, else huggingface_hub's default: $HF_HUB_CACHE ...)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    hub = _import_hub(lambda reason: CheckpointError(f"no model-hub cache: {reason}"))
+    return Path(hub.constants.HF_HUB_CACHE)
+
+
+def _import_hub(error: Callable[[str], CheckpointError]) -> Any:
+    try:
+        import huggingface_hub
+        import huggingface_hub.constants
+    except ImportError:
+        raise error("huggingface_hub is not installed (pip install 'talkinghead[hub]')") from None
+    return huggingface_hub
+
+
+def _snapshot(hub: Any, **kwargs: Any) -> Path:
+    """snapshot_download of the release's two folders; only arguments every hub >= 0.34 takes."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    # A list, never repeated flags or a comma string: see HUB_PATTERNS.
+    return Path(hub.snapshot_download(allow_patterns=list(HUB_PATTERNS), **kwargs))
+
+
 def _cached_snapshot(hub: Any, kwargs: dict[str, Any]) -> ReleaseCheckpoints | None:
     try:
-        root = hub.snapshot_download(**kwargs, local_files_only=True)
+        root = _snapshot(hub, **kwargs, local_files_only=True)
     except _hub_errors():
         return None
     return ReleaseCheckpoints.from_root(root)
@@ -237,24 +337,88 @@ def _cached_snapshot(hub: Any, kwargs: dict[str, Any]) -> ReleaseCheckpoints | N
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """What snapshot_download raises when the Hub is unreachable or the files are not cached."""
-    errors: list[type[BaseException]] = [OSError]  # ConnectionError, requests', HfHubHTTPError
-    for module, name in (
-        ("huggingface_hub.errors", "LocalEntryNotFoundError"),
-        ("huggingface_hub.errors", "EntryNotFoundError"),
-        ("huggingface_hub.errors", "HfHubHTTPError"),
-        ("huggingface_hub.utils", "LocalEntryNotFoundError"),
-        ("httpx", "HTTPError"),
-        ("requests", "RequestException"),
-    ):
+    # OSError covers ConnectionError, requests' errors and HfHubHTTPError in hub < 1.
+    return (
+        OSError,
+        *_error_classes(
+            "huggingface_hub.errors:LocalEntryNotFoundError",
+            "huggingface_hub.errors:EntryNotFoundError",
+            "huggingface_hub.errors:HfHubHTTPError",
+            "huggingface_hub.errors:HFValidationError",  # a malformed repo id or revision
+            "huggingface_hub.utils:LocalEntryNotFoundError",
+            "httpx:HTTPError",
+            "httpx2:HTTPError",
+            "requests:RequestException",
+        ),
+    )
+
+
+def _error_classes(*names: str) -> tuple[type[BaseException], ...]:
+    """Exception classes by "module:Name", those this environment has (hub versions differ)."""
+    found: list[type[BaseException]] = []
+    for qualified in names:
+        module, _, name = qualified.partition(":")
         with contextlib.suppress(ImportError, AttributeError):
-            errors.append(getattr(importlib.import_module(module), name))
-    return tuple(errors)
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
 
 
-def _not_found_error(reason: str) -> CheckpointError:
+def _describe_hub_error(
+    error: BaseException, repo_id: str, revision: str, dest: str | os.PathLike[str]
+) -> str:
+    """What went wrong, on one line, with what to do about it."""
+    first_line = (str(error).strip().splitlines() or ["no details"])[0]
+    first_line = re.split(r"(?<=\.)\s", first_line)[0]  # the hub's messages run on for lines
+    if len(first_line) > 200:
+        first_line = first_line[:197] + "..."
+    detail = f"{type(error).__name__}: {first_line}"
+    if isinstance(error, _error_classes("huggingface_hub.errors:RevisionNotFoundError")):
+        return (
+            f"revision {revision!r} does not exist in {repo_id} "
+            "(pass an existing branch, tag or commit hash)"
+        )
+    if isinstance(error, _error_classes("huggingface_hub.errors:RepositoryNotFoundError")):
+        return (
+            f"{repo_id} does not exist on the model hub or is not accessible ({detail}; "
+            "a private or gated repo needs a token in HF_TOKEN)"
+        )
+    if _is_disk_full(error):
+        return (
+            f"no space left on the disk of {dest} (the release needs {RELEASE_SIZE}); free some "
+            "space, or download into a folder on another disk with --dir"
+        )
+    offline = _error_classes(
+        "huggingface_hub.errors:LocalEntryNotFoundError",
+        "huggingface_hub.errors:OfflineModeIsEnabled",
+        "httpx:TransportError",
+        "httpx2:TransportError",
+        "requests:ConnectionError",
+        "requests:Timeout",
+    )
+    if isinstance(error, (ConnectionError, TimeoutError, *offline)):
+        return (
+            f"the model hub cannot be reached and the files are not in {dest} ({detail}); "
+            "check the network connection (or HF_HUB_OFFLINE, HF_ENDPOINT)"
+        )
+    return detail
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    # The hub may wrap the OSError (or only keep its text), so follow the cause chain.
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _not_found_error(reason: str, revision: str | None = None) -> CheckpointError:
     return CheckpointError(
         f"Ditto checkpoints not found: {reason}. Download them where there is network access "
-        f"with: {download_command()} ; then pass --checkpoints ./checkpoints"
+        f"with: {download_command(revision=revision)} ; then pass --checkpoints ./checkpoints"
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,9 +39,11 @@ from talkinghead.audio.hubert import (
     TransformersHubertEncoder,
     num_frames,
 )
+from talkinghead.audio.io import AudioInput, audio_name, read_audio, to_sample_rate
 from talkinghead.diffusion import DDIMSampler
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
-from talkinghead.face import CropConfig, PasteBack, create_face_analyzer
+from talkinghead.face import CropConfig, FaceAnalyzer, PasteBack, create_face_analyzer
+from talkinghead.media.source import SourceInput, source_media
 from talkinghead.models import OFFICIAL_NETWORKS, load_official
 from talkinghead.motion import (
     ClipwiseConfig,
@@ -60,14 +61,19 @@ from talkinghead.pipelines.checkpoints import (
     resolve_checkpoints,
 )
 from talkinghead.pipelines.stages import Stage, StageRunner
+from talkinghead.pipelines.validation import check_ditto_config, check_output, resolve_device
+from talkinghead.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from talkinghead.timebase import frames_for_duration as expected_frames
 
 log = logging.getLogger(__name__)
 
-FPS = 25
-SAMPLE_RATE = 16000
 SIDECAR_NAME = "talkinghead.json"  # optional per-network constructor kwargs beside the .pth files
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
+OUTPUT_TYPES = ("np", "pil", "iterator")  # what generate(output=None) returns the frames as
+MUX_RATE = 48000  # the AAC track's sample rate
+STREAM_CHUNK = 3200  # samples per push when streaming a whole clip: 200 ms, as a live client
+_BATCHES_IN_FLIGHT = 4  # renderer batches ahead of a caller reading frames (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class DittoConfig:
     (streaming windows, the authors' 70), ``smooth_k``, ``fix_kp_cond``, ``emotion``
     (label, name, list, or [N, 8]), ``eye_f0_mode``.
     Stitching: ``stitch`` (a `StitchConfig`), pose offsets (degrees) and scales,
-    ``fade_in``/``fade_out`` (frames; they fade from/to the source motion).
+    ``fade_in``/``fade_out`` (frames; they fade from/to the source motion), ``blink``
+    (insert blinks from the release's blink clip; None: as ``stitch`` says).
     Runtime: ``seed``, ``device``, ``fp16`` (autocast the renderer on CUDA),
     ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
     motion settings offline too), ``cache`` (reuse registered avatars).
@@ -110,6 +117,7 @@ class DittoConfig:
     alpha_roll: float = 1.0
     fade_in: int = 0
     fade_out: int = 0
+    blink: bool | None = None
     seed: int | None = None
     device: str = "cpu"
     fp16: bool = False
@@ -150,6 +158,14 @@ class DittoConfig:
             }
         )
         cfg = replace(self.stitch, overall=overall.over(self.stitch.overall))
+        if self.blink is not None:
+            if self.blink and cfg.delta_eye_arr is None:
+                raise TalkingHeadError(
+                    "blink needs a blink clip (delta_eye_arr), which comes with the release's "
+                    "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
+                )
+            # 0: random open-eye gaps of 60-100 frames between blinks (the release's default).
+            cfg = replace(cfg, delta_eye_open_n=0 if self.blink else -1)
         if (self.fade_in > 0 or self.fade_out > 0) and cfg.fade_type == "":
             # The release's fades silently do nothing with its default fade_type "";
             # fading from/to the source's own motion is what a fade-in/out means.
@@ -292,8 +308,73 @@ class DittoPipeline:
     def __init__(self, models: DittoModels, config: DittoConfig | None = None) -> None:
         self.models = models
         self.config = config or DittoConfig()
+        self.config.stitch_config()  # bad settings (blink without a blink clip) fail at load
         self.features = HubertFeatureExtractor(models.speech_encoder)
         self.cache = AvatarCache() if self.config.cache else None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run."""
+        return next(self.models.warp_network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision frames are rendered in: float16 with ``fp16`` on CUDA, else float32."""
+        return torch.float16 if self.config.fp16 and self.device.type == "cuda" else torch.float32
+
+    def to(
+        self,
+        device: str | torch.device | torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DittoPipeline:
+        """Move every network to `device` and/or set the rendering precision; returns self.
+
+        As diffusers' ``DiffusionPipeline.to``: ``pipe.to("cuda")``, ``pipe.to("cuda",
+        torch.float16)`` or ``pipe.to(torch.float16)``. float16 autocasts the renderer
+        (warp and decode) on CUDA, as the release does, and sets ``config.fp16``; the
+        weights stay float32: the motion model's DDIM schedule needs float32's range, and
+        PyTorch has no CPU float16 3-D pooling. A transformers HuBERT moves too; the
+        release's ONNX HuBERT keeps the device it was loaded for.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype not in (None, torch.float32, torch.float16):
+            raise TalkingHeadError(f"dtype must be torch.float32 or torch.float16, not {dtype}")
+        target = self.device if device is None else torch.device(device)
+        if dtype == torch.float16 and target.type != "cuda":
+            raise TalkingHeadError(
+                f"float16 rendering needs a CUDA device, not {target}; use torch.float32"
+            )
+        if device is not None:
+            m = self.models
+            for net in (
+                m.appearance_extractor,
+                m.motion_extractor,
+                m.warp_network,
+                m.decoder,
+                m.stitch_network,
+                m.lmdm,
+                m.registrar.motion_extractor,
+                m.registrar.appearance_extractor,
+            ):
+                net.to(target)
+            m.registrar.device = target
+            encoder = getattr(m.speech_encoder, "model", None)
+            if isinstance(encoder, nn.Module):
+                encoder.to(target)
+                m.speech_encoder.device = target
+        changes: dict[str, Any] = {"device": str(target)}
+        if dtype is not None:
+            changes["fp16"] = dtype == torch.float16
+        self.config = self.config.replace(**changes)
+        return self
+
+    def _settings(self, settings: Mapping[str, Any]) -> DittoConfig:
+        """This call's config: ours with `settings` applied, checked before any work starts."""
+        cfg = self.config.replace(**settings)
+        check_ditto_config(cfg)
+        cfg.stitch_config()
+        return cfg
 
     @classmethod
     def from_pretrained(
@@ -301,19 +382,37 @@ class DittoPipeline:
         checkpoints: str | os.PathLike[str] | None = None,
         *,
         download: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
         hubert: str | None = None,
         config: DittoConfig | None = None,
+        face_analyzer: FaceAnalyzer | None = None,
         **settings: Any,
     ) -> DittoPipeline:
         """Load the release (a local directory in its layout, or the model hub).
 
+        Without ``checkpoints``, the model hub's ``revision`` (default: the pinned
+        release commit) is taken from ``cache_dir`` (default: the standard cache),
+        downloaded there if missing unless ``local_files_only`` (or ``download=False``).
         ``hubert``: a transformers HuBERT id/path, or an ``.onnx`` file, used when the
-        release's ``hubert_streaming_fix_kv.onnx`` is absent. ``settings`` override
-        `DittoConfig` fields.
+        release's ``hubert_streaming_fix_kv.onnx`` is absent. ``face_analyzer``: one
+        already built (e.g. by the CLI's face check) instead of ``face_backend``'s.
+        ``settings`` override `DittoConfig` fields; ``device="auto"`` picks CUDA if present.
+        Settings are checked before anything is resolved or downloaded.
         """
         cfg = (config or DittoConfig()).replace(**settings)
+        check_ditto_config(cfg)
+        settings = {**settings, "device": resolve_device(cfg.device)}
+        cfg = cfg.replace(device=settings["device"])
         # Face and HuBERT models and the config pkl are optional (offline fallbacks exist).
-        ckpt = resolve_checkpoints(checkpoints, download=download, strict=False)
+        ckpt = resolve_checkpoints(
+            checkpoints,
+            download=download and not local_files_only,
+            revision=revision,
+            cache_dir=cache_dir,
+            strict=False,
+        )
         if config is None and ckpt.config.is_file():
             cfg = config_from_release(load_release_config(ckpt.config)).replace(**settings)
         missing = [p for p in ckpt.models.values() if not p.is_file()]
@@ -329,15 +428,19 @@ class DittoPipeline:
             for kind in OFFICIAL_NETWORKS
         }
         aux_dir = ckpt.aux_models["hubert"].parent
-        analyzer = create_face_analyzer(cfg.face_backend, aux_dir=aux_dir, crop=cfg.crop)
-        registrar = AvatarRegistrar.from_checkpoints(
+        analyzer = face_analyzer or create_face_analyzer(
+            cfg.face_backend, aux_dir=aux_dir, crop=cfg.crop
+        )
+        # The registrar runs the extractors loaded above: each checkpoint is read once.
+        registrar = AvatarRegistrar(
             analyzer,
-            ckpt.models["motion_extractor"],
-            ckpt.models["appearance_extractor"],
+            nets["motion_extractor"],
+            nets["appearance_extractor"],
             device=device,
-            motion_config=sizes.get("motion_extractor"),
-            appearance_config=sizes.get("appearance_extractor"),
             batch_size=cfg.batch_size,
+            model_identity=AvatarRegistrar.checkpoints_identity(
+                ckpt.models["motion_extractor"], ckpt.models["appearance_extractor"]
+            ),
         )
         models = DittoModels(
             appearance_extractor=nets["appearance_extractor"],
@@ -360,18 +463,35 @@ class DittoPipeline:
 
     def register(
         self,
-        source: str | os.PathLike[str],
+        source: SourceInput | Avatar,
         *,
         max_frames: int | None = None,
         config: DittoConfig | None = None,
         progress: Progress | None = None,
     ) -> Avatar:
-        """Register a source file (from the cache when it was registered before)."""
+        """Register a source (from the cache when it was registered before).
+
+        `source`: a file, or a picture or video in memory (see `generate`); the cache
+        keys in-memory sources by their pixels. An `Avatar` is returned as it is.
+        """
+        if isinstance(source, Avatar):
+            return source
         cfg = config or self.config
+        report = (lambda done, total: progress("register", done, total)) if progress else None
+        if not isinstance(source, (str, os.PathLike)):
+            media = source_media(source, max_side=cfg.max_size, max_frames=max_frames)
+            if self.cache is not None and cfg.cache:
+                return self.cache.get_or_register_media(
+                    media,
+                    self.models.registrar,
+                    max_side=cfg.max_size,
+                    max_frames=max_frames,
+                    progress=report,
+                )
+            return self.models.registrar.register(media, progress=report)
         source = Path(source)
         if not source.is_file():
             raise MediaError(f"{source}: source file not found")
-        report = (lambda done, total: progress("register", done, total)) if progress else None
         if self.cache is not None and cfg.cache:
             return self.cache.get_or_register(
                 source,
@@ -405,7 +525,12 @@ class DittoPipeline:
         )
 
     def _motion_generator(
-        self, avatar: Avatar, cfg: DittoConfig, streaming: bool, builder: ConditionBuilder
+        self,
+        avatar: Avatar,
+        cfg: DittoConfig,
+        streaming: bool,
+        builder: ConditionBuilder,
+        generator: torch.Generator | None = None,
     ) -> ClipwiseGenerator:
         sampler = DDIMSampler(num_steps=cfg.steps)
         lmdm = self.models.lmdm
@@ -424,10 +549,9 @@ class DittoPipeline:
         prefix = None
         if clip_cfg.fuse == "online":
             # The release's streaming driver starts from `overlap` frames of silence.
-            silence = self.features.features(np.zeros(clip_cfg.overlap * 640, np.float32))
+            silence = self.features.features(np.zeros(clip_cfg.overlap * SAMPLES_PER_FRAME, np.float32))
             prefix = builder(silence, start=-clip_cfg.overlap)
-        generator = None
-        if cfg.seed is not None:
+        if generator is None and cfg.seed is not None:
             generator = torch.Generator().manual_seed(cfg.seed)
         return ClipwiseGenerator(
             sample_window,
@@ -445,10 +569,12 @@ class DittoPipeline:
         *,
         config: DittoConfig | None = None,
         progress: Progress | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Motion [N, 265] for a whole clip, and the relative-driving reference d0 [265].
 
         d0 is None offline (the first generated frame is the reference, as the release).
+        `generator` (default: one seeded with the config's ``seed``) drives the sampler.
         """
         cfg = config or self.config
         if progress:
@@ -457,16 +583,15 @@ class DittoPipeline:
         if progress:
             progress("features", len(feats), len(feats))
         builder = self._conditions(avatar, cfg)
-        gen = self._motion_generator(avatar, cfg, streaming=False, builder=builder)
+        gen = self._motion_generator(
+            avatar, cfg, streaming=False, builder=builder, generator=generator
+        )
         online = gen.config.fuse == "online"
-        if progress:
-            progress("motion", 0, len(feats))
-        motion = gen.generate(builder(feats, start=0), with_prefix=online)
+        windows = (lambda done, total: progress("motion", done, total)) if progress else None
+        motion = gen.generate(builder(feats, start=0), with_prefix=online, progress=windows)
         d0 = None
         if online:
             d0, motion = motion[0], motion[gen.prefix.shape[0] :]
-        if progress:
-            progress("motion", len(feats), len(feats))
         return motion.numpy(), (None if d0 is None else d0.numpy())
 
     # ------------------------------------------------------------------ rendering
@@ -476,40 +601,85 @@ class DittoPipeline:
 
     def generate(
         self,
-        source: str | os.PathLike[str],
-        audio: str | os.PathLike[str],
-        output: str | os.PathLike[str],
+        source: SourceInput | Avatar,
+        audio: AudioInput,
+        output: str | os.PathLike[str] | None = None,
         *,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        streaming: bool = False,
         progress: Progress | None = None,
         **settings: Any,
     ) -> GenerationResult:
-        """Write a talking-head video for `source` speaking `audio` to `output`.
+        """`source` speaking `audio`: a video written to `output`, or frames returned.
 
-        `output`: an .mp4/.mov/.mkv file (H.264 + the input audio as AAC), a directory
-        ending in "/" (PNG frames), or "-" (raw RGB frames on stdout). Written to a
-        temporary file and renamed on success: a failure leaves nothing behind.
+        source: a file (image or video), a PIL image, an HxWx3 array (uint8, or float in
+            [0, 1]), a video as an [F, H, W, 3] array or a list of frames, or an `Avatar`.
+        audio: a file, an ``(array, sample_rate)`` pair, or a bare array at 16 kHz.
+        output: an .mp4/.mov/.mkv file (H.264 + the input audio as AAC), a directory
+            ending in "/" (PNG frames), or "-" (raw RGB frames on stdout); written to a
+            temporary file and renamed on success, so a failure leaves nothing behind.
+            None: the result holds the `frames` (`output_type` "np": uint8 [N, H, W, 3];
+            "pil": PIL images; "iterator": rendered while read, for long clips) and the
+            input `audio` as float32 mono at its `sample_rate`.
+        generator: the motion sampler's randomness, instead of ``seed``; a CPU generator
+            seeded with s gives the frames of ``seed=s``.
+        streaming: run the streaming pipeline, the audio pushed in 200 ms chunks as a
+            live client would (the release's online motion settings).
+        settings: `DittoConfig` fields for this call.
         """
-        from talkinghead.audio.io import load_audio
         from talkinghead.media.writer import open_writer
 
-        cfg = self.config.replace(**settings)
-        audio_path = Path(audio)
-        audio_16k = load_audio(audio_path, SAMPLE_RATE)
+        if output_type not in OUTPUT_TYPES:
+            raise TalkingHeadError(
+                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {output_type!r}"
+            )
+        cfg = self._settings(settings)
+        if output is not None:
+            check_output(output)  # before the work, not after minutes of it
+        where = audio_name(audio)
+        samples, rate = read_audio(audio)
+        audio_16k = to_sample_rate(samples, rate, SAMPLE_RATE, where)
         n = num_frames(len(audio_16k))
         if n == 0:
-            raise MediaError(f"{audio_path}: the audio is empty")
+            raise MediaError(f"{where}: the audio is empty")
         max_frames = cfg.max_source_frames if cfg.max_source_frames is not None else n
         avatar = self.register(source, max_frames=max_frames, config=cfg, progress=progress)
-        motion, d0 = self.motion(avatar, audio_16k, config=cfg, progress=progress)
-        mux_rate = 48000
+        result = GenerationResult(
+            output=None,
+            num_frames=n,
+            size=avatar.frame_size,
+            face_backend=avatar.face_backend,
+            num_faces=avatar.num_faces,
+        )
+        frames: Iterator[np.ndarray] | None = None
+        if streaming:
+            session = DittoStream(self, avatar, cfg, generator=generator)
+            frames = _streamed_frames(session, audio_16k, progress)
+        else:
+            motion, d0 = self.motion(
+                avatar, audio_16k, config=cfg, progress=progress, generator=generator
+            )
+            if output is None:
+                frames = self._rendered_frames(avatar, motion, d0, cfg, progress)
+        if output is None:
+            assert frames is not None
+            result.frames = _collect_frames(frames, n, avatar.frame_size, output_type)
+            result.audio, result.sample_rate = np.clip(samples, -1.0, 1.0), rate
+            return result
         writer = open_writer(
             output,
             fps=FPS,
-            audio=(load_audio(audio_path, mux_rate), mux_rate),
+            audio=(to_sample_rate(samples, rate, MUX_RATE, where), MUX_RATE),
             **video_options(output),
         )
-        renderer = self._renderer(avatar, cfg, n, d0)
         try:
+            if frames is not None:  # streamed: the session renders in its own threads
+                for frame in frames:
+                    writer.write(frame)
+                result.output = writer.close()
+                return result
+            renderer = self._renderer(avatar, cfg, n, d0)
             with StageRunner(renderer.stages(writer, progress), maxsize=2) as runner:
                 for start in range(0, n, cfg.batch_size):
                     runner.put((start, motion[start : start + cfg.batch_size]))
@@ -519,29 +689,110 @@ class DittoPipeline:
             path = writer.close()
         except BaseException:
             writer.abort()
+            if frames is not None:
+                frames.close()  # stops the streaming session's threads now
             raise
-        return GenerationResult(
-            output=path,
-            num_frames=n,
-            size=avatar.frame_size,
-            face_backend=avatar.face_backend,
-            num_faces=avatar.num_faces,
-        )
+        result.output = path
+        return result
 
-    def stream(self, source: str | os.PathLike[str] | Avatar, **settings: Any) -> DittoStream:
+    def _rendered_frames(
+        self,
+        avatar: Avatar,
+        motion: np.ndarray,
+        d0: np.ndarray | None,
+        cfg: DittoConfig,
+        progress: Progress | None,
+    ) -> Iterator[np.ndarray]:
+        """The offline renderer's frames, in order, as the caller reads them.
+
+        At most `_BATCHES_IN_FLIGHT` batches run ahead of the reader, so a slow reader
+        does not make rendered frames pile up; stopping early stops every stage.
+        """
+        n, b = len(motion), cfg.batch_size
+        renderer = self._renderer(avatar, cfg, n, d0)
+        done = 0
+        if progress:
+            progress("render", 0, n)
+        with StageRunner(renderer.stages(), maxsize=2) as runner:
+            batches = runner.results()
+            for i, start in enumerate(range(0, n, b)):
+                runner.put((start, motion[start : start + b]))
+                if i < _BATCHES_IN_FLIGHT:
+                    continue
+                frames = next(batches)
+                done += len(frames)
+                if progress:
+                    progress("render", done, n)
+                yield from frames
+            runner.close()
+            for frames in batches:
+                done += len(frames)
+                if progress:
+                    progress("render", done, n)
+                yield from frames
+
+    def stream(
+        self,
+        source: SourceInput | Avatar,
+        *,
+        generator: torch.Generator | None = None,
+        **settings: Any,
+    ) -> DittoStream:
         """A streaming session: `push(pcm_16k)` -> frames, `close()` -> the remaining frames."""
-        cfg = self.config.replace(**settings)
-        avatar = source if isinstance(source, Avatar) else self.register(source, config=cfg)
-        return DittoStream(self, avatar, cfg)
+        cfg = self._settings(settings)
+        return DittoStream(self, self.register(source, config=cfg), cfg, generator=generator)
 
 
 @dataclass
 class GenerationResult:
+    """What `generate` made: a written `output`, or (output=None) the `frames` and `audio`.
+
+    frames:      uint8 [N, H, W, 3] ("np"), a list of PIL images ("pil"), or an iterator
+                 of [H, W, 3] frames rendered as it is read ("iterator"); None when written
+    audio:       the input audio, float32 mono in [-1, 1] at `sample_rate` (its own rate)
+    num_frames:  N = ceil(seconds x fps); size: (height, width)
+    """
+
     output: Path | None
     num_frames: int
     size: tuple[int, int]
     face_backend: str
     num_faces: int = 1
+    frames: np.ndarray | list[Any] | Iterator[np.ndarray] | None = None
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
+    fps: int = FPS
+
+
+def _streamed_frames(
+    session: DittoStream, audio_16k: np.ndarray, progress: Progress | None
+) -> Iterator[np.ndarray]:
+    """A whole clip through a streaming session, pushed in `STREAM_CHUNK` pieces."""
+    total = num_frames(len(audio_16k))
+    if progress:
+        progress("stream", 0, total)
+    chunks = (audio_16k[i : i + STREAM_CHUNK] for i in range(0, len(audio_16k), STREAM_CHUNK))
+    for done, frame in enumerate(session.frames(chunks), 1):
+        if progress:
+            progress("stream", done, total)
+        yield frame
+
+
+def _collect_frames(
+    frames: Iterator[np.ndarray], n: int, size: tuple[int, int], output_type: str
+) -> np.ndarray | list[Any] | Iterator[np.ndarray]:
+    """`generate`'s frames in the form `output_type` names."""
+    if output_type == "iterator":
+        return frames
+    if output_type == "pil":
+        from PIL import Image
+
+        return [Image.fromarray(frame) for frame in frames]
+    out = np.empty((n, *size, 3), np.uint8)  # filled in place: no second copy of the clip
+    count = 0
+    for count, frame in enumerate(frames, 1):
+        out[count - 1] = frame
+    return out[:count]
 
 
 class _Renderer:
@@ -622,6 +873,8 @@ class _Renderer:
         ]
         if writer is not None:
             stages.append(Stage("write", write))
+            if progress:
+                progress("render", 0, total)  # the bar exists from the start of rendering
         return stages
 
 
@@ -635,13 +888,21 @@ class DittoStream:
     the offline pipeline (``online=True``) produces the same motion.
     """
 
-    def __init__(self, pipe: DittoPipeline, avatar: Avatar, cfg: DittoConfig) -> None:
+    def __init__(
+        self,
+        pipe: DittoPipeline,
+        avatar: Avatar,
+        cfg: DittoConfig,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.pipe = pipe
         self.avatar = avatar
         self.cfg = cfg
         self.features = pipe.features.stream()
         self.builder = pipe._conditions(avatar, cfg)
-        self.motion = pipe._motion_generator(avatar, cfg, streaming=True, builder=self.builder)
+        self.motion = pipe._motion_generator(
+            avatar, cfg, streaming=True, builder=self.builder, generator=generator
+        )
         self.frames_in = 0  # feature frames received
         self.frames_out = 0
         self._renderer: _Renderer | None = None
@@ -722,11 +983,6 @@ class DittoStream:
         except BaseException:
             self.abort()
             raise
-
-
-def expected_frames(duration_s: float) -> int:
-    """ceil(duration x 25), the number of frames a clip of that length gives."""
-    return math.ceil(round(duration_s * SAMPLE_RATE) / 640)
 
 
 __all__ = [

@@ -1,0 +1,53 @@
+"""The permissions a plain ``open()`` / ``mkdir()`` would give, for files made by ``tempfile``.
+
+Outputs are built under a temporary name and renamed into place. ``tempfile.mkstemp``
+creates files 0600 and ``mkdtemp`` directories 0700 (private on purpose), and a
+rename keeps the mode, so without a fix every published video, frames folder or
+checkpoint would be readable by its owner only. `set_default_mode` gives the temp
+file the mode a normal ``open()`` gets under the current umask (0666 & ~umask;
+directories 0777 & ~umask) before it is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    # os.umask can only be read by setting it; another thread creating a file in that
+    # moment would get the wrong mode, so prefer Linux's /proc when it reports it.
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(*, directory: bool = False) -> int:
+    """0666 & ~umask for files, 0777 & ~umask for directories."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def set_default_mode(target: str | os.PathLike[str] | int, *, directory: bool = False) -> None:
+    """Give a path (or an open file descriptor) the mode `default_mode` says.
+
+    Filesystems without Unix modes (FAT, some network shares) may refuse; their files
+    keep what the mount gives them, which is what a plain open() would get there too.
+    """
+    mode = default_mode(directory=directory)
+    with contextlib.suppress(OSError):
+        if isinstance(target, int):
+            os.fchmod(target, mode)
+        else:
+            os.chmod(target, mode)
