@@ -41,7 +41,7 @@ def speech(seconds: float, path: Path) -> Path:
 
 def run_once(args: argparse.Namespace, seconds: float) -> dict:
     from talkinghead.audio.io import load_audio
-    from talkinghead.pipelines.ditto import DittoPipeline
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
 
     tmp = Path(tempfile.mkdtemp())
     audio = speech(seconds, tmp / "speech.wav")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from talkinghead.methods.ditto.avatar import AvatarCache, AvatarRegistrar
 from talkinghead.models import OFFICIAL_NETWORKS
 from talkinghead.models.appearance_extractor import AppearanceFeatureExtractor
 from talkinghead.models.convnextv2 import ConvNeXtV2Config
 from talkinghead.models.motion_extractor import MotionExtractor
-from talkinghead.pipelines import AvatarCache, AvatarRegistrar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "media" / "ditto_example_face.jpg"

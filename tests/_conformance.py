@@ -17,8 +17,17 @@ DEFAULT_DIR = REPO_ROOT.parent / "shared" / "conformance"
 
 
 MEDIA_DIR = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO_ROOT.parent / "shared" / "media"))
+PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
+SPEECH = MEDIA_DIR / "ditto_example_speech.wav"
 # Every skip for absent fixtures or media says this, so the run's summary can count them.
-MISSING_FIXTURES = "test fixtures not found"
+MISSING_FIXTURES = "shared test data not found"
+
+
+def skip_missing(what: str) -> None:
+    """Skip the calling test because `what` (a folder or file of ../shared) is absent."""
+    import pytest
+
+    pytest.skip(f"{MISSING_FIXTURES}: {what} (set TALKINGHEAD_CONFORMANCE_DIR/TALKINGHEAD_MEDIA_DIR)")
 
 
 def conformance_dir() -> Path | None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MEDIA_DIR = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO_ROOT.parent / "shared" / "media"))
+from _conformance import MEDIA_DIR, skip_missing
+
 PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
 SPEECH = MEDIA_DIR / "ditto_example_speech.wav"
 
@@ -19,7 +17,7 @@ CLIP_FRAMES = 24
 
 def require_media() -> None:
     if not (PORTRAIT.is_file() and SPEECH.is_file()):
-        pytest.skip(f"example media not found in {MEDIA_DIR} (set TALKINGHEAD_MEDIA_DIR)")
+        skip_missing(f"{MEDIA_DIR}")
 
 
 def portrait(size: int | None = None) -> np.ndarray:
@@ -71,3 +69,8 @@ def tiny_wav2vec2(directory: Path, vocab_size: int = 33, pos_embeddings: int = 8
     torch.manual_seed(0)
     Wav2Vec2ForCTC(config).save_pretrained(directory)
     return directory
+
+
+def save_tiny_wav2vec2(directory: Path) -> Path:
+    """DiffTalk's tests use a 32-token vocabulary (the English CTC characters)."""
+    return tiny_wav2vec2(directory, vocab_size=32, pos_embeddings=16)

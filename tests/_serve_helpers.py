@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from _conformance import REPO_ROOT
+from _conformance import MEDIA_DIR
 
-MEDIA = REPO_ROOT.parent / "shared" / "media"
+MEDIA = MEDIA_DIR
 PORTRAIT = MEDIA / "ditto_example_face.jpg"
 SPEECH = MEDIA / "ditto_example_speech.wav"
 TINY_SETTINGS = {"steps": 2, "seed": 0, "max_size": 256, "batch_size": 4, "cache": False}

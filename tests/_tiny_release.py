@@ -15,6 +15,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from talkinghead.methods.ditto.checkpoints import AUX_MODELS, CONFIG_NAME
 from talkinghead.models import OFFICIAL_NETWORKS, save_official
 
 HUBERT_DIM = 16
@@ -110,4 +111,32 @@ def build_tiny_release(root: Path, seed: int = 0) -> Path:
         save_official(net, kind, models / spec.checkpoint_name)
     (models / "talkinghead.json").write_text(json.dumps(SIZES, indent=1))
     tiny_hubert_onnx(aux / "hubert_streaming_fix_kv.onnx")
+    return root
+
+# A tiny motion model for the LMDM and DDIM unit tests.
+TINY_LMDM = dict(
+    motion_feat_dim=6,
+    audio_feat_dim=16,
+    seq_frames=8,
+    latent_dim=32,
+    ff_size=64,
+    num_layers=2,
+    num_heads=2,
+)
+
+
+def make_release(root: Path, *, aux: bool = True, onnx: bool = False, skip: tuple = ()) -> Path:
+    """Empty files in the release's layout (for tests where only the names matter)."""
+    files = [f"ditto_cfg/{CONFIG_NAME}", "ditto_cfg/v0.4_hubert_cfg_trt.pkl"]
+    files += [f"ditto_pytorch/models/{s.checkpoint_name}" for s in OFFICIAL_NETWORKS.values()]
+    if aux:
+        files += [f"ditto_pytorch/aux_models/{name}" for name in AUX_MODELS.values()]
+    if onnx:
+        files += ["ditto_onnx/decoder.onnx", "ditto_onnx/lmdm_v0.4_hubert.onnx"]
+    for rel in files:
+        if rel in skip:
+            continue
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
     return root

@@ -1,4 +1,5 @@
-"""Pieces the toolkit defines once: the time base, the weights' EMA, the motion keys."""
+"""Pieces the toolkit defines once (issue 14): the time base, the EMA, the motion keys, the DDIM,
+the data-preparation runner, the video reader, the wav2vec2 wrapper, the checkpoint sidecar."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import talkinghead
+from talkinghead.methods.ditto.motion.format import MOTION_KEYS, MOTION_LAYOUT_WITH_KP
 from talkinghead.models.motion_extractor import OUTPUT_KEYS
-from talkinghead.motion.format import MOTION_KEYS, MOTION_LAYOUT_WITH_KP
 
 PACKAGE = Path(talkinghead.__file__).resolve().parent
 
@@ -24,7 +25,17 @@ SINGLE_DEFINITIONS = [
         "timebase.py",
     ),
     ("an EMA class", r"^\s*class \w*EMA\w*\b", "training/ema.py"),
-    ("MOTION_KEYS", r"^MOTION_KEYS\s*(:[^=]*)?=", "motion/format.py"),
+    ("MOTION_KEYS", r"^MOTION_KEYS\s*(:[^=]*)?=", "methods/ditto/motion/format.py"),
+    ("a DDIM sampler class", r"^\s*class \w*DDIM\w*Sampler\b", "diffusion/ddim.py"),
+    ("the DDIM sampling loop", r"^\s*def (ddim_sample|ddim_step|sample_loop)\(", "diffusion/ddim.py"),
+    ("a diffusion schedule class", r"^\s*class \w*Schedule\b", "diffusion/schedules.py"),
+    ("the video-frame iterator", r"^\s*def \w*iter_video_frames\(", "media/video.py"),
+    ("a data-preparation report", r"^\s*class \w*PrepareReport\b", "training/prepare.py"),
+    ("video discovery", r"^\s*def \w*find_videos\(", "training/prepare.py"),
+    ("the worker initialiser", r"^\s*def _worker_init\(", "training/prepare.py"),
+    ("a wav2vec2 wrapper", r"^\s*class \w*(Wav2Vec2|CTC)\w*\b", "audio/ctc.py"),
+    ("the stage runner", r"^\s*class \w*StageRunner\b", "stages.py"),
+    ("the checkpoint sidecar name", r"^SIDECAR_NAME\s*(:[^=]*)?=", "methods/ditto/checkpoints.py"),
 ]
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from talkinghead.pipelines.stages import PipelineStopped, Stage, StageRunner
+from talkinghead.stages import PipelineStopped, Stage, StageRunner
 
 
 def _stage_threads() -> list[threading.Thread]:

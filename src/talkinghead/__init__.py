@@ -1,10 +1,27 @@
-"""talkinghead: diffusion-based, audio-driven talking-head video."""
+"""talkinghead: diffusion-based, audio-driven talking-head video.
+
+``from talkinghead import DittoPipeline`` is the main entry point (see the README);
+the methods live in `talkinghead.methods`, the shared layers beside it.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("talkinghead")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+_LAZY = ("DittoPipeline", "DittoConfig")
+
+
+def __getattr__(name: str) -> Any:
+    # Importing the pipeline pulls in torch: done on first use, so the CLI starts fast.
+    if name in _LAZY:
+        import talkinghead.methods.ditto as ditto
+
+        return getattr(ditto, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DittoConfig", "DittoPipeline", "__version__"]

@@ -15,6 +15,7 @@ import typer
 from talkinghead import __version__
 from talkinghead.commands.common import err_console
 from talkinghead.errors import TalkingHeadError
+from talkinghead.methods import METHODS
 
 app = typer.Typer(
     name="talkinghead",
@@ -31,10 +32,7 @@ COMMAND_MODULES = (
     "export",
     "serve",
     "data",
-    "train",
     "evaluate",
-    "dithead",
-    "difftalk",
     "cache",
 )
 
@@ -57,13 +55,10 @@ def version() -> None:
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"talkinghead.commands.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"talkinghead.commands.{_name}":
-            raise
-        continue  # that area has no commands yet
-    _module.register(app)
+    importlib.import_module(f"talkinghead.commands.{_name}").register(app)
+# Each method adds its own commands (training), as its registry line names them.
+for _method in METHODS.values():
+    _method.entry_point("commands")(app)
 
 
 def main() -> None:

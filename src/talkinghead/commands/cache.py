@@ -26,7 +26,7 @@ def format_size(n_bytes: int) -> str:
 @cache_app.command("info")
 def info() -> None:
     """Show the cache folder, its entries, their total size and the size limit."""
-    from talkinghead.pipelines.avatar import CACHE_MAX_MB_ENV, AvatarCache
+    from talkinghead.methods.ditto.avatar import CACHE_MAX_MB_ENV, AvatarCache
 
     cache = AvatarCache()
     entries = cache.entries()
@@ -40,7 +40,7 @@ def info() -> None:
 @cache_app.command("clear")
 def clear() -> None:
     """Delete every cached avatar (sources are registered again on their next use)."""
-    from talkinghead.pipelines.avatar import AvatarCache
+    from talkinghead.methods.ditto.avatar import AvatarCache
 
     cache = AvatarCache()
     size = sum(e.size for e in cache.entries())

@@ -1,7 +1,7 @@
 """`talkinghead prepare-data`: a folder of talking videos -> training data, for any method.
 
-The method's preparation function is looked up in `PREPARE_METHODS` and imported only
-when that method is asked for. Every one has the signature::
+The method's preparation function is the registry's ``prepare`` entry point
+(`talkinghead.methods`), imported only when that method is asked for. Every one has the signature::
 
     prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1, progress=None,
                     **method_options) -> report
@@ -14,7 +14,6 @@ needs a ``str()``).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
@@ -26,37 +25,12 @@ import typer
 
 from talkinghead.commands.common import err_console
 from talkinghead.errors import TalkingHeadError
-
-PREPARE_METHODS: dict[str, str] = {
-    "ditto": "talkinghead.train.ditto_data:prepare_dataset",
-    "dithead": "talkinghead.train.dithead_data:prepare_dataset",
-    "difftalk": "talkinghead.train.difftalk_data:prepare_dataset",
-}
+from talkinghead.methods import METHODS, get_method
 
 
 def load_prepare_function(method: str) -> Callable[..., Any]:
-    """The `prepare_dataset` of `method`; a clear error when it is unknown or not installed."""
-    try:
-        target = PREPARE_METHODS[method]
-    except KeyError:
-        raise TalkingHeadError(
-            f"unknown method {method!r}; expected one of {', '.join(PREPARE_METHODS)}"
-        ) from None
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # Only the method's own module being absent is "not available"; a missing
-        # dependency inside it is a real error and keeps its traceback.
-        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
-            raise
-        raise TalkingHeadError(
-            f"data preparation for {method!r} is not available ({module_name} is missing)"
-        ) from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise TalkingHeadError(f"{module_name} has no {attr}(); cannot prepare {method!r} data")
-    return fn
+    """The `prepare_dataset` of `method`, as the methods registry names it."""
+    return get_method(method).entry_point("prepare")
 
 
 def check_options(fn: Callable[..., Any], method: str, options: dict[str, Any]) -> None:
@@ -98,7 +72,7 @@ def prepare_data(
     videos_dir: Path = typer.Argument(..., help="Folder of talking videos (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Where the training data goes (resumable)."),
     method: str = typer.Option(
-        "ditto", "--method", help=f"Whose data to prepare: {', '.join(PREPARE_METHODS)}."
+        "ditto", "--method", help=f"Whose data to prepare: {', '.join(METHODS)}."
     ),
     checkpoints: Path | None = typer.Option(
         None, "--checkpoints", help="Release checkpoints directory the method's networks come from."

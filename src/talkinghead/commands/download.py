@@ -25,7 +25,7 @@ def download(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Download the Ditto release (ditto_pytorch/, ditto_cfg/) and print where it went."""
-    from talkinghead.pipelines.checkpoints import (
+    from talkinghead.methods.ditto.checkpoints import (
         DEFAULT_REVISION,
         HUB_REPO_ID,
         RELEASE_SIZE,

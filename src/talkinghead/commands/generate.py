@@ -14,13 +14,8 @@ import typer
 from talkinghead.commands.common import err_console
 from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import SettingsError, TalkingHeadError
+from talkinghead.methods import METHODS, get_method
 
-METHODS = ("ditto", "dithead", "difftalk")
-# Other methods' generation entry points: generate_video(source, audio, output, *, checkpoints, ...).
-METHOD_ENTRY_POINTS = {
-    "dithead": "talkinghead.pipelines.dithead:generate_video",
-    "difftalk": "talkinghead.pipelines.difftalk:generate_video",
-}
 EMOTION_HELP = (
     "Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise, Contempt (or 0-7; several: comma list)"
 )
@@ -164,11 +159,10 @@ def generate(
 ) -> None:
     """Make a talking-head video: SOURCE speaks AUDIO, written to OUTPUT."""
     ctx.with_resource(third_party_logs(verbose))
-    from talkinghead.pipelines import validation as check
+    from talkinghead.methods.ditto import validation as check
 
     # Every option and input file is checked before any model is loaded or downloaded.
-    if method not in METHODS:
-        raise SettingsError(f"unknown method {method!r}: use {', '.join(METHODS)}")
+    get_method(method)  # an unknown method is refused first
     check.check_face_backend(face_backend)
     device = check.resolve_device(device)
     if method != "ditto":
@@ -181,7 +175,7 @@ def generate(
         return
 
     from talkinghead.face import CropConfig
-    from talkinghead.pipelines.ditto import DittoConfig, DittoPipeline
+    from talkinghead.methods.ditto.pipeline import DittoConfig, DittoPipeline
 
     settings = {
         "emotion": _parse_emotion(emotion),
@@ -246,14 +240,7 @@ def _generate_other(
     device: str,
     **options: Any,
 ) -> None:
-    module_name, _, func = METHOD_ENTRY_POINTS[method].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise TalkingHeadError(f"the {method} method is not available in this version") from None
-    path = getattr(module, func)(
+    path = get_method(method).entry_point("generate")(
         source,
         audio,
         output,
@@ -270,7 +257,7 @@ def _check_other_options(
     method: str, checkpoints: Path | None, steps: int | None, seed: int | None, **options: Any
 ) -> None:
     """DiT-Head's and DiffTalk's options, as far as they can be checked without their models."""
-    from talkinghead.pipelines.validation import check_seed, check_steps
+    from talkinghead.methods.ditto.validation import check_seed, check_steps
 
     if checkpoints is None:
         raise SettingsError(f"--method {method} needs --checkpoints (a trained {method} model)")
@@ -286,7 +273,7 @@ def _check_other_options(
 
 def _check_face(face_check: Any, frame: Any, source: Path) -> Any:
     """The face check's analyser, closed if no face was found (its threads log on the way)."""
-    from talkinghead.pipelines.validation import check_face
+    from talkinghead.methods.ditto.validation import check_face
 
     try:
         check_face(frame, face_check.analyzer, source)
@@ -310,7 +297,7 @@ def info(
     import torch
 
     from talkinghead import __version__
-    from talkinghead.pipelines.checkpoints import ReleaseCheckpoints, resolve_checkpoints
+    from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints, resolve_checkpoints
 
     typer.echo(f"talkinghead {__version__}, python {sys.version.split()[0]}")
     typer.echo(f"torch {torch.__version__}, numpy {numpy.__version__}")

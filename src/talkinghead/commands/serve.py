@@ -81,7 +81,7 @@ def serve(
     def load_pipeline():
         import torch
 
-        from talkinghead.pipelines.ditto import DittoPipeline
+        from talkinghead.methods.ditto.pipeline import DittoPipeline
 
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         overrides = {} if steps is None else {"steps": steps}

@@ -9,7 +9,7 @@ terms at the decoder's last layer, switched on after ``disc_start`` steps.
 layer indices as torchvision's ``vgg16().features``, so its state_dict keys are
 ``net.features.<i>.weight``) and five 1x1 "lin" heads. Without pretrained weights
 a perceptual network is meaningless, so `VQGANLoss(perceptual=None)` is the
-L1/L2-only mode; loading the weights (file I/O) lives in ``talkinghead.train.dithead``.
+L1/L2-only mode; loading the weights (file I/O) lives in ``talkinghead.methods.dithead.train``.
 No torchvision is needed.
 """
 

@@ -19,7 +19,7 @@ MotionOutputs = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]
 # What `forward` returns, in order: the release's head order (its ONNX and TensorRT
-# builds keep it). The same keys as `talkinghead.motion.format.MOTION_KEYS`, permuted.
+# builds keep it). The same keys as `talkinghead.methods.ditto.motion.format.MOTION_KEYS`, permuted.
 OUTPUT_KEYS: tuple[str, ...] = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 
 

@@ -1,6 +1,9 @@
-"""Pipelines that tie the models together: avatar registration (source -> Avatar) and its cache."""
+"""Deprecated home of the Ditto pipeline, kept for one release: use `talkinghead.methods.ditto`
+(or ``from talkinghead import DittoPipeline``)."""
 
-from talkinghead.pipelines.avatar import (
+import warnings
+
+from talkinghead.methods.ditto.avatar import (
     Avatar,
     AvatarCache,
     AvatarRegistrar,
@@ -8,6 +11,12 @@ from talkinghead.pipelines.avatar import (
     default_cache_dir,
     mirror_index,
     smooth_motion,
+)
+
+warnings.warn(
+    "talkinghead.pipelines is deprecated; use talkinghead.methods.ditto",
+    DeprecationWarning,
+    stacklevel=2,
 )
 
 __all__ = [

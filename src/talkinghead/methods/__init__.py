@@ -1,0 +1,90 @@
+"""The methods, one folder each, and the registry the CLI reads.
+
+Each method lives in ``talkinghead/methods/<name>/`` with its config, checkpoint
+format, inference pipeline, data preparation and training; everything it shares
+with the others (media, audio, face, diffusion, models, the stage runner,
+training utilities, evaluation) lives below, in the shared layers. A method's
+folder offers these entry points, named in its `Method` line:
+
+- ``generate``: ``generate_video(source, audio, output, *, checkpoints, seed, steps,
+  device, progress=None, **options) -> Path`` (``talkinghead generate --method``)
+- ``prepare``: ``prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1,
+  progress=None, **options) -> PrepareReport`` (``talkinghead prepare-data --method``)
+- ``commands``: ``register(app)``, adding the method's own commands (training)
+
+Adding a method: write its folder, then add one line to `METHODS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from talkinghead.errors import SettingsError, TalkingHeadError
+
+
+_WHAT = {"generate": "generation", "prepare": "data preparation", "commands": "the commands"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its name, a one-line summary, and where its entry points are.
+
+    Entry points are ``"module:attribute"`` below the method's package, imported only
+    when used, so ``talkinghead --help`` stays fast and a method's heavy dependencies
+    are needed only by those who run it.
+    """
+
+    name: str
+    summary: str
+    generate: str = "pipeline:generate_video"
+    prepare: str = "data:prepare_dataset"
+    commands: str = "commands:register"
+
+    @property
+    def package(self) -> str:
+        return f"{__name__}.{self.name}"
+
+    def entry_point(self, kind: str) -> Callable[..., Any]:
+        """The callable behind `kind` ("generate", "prepare" or "commands")."""
+        target = getattr(self, kind)
+        module_name, _, attr = f"{self.package}.{target}".partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only the method's own module being absent means "not available"; a missing
+            # dependency inside it is a real error and keeps its traceback.
+            if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+                raise
+            raise TalkingHeadError(
+                f"{_WHAT[kind]} for {self.name!r} is not available ({module_name} is missing)"
+            ) from None
+        fn = getattr(module, attr, None)
+        if fn is None:
+            raise TalkingHeadError(f"{module_name} has no {attr}; cannot {kind} {self.name!r}")
+        return fn
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ditto", "motion-space diffusion (LMDM) rendered by LivePortrait networks"),
+        Method("dithead", "DiT-Head: latent diffusion transformer, lip sync by inpainting"),
+        Method("difftalk", "DiffTalk: latent-diffusion UNet with audio and landmark conditions"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method `name`, or a one-line error listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SettingsError(
+            f"unknown method {name!r}: use one of {', '.join(METHODS)}"
+        ) from None
+
+
+__all__ = ["METHODS", "Method", "get_method"]

@@ -1,0 +1,86 @@
+"""`talkinghead train-difftalk`: DiffTalk's two training stages (autoencoder, then ldm)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from talkinghead.commands.common import err_console
+
+
+class Stage(str, Enum):
+    autoencoder = "autoencoder"
+    ldm = "ldm"
+
+
+def train_difftalk(
+    data_dir: Path = typer.Argument(..., help="Data prepared by `prepare-data --method difftalk`."),
+    out_dir: Path = typer.Argument(..., help="Checkpoint directory (both stages write here)."),
+    stage: Stage = typer.Option(..., "--stage", help="autoencoder (stage 1) or ldm (stage 2)."),
+    preset: str = typer.Option(
+        None,
+        help="Network sizes: autoencoder f4 | f8 | tiny-f4 | tiny-f8 (default: f4 for 256 px "
+        "data, f8 for 512); ldm release | tiny (default: release).",
+    ),
+    steps: int = typer.Option(None, help="Optimisation steps (default 50k / 100k)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size (default 4 / 8)."),
+    lr: float = typer.Option(None, help="Learning rate (default 1e-4 / 6.4e-5)."),
+    autoencoder: Path = typer.Option(
+        None, help="ldm stage: the autoencoder checkpoint (default OUT_DIR/autoencoder.pt)."
+    ),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="ldm stage: keep EMA weights."),
+    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    seed: int = typer.Option(0, help="Seed of initialisation, batches and noise."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Train DiffTalk: first --stage autoencoder, then --stage ldm, into the same OUT_DIR."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from talkinghead.methods.difftalk.data import read_manifest
+    from talkinghead.methods.difftalk.train import (
+        AutoencoderTrainConfig,
+        LdmTrainConfig,
+        train_autoencoder,
+        train_ldm,
+    )
+
+    options = {
+        k: v
+        for k, v in dict(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            save_every=save_every,
+            seed=seed,
+            device=device,
+        ).items()
+        if v is not None
+    }
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    )
+    with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(f"training {stage.value}", total=None)
+
+        def progress(_stage: str, done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if stage is Stage.autoencoder:
+            if preset is None:
+                resolution = int(read_manifest(data_dir)["resolution"])
+                preset = "f8" if resolution >= 512 else "f4"
+            cfg = AutoencoderTrainConfig(preset=preset, **options)
+            result = train_autoencoder(data_dir, out_dir, cfg, progress=progress)
+        else:
+            cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
+            result = train_ldm(data_dir, out_dir, cfg, autoencoder=autoencoder, progress=progress)
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    typer.echo(f"{stage.value}: {result.checkpoint} ({result.steps} steps{last})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-difftalk")(train_difftalk)

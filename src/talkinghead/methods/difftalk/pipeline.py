@@ -1,0 +1,586 @@
+"""DiffTalk inference: source image/video + speech -> talking-head video, by progressive inference.
+
+Per output frame i (paper Sec. 3.3, Fig. 4):
+
+1. the source frame (a video loops back and forth; an image repeats) is cropped around
+   the face at the checkpoint's resolution (256 or 512);
+2. conditions: the smoothed audio of frames i - 8 .. i + 8, the landmarks outside the
+   mouth, the mouth-masked crop x_m, and the reference x_r: the source's first crop for
+   frame 0, then the previous *generated* crop (progressive inference);
+3. masked DDIM (200 steps, eta 0) in the 64 x 64 x 3 latent: the lower face is sampled
+   from noise, the rest is the source crop's latent (CompVis inpainting);
+4. the decoded crop is pasted back into the frame (`talkinghead.face.paste`) and kept
+   only inside the feathered lower-face mask: the rest of the frame keeps its pixels;
+5. frames stream into the writer (H.264 + the input audio).
+
+A checkpoint directory (written by `talkinghead train-difftalk`) holds::
+
+    difftalk.json      {"format", "resolution", "autoencoder", "ldm", "data": {...}}
+    autoencoder.pt     {"format", "kind": "autoencoder", "config", "state_dict", ...}
+    ldm.pt             {"format", "kind": "ldm", "config", "state_dict", ...}
+    wav2vec2/          optional: the CTC model the audio features come from
+
+``--checkpoints`` may name such a directory or a parent holding ``difftalk_256/`` and/or
+``difftalk_512/`` (chosen by ``resolution``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from talkinghead.audio.ctc import frame_windows, neighbour_windows
+from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.filemode import set_default_mode
+from talkinghead.methods.difftalk.data import (
+    CROP_SCALE,
+    CROP_SMOOTHING,
+    CROP_VY,
+    face_analyzer,
+    generation_mask,
+    landmark_condition,
+    latent_keep_mask,
+    masked_frame,
+    to_tensor_image,
+    track_faces,
+)
+from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
+from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
+from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "talkinghead-difftalk"
+CHECKPOINT_VERSION = 1
+MANIFEST_NAME = "difftalk.json"
+AUTOENCODER_FILE = "autoencoder.pt"
+LDM_FILE = "ldm.pt"
+RESOLUTIONS = (256, 512)
+SOURCE_CACHE_SIZE = 256  # source frames whose latents are kept
+
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_component(
+    path: Path, kind: str, module: nn.Module, config: Mapping[str, Any], **extra: Any
+) -> Path:
+    """Write one network (`kind` "autoencoder" or "ldm") atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_component(path: Path, kind: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: DiffTalk {kind} checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a talkinghead DiffTalk checkpoint")
+    if payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a DiffTalk {payload.get('kind')!r}, not the {kind}")
+    return payload
+
+
+def _load_state(module: nn.Module, payload: dict[str, Any], path: Path) -> None:
+    try:
+        module.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not fit the stored config ({e})") from None
+
+
+def load_autoencoder(path: Path, device: str | torch.device = "cpu") -> DiffTalkAutoencoder:
+    payload = read_component(path, "autoencoder")
+    model = DiffTalkAutoencoder(DiffTalkAutoencoderConfig.from_dict(payload["config"]))
+    _load_state(model, payload, Path(path))
+    return model.to(device).eval()
+
+
+def load_ldm(path: Path, device: str | torch.device = "cpu") -> tuple[DiffTalkLDM, dict[str, Any]]:
+    """The denoiser with its condition encoders, and the checkpoint's other fields."""
+    payload = read_component(path, "ldm")
+    model = DiffTalkLDM(DiffTalkLDMConfig.from_dict(payload["config"]))
+    _load_state(model, payload, Path(path))
+    extra = {k: v for k, v in payload.items() if k not in ("state_dict", "config")}
+    return model.to(device).eval(), extra
+
+
+def write_manifest(directory: Path, resolution: int, data: Mapping[str, Any]) -> Path:
+    """`difftalk.json`: what inference needs besides the weights."""
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "resolution": int(resolution),
+        "autoencoder": AUTOENCODER_FILE,
+        "ldm": LDM_FILE,
+        "data": dict(data),
+    }
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a DiffTalk checkpoint manifest")
+    return data
+
+
+def resolve_checkpoint_dir(checkpoints: Path, resolution: int | None = None) -> Path:
+    """The directory holding `difftalk.json` for `resolution` (see the module docstring)."""
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"{checkpoints}: checkpoint directory not found")
+    candidates = [checkpoints]
+    for res in [resolution] if resolution else RESOLUTIONS:
+        candidates += [checkpoints / f"difftalk_{res}", checkpoints / "difftalk" / str(res)]
+    for d in candidates:
+        path = d / MANIFEST_NAME
+        if not path.is_file():
+            continue
+        manifest = _read_json(path)
+        if resolution is not None and int(manifest.get("resolution", 0)) != int(resolution):
+            if d == checkpoints:
+                continue  # a parent may still hold difftalk_<resolution>/
+            raise CheckpointError(
+                f"{path}: a {manifest.get('resolution')} px model, not {resolution}"
+            )
+        return d
+    want = f" for {resolution} px" if resolution else ""
+    raise CheckpointError(
+        f"{checkpoints}: no DiffTalk checkpoint{want} ({MANIFEST_NAME}, or difftalk_256/ / difftalk_512/)"
+    )
+
+
+@dataclass
+class DiffTalkModels:
+    autoencoder: DiffTalkAutoencoder
+    ldm: DiffTalkLDM
+    resolution: int
+    data: dict[str, Any]  # the data settings it was trained on (crop, audio, ...)
+    directory: Path
+
+    @property
+    def latent_size(self) -> int:
+        return self.autoencoder.config.latent_size
+
+
+def load_difftalk(
+    checkpoints: Path, resolution: int | None = None, device: str | torch.device = "cpu"
+) -> DiffTalkModels:
+    directory = resolve_checkpoint_dir(checkpoints, resolution)
+    manifest = _read_json(directory / MANIFEST_NAME)
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{directory / MANIFEST_NAME}: not a DiffTalk checkpoint manifest")
+    ae = load_autoencoder(directory / manifest.get("autoencoder", AUTOENCODER_FILE), device)
+    ldm, _ = load_ldm(directory / manifest.get("ldm", LDM_FILE), device)
+    res = int(manifest["resolution"])
+    if ae.config.resolution != res:
+        raise CheckpointError(
+            f"{directory}: the autoencoder is for {ae.config.resolution} px, not {res}"
+        )
+    if ae.config.latent_size != ldm.config.unet.sample_size:
+        log.info(
+            "latent %d differs from the UNet's nominal %d",
+            ae.config.latent_size,
+            ldm.config.unet.sample_size,
+        )
+    return DiffTalkModels(ae, ldm, res, dict(manifest.get("data", {})), directory)
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class DiffTalkConfig:
+    """Generation settings: ``steps`` (DDIM), ``eta``, ``face_backend``, ``max_size`` (longest
+    side of the source), ``max_source_frames`` (video sources; None: as many as output
+    frames), ``mask_dilation`` (lower-face mask growth, fraction of the crop), ``feather``
+    (blur of the blend mask, fraction of the crop), ``audio_model`` (override of the CTC
+    model), ``progressive`` (False: the source crop is every frame's reference), ``fps``
+    (output frame rate; None: the source video's, 25 for an image; a video source is
+    then sampled at its own rate, so its motion keeps its speed)."""
+
+    steps: int = 200
+    eta: float = 0.0
+    face_backend: str = "mediapipe"
+    max_size: int = 1920
+    max_source_frames: int | None = None
+    mask_dilation: float = 0.03
+    feather: float = 0.03
+    audio_model: str | None = None
+    progressive: bool = True
+    fps: float | None = None  # output frame rate; None: the source video's, 25 for an image
+
+    def replace(self, **changes: Any) -> DiffTalkConfig:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TalkingHeadError(
+                f"unknown DiffTalk option(s): {', '.join(unknown)}; expected {', '.join(sorted(known))}"
+            )
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class SourceFaces:
+    """A source prepared for DiffTalk: frames, their face crops and transforms."""
+
+    frames: list[np.ndarray]
+    crops: np.ndarray  # [F, R, R, 3] uint8
+    landmarks: np.ndarray  # [F, 478, 2] crop pixels
+    c2o: np.ndarray  # [F, 3, 3]
+    fps: float  # output frame rate
+    is_image: bool
+    source_fps: float | None = None  # a video's own rate
+
+    def index(self, i: int) -> int:
+        """The source frame behind output frame i (videos loop back and forth)."""
+        from talkinghead.methods.ditto.avatar import mirror_index
+
+        if self.is_image:
+            return 0
+        t = i if not self.source_fps else int(i * self.source_fps / self.fps + 1e-6)
+        return mirror_index(t, len(self.frames))
+
+
+@dataclass
+class _SourceInputs:
+    z_src: torch.Tensor  # [1, 3, h, w] latent of the source crop (kept outside the mouth)
+    z_masked: torch.Tensor  # [1, 3, h, w] latent of its mouth-masked version
+    keep: torch.Tensor  # [1, 1, h, w] latent keep mask
+    soft: np.ndarray  # [R, R] feathered pixel mask of the generated region
+    landmarks: torch.Tensor  # [1, 51, 2] landmark condition
+
+
+@dataclass
+class FrameResult:
+    index: int
+    frame: np.ndarray  # the output frame, source size
+    generated: np.ndarray  # the decoded crop D_I(z~), the next frame's reference
+    mask: np.ndarray  # [R, R] the feathered lower-face mask it was blended through
+
+
+class DiffTalkGenerator:
+    """Progressive DiffTalk inference with loaded models (see the module docstring)."""
+
+    def __init__(
+        self,
+        models: DiffTalkModels,
+        config: DiffTalkConfig | None = None,
+        device: str | torch.device = "cpu",
+        audio_encoder=None,
+    ) -> None:
+        self.models = models
+        self.config = config or DiffTalkConfig()
+        if self.config.fps is not None and self.config.fps <= 0:
+            raise TalkingHeadError(f"fps must be positive, got {self.config.fps}")
+        if self.config.steps < 1 or self.config.eta < 0:
+            raise TalkingHeadError(
+                f"DiffTalk needs steps >= 1 and eta >= 0, got {self.config.steps}, {self.config.eta}"
+            )
+        self.device = torch.device(device)
+        self._audio_encoder = audio_encoder
+        self._analyzer = None
+        self._source_cache: OrderedDict[Any, _SourceInputs] = OrderedDict()
+
+    # -- inputs
+
+    def audio_encoder(self):
+        if self._audio_encoder is None:
+            from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
+
+            local = self.models.directory / LOCAL_MODEL_DIRNAME
+            name = self.config.audio_model or (
+                str(local) if local.is_dir() else self.models.data.get("audio", {}).get("encoder")
+            )
+            if not name:
+                raise CheckpointError(f"{self.models.directory}: no audio feature model recorded")
+            self._audio_encoder = Wav2Vec2CTCEncoder(name, device=str(self.device))
+        enc = self._audio_encoder
+        expected = self.models.ldm.config.conditions.audio_feature_dim
+        if enc.feature_dim != expected:
+            raise CheckpointError(
+                f"{enc.name}: gives {enc.feature_dim} features per step; the model was trained on {expected}"
+            )
+        return enc
+
+    def analyzer(self):
+        if self._analyzer is None:
+            self._analyzer = face_analyzer(self.config.face_backend, self.models.directory)
+        return self._analyzer
+
+    def prepare_source(
+        self, source: Path, num_samples: int, progress: Progress | None = None
+    ) -> tuple[SourceFaces, int]:
+        """The source's frames and face crops, and the number of output frames for
+        `num_samples` of 16 kHz audio at the source's frame rate (25 for an image)."""
+        from talkinghead.media.source import load_source
+
+        cfg = self.config
+        probe = load_source(source, max_side=cfg.max_size, max_frames=1)
+        source_fps = None if probe.is_image or not probe.fps else float(probe.fps)
+        fps = float(cfg.fps or source_fps or FPS)  # an image plays at the toolkit's 25 fps
+        n = num_frames(num_samples, SAMPLE_RATE, fps)  # exact for 50 or 30000/1001 fps too
+        if n == 0:
+            raise MediaError("the audio is empty")
+        needed = math.ceil(n * (source_fps or fps) / fps)
+        limit = cfg.max_source_frames if cfg.max_source_frames is not None else needed
+        media = (
+            probe
+            if probe.is_image
+            else load_source(source, max_side=cfg.max_size, max_frames=max(1, limit))
+        )
+        if progress:
+            progress("source", 0, len(media.frames))
+        crop = self.models.data.get("crop", {})
+        res = self.models.resolution
+        faces = track_faces(
+            self.analyzer(),
+            media.frames,
+            res,
+            scale=float(crop.get("scale", CROP_SCALE)),
+            vy=float(crop.get("vy", CROP_VY)),
+            smoothing=int(crop.get("smoothing", CROP_SMOOTHING)),
+            what=str(source),
+        )
+        crops = np.stack([faces.crop(f, i, res) for i, f in enumerate(media.frames)])
+        if progress:
+            progress("source", len(media.frames), len(media.frames))
+        src = SourceFaces(
+            media.frames, crops, faces.landmarks, faces.c2o, fps, media.is_image, source_fps
+        )
+        return src, n
+
+    def audio_windows(self, audio_16k: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
+        """Per output frame, the [2w + 1, 16, C] neighbourhood the temporal filter reads."""
+        enc = self.audio_encoder()
+        probs = enc.probabilities(audio_16k)
+        windows = frame_windows(probs, num_frames, fps, rate=enc.rate)
+        return neighbour_windows(windows, self.models.ldm.config.conditions.smooth_radius)
+
+    # -- one frame
+
+    def _images(self, *rgb: np.ndarray) -> torch.Tensor:
+        return torch.stack([to_tensor_image(x) for x in rgb]).to(self.device)
+
+    @torch.no_grad()
+    def source_inputs(
+        self, crop: np.ndarray, landmarks: np.ndarray, key: Any = None
+    ) -> _SourceInputs:
+        """What a source crop contributes to every frame made from it (cached by `key`)."""
+        if key is not None and key in self._source_cache:
+            self._source_cache.move_to_end(key)
+            return self._source_cache[key]
+        m = self.models
+        res = m.resolution
+        z_src, z_masked = m.autoencoder.encode(
+            self._images(crop, masked_frame(crop, landmarks))
+        ).split(1)
+        generate = generation_mask(landmarks, res, self.config.mask_dilation)
+        keep = torch.from_numpy(latent_keep_mask(generate, z_src.shape[-1]))[None, None]
+        sigma = self.config.feather * res
+        soft = cv2.GaussianBlur(generate, (0, 0), sigma) if sigma > 0 else generate
+        lm = torch.from_numpy(landmark_condition(landmarks, res))[None]
+        inputs = _SourceInputs(
+            z_src, z_masked, keep.to(self.device), np.clip(soft, 0, 1), lm.to(self.device)
+        )
+        if key is not None:
+            self._source_cache[key] = inputs
+            while len(self._source_cache) > SOURCE_CACHE_SIZE:
+                self._source_cache.popitem(last=False)
+        return inputs
+
+    @torch.no_grad()
+    def render_frame(
+        self,
+        crop: np.ndarray,
+        landmarks: np.ndarray,
+        reference: np.ndarray,
+        audio: np.ndarray,
+        generator: torch.Generator,
+        key: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One crop: the generated D_I(z~) (uint8) and the feathered lower-face mask [R, R].
+
+        `key` names the source frame, so that its latents are encoded once.
+        """
+        from talkinghead.diffusion.latent_inpainting import masked_ddim_sample
+
+        m = self.models
+        src = self.source_inputs(crop, landmarks, key)
+        z_ref = m.autoencoder.encode(self._images(reference))
+        audio_t = torch.from_numpy(audio)[None].float().to(self.device)
+        context = m.ldm.context(audio_t, src.landmarks)
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return m.ldm(x, t, src.z_masked, z_ref, context)
+
+        z = masked_ddim_sample(
+            eps,
+            src.z_src,
+            src.keep,
+            steps=self.config.steps,
+            generator=generator,
+            eta=self.config.eta,
+        )
+        img = m.autoencoder.decode(z)[0].clamp(-1, 1)
+        generated = ((img.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        return generated, src.soft
+
+    # -- a whole clip
+
+    def frames(
+        self,
+        source: SourceFaces,
+        audio_16k: np.ndarray,
+        num_frames: int,
+        *,
+        seed: int | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[FrameResult]:
+        """Output frames in order (progressive: each frame's reference is the last output)."""
+        from talkinghead.face.paste import PasteBack
+
+        audio = self.audio_windows(audio_16k, num_frames, source.fps)
+        generator = torch.Generator("cpu").manual_seed(
+            int(seed) if seed is not None else random.SystemRandom().randrange(2**63)
+        )
+        paste = PasteBack()
+        reference = source.crops[0]
+        if progress:
+            progress("frames", 0, num_frames)
+        for i in range(num_frames):
+            k = source.index(i)
+            generated, soft = self.render_frame(
+                source.crops[k], source.landmarks[k], reference, audio[i], generator, key=k
+            )
+            frame = compose(source.frames[k], generated, soft, source.c2o[k], paste)
+            if self.config.progressive:
+                reference = generated
+            if progress:
+                progress("frames", i + 1, num_frames)
+            yield FrameResult(i, frame, generated, soft)
+
+
+def compose(
+    frame: np.ndarray, generated: np.ndarray, soft: np.ndarray, c2o: np.ndarray, paste=None
+) -> np.ndarray:
+    """The frame with only the generated lower face replaced.
+
+    The crop is pasted back (`PasteBack`), then blended with the original frame through
+    the lower-face mask warped into the frame, so everything outside the mouth region
+    keeps the source's own pixels (the crop is often smaller than the face in the frame).
+    """
+    from talkinghead.face.paste import PasteBack
+
+    pasted = (paste or PasteBack())(frame, generated, c2o)
+    h, w = frame.shape[:2]
+    weight = cv2.warpAffine(soft.astype(np.float32), np.asarray(c2o, np.float64)[:2], (w, h))
+    weight = np.clip(weight, 0, 1)[..., None]
+    out = pasted.astype(np.float32) * weight + frame.astype(np.float32) * (1 - weight)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def generate_video(
+    source: Path,
+    audio: Path,
+    output: Path | str,
+    *,
+    checkpoints: Path,
+    seed: int | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    **method_options: Any,
+) -> Path:
+    """Write a DiffTalk video of `source` (image or video) speaking `audio` to `output`.
+
+    Method options: ``resolution`` (256 | 512: which checkpoint), ``audio_encoder`` (a
+    `CharProbabilityEncoder` object) and the fields of `DiffTalkConfig`.
+    """
+    from talkinghead.audio.io import load_audio
+    from talkinghead.media.writer import open_writer
+
+    options = dict(method_options)
+    resolution = options.pop("resolution", None)
+    encoder = options.pop("audio_encoder", None)
+    if resolution is not None and int(resolution) not in RESOLUTIONS:
+        raise TalkingHeadError(
+            f"DiffTalk resolution must be one of {RESOLUTIONS}, got {resolution}"
+        )
+    config = DiffTalkConfig().replace(steps=steps, **options)
+    models = load_difftalk(Path(checkpoints), int(resolution) if resolution else None, device)
+    gen = DiffTalkGenerator(models, config, device, audio_encoder=encoder)
+
+    audio_path = Path(audio)
+    audio_16k = load_audio(audio_path, SAMPLE_RATE)
+    src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
+    mux_rate = 48000
+    writer = open_writer(output, fps=src.fps, audio=(load_audio(audio_path, mux_rate), mux_rate))
+    try:
+        for result in gen.frames(src, audio_16k, n, seed=seed, progress=progress):
+            writer.write(result.frame)
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return Path(path) if path is not None else Path(str(output))
+
+
+__all__ = [
+    "DiffTalkConfig",
+    "DiffTalkGenerator",
+    "DiffTalkModels",
+    "FrameResult",
+    "SourceFaces",
+    "generate_video",
+    "load_autoencoder",
+    "load_difftalk",
+    "load_ldm",
+    "resolve_checkpoint_dir",
+    "save_component",
+    "write_manifest",
+]

@@ -1,0 +1,112 @@
+"""`talkinghead train-dithead`: DiT-Head's two training stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from talkinghead.commands.common import err_console
+from talkinghead.errors import TalkingHeadError
+
+STAGES = ("vq", "dit")
+
+
+def train_dithead(
+    data_dir: Path = typer.Argument(
+        ..., help="Dataset written by `prepare-data --method dithead`."
+    ),
+    out_dir: Path = typer.Argument(
+        ..., help="Checkpoint folder (vq_full.pt, vq_masked.pt, dit.pt); generation reads it."
+    ),
+    stage: str = typer.Option(..., "--stage", help="vq: the two VQGANs; dit: the transformer."),
+    preset: str = typer.Option(
+        None,
+        help="Model size: vq 'paper' (default) or 'tiny'; dit 'dit-l/2' (default, the paper's), "
+        "'dit-b/2', 'dit-s/2' or 'tiny'.",
+    ),
+    which: str = typer.Option("both", help="vq stage: 'full', 'masked' or 'both'."),
+    steps: int = typer.Option(None, help="Optimiser steps (per VQGAN for the vq stage)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(None, help="Learning rate (constant)."),
+    device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ..."),
+    seed: int = typer.Option(0, help="Seed of initialisation, sampling and noise."),
+    vq_dir: Path = typer.Option(
+        None, "--vq-dir", help="dit stage: folder of vq_full.pt / vq_masked.pt (default OUT_DIR)."
+    ),
+    perceptual: Path = typer.Option(
+        None,
+        help="vq stage: folder with LPIPS weights (vgg16.pth, vgg.pth); default OUT_DIR/lpips "
+        "when present, else pixel loss only.",
+    ),
+    disc_start: int = typer.Option(
+        None, "--disc-start", help="vq stage: steps before the GAN loss."
+    ),
+    ema_decay: float = typer.Option(None, "--ema-decay", help="dit stage: EMA decay (0: off)."),
+    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT_DIR."),
+) -> None:
+    """Train DiT-Head: `--stage vq` (full- and masked-face VQGANs), then `--stage dit`."""
+    import logging
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from talkinghead.methods.dithead.train import (
+        LPIPS_DIRNAME,
+        DiTTrainConfig,
+        VQTrainConfig,
+        train_dit,
+        train_vq,
+        with_overrides,
+    )
+
+    if stage not in STAGES:
+        raise TalkingHeadError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if which not in ("full", "masked", "both"):
+        raise TalkingHeadError(f"--which must be full, masked or both, not {which!r}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    common = dict(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        if stage == "vq":
+            cfg = with_overrides(
+                VQTrainConfig(preset=preset or "paper", device=device, seed=seed, resume=resume),
+                **common,
+            )
+            if disc_start is not None:
+                cfg = replace(cfg, loss=replace(cfg.loss, disc_start=disc_start))
+            lpips_dir = perceptual
+            if lpips_dir is None and (out_dir / LPIPS_DIRNAME).is_dir():
+                lpips_dir = out_dir / LPIPS_DIRNAME
+            for w in ("full", "masked") if which == "both" else (which,):
+                result = train_vq(
+                    data_dir, out_dir, cfg, which=w, perceptual_dir=lpips_dir, progress=report
+                )
+                _summary(f"vq-{w}", result)
+        else:
+            cfg = with_overrides(
+                DiTTrainConfig(preset=preset or "dit-l/2", device=device, seed=seed, resume=resume),
+                ema_decay=ema_decay,
+                **common,
+            )
+            result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)
+            _summary("dit", result)
+
+
+def _summary(name: str, result) -> None:
+    typer.echo(
+        f"{name}: eval loss {result.initial_loss:.4g} -> {result.final_loss:.4g} "
+        f"in {result.seconds:.0f}s; wrote {', '.join(str(p) for p in result.checkpoints)}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-dithead")(train_dithead)

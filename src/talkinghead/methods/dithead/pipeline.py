@@ -1,0 +1,344 @@
+"""DiT-Head inference: dub a source video so that its lips follow new audio.
+
+Per output frame (25 fps, as many as the audio lasts; the source is played
+forwards and backwards when it is shorter, and a still image is repeated):
+
+1. the face of the source frame is tracked and cropped exactly as in training
+   (`talkinghead.methods.dithead.data`), its lower face masked with the blurred mask;
+2. the masked crop is encoded with the masked-face VQGAN; the reference latent is
+   a random source frame encoded with the full-face VQGAN for the first frame, and
+   the previous frame's generated latent afterwards (the paper's evolving
+   inference), so consecutive frames stay coherent;
+3. DDIM (250 steps by default, eta = 0) denoises pure noise into the target latent,
+   the DiT seeing the masked latent, the reference latent and the 11-frame wav2vec2
+   window of that frame;
+4. the full-face VQGAN decodes it and the mask blends the generated lower face into
+   the source frame (only the masked region changes);
+5. with ``fps=50`` (the default, the paper's stage 3) every pair of frames gets an
+   interpolated middle frame (RIFE when ``<checkpoints>/rife/flownet.pkl`` exists,
+   else DIS optical flow); ``fps=25`` skips it.
+
+The video is written with the (16 kHz) audio. Everything random (the reference
+frame, the initial noise of each frame) comes from ``seed``.
+
+Checkpoints directory: ``vq_full.pt``, ``vq_masked.pt``, ``dit.pt`` (written by
+``talkinghead train-dithead``; also accepted under ``<checkpoints>/dithead/``),
+optionally ``wav2vec2/`` (a local copy of the audio model) and ``rife/flownet.pkl``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
+from talkinghead.diffusion import DDIMSampler, DiffusionSchedule
+from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
+from talkinghead.face.crop import warp_image, warp_points
+from talkinghead.media.video import iter_video_frames
+from talkinghead.methods.dithead.data import (
+    DataSettings,
+    apply_mask,
+    audio_windows,
+    from_tensor_image,
+    lower_face_mask,
+    to_tensor_image,
+)
+from talkinghead.methods.dithead.interpolation import create_interpolator, interpolate_2x
+from talkinghead.methods.dithead.train import DIT_FILE, VQ_FILES, load_checkpoint
+from talkinghead.models.dithead_dit import DiTHead
+from talkinghead.models.dithead_vqgan import VQModel
+from talkinghead.timebase import FPS, SAMPLE_RATE
+
+DEFAULT_STEPS = 250
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+_OPTIONS = {
+    "fps", "interpolation", "eta", "face_backend", "aux_dir", "audio_model", "max_side",
+    "evolve", "reference_frame", "resolution",
+}  # fmt: skip
+
+
+@dataclass
+class DiTHeadModels:
+    """The three trained networks and the data settings they were trained with."""
+
+    vq_full: VQModel
+    vq_masked: VQModel
+    dit: DiTHead
+    settings: DataSettings
+    latent_scale: float
+    n_timestep: int
+    root: Path
+
+    @classmethod
+    def load(cls, checkpoints: Path, device: str = "cpu") -> DiTHeadModels:
+        root = Path(checkpoints)
+        if not (root / DIT_FILE).is_file() and (root / "dithead" / DIT_FILE).is_file():
+            root = root / "dithead"
+        dit, meta = load_checkpoint(root / DIT_FILE, "dit", device)
+        vq_full, _ = load_checkpoint(root / VQ_FILES["full"], "vq", device)
+        vq_masked, _ = load_checkpoint(root / VQ_FILES["masked"], "vq", device)
+        settings: DataSettings = meta["data"]
+        size = settings.crop.size
+        if vq_full.latent_shape(size, size) != (
+            dit.config.latent_channels,
+            dit.config.input_size,
+            dit.config.input_size,
+        ):
+            raise CheckpointError(f"{root}: the DiT does not fit the VQGAN's {size}px latents")
+        return cls(
+            vq_full=vq_full,  # type: ignore[arg-type]
+            vq_masked=vq_masked,  # type: ignore[arg-type]
+            dit=dit,  # type: ignore[arg-type]
+            settings=settings,
+            latent_scale=float(meta.get("latent_scale", 1.0)),
+            n_timestep=int(meta.get("n_timestep", 1000)),
+            root=root,
+        )
+
+
+@dataclass
+class SourceFace:
+    """One source frame prepared for generation."""
+
+    frame: np.ndarray  # [H, W, 3] uint8
+    crop: np.ndarray  # [S, S, 3] uint8
+    mask: np.ndarray  # [S, S] float32
+    M_c2o: np.ndarray  # 3x3
+
+
+def _source_frames(
+    source: Path, max_side: int | None, limit: int | None = None
+) -> list[np.ndarray]:
+    """Up to ``limit`` source frames at 25 fps (nearest frame in time), decoded as a
+    stream so a long source costs only what is used; one frame for a still image."""
+    from talkinghead.media.source import load_source
+
+    probe = load_source(source, max_side=max_side, max_frames=1)
+    if probe.is_image:
+        return probe.frames
+    return list(iter_video_frames(source, fps=FPS, fit=True, max_side=max_side, max_frames=limit))
+
+
+def pingpong(k: int, n: int) -> int:
+    """Index of output frame k in a source of n frames played forwards, backwards, ..."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    r = k % period
+    return r if r < n else period - r
+
+
+def analyze_source(
+    frames: list[np.ndarray],
+    settings: DataSettings,
+    analyzer: Any,
+    progress: Progress | None = None,
+) -> list[SourceFace]:
+    """Track, crop and mask every source frame (a lost face reuses the last landmarks)."""
+    out: list[SourceFace] = []
+    previous = None
+    s = settings.crop.size
+    for i, rgb in enumerate(frames):
+        try:
+            fc = analyzer.analyze(rgb, previous)
+        except NoFaceError:
+            if previous is None:
+                raise NoFaceError(f"no face found in source frame {i}") from None
+            fc = previous
+        previous = fc
+        M_o2c, M_c2o = settings.crop.transform(fc.landmarks)
+        crop = warp_image(rgb, M_o2c, s)
+        lmk = warp_points(fc.landmarks[:, :2], M_o2c)
+        mask = lower_face_mask(lmk, s, settings.mask)
+        out.append(SourceFace(rgb, crop, mask, M_c2o))
+        if progress:
+            progress("faces", i + 1, len(frames))
+    return out
+
+
+def paste_masked(
+    frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, M_c2o: np.ndarray
+) -> np.ndarray:
+    """Blend ``crop`` into ``frame`` through ``mask`` (both crop-sized), warped by M_c2o."""
+    h, w = frame.shape[:2]
+    s = crop.shape[0]
+    corners = np.array([[0, 0], [s, 0], [0, s], [s, s]], np.float64)
+    pts = corners @ M_c2o[:2, :2].T + M_c2o[:2, 2]
+    x0, y0 = max(0, math.floor(pts[:, 0].min()) - 1), max(0, math.floor(pts[:, 1].min()) - 1)
+    x1, y1 = min(w, math.ceil(pts[:, 0].max()) + 2), min(h, math.ceil(pts[:, 1].max()) + 2)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    M = np.asarray(M_c2o, np.float64)[:2].copy()
+    M[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(crop, M, size, flags=cv2.INTER_LINEAR).astype(np.float32)
+    alpha = cv2.warpAffine(mask, M, size, flags=cv2.INTER_LINEAR)[..., None]
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(alpha * warped + (1 - alpha) * region + 0.5, 0, 255).astype(
+        np.uint8
+    )
+    return out
+
+
+class DiTHeadGenerator:
+    """Evolving-inference sampler over prepared source faces (see the module docstring)."""
+
+    def __init__(
+        self,
+        models: DiTHeadModels,
+        steps: int = DEFAULT_STEPS,
+        eta: float = 0.0,
+        device: str = "cpu",
+    ) -> None:
+        self.models = models
+        self.device = torch.device(device)
+        schedule = DiffusionSchedule.adm_linear(models.n_timestep)
+        self.sampler = DDIMSampler(steps, eta, schedule, prediction="epsilon", spacing="adm")
+
+    @torch.no_grad()
+    def encode(self, vq: VQModel, images: np.ndarray) -> torch.Tensor:
+        x = to_tensor_image(images[None]).to(self.device)
+        return vq.encode(x).float() * self.models.latent_scale
+
+    @torch.no_grad()
+    def frames(
+        self,
+        faces: list[SourceFace],
+        audio: np.ndarray,
+        *,
+        generator: torch.Generator,
+        reference: int,
+        evolve: bool = True,
+        progress: Progress | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Generated, pasted-back frames, one per audio window row."""
+        m = self.models
+        ref = self.encode(m.vq_full, faces[reference].crop)
+        n = len(audio)
+        for k in range(n):
+            face = faces[pingpong(k, len(faces))]
+            masked = self.encode(m.vq_masked, apply_mask(face.crop, face.mask))
+            aud = torch.from_numpy(audio[k : k + 1]).to(self.device)
+
+            def eps(x: torch.Tensor, t: torch.Tensor, masked=masked, ref=ref, aud=aud):
+                return m.dit(x, t, masked, ref, aud).float()
+
+            z0 = self.sampler.sample(eps, ref.shape, generator=generator, device=self.device)
+            if evolve:
+                ref = z0
+            image = m.vq_full.decode(z0 / m.latent_scale)
+            crop = from_tensor_image(image[0])
+            yield paste_masked(face.frame, crop, face.mask, face.M_c2o)
+            if progress:
+                progress("denoise", k + 1, n)
+
+
+def audio_features(
+    audio_16k: np.ndarray, models: DiTHeadModels, audio_model: str | None, device: str
+) -> np.ndarray:
+    """Per-frame windows [N, window * vocab] for the audio, with the training's encoder:
+    ``audio_model`` if given, else ``<checkpoints>/wav2vec2``, else the one recorded in
+    the checkpoint (a local directory or a hub id)."""
+    local = models.root / LOCAL_MODEL_DIRNAME
+    name = audio_model or (str(local) if local.is_dir() else models.settings.audio_model)
+    encoder = Wav2Vec2CTCEncoder(name, device=device)
+    a = models.settings.audio
+    if encoder.vocab_size != a.vocab_size:
+        raise CheckpointError(
+            f"{name}: the audio model has {encoder.vocab_size} CTC tokens, the DiT was "
+            f"trained with {a.vocab_size}"
+        )
+    return audio_windows(encoder.frame_logits(audio_16k), a.window)
+
+
+def generate_video(
+    source: Path,
+    audio: Path,
+    output: Path | str,
+    *,
+    checkpoints: Path,
+    seed: int | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    **method_options: Any,
+) -> Path:
+    """Dub ``source`` (video or image) with ``audio``; returns the written path.
+
+    Options: ``fps`` (50: 2x interpolated, the paper's output; or 25), ``interpolation``
+    ("auto" | "rife" | "flow" | "farneback" | "none"), ``eta`` (DDIM, 0.0),
+    ``face_backend`` ("auto") and ``aux_dir``, ``audio_model`` (wav2vec2 directory
+    or hub id; default ``<checkpoints>/wav2vec2``, else the model used in training),
+    ``max_side`` (1920), ``evolve`` (True: previous latent as reference),
+    ``reference_frame`` (index of the first reference; default random). ``resolution``
+    is accepted for the CLI's sake and ignored: the checkpoint fixes the crop size.
+    """
+    from talkinghead.audio.io import load_audio
+    from talkinghead.face import create_face_analyzer
+    from talkinghead.media.writer import open_writer
+
+    unknown = set(method_options) - _OPTIONS
+    if unknown:
+        raise TalkingHeadError(f"unknown dithead option(s): {', '.join(sorted(unknown))}")
+    opts = method_options
+    fps = int(opts.get("fps", 50))
+    if fps not in (25, 50):
+        raise TalkingHeadError(f"DiT-Head writes 25 or 50 fps, not {fps}")
+    steps = DEFAULT_STEPS if steps is None else int(steps)
+    if steps < 1:
+        raise TalkingHeadError(f"steps must be >= 1, got {steps}")
+    seed = secrets.randbits(31) if seed is None else int(seed)
+
+    models = DiTHeadModels.load(Path(checkpoints), device)
+    wav = load_audio(Path(audio), SAMPLE_RATE)
+    if progress:
+        progress("audio", 0, None)
+    windows = audio_features(wav, models, opts.get("audio_model"), device)
+    if len(windows) == 0:
+        raise MediaError(f"{audio}: the audio is too short for one frame")
+    if progress:
+        progress("audio", len(windows), len(windows))
+
+    # ping-pong never needs more than N source frames
+    frames = _source_frames(Path(source), opts.get("max_side", 1920), len(windows))
+    analyzer = create_face_analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
+    faces = analyze_source(frames, models.settings, analyzer, progress)
+
+    rng = np.random.default_rng(seed)
+    reference = opts.get("reference_frame")
+    if reference is None:
+        reference = int(rng.integers(0, len(faces)))
+    elif not 0 <= int(reference) < len(faces):
+        raise TalkingHeadError(f"reference_frame {reference} is outside 0..{len(faces) - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    gen = DiTHeadGenerator(models, steps, float(opts.get("eta", 0.0)), device)
+    stream = gen.frames(
+        faces,
+        windows,
+        generator=generator,
+        reference=int(reference),
+        evolve=bool(opts.get("evolve", True)),
+        progress=progress,
+    )
+    if fps == 50:
+        interp = create_interpolator(opts.get("interpolation", "auto"), models.root, device)
+        if interp is not None:
+            stream = interpolate_2x(stream, interp)
+        else:  # no interpolation asked for: each frame shown twice
+            stream = (f for frame in stream for f in (frame, frame))
+    with open_writer(output, fps=fps, audio=(wav, SAMPLE_RATE)) as writer:
+        for frame in stream:
+            writer.write(frame)
+    path = writer.close()
+    return Path(output) if path is None else path

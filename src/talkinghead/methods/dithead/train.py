@@ -1,0 +1,528 @@
+"""DiT-Head training: stage 1 (two VQGANs) and stage 2 (the diffusion transformer).
+
+Stage ``vq`` trains the full-face and the masked-face VQGAN on a prepared dataset
+(`talkinghead.methods.dithead.data.prepare_dataset`) with the reconstruction,
+codebook, perceptual (when LPIPS weights are given) and PatchGAN losses. Stage
+``dit`` freezes both encoders and trains the DiT to predict the noise added to
+the full-face latent, conditioned on the masked-face latent, the latent of a
+reference frame (>= 60 frames away) and the 11-frame wav2vec2 window, with the
+ADM linear schedule and a constant learning rate.
+
+Checkpoints (``torch.save`` dicts, ``format = "talkinghead.dithead"``) land in the
+output directory, which is then the ``--checkpoints`` folder of generation::
+
+    vq_full.pt  vq_masked.pt  dit.pt   (+ optionally wav2vec2/, rife/, lpips/)
+
+Each holds the network's config, its weights and the data settings it was
+trained with (crop, mask, audio window), so inference preprocesses the same way.
+The DiT checkpoint also stores ``latent_scale``: one over the standard deviation
+of the full-face latents, measured when training starts (latent diffusion's
+"scale by std"), so the diffusion sees unit-variance latents whatever the VQGAN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from talkinghead.diffusion import DiffusionSchedule
+from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.methods.dithead.data import (
+    DataSettings,
+    PreparedDataset,
+    SampleDrawer,
+    check_audio_dim,
+    load_prepared,
+)
+from talkinghead.models.dithead_dit import DiTConfig, DiTHead
+from talkinghead.models.dithead_losses import LPIPS, VQGANLoss, VQGANLossConfig
+from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
+from talkinghead.training.ema import EMA
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "talkinghead.dithead"
+VQ_FILES = {"full": "vq_full.pt", "masked": "vq_masked.pt"}
+DIT_FILE = "dit.pt"
+LPIPS_DIRNAME = "lpips"
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    path: Path,
+    kind: str,
+    model: torch.nn.Module,
+    *,
+    data: DataSettings,
+    step: int = 0,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a DiT-Head checkpoint atomically (``kind``: "vq" or "dit")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": kind,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
+        "data": data.to_dict(),
+        "step": int(step),
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
+    """The raw checkpoint dict; `CheckpointError` when missing or not a ``kind`` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: DiT-Head checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a DiT-Head checkpoint")
+    if payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {payload.get('kind')!r} network, not {kind!r}")
+    return payload
+
+
+def load_checkpoint(
+    path: Path, kind: str, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(network in eval mode, checkpoint metadata) for a "vq" or "dit" checkpoint."""
+    payload = read_checkpoint(path, kind)
+    if kind == "vq":
+        model: torch.nn.Module = VQModel(VQGANConfig.from_dict(payload["config"]))
+    else:
+        model = DiTHead(DiTConfig.from_dict(payload["config"]))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored config ({e})") from None
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "train_state")}
+    meta["data"] = DataSettings.from_dict(payload.get("data") or {})
+    return model.to(device).eval(), meta
+
+
+def load_lpips(directory: Path) -> LPIPS:
+    """LPIPS from ``vgg16.pth`` (torchvision's ImageNet VGG16, any file whose keys include
+    ``features.<i>.weight``) and ``vgg.pth`` (the LPIPS "lin" layers) in ``directory``."""
+    directory = Path(directory)
+    trunk, lin = directory / "vgg16.pth", directory / "vgg.pth"
+    for p in (trunk, lin):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: perceptual-loss weights not found")
+    net = LPIPS()
+    try:
+        sd_trunk = torch.load(trunk, map_location="cpu", weights_only=True)
+        sd_lin = torch.load(lin, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{directory}: cannot read the LPIPS weights ({e})") from None
+    state = {f"net.{k}": v for k, v in sd_trunk.items() if k.startswith("features.")}
+    state.update({k: v for k, v in sd_lin.items() if k.startswith("lin")})
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory}: LPIPS weights do not fit ({e})") from None
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: checkpoint(s), loss history, a fixed-batch evaluation."""
+
+    checkpoints: list[Path]
+    history: list[dict[str, float]] = field(default_factory=list)
+    initial_loss: float = math.nan  # evaluation loss on a fixed batch, before training
+    final_loss: float = math.nan  # ... and after
+    seconds: float = 0.0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TalkingHeadError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TalkingHeadError("CUDA was requested but is not available")
+    return dev
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+@dataclass(frozen=True)
+class VQTrainConfig:
+    preset: str = "paper"  # VQGANConfig preset: "paper" | "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # VQGANConfig overrides
+    loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast on CUDA
+    augment: bool = True  # random mask shifts for the masked VQGAN
+    save_every: int = 5000
+    log_every: int = 100
+    eval_batch: int = 8
+    resume: bool = False
+
+
+def _vq_eval(vq: VQModel, images: torch.Tensor) -> float:
+    with torch.no_grad():
+        rec, _ = vq(images)
+        return float((rec - images).abs().mean())
+
+
+def train_vq(
+    data_dir: Path,
+    out_dir: Path,
+    config: VQTrainConfig = VQTrainConfig(),
+    *,
+    which: str = "full",
+    perceptual_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train one VQGAN (``which``: "full" or "masked"); writes ``out_dir/vq_<which>.pt``.
+
+    The evaluation loss is the pixel L1 reconstruction error on a fixed batch.
+    Without ``perceptual_dir`` (holding LPIPS weights, see `load_lpips`) the
+    perceptual term is off (L1/L2-only mode).
+    """
+    if which not in VQ_FILES:
+        raise TalkingHeadError(f"unknown VQGAN {which!r}; expected 'full' or 'masked'")
+    start_time = time.monotonic()
+    data = load_prepared(data_dir)
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    out = Path(out_dir) / VQ_FILES[which]
+    overrides = {"resolution": data.size, **config.model}
+    vq = VQModel(VQGANConfig.from_preset(config.preset, **overrides)).to(device)
+    vq.latent_shape(data.size, data.size)  # fails early on sizes f does not divide
+    perceptual = load_lpips(perceptual_dir).to(device) if perceptual_dir else None
+    if perceptual is None:
+        log.info("no LPIPS weights: training %s VQGAN with the pixel loss only", which)
+    criterion = VQGANLoss(config.loss, perceptual).to(device)
+    opt_g = torch.optim.Adam(vq.parameters(), lr=config.lr, betas=config.betas, foreach=True)
+    opt_d = torch.optim.Adam(
+        criterion.discriminator.parameters(), lr=config.lr, betas=config.betas, foreach=True
+    )
+    step = 0
+    if config.resume and out.is_file():
+        payload = read_checkpoint(out, "vq")
+        vq.load_state_dict(payload["state_dict"])
+        state = payload.get("train_state") or {}
+        if state:
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            criterion.discriminator.load_state_dict(state["discriminator"])
+        step = int(payload.get("step", 0))
+
+    masked = which == "masked"
+    drawer = SampleDrawer(data, seed=config.seed, augment=config.augment)
+    eval_images = (
+        SampleDrawer(data, seed=config.seed + 1, augment=False)
+        .images(config.eval_batch, masked)
+        .to(device)
+    )
+    result = TrainResult(checkpoints=[out], initial_loss=_vq_eval(vq, eval_images))
+
+    def save(at: int) -> None:
+        train_state = {
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "discriminator": criterion.discriminator.state_dict(),
+        }
+        save_checkpoint(
+            out, "vq", vq, data=data.settings, step=at, which=which, train_state=train_state
+        )
+
+    vq.train()
+    criterion.train()
+    if progress:
+        progress(f"vq-{which}", step, config.steps)
+    while step < config.steps:
+        x = drawer.images(config.batch_size, masked).to(device)
+        with _autocast(device, config.amp):
+            rec, qloss = vq(x)
+        rec = rec.float()
+        loss, logs = criterion.generator_loss(x, rec, qloss.float(), step, vq.last_layer)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        if criterion.gan_active(step):
+            d_loss = criterion.discriminator_loss(x, rec)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            logs["d"] = d_loss.item()
+        step += 1
+        result.history.append(logs)
+        if config.log_every and step % config.log_every == 0:
+            log.info("vq-%s step %d: %s", which, step, _fmt(logs))
+        if config.save_every and step % config.save_every == 0:
+            save(step)
+        if progress:
+            progress(f"vq-{which}", step, config.steps)
+    vq.eval()
+    save(step)
+    result.final_loss = _vq_eval(vq, eval_images)
+    result.seconds = time.monotonic() - start_time
+    return result
+
+
+def _fmt(logs: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in logs.items())
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    preset: str = "dit-l/2"  # DiTConfig preset: "dit-l/2" (paper) | "dit-b/2" | "dit-s/2" | "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # DiTConfig overrides
+    steps: int = 400_000
+    batch_size: int = 32
+    lr: float = 1e-4  # constant, as in DiT
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999  # 0 disables the EMA copy
+    grad_clip: float | None = None
+    n_timestep: int = 1000
+    scale_by_std: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    augment: bool = True
+    save_every: int = 10_000
+    log_every: int = 100
+    eval_batch: int = 8
+    resume: bool = False
+
+
+@dataclass
+class _Latents:
+    target: torch.Tensor
+    masked: torch.Tensor
+    reference: torch.Tensor
+    audio: torch.Tensor
+
+
+class LatentEncoder:
+    """The two frozen VQGAN encoders: images -> scaled latents for the DiT."""
+
+    def __init__(self, vq_full: VQModel, vq_masked: VQModel, scale: float = 1.0) -> None:
+        self.full = vq_full.eval().requires_grad_(False)
+        self.masked = vq_masked.eval().requires_grad_(False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor], device: torch.device) -> _Latents:
+        def enc(vq: VQModel, x: torch.Tensor) -> torch.Tensor:
+            return vq.encode(x.to(device)).float() * self.scale
+
+        # Target and reference share the full-face encoder: one pass for both.
+        target, reference = enc(self.full, torch.cat([batch["target"], batch["reference"]])).chunk(
+            2
+        )
+        return _Latents(
+            target=target,
+            masked=enc(self.masked, batch["masked"]),
+            reference=reference,
+            audio=batch["audio"].to(device).float(),
+        )
+
+
+def load_vq_pair(
+    vq_dir: Path, device: str | torch.device = "cpu"
+) -> tuple[VQModel, VQModel, dict[str, Any]]:
+    full, meta = load_checkpoint(Path(vq_dir) / VQ_FILES["full"], "vq", device)
+    masked, _meta_m = load_checkpoint(Path(vq_dir) / VQ_FILES["masked"], "vq", device)
+    if full.latent_shape(64, 64) != masked.latent_shape(64, 64):
+        raise CheckpointError(
+            f"{vq_dir}: the full-face and masked-face VQGANs have different latent shapes"
+        )
+    return full, masked, meta  # type: ignore[return-value]
+
+
+def _dit_eval(
+    dit: DiTHead, schedule: DiffusionSchedule, lat: _Latents, t: torch.Tensor, noise: torch.Tensor
+) -> float:
+    with torch.no_grad():
+        return float(
+            schedule.training_loss(
+                lambda x, tt: dit(x, tt, lat.masked, lat.reference, lat.audio),
+                lat.target,
+                t=t,
+                noise=noise,
+            )
+        )
+
+
+def train_dit(
+    data_dir: Path,
+    out_dir: Path,
+    config: DiTTrainConfig = DiTTrainConfig(),
+    *,
+    vq_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train the DiT on frozen VQGAN latents; writes ``out_dir/dit.pt``.
+
+    ``vq_dir`` holds ``vq_full.pt`` and ``vq_masked.pt`` (default: ``out_dir``). The
+    evaluation loss is the epsilon MSE on a fixed batch with fixed timesteps and noise.
+    """
+    start_time = time.monotonic()
+    out_dir = Path(out_dir)
+    vq_dir = Path(vq_dir) if vq_dir is not None else out_dir
+    data = load_prepared(data_dir)
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    vq_full, vq_masked, _ = load_vq_pair(vq_dir, device)
+    channels, lh, _lw = vq_full.latent_shape(data.size, data.size)
+    overrides = {
+        "input_size": lh,
+        "latent_channels": channels,
+        "audio_dim": data.settings.audio.dim,
+        **config.model,
+    }
+    dit_cfg = DiTConfig.from_preset(config.preset, **overrides)
+    check_audio_dim(data.settings, dit_cfg.audio_dim)
+    dit = DiTHead(dit_cfg).to(device)
+    schedule = DiffusionSchedule.adm_linear(config.n_timestep)
+    out = out_dir / DIT_FILE
+
+    drawer = SampleDrawer(data, seed=config.seed, augment=config.augment)
+    gen = torch.Generator().manual_seed(config.seed)
+    encoder = LatentEncoder(vq_full, vq_masked)
+    step, scale = 0, 1.0
+    ema = EMA(dit, config.ema_decay, warmup=False) if config.ema_decay > 0 else None
+    opt = torch.optim.AdamW(
+        dit.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
+    if config.resume and out.is_file():
+        payload = read_checkpoint(out, "dit")
+        state = payload.get("train_state") or {}
+        dit.load_state_dict(state.get("model", payload["state_dict"]))
+        if ema is not None:
+            ema.load_average(payload["state_dict"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        step = int(payload.get("step", 0))
+        scale = float(payload.get("latent_scale", 1.0))
+    elif config.scale_by_std:
+        probe = encoder(drawer.dit_batch(max(config.batch_size, 8)), device)
+        scale = 1.0 / max(float(probe.target.std()), 1e-6)
+    encoder.scale = scale
+
+    eval_drawer = SampleDrawer(data, seed=config.seed + 1, augment=False)
+    eval_lat = encoder(eval_drawer.dit_batch(config.eval_batch), device)
+    eval_gen = torch.Generator().manual_seed(config.seed + 1)
+    eval_t = schedule.sample_timesteps(config.eval_batch, eval_gen).to(device)
+    eval_noise = torch.randn(eval_lat.target.shape, generator=eval_gen).to(device)
+    result = TrainResult(
+        checkpoints=[out], initial_loss=_dit_eval(dit, schedule, eval_lat, eval_t, eval_noise)
+    )
+
+    def save(at: int) -> None:
+        weights = ema.averaged_state_dict(dit) if ema is not None else dit.state_dict()
+        train_state = {"model": dit.state_dict(), "opt": opt.state_dict()}
+        save_checkpoint(
+            out,
+            "dit",
+            dit,
+            data=data.settings,
+            step=at,
+            state_dict=weights,
+            latent_scale=scale,
+            n_timestep=config.n_timestep,
+            train_state=train_state,
+        )
+
+    dit.train()
+    if progress:
+        progress("dit", step, config.steps)
+    while step < config.steps:
+        lat = encoder(drawer.dit_batch(config.batch_size), device)
+        with _autocast(device, config.amp):
+            loss = schedule.training_loss(
+                lambda x, t, lat=lat: dit(x, t, lat.masked, lat.reference, lat.audio),
+                lat.target,
+                generator=gen,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(dit.parameters(), config.grad_clip)
+        opt.step()
+        if ema is not None:
+            ema.update(dit)
+        step += 1
+        logs = {"loss": loss.item()}
+        result.history.append(logs)
+        if config.log_every and step % config.log_every == 0:
+            log.info("dit step %d: %s", step, _fmt(logs))
+        if config.save_every and step % config.save_every == 0:
+            save(step)
+        if progress:
+            progress("dit", step, config.steps)
+    dit.eval()
+    save(step)
+    final = ema.averaged(dit) if ema is not None else dit
+    result.final_loss = _dit_eval(final, schedule, eval_lat, eval_t, eval_noise)
+    result.seconds = time.monotonic() - start_time
+    return result
+
+
+def with_overrides(config: Any, **changes: Any) -> Any:
+    """A copy of a frozen train config with the non-None ``changes`` applied."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+__all__ = [
+    "DIT_FILE",
+    "VQ_FILES",
+    "DiTTrainConfig",
+    "LatentEncoder",
+    "PreparedDataset",
+    "TrainResult",
+    "VQTrainConfig",
+    "load_checkpoint",
+    "load_lpips",
+    "load_vq_pair",
+    "read_checkpoint",
+    "save_checkpoint",
+    "train_dit",
+    "train_vq",
+    "with_overrides",
+]

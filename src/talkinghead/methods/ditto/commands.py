@@ -1,0 +1,148 @@
+"""`talkinghead train-motion`: train Ditto's motion model (LMDM) on prepared data.
+
+Runs on one CPU or GPU as it is; for several GPUs or nodes start it through accelerate:
+``accelerate launch -m talkinghead train-motion DATA_DIR OUT_DIR ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from talkinghead.commands.common import err_console
+from talkinghead.errors import TalkingHeadError
+
+
+def train_motion(
+    data_dir: Path = typer.Argument(
+        ..., help="Prepared data: the prepare-data folder or a data_list.json."
+    ),
+    out_dir: Path = typer.Argument(..., help="Run folder: states, checkpoints, logs (resumable)."),
+    preset: str = typer.Option("release", "--preset", help="release (the v0.4 model) or tiny."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    save_ckpt_freq: int | None = typer.Option(
+        None, "--save-ckpt-freq", min=1, help="Epochs between saved checkpoints."
+    ),
+    save_every_steps: int | None = typer.Option(
+        None, "--save-every-steps", min=0, help="Also save every N steps."
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=0, help="Stop after N steps."),
+    use_sc: bool | None = typer.Option(None, "--use-sc/--no-use-sc"),
+    use_last_frame: bool | None = typer.Option(None, "--use-last-frame/--no-use-last-frame"),
+    use_last_frame_loss: bool | None = typer.Option(
+        None, "--use-last-frame-loss/--no-use-last-frame-loss"
+    ),
+    use_emo: bool | None = typer.Option(None, "--use-emo/--no-use-emo"),
+    use_eye_open: bool | None = typer.Option(None, "--use-eye-open/--no-use-eye-open"),
+    use_eye_ball: bool | None = typer.Option(None, "--use-eye-ball/--no-use-eye-ball"),
+    audio_feat_dim: int | None = typer.Option(
+        None, "--audio-feat-dim", help="Condition size (0: from the data)."
+    ),
+    motion_feat_dim: int | None = typer.Option(None, "--motion-feat-dim"),
+    seq_frames: int | None = typer.Option(None, "--seq-frames", min=2),
+    data_preload: bool | None = typer.Option(
+        None, "--data-preload/--no-data-preload", help="Hold all data in memory."
+    ),
+    data_preload_path: Path | None = typer.Option(
+        None, "--data-preload-path", help="Preload cache (default DATA_DIR/data_preload.npz)."
+    ),
+    num_workers: int | None = typer.Option(None, "--num-workers", min=0),
+    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="no, fp16 or bf16."),
+    grad_clip: float | None = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)."),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="0 disables the EMA."),
+    cond_drop_prob: float | None = typer.Option(None, "--cond-drop-prob"),
+    seed: int | None = typer.Option(None, "--seed"),
+    init_checkpoint: Path | None = typer.Option(
+        None, "--init-checkpoint", help="Start from these LMDM weights (fine-tuning)."
+    ),
+    tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a run in OUT_DIR."),
+    install_to: Path | None = typer.Option(
+        None,
+        "--install-to",
+        help="Afterwards, put the result into this checkpoints root for `generate`.",
+    ),
+) -> None:
+    """Train the motion diffusion model (MotionDiT) on data from `prepare-data`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from talkinghead.methods.ditto.train import PRESETS, install_checkpoint
+    from talkinghead.methods.ditto.train import train_motion as run
+
+    if preset not in PRESETS:
+        raise TalkingHeadError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if not data_dir.exists():
+        raise TalkingHeadError(f"{data_dir}: data not found (run `talkinghead prepare-data`)")
+    given: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "save_ckpt_freq": save_ckpt_freq,
+        "save_every_steps": save_every_steps,
+        "max_steps": max_steps,
+        "use_sc": use_sc,
+        "use_last_frame": use_last_frame,
+        "use_last_frame_loss": use_last_frame_loss,
+        "use_emo": use_emo,
+        "use_eye_open": use_eye_open,
+        "use_eye_ball": use_eye_ball,
+        "motion_feat_dim": motion_feat_dim,
+        "seq_frames": seq_frames,
+        "data_preload": data_preload,
+        "data_preload_path": None if data_preload_path is None else str(data_preload_path),
+        "num_workers": num_workers,
+        "mixed_precision": mixed_precision,
+        "grad_clip": grad_clip,
+        "ema_decay": ema_decay,
+        "cond_drop_prob": cond_drop_prob,
+        "seed": seed,
+        "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint),
+        "tensorboard": tensorboard,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if audio_feat_dim is not None:
+        overrides["audio_feat_dim"] = audio_feat_dim or None
+    try:
+        config = replace(PRESETS[preset], **overrides)
+    except ValueError as exc:  # the config's own checks (loss type, precision...)
+        raise TalkingHeadError(str(exc)) from None
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process  # one bar, not one per `accelerate launch` process
+    with Progress(*columns, console=err_console, transient=True, disable=not main) as bar:
+        task = bar.add_task("training", total=None)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
+
+        result = run(data_dir, out_dir, config, resume=resume, progress=progress)
+    if not result.is_main_process:  # the other processes of `accelerate launch` stay quiet
+        return
+    if result.start_step:
+        typer.echo(f"resumed at step {result.start_step}")
+    typer.echo(f"trained to step {result.step} ({result.epoch} epochs) in {out_dir}")
+    if result.checkpoint is not None:
+        typer.echo(f"checkpoint: {result.checkpoint}")
+        if result.sidecar is not None:
+            typer.echo(f"network config (sidecar): {result.sidecar}")
+        if install_to is not None:
+            target = install_checkpoint(out_dir, install_to)
+            typer.echo(f"installed as {target}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-motion")(train_motion)

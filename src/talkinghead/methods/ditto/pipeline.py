@@ -1,0 +1,998 @@
+"""The Ditto pipeline: portrait (or video) + speech -> talking-head video, offline or streaming.
+
+Data flows one way, as in the release:
+
+    source --register--> Avatar (motion, appearance, crop transform, eyes; cached)
+    audio  --HuBERT-->   features [N, 1024] --conditions--> [N, 1103]
+           --LMDM + DDIM, clip-wise--> motion [N, 265]
+           --stitch--> keypoints --warp--> features --decode--> 512 crops
+           --paste-back--> frames --> writer (H.264 + AAC)
+
+Offline, the motion of the whole clip is sampled first (it costs a small
+fraction of rendering), then frames stream through the renderer stages, which
+run concurrently in threads with bounded queues (`StageRunner`): memory does not
+grow with the length of the audio. Streaming (`DittoPipeline.stream`) runs the
+same stages on audio pushed in chunks and returns frames as soon as they exist.
+
+Deliberate differences from the release are listed in `docs/ditto.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from talkinghead.audio.hubert import (
+    HubertFeatureExtractor,
+    OnnxHubertEncoder,
+    SpeechEncoder,
+    TransformersHubertEncoder,
+    num_frames,
+)
+from talkinghead.audio.io import AudioInput, audio_name, read_audio, to_sample_rate
+from talkinghead.diffusion import DDIMSampler
+from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.face import CropConfig, FaceAnalyzer, PasteBack, create_face_analyzer
+from talkinghead.media.source import SourceInput, source_media
+from talkinghead.methods.ditto.avatar import Avatar, AvatarCache, AvatarRegistrar
+from talkinghead.methods.ditto.checkpoints import (
+    ReleaseCheckpoints,
+    load_release_config,
+    resolve_checkpoints,
+)
+from talkinghead.methods.ditto.motion import (
+    ClipwiseConfig,
+    ClipwiseGenerator,
+    ConditionBuilder,
+    ConditionConfig,
+    dict_to_motion,
+    motion_to_dict,
+)
+from talkinghead.methods.ditto.motion.stitch import MotionStitcher, StitchConfig, StitchControl
+from talkinghead.methods.ditto.validation import check_ditto_config, check_output, resolve_device
+from talkinghead.models import OFFICIAL_NETWORKS, load_official
+from talkinghead.stages import Stage, StageRunner
+from talkinghead.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from talkinghead.timebase import frames_for_duration as expected_frames
+
+log = logging.getLogger(__name__)
+
+SIDECAR_NAME = "talkinghead.json"  # optional per-network constructor kwargs beside the .pth files
+# Progress callback: (stage name, items done, total or None).
+Progress = Callable[[str, int, int | None], None]
+OUTPUT_TYPES = ("np", "pil", "iterator")  # what generate(output=None) returns the frames as
+MUX_RATE = 48000  # the AAC track's sample rate
+STREAM_CHUNK = 3200  # samples per push when streaming a whole clip: 200 ms, as a live client
+_BATCHES_IN_FLIGHT = 4  # renderer batches ahead of a caller reading frames (bounds memory)
+
+
+@dataclass(frozen=True)
+class DittoConfig:
+    """Every setting of a generation; defaults are the release's (v0.4 HuBERT, offline).
+
+    Source: ``max_size`` (longest side), ``max_source_frames`` (video sources; None:
+    as many as output frames, as the release), ``crop``, ``face_backend``
+    ("auto" | "mediapipe" | "release").
+    Motion: ``steps`` (DDIM), ``overlap`` (offline windows), ``online_overlap``
+    (streaming windows, the authors' 70), ``smooth_k``, ``fix_kp_cond``, ``emotion``
+    (label, name, list, or [N, 8]), ``eye_f0_mode``.
+    Stitching: ``stitch`` (a `StitchConfig`), pose offsets (degrees) and scales,
+    ``fade_in``/``fade_out`` (frames; they fade from/to the source motion), ``blink``
+    (insert blinks from the release's blink clip; None: as ``stitch`` says).
+    Runtime: ``seed``, ``device``, ``fp16`` (autocast the renderer on CUDA),
+    ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
+    motion settings offline too), ``cache`` (reuse registered avatars).
+    """
+
+    max_size: int = 1920
+    max_source_frames: int | None = None
+    crop: CropConfig = field(default_factory=CropConfig)
+    face_backend: str = "auto"
+    steps: int = 50
+    overlap: int = 10
+    online_overlap: int = 70
+    smooth_k: int = 3
+    fix_kp_cond: int = 0
+    motion_clip: Any = (
+        None  # [2, 265] per-dim (min, max) of the motion (release: v_min_max_for_clip)
+    )
+    emotion: Any = 4
+    eye_f0_mode: bool = False
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    delta_pitch: float = 0.0
+    delta_yaw: float = 0.0
+    delta_roll: float = 0.0
+    alpha_pitch: float = 1.0
+    alpha_yaw: float = 1.0
+    alpha_roll: float = 1.0
+    fade_in: int = 0
+    fade_out: int = 0
+    blink: bool | None = None
+    seed: int | None = None
+    device: str = "cpu"
+    fp16: bool = False
+    batch_size: int = 4
+    online: bool = False
+    cache: bool = True
+
+    def replace(self, **changes: Any) -> DittoConfig:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown Ditto settings: {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    def clipwise(self, streaming: bool, seq_frames: int = 80) -> ClipwiseConfig:
+        common = {
+            "seq_frames": seq_frames,
+            "smooth_kernel": self.smooth_k,
+            "fix_cond_every": self.fix_kp_cond,
+        }
+        if streaming or self.online:
+            return ClipwiseConfig.release_online(overlap=self.online_overlap, **common)
+        return ClipwiseConfig(overlap=self.overlap, **common)
+
+    def stitch_config(self) -> StitchConfig:
+        overall = StitchControl(
+            **{
+                name: value
+                for name, value, neutral in (
+                    ("delta_pitch", self.delta_pitch, 0.0),
+                    ("delta_yaw", self.delta_yaw, 0.0),
+                    ("delta_roll", self.delta_roll, 0.0),
+                    ("alpha_pitch", self.alpha_pitch, 1.0),
+                    ("alpha_yaw", self.alpha_yaw, 1.0),
+                    ("alpha_roll", self.alpha_roll, 1.0),
+                )
+                if value != neutral
+            }
+        )
+        cfg = replace(self.stitch, overall=overall.over(self.stitch.overall))
+        if self.blink is not None:
+            if self.blink and cfg.delta_eye_arr is None:
+                raise TalkingHeadError(
+                    "blink needs a blink clip (delta_eye_arr), which comes with the release's "
+                    "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
+                )
+            # 0: random open-eye gaps of 60-100 frames between blinks (the release's default).
+            cfg = replace(cfg, delta_eye_open_n=0 if self.blink else -1)
+        if (self.fade_in > 0 or self.fade_out > 0) and cfg.fade_type == "":
+            # The release's fades silently do nothing with its default fade_type "";
+            # fading from/to the source's own motion is what a fade-in/out means.
+            cfg = replace(cfg, fade_type="s")
+        return cfg
+
+
+# The release's default_kwargs (ditto_cfg/*.pkl) -> our settings.
+_RELEASE_KEYS = {
+    "max_size": "max_size",
+    "emo": "emotion",
+    "eye_f0_mode": "eye_f0_mode",
+    "overlap_v2": "overlap",
+    "fix_kp_cond": "fix_kp_cond",
+    "sampling_timesteps": "steps",
+    "smo_k_d": "smooth_k",
+    "v_min_max_for_clip": "motion_clip",
+}
+_RELEASE_STITCH_KEYS = (
+    "use_d_keys",
+    "relative_d",
+    "drive_eye",
+    "delta_eye_arr",
+    "delta_eye_open_n",
+    "fade_type",
+    "fade_out_keys",
+    "flag_stitching",
+)
+
+
+def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None) -> DittoConfig:
+    """Our settings from a release config (the dict `load_release_config` returns).
+
+    Keys of its ``default_kwargs`` that have no counterpart here are logged and ignored.
+    """
+    base = base or DittoConfig()
+    kwargs = dict(cfg.get("default_kwargs") or {})
+    changes: dict[str, Any] = {}
+    stitch: dict[str, Any] = {}
+    crop: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if value is None and key not in ("drive_eye", "use_d_keys", "delta_eye_arr"):
+            continue
+        if key in _RELEASE_KEYS:
+            changes[_RELEASE_KEYS[key]] = value
+        elif key in _RELEASE_STITCH_KEYS:
+            stitch[key] = tuple(value) if key == "fade_out_keys" else value
+        elif key == "online_mode":
+            changes["online"] = bool(value)
+        elif key == "template_n_frames":
+            changes["max_source_frames"] = int(value) if int(value) > 0 else None
+        elif key in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio", "crop_flag_do_rot"):
+            crop[{"crop_flag_do_rot": "rotate"}.get(key, key.removeprefix("crop_"))] = value
+        elif key == "overall_ctrl_info":
+            stitch["overall"] = StitchControl.coerce(value or None)
+        else:
+            log.info("release setting %s=%r has no counterpart here; ignored", key, value)
+    if changes.get("online") and "overlap" in changes:
+        changes["online_overlap"] = changes.pop("overlap")
+    if crop:
+        changes["crop"] = replace(base.crop, **crop)
+    if stitch:
+        changes["stitch"] = replace(base.stitch, **stitch)
+    return base.replace(**changes)
+
+
+def video_options(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """x264's "veryfast" preset keeps encoding well ahead of real time at crf 18."""
+    from talkinghead.media.writer import VIDEO_SUFFIXES
+
+    return {"preset": "veryfast"} if Path(output).suffix.lower() in VIDEO_SUFFIXES else {}
+
+
+def fade_alphas(num_frames: int, fade_in: int, fade_out: int) -> np.ndarray | None:
+    """Per-frame fade weights (1 = generated motion), as the release's ``setup_Nd``."""
+    if fade_in <= 0 and fade_out <= 0:
+        return None
+    alpha = np.ones(num_frames, np.float32)
+    if fade_in > 0:
+        n = min(fade_in, num_frames)
+        alpha[:n] = np.arange(n, dtype=np.float32) / fade_in
+    if fade_out > 0 and num_frames > 1:
+        start, end = max(num_frames - fade_out - 1, 0), num_frames - 1
+        idx = np.arange(start, num_frames)
+        span = max(end - start, 1)
+        alpha[start:] = np.minimum(alpha[start:], np.maximum((end - idx) / span, 0))
+    return alpha
+
+
+@dataclass
+class DittoModels:
+    """The networks and encoders a pipeline runs, loaded once."""
+
+    appearance_extractor: nn.Module
+    motion_extractor: nn.Module
+    warp_network: nn.Module
+    decoder: nn.Module
+    stitch_network: nn.Module
+    lmdm: nn.Module
+    speech_encoder: SpeechEncoder
+    registrar: AvatarRegistrar
+    identity: str = ""
+
+
+def read_sidecar(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """Constructor kwargs per network kind from ``talkinghead.json`` beside the checkpoints."""
+    path = models_dir / SIDECAR_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable network configuration ({exc})") from exc
+    unknown = sorted(set(data) - set(OFFICIAL_NETWORKS))
+    if not isinstance(data, dict) or unknown:
+        raise CheckpointError(f"{path}: unknown network kinds {unknown}")
+    return data
+
+
+def build_speech_encoder(
+    checkpoints: ReleaseCheckpoints, hubert: str | None, device: str
+) -> SpeechEncoder:
+    """The release's streaming HuBERT ONNX when present, else a transformers HuBERT."""
+    if hubert is not None and Path(hubert).suffix == ".onnx":
+        return OnnxHubertEncoder(hubert, device=device)
+    onnx_path = checkpoints.aux_models["hubert"]
+    if hubert is None and onnx_path.is_file():
+        return OnnxHubertEncoder(onnx_path, device=device)
+    if hubert is None:
+        raise CheckpointError(
+            f"{onnx_path} not found: put the release's HuBERT there, or pass a transformers "
+            "HuBERT model id or directory (--hubert)"
+        )
+    return TransformersHubertEncoder(hubert, device=device)
+
+
+class DittoPipeline:
+    """Ditto, end to end. Build with `from_pretrained`; run `generate` or `stream`."""
+
+    def __init__(self, models: DittoModels, config: DittoConfig | None = None) -> None:
+        self.models = models
+        self.config = config or DittoConfig()
+        self.config.stitch_config()  # bad settings (blink without a blink clip) fail at load
+        self.features = HubertFeatureExtractor(models.speech_encoder)
+        self.cache = AvatarCache() if self.config.cache else None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run."""
+        return next(self.models.warp_network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision frames are rendered in: float16 with ``fp16`` on CUDA, else float32."""
+        return torch.float16 if self.config.fp16 and self.device.type == "cuda" else torch.float32
+
+    def to(
+        self,
+        device: str | torch.device | torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DittoPipeline:
+        """Move every network to `device` and/or set the rendering precision; returns self.
+
+        As diffusers' ``DiffusionPipeline.to``: ``pipe.to("cuda")``, ``pipe.to("cuda",
+        torch.float16)`` or ``pipe.to(torch.float16)``. float16 autocasts the renderer
+        (warp and decode) on CUDA, as the release does, and sets ``config.fp16``; the
+        weights stay float32: the motion model's DDIM schedule needs float32's range, and
+        PyTorch has no CPU float16 3-D pooling. A transformers HuBERT moves too; the
+        release's ONNX HuBERT keeps the device it was loaded for.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype not in (None, torch.float32, torch.float16):
+            raise TalkingHeadError(f"dtype must be torch.float32 or torch.float16, not {dtype}")
+        target = self.device if device is None else torch.device(device)
+        if dtype == torch.float16 and target.type != "cuda":
+            raise TalkingHeadError(
+                f"float16 rendering needs a CUDA device, not {target}; use torch.float32"
+            )
+        if device is not None:
+            m = self.models
+            for net in (
+                m.appearance_extractor,
+                m.motion_extractor,
+                m.warp_network,
+                m.decoder,
+                m.stitch_network,
+                m.lmdm,
+                m.registrar.motion_extractor,
+                m.registrar.appearance_extractor,
+            ):
+                net.to(target)
+            m.registrar.device = target
+            encoder = getattr(m.speech_encoder, "model", None)
+            if isinstance(encoder, nn.Module):
+                encoder.to(target)
+                m.speech_encoder.device = target
+        changes: dict[str, Any] = {"device": str(target)}
+        if dtype is not None:
+            changes["fp16"] = dtype == torch.float16
+        self.config = self.config.replace(**changes)
+        return self
+
+    def _settings(self, settings: Mapping[str, Any]) -> DittoConfig:
+        """This call's config: ours with `settings` applied, checked before any work starts."""
+        cfg = self.config.replace(**settings)
+        check_ditto_config(cfg)
+        cfg.stitch_config()
+        return cfg
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoints: str | os.PathLike[str] | None = None,
+        *,
+        download: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        hubert: str | None = None,
+        config: DittoConfig | None = None,
+        face_analyzer: FaceAnalyzer | None = None,
+        **settings: Any,
+    ) -> DittoPipeline:
+        """Load the release (a local directory in its layout, or the model hub).
+
+        Without ``checkpoints``, the model hub's ``revision`` (default: the pinned
+        release commit) is taken from ``cache_dir`` (default: the standard cache),
+        downloaded there if missing unless ``local_files_only`` (or ``download=False``).
+        ``hubert``: a transformers HuBERT id/path, or an ``.onnx`` file, used when the
+        release's ``hubert_streaming_fix_kv.onnx`` is absent. ``face_analyzer``: one
+        already built (e.g. by the CLI's face check) instead of ``face_backend``'s.
+        ``settings`` override `DittoConfig` fields; ``device="auto"`` picks CUDA if present.
+        Settings are checked before anything is resolved or downloaded.
+        """
+        cfg = (config or DittoConfig()).replace(**settings)
+        check_ditto_config(cfg)
+        settings = {**settings, "device": resolve_device(cfg.device)}
+        cfg = cfg.replace(device=settings["device"])
+        # Face and HuBERT models and the config pkl are optional (offline fallbacks exist).
+        ckpt = resolve_checkpoints(
+            checkpoints,
+            download=download and not local_files_only,
+            revision=revision,
+            cache_dir=cache_dir,
+            strict=False,
+        )
+        if config is None and ckpt.config.is_file():
+            cfg = config_from_release(load_release_config(ckpt.config)).replace(**settings)
+        missing = [p for p in ckpt.models.values() if not p.is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{ckpt.root}: missing Ditto checkpoint(s): " + ", ".join(str(p) for p in missing)
+            )
+        models_dir = ckpt.models["decoder"].parent
+        sizes = read_sidecar(models_dir)
+        device = cfg.device
+        nets = {
+            kind: load_official(kind, ckpt.models[kind], device=device, **sizes.get(kind, {}))
+            for kind in OFFICIAL_NETWORKS
+        }
+        aux_dir = ckpt.aux_models["hubert"].parent
+        analyzer = face_analyzer or create_face_analyzer(
+            cfg.face_backend, aux_dir=aux_dir, crop=cfg.crop
+        )
+        # The registrar runs the extractors loaded above: each checkpoint is read once.
+        registrar = AvatarRegistrar(
+            analyzer,
+            nets["motion_extractor"],
+            nets["appearance_extractor"],
+            device=device,
+            batch_size=cfg.batch_size,
+            model_identity=AvatarRegistrar.checkpoints_identity(
+                ckpt.models["motion_extractor"], ckpt.models["appearance_extractor"]
+            ),
+        )
+        models = DittoModels(
+            appearance_extractor=nets["appearance_extractor"],
+            motion_extractor=nets["motion_extractor"],
+            warp_network=nets["warp_network"],
+            decoder=nets["decoder"],
+            stitch_network=nets["stitch_network"],
+            lmdm=nets["lmdm"],
+            speech_encoder=build_speech_encoder(ckpt, hubert, device),
+            registrar=registrar,
+            identity=str(ckpt.root),
+        )
+        return cls(models, cfg)
+
+    @property
+    def face_backend(self) -> str:
+        return str(getattr(self.models.registrar.face_analyzer, "name", "unknown"))
+
+    # ------------------------------------------------------------------ building blocks
+
+    def register(
+        self,
+        source: SourceInput | Avatar,
+        *,
+        max_frames: int | None = None,
+        config: DittoConfig | None = None,
+        progress: Progress | None = None,
+    ) -> Avatar:
+        """Register a source (from the cache when it was registered before).
+
+        `source`: a file, or a picture or video in memory (see `generate`); the cache
+        keys in-memory sources by their pixels. An `Avatar` is returned as it is.
+        """
+        if isinstance(source, Avatar):
+            return source
+        cfg = config or self.config
+        report = (lambda done, total: progress("register", done, total)) if progress else None
+        if not isinstance(source, (str, os.PathLike)):
+            media = source_media(source, max_side=cfg.max_size, max_frames=max_frames)
+            if self.cache is not None and cfg.cache:
+                return self.cache.get_or_register_media(
+                    media,
+                    self.models.registrar,
+                    max_side=cfg.max_size,
+                    max_frames=max_frames,
+                    progress=report,
+                )
+            return self.models.registrar.register(media, progress=report)
+        source = Path(source)
+        if not source.is_file():
+            raise MediaError(f"{source}: source file not found")
+        if self.cache is not None and cfg.cache:
+            return self.cache.get_or_register(
+                source,
+                self.models.registrar,
+                max_side=cfg.max_size,
+                max_frames=max_frames,
+                progress=report,
+            )
+        from talkinghead.media.source import load_source
+
+        media = load_source(source, max_side=cfg.max_size, max_frames=max_frames)
+        avatar = self.models.registrar.register(media, progress=report)
+        avatar.source_path = str(source)
+        return avatar
+
+    def _conditions(self, avatar: Avatar, cfg: DittoConfig) -> ConditionBuilder:
+        lmdm_cfg = getattr(self.models.lmdm, "config", None)
+        audio_dim = self.features.feat_dim
+        cond_cfg = ConditionConfig(audio_dim=audio_dim, eye_first_frame=cfg.eye_f0_mode)
+        if lmdm_cfg is not None and cond_cfg.dim != lmdm_cfg.audio_feat_dim:
+            raise CheckpointError(
+                f"the motion model expects {lmdm_cfg.audio_feat_dim}-dim conditions, but "
+                f"{audio_dim}-dim speech features give {cond_cfg.dim}"
+            )
+        return ConditionBuilder(
+            cond_cfg,
+            emotion=cfg.emotion,
+            eye_open=avatar.eye_open,
+            eye_ball=avatar.eye_ball,
+            shape_code=avatar.sc,
+        )
+
+    def _motion_generator(
+        self,
+        avatar: Avatar,
+        cfg: DittoConfig,
+        streaming: bool,
+        builder: ConditionBuilder,
+        generator: torch.Generator | None = None,
+    ) -> ClipwiseGenerator:
+        sampler = DDIMSampler(num_steps=cfg.steps)
+        lmdm = self.models.lmdm
+        device = next(lmdm.parameters()).device
+
+        def sample_window(cond_frame, cond, generator):
+            return sampler(lmdm, cond_frame.to(device), cond.to(device), generator=generator).cpu()
+
+        seq_frames = getattr(getattr(lmdm, "config", None), "seq_frames", 80)
+        try:
+            clip_cfg = cfg.clipwise(streaming, seq_frames)
+        except ValueError as exc:  # e.g. an overlap that does not fit a short-window model
+            raise TalkingHeadError(
+                f"motion settings do not fit the motion model ({seq_frames}-frame windows): {exc}"
+            ) from None
+        prefix = None
+        if clip_cfg.fuse == "online":
+            # The release's streaming driver starts from `overlap` frames of silence.
+            silence = self.features.features(np.zeros(clip_cfg.overlap * SAMPLES_PER_FRAME, np.float32))
+            prefix = builder(silence, start=-clip_cfg.overlap)
+        if generator is None and cfg.seed is not None:
+            generator = torch.Generator().manual_seed(cfg.seed)
+        return ClipwiseGenerator(
+            sample_window,
+            dict_to_motion(avatar.x_s_info_at(0))[0],
+            clip_cfg,
+            clip_range=cfg.motion_clip,
+            prefix=prefix,
+            generator=generator,
+        )
+
+    def motion(
+        self,
+        avatar: Avatar,
+        audio_16k: np.ndarray,
+        *,
+        config: DittoConfig | None = None,
+        progress: Progress | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Motion [N, 265] for a whole clip, and the relative-driving reference d0 [265].
+
+        d0 is None offline (the first generated frame is the reference, as the release).
+        `generator` (default: one seeded with the config's ``seed``) drives the sampler.
+        """
+        cfg = config or self.config
+        if progress:
+            progress("features", 0, None)
+        feats = self.features.features(audio_16k)
+        if progress:
+            progress("features", len(feats), len(feats))
+        builder = self._conditions(avatar, cfg)
+        gen = self._motion_generator(
+            avatar, cfg, streaming=False, builder=builder, generator=generator
+        )
+        online = gen.config.fuse == "online"
+        windows = (lambda done, total: progress("motion", done, total)) if progress else None
+        motion = gen.generate(builder(feats, start=0), with_prefix=online, progress=windows)
+        d0 = None
+        if online:
+            d0, motion = motion[0], motion[gen.prefix.shape[0] :]
+        return motion.numpy(), (None if d0 is None else d0.numpy())
+
+    # ------------------------------------------------------------------ rendering
+
+    def _renderer(self, avatar: Avatar, cfg: DittoConfig, total: int | None, d0) -> _Renderer:
+        return _Renderer(self.models, avatar, cfg, total, d0)
+
+    def generate(
+        self,
+        source: SourceInput | Avatar,
+        audio: AudioInput,
+        output: str | os.PathLike[str] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        streaming: bool = False,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> GenerationResult:
+        """`source` speaking `audio`: a video written to `output`, or frames returned.
+
+        source: a file (image or video), a PIL image, an HxWx3 array (uint8, or float in
+            [0, 1]), a video as an [F, H, W, 3] array or a list of frames, or an `Avatar`.
+        audio: a file, an ``(array, sample_rate)`` pair, or a bare array at 16 kHz.
+        output: an .mp4/.mov/.mkv file (H.264 + the input audio as AAC), a directory
+            ending in "/" (PNG frames), or "-" (raw RGB frames on stdout); written to a
+            temporary file and renamed on success, so a failure leaves nothing behind.
+            None: the result holds the `frames` (`output_type` "np": uint8 [N, H, W, 3];
+            "pil": PIL images; "iterator": rendered while read, for long clips) and the
+            input `audio` as float32 mono at its `sample_rate`.
+        generator: the motion sampler's randomness, instead of ``seed``; a CPU generator
+            seeded with s gives the frames of ``seed=s``.
+        streaming: run the streaming pipeline, the audio pushed in 200 ms chunks as a
+            live client would (the release's online motion settings).
+        settings: `DittoConfig` fields for this call.
+        """
+        from talkinghead.media.writer import open_writer
+
+        if output_type not in OUTPUT_TYPES:
+            raise TalkingHeadError(
+                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {output_type!r}"
+            )
+        cfg = self._settings(settings)
+        if output is not None:
+            check_output(output)  # before the work, not after minutes of it
+        where = audio_name(audio)
+        samples, rate = read_audio(audio)
+        audio_16k = to_sample_rate(samples, rate, SAMPLE_RATE, where)
+        n = num_frames(len(audio_16k))
+        if n == 0:
+            raise MediaError(f"{where}: the audio is empty")
+        max_frames = cfg.max_source_frames if cfg.max_source_frames is not None else n
+        avatar = self.register(source, max_frames=max_frames, config=cfg, progress=progress)
+        result = GenerationResult(
+            output=None,
+            num_frames=n,
+            size=avatar.frame_size,
+            face_backend=avatar.face_backend,
+            num_faces=avatar.num_faces,
+        )
+        frames: Iterator[np.ndarray] | None = None
+        if streaming:
+            session = DittoStream(self, avatar, cfg, generator=generator)
+            frames = _streamed_frames(session, audio_16k, progress)
+        else:
+            motion, d0 = self.motion(
+                avatar, audio_16k, config=cfg, progress=progress, generator=generator
+            )
+            if output is None:
+                frames = self._rendered_frames(avatar, motion, d0, cfg, progress)
+        if output is None:
+            assert frames is not None
+            result.frames = _collect_frames(frames, n, avatar.frame_size, output_type)
+            result.audio, result.sample_rate = np.clip(samples, -1.0, 1.0), rate
+            return result
+        writer = open_writer(
+            output,
+            fps=FPS,
+            audio=(to_sample_rate(samples, rate, MUX_RATE, where), MUX_RATE),
+            **video_options(output),
+        )
+        try:
+            if frames is not None:  # streamed: the session renders in its own threads
+                for frame in frames:
+                    writer.write(frame)
+                result.output = writer.close()
+                return result
+            renderer = self._renderer(avatar, cfg, n, d0)
+            with StageRunner(renderer.stages(writer, progress), maxsize=2) as runner:
+                for start in range(0, n, cfg.batch_size):
+                    runner.put((start, motion[start : start + cfg.batch_size]))
+                runner.close()
+                for _ in runner.results():
+                    pass
+            path = writer.close()
+        except BaseException:
+            writer.abort()
+            if frames is not None:
+                frames.close()  # stops the streaming session's threads now
+            raise
+        result.output = path
+        return result
+
+    def _rendered_frames(
+        self,
+        avatar: Avatar,
+        motion: np.ndarray,
+        d0: np.ndarray | None,
+        cfg: DittoConfig,
+        progress: Progress | None,
+    ) -> Iterator[np.ndarray]:
+        """The offline renderer's frames, in order, as the caller reads them.
+
+        At most `_BATCHES_IN_FLIGHT` batches run ahead of the reader, so a slow reader
+        does not make rendered frames pile up; stopping early stops every stage.
+        """
+        n, b = len(motion), cfg.batch_size
+        renderer = self._renderer(avatar, cfg, n, d0)
+        done = 0
+        if progress:
+            progress("render", 0, n)
+        with StageRunner(renderer.stages(), maxsize=2) as runner:
+            batches = runner.results()
+            for i, start in enumerate(range(0, n, b)):
+                runner.put((start, motion[start : start + b]))
+                if i < _BATCHES_IN_FLIGHT:
+                    continue
+                frames = next(batches)
+                done += len(frames)
+                if progress:
+                    progress("render", done, n)
+                yield from frames
+            runner.close()
+            for frames in batches:
+                done += len(frames)
+                if progress:
+                    progress("render", done, n)
+                yield from frames
+
+    def stream(
+        self,
+        source: SourceInput | Avatar,
+        *,
+        generator: torch.Generator | None = None,
+        **settings: Any,
+    ) -> DittoStream:
+        """A streaming session: `push(pcm_16k)` -> frames, `close()` -> the remaining frames."""
+        cfg = self._settings(settings)
+        return DittoStream(self, self.register(source, config=cfg), cfg, generator=generator)
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` made: a written `output`, or (output=None) the `frames` and `audio`.
+
+    frames:      uint8 [N, H, W, 3] ("np"), a list of PIL images ("pil"), or an iterator
+                 of [H, W, 3] frames rendered as it is read ("iterator"); None when written
+    audio:       the input audio, float32 mono in [-1, 1] at `sample_rate` (its own rate)
+    num_frames:  N = ceil(seconds x fps); size: (height, width)
+    """
+
+    output: Path | None
+    num_frames: int
+    size: tuple[int, int]
+    face_backend: str
+    num_faces: int = 1
+    frames: np.ndarray | list[Any] | Iterator[np.ndarray] | None = None
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
+    fps: int = FPS
+
+
+def _streamed_frames(
+    session: DittoStream, audio_16k: np.ndarray, progress: Progress | None
+) -> Iterator[np.ndarray]:
+    """A whole clip through a streaming session, pushed in `STREAM_CHUNK` pieces."""
+    total = num_frames(len(audio_16k))
+    if progress:
+        progress("stream", 0, total)
+    chunks = (audio_16k[i : i + STREAM_CHUNK] for i in range(0, len(audio_16k), STREAM_CHUNK))
+    for done, frame in enumerate(session.frames(chunks), 1):
+        if progress:
+            progress("stream", done, total)
+        yield frame
+
+
+def _collect_frames(
+    frames: Iterator[np.ndarray], n: int, size: tuple[int, int], output_type: str
+) -> np.ndarray | list[Any] | Iterator[np.ndarray]:
+    """`generate`'s frames in the form `output_type` names."""
+    if output_type == "iterator":
+        return frames
+    if output_type == "pil":
+        from PIL import Image
+
+        return [Image.fromarray(frame) for frame in frames]
+    out = np.empty((n, *size, 3), np.uint8)  # filled in place: no second copy of the clip
+    count = 0
+    for count, frame in enumerate(frames, 1):
+        out[count - 1] = frame
+    return out[:count]
+
+
+class _Renderer:
+    """Motion batches -> frames: stitch + warp, decode, paste-back (one stage each)."""
+
+    def __init__(self, models: DittoModels, avatar: Avatar, cfg: DittoConfig, total, d0) -> None:
+        self.models = models
+        self.avatar = avatar
+        self.cfg = cfg
+        self.device = next(models.warp_network.parameters()).device
+        self.stitcher = MotionStitcher(
+            models.stitch_network if cfg.stitch.flag_stitching else None, cfg.stitch_config()
+        )
+        x_s0 = {k: torch.from_numpy(v[:1]) for k, v in avatar.x_s_info.items()}
+        d0_info = None if d0 is None else motion_to_dict(torch.as_tensor(d0)[None])
+        self.stitcher.setup(x_s0, avatar.is_image, num_frames=total, d0=d0_info)
+        self.total = total
+        self.fades = fade_alphas(total, cfg.fade_in, cfg.fade_out) if total else None
+        self.f_s = torch.from_numpy(avatar.f_s)
+        self.paster = PasteBack()
+        self.autocast = cfg.fp16 and self.device.type == "cuda"
+
+    def _controls(self, start: int, b: int) -> StitchControl | None:
+        if self.fades is None:
+            return None
+        return StitchControl(fade_alpha=torch.from_numpy(self.fades[start : start + b]))
+
+    @torch.inference_mode()
+    def warp(self, item: tuple[int, np.ndarray]) -> list[tuple[int, torch.Tensor]]:
+        start, motion = item
+        b = len(motion)
+        src_idx = self.avatar.frame_indices(start + b)[start:]
+        x_s_info = {k: torch.from_numpy(v[src_idx]) for k, v in self.avatar.x_s_info.items()}
+        x_d = torch.from_numpy(np.ascontiguousarray(motion))
+        x_s, x_d = self.stitcher(x_s_info, x_d, start, self._controls(start, b))
+        f_s = (
+            self.f_s[src_idx] if self.avatar.num_frames > 1 else self.f_s.expand(b, -1, -1, -1, -1)
+        )
+        with torch.autocast("cuda", torch.float16, enabled=self.autocast):
+            out = self.models.warp_network(
+                f_s.to(self.device), x_s.to(self.device), x_d.to(self.device)
+            )
+        return [(start, out)]
+
+    @torch.inference_mode()
+    def decode(self, item: tuple[int, torch.Tensor]) -> list[tuple[int, np.ndarray]]:
+        start, feature = item
+        with torch.autocast("cuda", torch.float16, enabled=self.autocast):
+            image = self.models.decoder(feature)
+        crops = (image.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()
+        return [(start, crops)]
+
+    def paste(self, item: tuple[int, np.ndarray]) -> list[np.ndarray]:
+        start, crops = item
+        src_idx = self.avatar.frame_indices(start + len(crops))[start:]
+        return [
+            self.paster(self.avatar.frames[j], crop, self.avatar.M_c2o[j])
+            for j, crop in zip(src_idx, crops, strict=True)
+        ]
+
+    def stages(self, writer=None, progress: Progress | None = None) -> list[Stage]:
+        counts = {"render": 0}
+        lock = threading.Lock()
+        total = self.total
+
+        def write(frames: list[np.ndarray]) -> list[Any]:
+            writer.write_batch(frames)
+            with lock:
+                counts["render"] += len(frames)
+            if progress:
+                progress("render", counts["render"], total)
+            return []
+
+        stages = [
+            Stage("warp", self.warp),
+            Stage("decode", self.decode),
+            Stage("paste", lambda item: [self.paste(item)]),
+        ]
+        if writer is not None:
+            stages.append(Stage("write", write))
+            if progress:
+                progress("render", 0, total)  # the bar exists from the start of rendering
+        return stages
+
+
+class DittoStream:
+    """Streaming generation: audio in (16 kHz mono float32 or PCM16 bytes), frames out.
+
+    Frames come back as RGB uint8 arrays of the source's size, in order. `push`
+    never blocks on rendering: it returns the frames finished so far; `close`
+    waits for the rest. Uses the release's online motion settings (windows with
+    `online_overlap` frames of overlap after a prefix of silence), with which
+    the offline pipeline (``online=True``) produces the same motion.
+    """
+
+    def __init__(
+        self,
+        pipe: DittoPipeline,
+        avatar: Avatar,
+        cfg: DittoConfig,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.avatar = avatar
+        self.cfg = cfg
+        self.features = pipe.features.stream()
+        self.builder = pipe._conditions(avatar, cfg)
+        self.motion = pipe._motion_generator(
+            avatar, cfg, streaming=True, builder=self.builder, generator=generator
+        )
+        self.frames_in = 0  # feature frames received
+        self.frames_out = 0
+        self._renderer: _Renderer | None = None
+        self._pending: list[np.ndarray] = []  # motion frames not yet batched
+        self._runner: StageRunner | None = None
+        self._closed = False
+
+    def _start(self) -> StageRunner:
+        d0 = self.motion.first_frame
+        self._renderer = self.pipe._renderer(
+            self.avatar, self.cfg, None, None if d0 is None else d0.numpy()
+        )
+        self._runner = StageRunner(self._renderer.stages(), maxsize=4).start()
+        return self._runner
+
+    def _feed(self, motion: torch.Tensor, final: bool) -> None:
+        if len(motion):
+            self._pending.extend(motion.numpy())
+        b = self.cfg.batch_size
+        while self._pending and (len(self._pending) >= b or final):
+            batch, self._pending = self._pending[:b], self._pending[b:]
+            runner = self._runner or self._start()
+            runner.put((self.frames_out, np.stack(batch)))
+            self.frames_out += len(batch)
+
+    def _collect(self) -> list[np.ndarray]:
+        if self._runner is None:
+            return []
+        return [frame for batch in self._runner.poll() for frame in batch]
+
+    def push(self, audio: np.ndarray | bytes) -> list[np.ndarray]:
+        """Add audio; returns the frames rendered so far (possibly none)."""
+        if self._closed:
+            raise TalkingHeadError("push() on a closed stream")
+        if isinstance(audio, (bytes, bytearray, memoryview)):
+            from talkinghead.audio.io import pcm16_to_float32
+
+            audio = pcm16_to_float32(audio)
+        feats = self.features.push(np.asarray(audio, dtype=np.float32))
+        if len(feats):
+            cond = self.builder(feats, start=self.frames_in)
+            self.frames_in += len(feats)
+            self._feed(self.motion.push(cond), final=False)
+        return self._collect()
+
+    def finish(self) -> Iterator[np.ndarray]:
+        """End of speech: flush everything, yielding the remaining frames as they are rendered."""
+        if self._closed:
+            return
+        self._closed = True
+        feats = self.features.flush()
+        if len(feats):
+            cond = self.builder(feats, start=self.frames_in)
+            self.frames_in += len(feats)
+            self._feed(self.motion.push(cond), final=False)
+        self._feed(self.motion.flush(), final=True)
+        if self._runner is not None:
+            self._runner.close()
+            for batch in self._runner.results():
+                yield from batch
+
+    def close(self) -> list[np.ndarray]:
+        """End of speech: flush everything and return the remaining frames."""
+        return list(self.finish())
+
+    def abort(self) -> None:
+        self._closed = True
+        if self._runner is not None:
+            self._runner.abort()
+            self._runner.join()
+
+    def frames(self, chunks: Sequence[np.ndarray] | Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Convenience: push every chunk, yielding frames as they come, then close."""
+        try:
+            for chunk in chunks:
+                yield from self.push(chunk)
+            yield from self.finish()
+        except BaseException:
+            self.abort()
+            raise
+
+
+__all__ = [
+    "DittoConfig",
+    "DittoModels",
+    "DittoPipeline",
+    "DittoStream",
+    "GenerationResult",
+    "config_from_release",
+    "expected_frames",
+    "fade_alphas",
+    "read_sidecar",
+]

@@ -1,0 +1,846 @@
+"""Training Ditto's motion model (LMDM / MotionDiT) on prepared data, with `accelerate`.
+
+Data: the output of `talkinghead prepare-data` (or any release-style ``data_list.json``:
+a list of ``{"frame_num", "mtn", "aud", "emo", "eye_open", "eye_ball"}`` with .npy paths,
+absolute or relative to the json's folder; see `talkinghead.methods.ditto.data`).
+
+One training sample, as in the release's training branch:
+
+* a window of ``seq_frames`` (80) consecutive frames starting at f >= 1 of a video:
+  the target motion x_0 ``mtn[f:f+L, :265]``;
+* the conditioning frame: ``mtn[f-1]``, the frame before the window (`use_last_frame`),
+  else a random frame of the same video;
+* the per-frame condition, concatenated in this order (the inference pipeline's,
+  `talkinghead.methods.ditto.motion.conditions`): HuBERT ``aud[f:f+L]``, the window's mean emotion
+  repeated (`use_emo`), ``eye_open`` and ``eye_ball`` per frame (`use_eye_open`,
+  `use_eye_ball`), and the canonical keypoints ``mtn[r, 265:328]`` of a random frame r
+  of the video as the shape code (`use_sc`). ``audio_feat_dim`` must equal the sum.
+
+Every window of every video (f = 1 .. frame_num - L) is visited once per epoch, in an
+order shuffled per epoch from the seed.
+
+Objective: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with t uniform in [0, 1000) on the
+release's cosine schedule; the network predicts x_0 with the condition replaced by the
+learned null tokens for a random `cond_drop_prob` (0.2) of the samples, which is what
+classifier-free guidance needs at inference. The loss (L2 by default) is summed over the
+motion's parts (scale, pitch, yaw, roll, t, exp; each part's mean, times its weight) of
+
+* P: the x_0 reconstruction,
+* V, A: the first and second temporal differences (velocity, acceleration), which keep
+  the motion smooth,
+* L (`use_last_frame_loss`): the first predicted frame against the conditioning frame,
+  which keeps consecutive windows continuous.
+
+The optimiser is AdamW (lr 1e-4, weight decay 0.02); the release uses Adan with the same
+values, which torch does not ship. Gradients are clipped (`grad_clip`), an exponential
+moving average of the weights (`ema_decay`) is kept and exported, and `mixed_precision`
+("no", "fp16", "bf16") goes to accelerate.
+
+Output directory::
+
+    OUT_DIR/
+      train_config.json          the configuration (checked on resume)
+      train_log.jsonl            one line per `log_every` steps (losses, lr, grad norm)
+      logs/                      TensorBoard events (when tensorboard is installed)
+      state/step_00001234/       accelerate state: model, optimiser, EMA, RNGs, + trainer.json
+      ckpts/lmdm_e0050_s00001234.pth   exported weights (EMA), the release's container
+      export/lmdm_v0.4_hubert.pth      the latest export, named as the release's file
+      export/talkinghead.json          {"lmdm": {...}} when the network differs from the release's
+
+Running again with the same OUT_DIR resumes from the latest state (optimiser, EMA, step,
+RNG and the position in the epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.training.ema import EMA
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.json"
+LOG_NAME = "train_log.jsonl"
+STATE_DIR = "state"
+TRAINER_STATE = "trainer.json"
+EXPORT_DIR = "export"
+SIDECAR_NAME = "talkinghead.json"
+PRELOAD_NAME = "data_preload.npz"
+SC_DIM = 63
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MotionTrainConfig:
+    """Options of `talkinghead train-motion`; defaults are the release's v0.4 model.
+
+    The `use_*` flags, `audio_feat_dim`, `motion_feat_dim`, `seq_frames`, `batch_size`,
+    `epochs`, `save_ckpt_freq`, `lr` and `data_preload` are the release's options (its
+    README enables every `use_*` flag, which the released network was trained with).
+    """
+
+    # condition layout and data
+    use_sc: bool = True
+    use_last_frame: bool = True
+    use_last_frame_loss: bool = True
+    use_emo: bool = True
+    use_eye_open: bool = True
+    use_eye_ball: bool = True
+    audio_feat_dim: int | None = 1103  # None: from the data and the flags
+    motion_feat_dim: int = 265
+    seq_frames: int = 80
+    data_preload: bool = False  # load every array into memory (cached in data_preload.npz)
+    data_preload_path: str | None = None  # default DATA_DIR/data_preload.npz
+
+    # network (LMDMConfig fields; the release's values)
+    latent_dim: int = 512
+    ff_size: int = 1024
+    num_layers: int = 8
+    num_heads: int = 8
+    num_cond_layers: int = 2
+    dropout: float = 0.1
+
+    # optimisation
+    epochs: int = 1000
+    batch_size: int = 512
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    cond_drop_prob: float = 0.2
+    loss_type: str = "l2"  # "l2" | "l1"
+    velocity_weight: float = 1.0
+    acceleration_weight: float = 1.0
+    last_frame_weight: float = 1.0
+    part_weights: Mapping[str, float] = field(default_factory=dict)  # motion field -> weight
+    ema_decay: float = 0.9999  # 0 disables; exports then hold the raw weights
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    num_workers: int = 0
+    seed: int = 0
+    init_checkpoint: str | None = None  # start from these LMDM weights (fine-tuning)
+
+    # bookkeeping
+    save_ckpt_freq: int = 50  # epochs between saves (state + exported weights)
+    save_every_steps: int = 0  # also save every N steps (0: only by epoch)
+    keep_states: int = 2  # training states kept on disk (exports are all kept)
+    log_every: int = 50  # steps between log lines
+    max_steps: int = 0  # stop after this many steps in all (0: run every epoch)
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in ("l1", "l2"):
+            raise ValueError(f"loss_type must be 'l1' or 'l2', got {self.loss_type!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(
+                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
+        if not 0 <= self.cond_drop_prob < 1:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in (
+            "seq_frames",
+            "batch_size",
+            "epochs",
+            "save_ckpt_freq",
+            "log_every",
+            "keep_states",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def lmdm_overrides(self, audio_feat_dim: int) -> dict[str, Any]:
+        """LMDM constructor kwargs that differ from the release's network."""
+        from talkinghead.models.lmdm import LMDMConfig
+
+        wanted = {
+            "motion_feat_dim": self.motion_feat_dim,
+            "audio_feat_dim": audio_feat_dim,
+            "seq_frames": self.seq_frames,
+            "latent_dim": self.latent_dim,
+            "ff_size": self.ff_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_cond_layers": self.num_cond_layers,
+            "dropout": self.dropout,
+        }
+        release = asdict(LMDMConfig())
+        return {k: v for k, v in wanted.items() if release[k] != v}
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["part_weights"] = dict(self.part_weights)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> MotionTrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Fields that fix the network or the data layout: a resumed run must keep them.
+STRUCTURAL_FIELDS = (
+    "use_sc",
+    "use_emo",
+    "use_eye_open",
+    "use_eye_ball",
+    "audio_feat_dim",
+    "motion_feat_dim",
+    "seq_frames",
+    "latent_dim",
+    "ff_size",
+    "num_layers",
+    "num_heads",
+    "num_cond_layers",
+)
+
+PRESETS: dict[str, MotionTrainConfig] = {
+    "release": MotionTrainConfig(),
+    # A few-second CPU run: a small network on short windows (tests, smoke runs). 16 frames:
+    # generation overlaps consecutive windows by 10 frames, so windows must be longer.
+    "tiny": MotionTrainConfig(
+        audio_feat_dim=None,
+        seq_frames=16,
+        latent_dim=32,
+        ff_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_cond_layers=1,
+        dropout=0.0,
+        epochs=20,
+        batch_size=16,
+        lr=2e-3,
+        weight_decay=0.0,
+        ema_decay=0.9,
+        save_ckpt_freq=10,
+        log_every=10,
+    ),
+}
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoArrays:
+    """One prepared video: arrays by data_list key, loaded lazily (memory-mapped) unless given."""
+
+    name: str
+    frame_num: int
+    paths: dict[str, Path]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self.arrays:
+            path = self.paths[key]
+            try:
+                self.arrays[key] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise TalkingHeadError(f"{path}: unreadable array ({exc})") from None
+        return self.arrays[key]
+
+
+def _keys(cfg: MotionTrainConfig) -> list[str]:
+    keys = ["mtn", "aud"]
+    if cfg.use_emo:
+        keys.append("emo")
+    if cfg.use_eye_open:
+        keys.append("eye_open")
+    if cfg.use_eye_ball:
+        keys.append("eye_ball")
+    return keys
+
+
+def find_data_list(data: str | os.PathLike) -> Path:
+    """DATA_DIR (holding data_list.json) or the json itself."""
+    path = Path(data)
+    if path.is_dir():
+        path = path / "data_list.json"
+    if not path.is_file():
+        raise TalkingHeadError(f"{path}: data list not found (run `talkinghead prepare-data`)")
+    return path
+
+
+def load_data_list(data: str | os.PathLike, cfg: MotionTrainConfig) -> list[VideoArrays]:
+    """The videos of a data_list.json long enough for one window (the others are dropped)."""
+    path = find_data_list(data)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TalkingHeadError(f"{path}: unreadable data list ({exc})") from None
+    if not isinstance(entries, list):
+        raise TalkingHeadError(f"{path}: expected a JSON list of videos")
+    keys = _keys(cfg)
+    videos, short = [], 0
+    for i, e in enumerate(entries):
+        missing = [k for k in (*keys, "frame_num") if k not in e]
+        if missing:
+            raise TalkingHeadError(f"{path}: entry {i} lacks {', '.join(missing)}")
+        paths = {k: Path(e[k]) if Path(e[k]).is_absolute() else path.parent / e[k] for k in keys}
+        n = int(e["frame_num"])
+        if n < cfg.seq_frames + 1:  # a window needs the frame before it
+            short += 1
+            continue
+        videos.append(VideoArrays(str(e.get("name", paths["mtn"].stem)), n, paths))
+    if short:
+        log.warning(
+            "%s: %d video(s) shorter than %d frames skipped", path, short, cfg.seq_frames + 1
+        )
+    if not videos:
+        raise TalkingHeadError(
+            f"{path}: no video with at least {cfg.seq_frames + 1} frames to train on"
+        )
+    return videos
+
+
+def preload(videos: Sequence[VideoArrays], cfg: MotionTrainConfig, path: Path) -> None:
+    """Load every array into memory, from (or into) one .npz cache keyed by the data list."""
+    keys = _keys(cfg)
+    digest = hashlib.sha1(
+        json.dumps(
+            [[v.name, v.frame_num, {k: str(v.paths[k]) for k in keys}] for v in videos]
+        ).encode()
+    ).hexdigest()
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["digest"]) == digest:
+                    offsets = z["offsets"]
+                    for i, v in enumerate(videos):
+                        a, b = int(offsets[i]), int(offsets[i + 1])
+                        v.arrays = {k: z[k][a:b] for k in keys}
+                    return
+            log.info("%s is for other data; rebuilding it", path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable %s (%s)", path, exc)
+    for v in videos:
+        v.arrays = {k: np.array(v.get(k)[: v.frame_num], np.float32) for k in keys}
+    offsets = np.cumsum([0] + [v.frame_num for v in videos])
+    payload = {k: np.concatenate([v.arrays[k] for v in videos]) for k in keys}
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    try:
+        np.savez(tmp, digest=np.array(digest), offsets=offsets, **payload)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write the preload cache %s (%s)", path, exc)
+
+
+class MotionWindowDataset(torch.utils.data.Dataset):
+    """Every (video, start frame) window; items are (x_0 [L, D], cond_frame [D], cond [L, C])."""
+
+    def __init__(self, videos: Sequence[VideoArrays], cfg: MotionTrainConfig) -> None:
+        self.videos = list(videos)
+        self.cfg = cfg
+        self.seed = cfg.seed
+        L = cfg.seq_frames
+        self.windows = np.array(
+            [(vi, f) for vi, v in enumerate(self.videos) for f in range(1, v.frame_num - L + 1)],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        first = self.videos[0]
+        mtn_dim = first.get("mtn").shape[1]
+        need = cfg.motion_feat_dim + (SC_DIM if cfg.use_sc else 0)
+        if mtn_dim < need:
+            raise TalkingHeadError(
+                f"{first.paths['mtn']}: motion rows have {mtn_dim} values, need {need} "
+                f"(motion_feat_dim {cfg.motion_feat_dim}{' + 63 keypoints for use_sc' if cfg.use_sc else ''})"
+            )
+        self.blocks = self._blocks(first)
+        self.cond_dim = sum(n for _, n in self.blocks)
+
+    def _blocks(self, v: VideoArrays) -> list[tuple[str, int]]:
+        cfg = self.cfg
+        blocks = [("aud", v.get("aud").shape[1])]
+        for key, on in (("emo", cfg.use_emo), ("eye_open", cfg.use_eye_open)):
+            if on:
+                blocks.append((key, v.get(key).shape[1]))
+        if cfg.use_eye_ball:
+            blocks.append(("eye_ball", int(np.prod(v.get("eye_ball").shape[1:]))))
+        if cfg.use_sc:
+            blocks.append(("sc", SC_DIM))
+        return blocks
+
+    def describe_condition(self) -> str:
+        return " + ".join(f"{n} ({k})" for k, n in self.blocks) + f" = {self.cond_dim}"
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        # `EpochShuffle` passes epoch * len + window; plain indices are epoch 0.
+        epoch, index = divmod(int(index), len(self))
+        # Random frame choices from (seed, epoch, window): the same in any worker or resumed run.
+        rng = np.random.default_rng((self.seed, epoch, index))
+        vi, f = (int(x) for x in self.windows[index])
+        v = self.videos[vi]
+        L, D = cfg.seq_frames, cfg.motion_feat_dim
+        mtn = v.get("mtn")
+        x0 = np.array(mtn[f : f + L, :D], np.float32)
+        ref = f - 1 if cfg.use_last_frame else int(rng.integers(v.frame_num))
+        cond_frame = np.array(mtn[ref, :D], np.float32)
+        parts = [np.array(v.get("aud")[f : f + L], np.float32)]
+        if cfg.use_emo:
+            emo = np.array(v.get("emo")[f : f + L], np.float32).mean(0)
+            parts.append(np.broadcast_to(emo, (L, emo.shape[0])))
+        if cfg.use_eye_open:
+            parts.append(np.array(v.get("eye_open")[f : f + L], np.float32))
+        if cfg.use_eye_ball:
+            parts.append(np.array(v.get("eye_ball")[f : f + L], np.float32).reshape(L, -1))
+        if cfg.use_sc:
+            sc = np.array(mtn[int(rng.integers(v.frame_num)), D : D + SC_DIM], np.float32)
+            parts.append(np.broadcast_to(sc, (L, SC_DIM)))
+        cond = np.concatenate(parts, axis=1)
+        return torch.from_numpy(x0), torch.from_numpy(cond_frame), torch.from_numpy(cond)
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A permutation per epoch drawn from (seed, epoch): a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # The epoch rides along in the index, so the dataset's own draws depend on it.
+        offset = self.epoch * self.size
+        return iter((torch.randperm(self.size, generator=g) + offset).tolist())
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+
+def motion_parts(dim: int) -> list[tuple[str, slice]]:
+    """The parts the loss is averaged over: the motion fields, or one part for other dims."""
+    from talkinghead.methods.ditto.motion.format import MOTION_LAYOUT
+
+    if dim == MOTION_LAYOUT.dim:
+        return [(f.name, f.slice) for f in MOTION_LAYOUT.fields]
+    return [("mtn", slice(0, dim))]
+
+
+def motion_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    cond_frame: torch.Tensor,
+    cfg: MotionTrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum over motion parts of the P/V/A(/L) terms; also the terms by name."""
+    fn = nn.functional.mse_loss if cfg.loss_type == "l2" else nn.functional.l1_loss
+    terms: dict[str, torch.Tensor] = {}
+    total = pred.new_zeros(())
+    for name, sl in motion_parts(pred.shape[-1]):
+        w = float(cfg.part_weights.get(name, 1.0))
+        p, g = pred[..., sl], target[..., sl]
+        pv, gv = p[:, 1:] - p[:, :-1], g[:, 1:] - g[:, :-1]
+        part = {"P": fn(p, g)}
+        if cfg.velocity_weight:
+            part["V"] = fn(pv, gv) * cfg.velocity_weight
+        if cfg.acceleration_weight and p.shape[1] > 2:
+            part["A"] = fn(pv[:, 1:] - pv[:, :-1], gv[:, 1:] - gv[:, :-1]) * cfg.acceleration_weight
+        if cfg.use_last_frame_loss and cfg.last_frame_weight:
+            part["L"] = fn(p[:, 0], cond_frame[:, sl]) * cfg.last_frame_weight
+        for k, v in part.items():
+            terms[f"{name}_{k}"] = v * w
+            total = total + v * w
+    return total, terms
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def write_sidecar(directory: Path, lmdm_kwargs: Mapping[str, Any]) -> Path | None:
+    """export/talkinghead.json = {"lmdm": kwargs}, or no file for the release's network."""
+    path = directory / SIDECAR_NAME
+    if not lmdm_kwargs:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+    path.write_text(json.dumps({"lmdm": dict(lmdm_kwargs)}, indent=1))
+    return path
+
+
+def export_checkpoint(
+    decoder_state: Mapping[str, torch.Tensor], lmdm_kwargs: Mapping[str, Any], path: Path
+) -> Path:
+    """Write MotionDecoder weights in the release's ``{"model_state_dict": ...}`` container."""
+    from talkinghead.models import save_official
+    from talkinghead.models.lmdm import LMDM
+
+    # Building the module draws initial weights: keep that off the training RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        net = LMDM(**lmdm_kwargs)
+    net.model.load_state_dict(decoder_state)
+    save_official(net, "lmdm", path)
+    return path
+
+
+def install_checkpoint(
+    run_or_checkpoint: str | os.PathLike, checkpoints_root: str | os.PathLike
+) -> Path:
+    """Put a trained LMDM where `talkinghead generate --checkpoints ROOT` reads it.
+
+    Copies the export (``OUT_DIR/export/lmdm_v0.4_hubert.pth`` or a given .pth) to
+    ``ROOT/ditto_pytorch/models/lmdm_v0.4_hubert.pth`` (the file it replaces is kept once
+    as ``.orig``) and sets or clears the ``lmdm`` entry of the sidecar there, keeping the
+    other networks' entries.
+    """
+    from talkinghead.models.registry import OFFICIAL_NETWORKS
+
+    name = OFFICIAL_NETWORKS["lmdm"].checkpoint_name
+    src = Path(run_or_checkpoint)
+    sidecar_src = None
+    if src.is_dir():
+        export = src / EXPORT_DIR if (src / EXPORT_DIR).is_dir() else src
+        src, sidecar_src = export / name, export / SIDECAR_NAME
+    elif src.with_name(SIDECAR_NAME).is_file():
+        sidecar_src = src.with_name(SIDECAR_NAME)
+    if not src.is_file():
+        raise CheckpointError(f"{src}: trained LMDM checkpoint not found")
+    lmdm_kwargs: dict[str, Any] = {}
+    if sidecar_src is not None and sidecar_src.is_file():
+        lmdm_kwargs = json.loads(sidecar_src.read_text()).get("lmdm", {})
+    root = Path(checkpoints_root)
+    models = root / "ditto_pytorch" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / name
+    backup = target.with_name(target.name + ".orig")
+    if target.is_file() and not backup.exists():
+        shutil.copy2(target, backup)
+    shutil.copy2(src, target)
+    sidecar = models / SIDECAR_NAME
+    data = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if lmdm_kwargs:
+        data["lmdm"] = lmdm_kwargs
+    else:
+        data.pop("lmdm", None)
+    if data:
+        sidecar.write_text(json.dumps(data, indent=1))
+    elif sidecar.is_file():
+        sidecar.unlink()
+    return target
+
+
+def _state_dirs(out_dir: Path) -> list[Path]:
+    """Complete training states (trainer.json is written last), oldest first."""
+    root = out_dir / STATE_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / TRAINER_STATE).is_file())
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    start_step: int  # step the run resumed from (0 for a fresh run)
+    step: int
+    epoch: int  # completed epochs (fractional progress is in the state)
+    checkpoint: Path | None  # latest export (release container)
+    sidecar: Path | None
+    losses: list[float] = field(default_factory=list)  # per step, this run only
+    seconds: float = 0.0
+    is_main_process: bool = True  # False on the other processes of a distributed run
+
+
+def _check_resume(out_dir: Path, cfg: MotionTrainConfig) -> None:
+    path = out_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    diff = [
+        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
+        for k in STRUCTURAL_FIELDS
+        if k in old and old[k] != getattr(cfg, k)
+    ]
+    if diff:
+        raise TalkingHeadError(
+            f"{out_dir}: holds a run with another network/data layout ({'; '.join(diff)}); "
+            "use another OUT_DIR or the same options"
+        )
+
+
+class _Logger:
+    """JSONL log always; TensorBoard when installed (main process only)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        self.path = out_dir / LOG_NAME
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "logs"))
+            except ImportError:
+                log.warning("tensorboard is not installed; logging to %s only", self.path)
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(
+                json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n"
+            )
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_motion(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: MotionTrainConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train the LMDM on `data` (DATA_DIR or data_list.json) into `out_dir`.
+
+    With `resume`, a run in `out_dir` continues from its latest saved state; without,
+    an `out_dir` holding saved states is refused. `progress(step, total_steps, loss)` is
+    called after every step on the main process.
+    """
+    from accelerate.utils import set_seed
+
+    from talkinghead.models.lmdm import LMDM
+
+    cfg = config or MotionTrainConfig()
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    states = _state_dirs(out_dir)
+    if states and not resume:
+        raise TalkingHeadError(f"{out_dir}: holds a training run; resume it or use another OUT_DIR")
+    videos = load_data_list(data, cfg)
+    data_list = find_data_list(data)
+
+    accelerator = _accelerator(cfg.mixed_precision)
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+    if cfg.data_preload:
+        preload_path = (
+            Path(cfg.data_preload_path)
+            if cfg.data_preload_path
+            else data_list.parent / PRELOAD_NAME
+        )
+        with accelerator.main_process_first():
+            preload(videos, cfg, preload_path)
+    dataset = MotionWindowDataset(videos, cfg)
+    audio_feat_dim = cfg.audio_feat_dim
+    if audio_feat_dim is None:
+        audio_feat_dim = dataset.cond_dim
+    elif audio_feat_dim != dataset.cond_dim:
+        raise TalkingHeadError(
+            f"audio_feat_dim {audio_feat_dim} does not match the data's condition: "
+            f"{dataset.describe_condition()}"
+        )
+    cfg = replace(cfg, audio_feat_dim=audio_feat_dim)
+    if states:
+        _check_resume(out_dir, cfg)
+    lmdm_kwargs = cfg.lmdm_overrides(audio_feat_dim)
+
+    net = LMDM(**lmdm_kwargs)
+    if cfg.init_checkpoint:
+        from talkinghead.models import load_official
+
+        init = load_official("lmdm", cfg.init_checkpoint, **lmdm_kwargs)
+        net.model.load_state_dict(init.model.state_dict())
+    decoder = net.model
+    alphas_cumprod = net.alphas_cumprod.to(accelerator.device)
+    ema = EMA(decoder, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    optimizer = torch.optim.AdamW(
+        decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=EpochShuffle(len(dataset), cfg.seed),
+        num_workers=cfg.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        drop_last=len(dataset) >= cfg.batch_size * accelerator.num_processes,
+        # Its own generator: creating an epoch's iterator then leaves the global RNG (noise,
+        # dropout) alone, so a run resumed mid-epoch draws exactly what the original would.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    decoder, optimizer, loader = accelerator.prepare(decoder, optimizer, loader)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    step, epoch, skip = 0, 0, 0
+    if states:
+        accelerator.load_state(str(states[-1]))
+        saved = json.loads((states[-1] / TRAINER_STATE).read_text())
+        step, epoch, skip = int(saved["step"]), int(saved["epoch"]), int(saved["batch"])
+        if main:
+            log.info("resuming %s from step %d (epoch %d, batch %d)", out_dir, step, epoch, skip)
+    start_step = step
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=1))
+    logger = _Logger(out_dir, main, cfg.tensorboard)
+    per_epoch = len(loader)
+    total = cfg.epochs * per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    result = TrainResult(out_dir, start_step, step, epoch, None, None, is_main_process=main)
+    world = accelerator.num_processes
+
+    def save(epoch_done: int, batch: int) -> None:
+        accelerator.wait_for_everyone()
+        state = out_dir / STATE_DIR / f"step_{step:08d}"
+        accelerator.save_state(str(state), safe_serialization=False)
+        if main:
+            (state / TRAINER_STATE).write_text(
+                json.dumps({"step": step, "epoch": epoch_done, "batch": batch})
+            )
+            for old in _state_dirs(out_dir)[: -cfg.keep_states]:
+                shutil.rmtree(old, ignore_errors=True)
+            weights = accelerator.unwrap_model(decoder)
+            if ema is not None:
+                weights = ema.averaged(weights)
+            state_dict = weights.state_dict()
+            ckpt = export_checkpoint(
+                state_dict,
+                lmdm_kwargs,
+                out_dir / "ckpts" / f"lmdm_e{epoch_done:04d}_s{step:08d}.pth",
+            )
+            export = out_dir / EXPORT_DIR
+            export.mkdir(exist_ok=True)
+            result.checkpoint = export_checkpoint(
+                state_dict, lmdm_kwargs, export / "lmdm_v0.4_hubert.pth"
+            )
+            result.sidecar = write_sidecar(export, lmdm_kwargs)
+            log.info("step %d: saved %s", step, ckpt)
+        accelerator.wait_for_everyone()
+
+    running: dict[str, float] = {}
+    n_running = 0
+    last_save = step if states else -1
+    batch_index = skip
+    stop = bool(cfg.max_steps) and step >= cfg.max_steps
+
+    def position() -> tuple[int, int]:
+        """(epochs completed, batches into the next one) after the current step."""
+        return (epoch + 1, 0) if batch_index >= per_epoch else (epoch, batch_index)
+
+    decoder.train()
+    try:
+        while epoch < cfg.epochs and not stop:
+            loader.set_epoch(epoch)  # accelerate's loader passes it on to the sampler
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            batch_index = skip
+            for x0, cond_frame, cond in batches:
+                b = x0.shape[0]
+                t = torch.randint(0, alphas_cumprod.shape[0], (b,), device=x0.device)
+                a = alphas_cumprod[t].view(b, 1, 1)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
+                keep = torch.rand(b, device=x0.device) >= cfg.cond_drop_prob
+                if world > 1 and not keep.any():
+                    keep[0] = True  # DDP needs every parameter used; negligible bias
+                with accelerator.autocast():
+                    pred = decoder(x_t, cond_frame, cond, t, keep_mask=keep)
+                loss, terms = motion_loss(pred.float(), x0, cond_frame, cfg)
+                accelerator.backward(loss)
+                grad_norm = None
+                if cfg.grad_clip > 0 and accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(decoder))
+                step += 1
+                batch_index += 1
+                value = float(loss.detach())
+                result.losses.append(value)
+                running["loss/total"] = running.get("loss/total", 0.0) + value
+                for k, v in terms.items():
+                    running[f"loss/{k}"] = running.get(f"loss/{k}", 0.0) + float(v.detach())
+                n_running += 1
+                if step % cfg.log_every == 0:
+                    values = {k: v / n_running for k, v in running.items()}
+                    values["lr"] = optimizer.param_groups[0]["lr"]
+                    if grad_norm is not None:
+                        values["grad_norm"] = float(grad_norm)
+                    values["epoch"] = epoch + batch_index / per_epoch
+                    logger.write(step, values)
+                    running, n_running = {}, 0
+                if progress is not None and main:
+                    progress(step, total, value)
+                stop = bool(cfg.max_steps) and step >= cfg.max_steps
+                if stop:
+                    break
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                    save(*position())
+                    last_save = step
+            if stop:
+                break
+            skip = 0
+            epoch += 1
+            batch_index = 0
+            if epoch % cfg.save_ckpt_freq == 0 or epoch == cfg.epochs:
+                save(epoch, 0)
+                last_save = step
+        if last_save != step:
+            epoch, batch_index = position()
+            save(epoch, batch_index)
+    finally:
+        logger.close()
+    result.step, result.epoch = step, epoch
+    if result.checkpoint is None:  # nothing left to train: point at the earlier export
+        export = out_dir / EXPORT_DIR / "lmdm_v0.4_hubert.pth"
+        result.checkpoint = export if export.is_file() else None
+        sidecar = out_dir / EXPORT_DIR / SIDECAR_NAME
+        result.sidecar = sidecar if sidecar.is_file() else None
+    result.seconds = time.perf_counter() - t0
+    accelerator.end_training()
+    return result
+
+
+def _accelerator(mixed_precision: str):
+    """An Accelerator; a plain single process may switch precision between runs."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    state = AcceleratorState._shared_state
+    if (
+        state
+        and state.get("_mixed_precision", mixed_precision) != mixed_precision
+        and PartialState().distributed_type == DistributedType.NO
+    ):
+        # accelerate keeps one process-wide state; several trainings in one Python process
+        # (a notebook, the tests) would otherwise be stuck with the first run's precision.
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision)

@@ -1,0 +1,318 @@
+"""MotionDiT (LMDM) training: windows and conditions, overfitting a tiny set, resume, export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _conformance import REPO_ROOT, skip_missing
+from talkinghead.errors import TalkingHeadError
+from talkinghead.methods.ditto.train import (
+    PRESETS,
+    MotionTrainConfig,
+    MotionWindowDataset,
+    install_checkpoint,
+    load_data_list,
+    motion_loss,
+    train_motion,
+)
+
+AUD_DIM = 16
+TINY = PRESETS["tiny"]
+
+
+def write_dataset(root: Path, lengths=(40, 33), aud_dim: int = AUD_DIM, seed: int = 0) -> Path:
+    """Arrays in prepare-data's layout; the motion is a smooth function of the audio features,
+    so the condition determines x_0 and a small network can fit it."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((aud_dim, 265)).astype(np.float32) / np.sqrt(aud_dim)
+    base = rng.uniform(-1, 1, 265).astype(np.float32)
+    entries = []
+    for i, n in enumerate(lengths):
+        t = np.arange(n, dtype=np.float32)[:, None]
+        freqs = rng.uniform(0.05, 0.3, aud_dim).astype(np.float32)
+        aud = np.sin(t * freqs + rng.uniform(0, 6, aud_dim)).astype(np.float32)
+        mtn = np.concatenate(
+            [np.tanh(aud @ w) * 0.7 + base, np.tile(rng.standard_normal(63), (n, 1)) * 0.3], 1
+        ).astype(np.float32)
+        arrays = {
+            "aud": aud,
+            "mtn": mtn,
+            "emo": np.tile(np.eye(8, dtype=np.float32)[i % 8], (n, 1)),
+            "eye_open": 1 + 0.1 * np.sin(t / 3 + np.arange(2)).astype(np.float32),
+            "eye_ball": 0.01 * np.cos(t / 5 + np.arange(6)).astype(np.float32),
+            "sc": mtn[0, 265:],
+        }
+        name = f"video{i}"
+        entry = {"frame_num": n, "name": name}
+        for kind, arr in arrays.items():
+            rel = f"{kind}_npy/{name}.npy"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(root / rel, arr)
+            entry[kind] = rel
+        entries.append(entry)
+    (root / "data_list.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("motion_data"))
+
+
+def quick(**kw) -> MotionTrainConfig:
+    kw.setdefault("tensorboard", False)
+    return replace(TINY, **kw)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def test_windows_and_condition_layout(data):
+    cfg = quick()
+    videos = load_data_list(data, cfg)
+    ds = MotionWindowDataset(videos, cfg)
+    L = cfg.seq_frames
+    assert len(ds) == (40 - L) + (33 - L)  # starts 1 .. n - L: the frame before is the condition
+    assert ds.cond_dim == AUD_DIM + 8 + 2 + 6 + 63
+    assert ds.describe_condition().endswith(f"= {ds.cond_dim}")
+    x0, cond_frame, cond = ds[0]
+    mtn = np.load(data / "mtn_npy" / "video0.npy")
+    aud = np.load(data / "aud_npy" / "video0.npy")
+    assert x0.shape == (L, 265) and cond_frame.shape == (265,) and cond.shape == (L, ds.cond_dim)
+    np.testing.assert_array_equal(x0, mtn[1 : 1 + L, :265])
+    np.testing.assert_array_equal(cond_frame, mtn[0, :265])  # use_last_frame
+    np.testing.assert_array_equal(cond[:, :AUD_DIM], aud[1 : 1 + L])
+    np.testing.assert_array_equal(cond[:, AUD_DIM : AUD_DIM + 8], np.tile(np.eye(8)[0], (L, 1)))
+    sc = cond[:, -63:]
+    assert (sc == sc[0]).all()
+    assert any(np.allclose(sc[0], row) for row in mtn[:, 265:])  # some frame's keypoints
+
+    # Without the optional blocks the condition is the audio alone.
+    bare = quick(use_emo=False, use_eye_open=False, use_eye_ball=False, use_sc=False)
+    assert MotionWindowDataset(load_data_list(data, bare), bare).cond_dim == AUD_DIM
+
+
+def test_short_videos_are_dropped_and_errors_are_clear(data, tmp_path):
+    cfg = quick(seq_frames=35)
+    assert [v.name for v in load_data_list(data, cfg)] == ["video0"]
+    with pytest.raises(TalkingHeadError, match="no video with at least 41"):
+        load_data_list(data, quick(seq_frames=40))
+    with pytest.raises(TalkingHeadError, match="data list not found"):
+        load_data_list(tmp_path, cfg)
+    with pytest.raises(TalkingHeadError, match=r"audio_feat_dim 1103 does not match .* = 95"):
+        train_motion(data, tmp_path / "run", quick(audio_feat_dim=1103))
+
+
+def test_preload_cache_gives_the_same_items(data, tmp_path):
+    from talkinghead.methods.ditto.train import preload
+
+    cfg = quick()
+    lazy = MotionWindowDataset(load_data_list(data, cfg), cfg)
+    cache = tmp_path / "data_preload.npz"
+    for _ in range(2):  # built, then read back
+        videos = load_data_list(data, cfg)
+        preload(videos, cfg, cache)
+        assert all(
+            isinstance(a, np.ndarray) and not isinstance(a, np.memmap)
+            for a in videos[0].arrays.values()
+        )
+        eager = MotionWindowDataset(videos, cfg)
+        for i in (0, 5, len(lazy) - 1):
+            torch.testing.assert_close(eager[i][0], lazy[i][0])
+            torch.testing.assert_close(eager[i][2][:, :-63], lazy[i][2][:, :-63])
+    assert cache.is_file()
+
+
+def test_loss_terms():
+    cfg = quick()
+    x = torch.randn(2, 16, 265)
+    total, terms = motion_loss(x, x, x[:, 0], cfg)
+    assert float(total) == 0.0
+    assert set(terms) == {
+        f"{p}_{k}" for p in ("scale", "pitch", "yaw", "roll", "t", "exp") for k in "PVAL"
+    }
+    pred = x.clone()
+    pred[..., 202:] += 1.0  # a constant offset on exp: position and last-frame terms only
+    total, terms = motion_loss(pred, x, x[:, 0], cfg)
+    assert float(terms["exp_P"]) == pytest.approx(1.0) and float(terms["exp_L"]) == pytest.approx(
+        1.0
+    )
+    assert float(terms["exp_V"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(total) == pytest.approx(2.0, abs=1e-5)
+    weighted, _ = motion_loss(pred, x, x[:, 0], replace(cfg, part_weights={"exp": 3.0}))
+    assert float(weighted) == pytest.approx(6.0, abs=1e-4)
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def test_tiny_model_overfits(data, tmp_path):
+    # The release's condition dropout (0.2) stays on: the unconditional branch learns too.
+    cfg = quick(epochs=1000, max_steps=100, seq_frames=8, tensorboard=True)
+    result = train_motion(data, tmp_path / "run", cfg)
+    assert result.step == 100 and len(result.losses) == 100
+    first, last = np.mean(result.losses[:20]), np.mean(result.losses[-20:])
+    assert first / last >= 5, (first, last)
+    log_lines = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    logged = json.loads(log_lines[-1])
+    assert logged["step"] == 100 and {"loss/total", "loss/exp_P", "lr", "grad_norm"} <= set(logged)
+    events = list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+    try:
+        import tensorboard  # noqa: F401  (optional: without it only the JSONL log is written)
+    except ImportError:
+        assert not events
+    else:
+        assert events
+
+
+def _decoder_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state_dict"]
+
+
+def test_resume_continues_from_the_saved_step(data, tmp_path):
+    # 2 steps per epoch: the first run stops in the middle of the third epoch.
+    cfg = quick(save_every_steps=2, max_steps=5)
+    first = train_motion(data, tmp_path / "split", cfg)
+    assert (first.start_step, first.step) == (0, 5)
+    states = sorted((tmp_path / "split" / "state").iterdir())
+    assert [p.name for p in states] == ["step_00000004", "step_00000005"]  # keep_states = 2
+    trainer = json.loads((states[-1] / "trainer.json").read_text())
+    assert trainer == {"step": 5, "epoch": 2, "batch": 1}
+    resumed = train_motion(data, tmp_path / "split", replace(cfg, max_steps=10))
+    assert (resumed.start_step, resumed.step) == (5, 10) and len(resumed.losses) == 5
+    straight = train_motion(data, tmp_path / "straight", replace(cfg, max_steps=10))
+    # Optimizer, EMA, RNG and the position in the epoch come back: the same weights.
+    a = _decoder_state(resumed.checkpoint)
+    b = _decoder_state(straight.checkpoint)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5)
+    # Finished: running again trains nothing and points at the export.
+    again = train_motion(data, tmp_path / "split", replace(cfg, max_steps=10))
+    assert again.step == 10 and again.losses == [] and again.checkpoint == resumed.checkpoint
+    with pytest.raises(TalkingHeadError, match="another network"):
+        train_motion(data, tmp_path / "split", replace(cfg, latent_dim=64, max_steps=12))
+    with pytest.raises(TalkingHeadError, match="holds a training run"):
+        train_motion(data, tmp_path / "split", cfg, resume=False)
+
+
+def test_epoch_saves_and_export_load_and_sample(data, tmp_path):
+    from talkinghead.diffusion import DDIMSampler
+    from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
+    from talkinghead.models import load_official
+
+    cfg = quick(epochs=2, save_ckpt_freq=1)
+    result = train_motion(data, tmp_path / "run", cfg)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "ckpts").iterdir())
+    steps_per_epoch = result.step // 2
+    assert ckpts == [f"lmdm_e0001_s{steps_per_epoch:08d}.pth", f"lmdm_e0002_s{result.step:08d}.pth"]
+    assert result.checkpoint.name == "lmdm_v0.4_hubert.pth"
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["lmdm"]["audio_feat_dim"] == AUD_DIM + 79 and sidecar["lmdm"]["latent_dim"] == 32
+    obj = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert list(obj) == ["model_state_dict"]
+
+    net = load_official("lmdm", result.checkpoint, **sidecar["lmdm"])
+    ds = MotionWindowDataset(load_data_list(data, cfg), replace(cfg, audio_feat_dim=None))
+    _, cond_frame, cond = ds[3]
+    g = torch.Generator().manual_seed(0)
+    out = DDIMSampler(num_steps=4)(net, cond_frame[None], cond[None], generator=g)
+    assert out.shape == (1, cfg.seq_frames, 265) and torch.isfinite(out).all()
+
+    # Installed into a checkpoints root: the file and sidecar generate reads.
+    root = tmp_path / "checkpoints"
+    models = root / "ditto_pytorch" / "models"
+    models.mkdir(parents=True)
+    (models / "lmdm_v0.4_hubert.pth").write_bytes(b"release weights")
+    (models / "talkinghead.json").write_text(json.dumps({"decoder": {"x": 1}}))
+    target = install_checkpoint(tmp_path / "run", root)
+    assert target == ReleaseCheckpoints.from_root(root).model("lmdm")
+    assert (models / "lmdm_v0.4_hubert.pth.orig").read_bytes() == b"release weights"
+    merged = json.loads((models / "talkinghead.json").read_text())
+    assert merged == {"decoder": {"x": 1}, "lmdm": sidecar["lmdm"]}
+    load_official("lmdm", target, **merged["lmdm"])
+
+
+def test_release_sized_config_needs_no_sidecar(tmp_path):
+    cfg = MotionTrainConfig()
+    assert cfg.lmdm_overrides(1103) == {}
+    assert cfg.lmdm_overrides(1059) == {"audio_feat_dim": 1059}
+
+
+def test_bf16_mixed_precision_runs(data, tmp_path):
+    result = train_motion(data, tmp_path / "run", quick(max_steps=2, mixed_precision="bf16"))
+    assert result.step == 2 and all(np.isfinite(result.losses))
+
+
+# --- the train-motion command ---------------------------------------------------------------
+
+
+def invoke(args: list[str]):
+    from typer.testing import CliRunner
+
+    from talkinghead.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_trains_resumes_and_installs(data, tmp_path):
+    out, root = tmp_path / "run", tmp_path / "checkpoints"
+    args = ["train-motion", str(data), str(out), "--preset", "tiny", "--no-tensorboard"]
+    result = invoke([*args, "--max-steps", "3", "--install-to", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "trained to step 3" in result.output and "checkpoint:" in result.output
+    installed = root / "ditto_pytorch" / "models"
+    assert (installed / "lmdm_v0.4_hubert.pth").is_file()
+    assert json.loads((installed / "talkinghead.json").read_text())["lmdm"]["latent_dim"] == 32
+    again = invoke([*args, "--max-steps", "4", "--use-sc"])
+    assert again.exit_code == 0, again.output
+    assert "resumed at step 3" in again.output and "trained to step 4" in again.output
+
+
+def test_cli_errors_are_one_line(data, tmp_path):
+    for args, match in (
+        ([str(tmp_path / "missing"), str(tmp_path / "run")], "data not found"),
+        ([str(data), str(tmp_path / "run"), "--preset", "huge"], "unknown preset 'huge'"),
+        ([str(data), str(tmp_path / "run"), "--mixed-precision", "fp8"], "mixed_precision"),
+        (
+            [str(data), str(tmp_path / "run"), "--preset", "tiny", "--audio-feat-dim", "7"],
+            "audio_feat_dim 7",
+        ),
+    ):
+        result = invoke(["train-motion", *args])
+        assert result.exit_code == 1
+        assert isinstance(result.exception, TalkingHeadError), result.output
+        assert match in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_trained_checkpoint_drives_generate(data, tmp_path):
+    """Train -> install into a (tiny) release -> the pipeline `generate` builds loads it and
+    makes motion with it (rendering itself is the pipeline tests' business)."""
+    from _tiny_release import build_tiny_release
+    from talkinghead.audio.io import load_audio
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait, speech = media / "ditto_example_face.jpg", media / "ditto_example_speech.wav"
+    if not (portrait.is_file() and speech.is_file()):
+        skip_missing(f"{media}")
+    pytest.importorskip("mediapipe")
+    root = build_tiny_release(tmp_path / "release")
+    result = train_motion(data, tmp_path / "run", quick(max_steps=3))
+    install_checkpoint(tmp_path / "run", root)
+
+    pipe = DittoPipeline.from_pretrained(
+        root, download=False, cache=False, steps=2, seed=0, max_size=256
+    )
+    trained = torch.load(result.checkpoint, weights_only=True)["model_state_dict"]
+    loaded = pipe.models.lmdm.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    avatar = pipe.register(portrait)
+    motion, _ = pipe.motion(avatar, load_audio(speech)[: 16000 * 2])
+    assert motion.shape == (50, 265) and np.isfinite(motion).all()

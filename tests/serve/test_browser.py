@@ -1,0 +1,153 @@
+"""End to end in headless Chromium: the page at / uploads a portrait and a wav, streams it,
+and shows the frames the server renders (the tiny Ditto release), in sync with the audio.
+
+Needs Debian's `chromium` and the `playwright` Python package (its own browser download is
+not used: the system Chromium is launched by path). Skipped when either is missing, except
+under CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from _conformance import skip_missing
+from _serve_helpers import PORTRAIT, SPEECH, TINY_SETTINGS, FakePipeline, get_json
+from _tiny_release import build_tiny_release
+from talkinghead.serve import ServeSettings, create_app
+from talkinghead.serve.background import BackgroundServer
+
+CHROMIUM = os.environ.get("TALKINGHEAD_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
+    "--use-fake-device-for-media-stream",  # a synthetic microphone (a beep)
+    "--no-sandbox",  # CI runs as root
+]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright)")
+    if not (shutil.which(CHROMIUM) or os.path.isfile(CHROMIUM)):
+        _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
+    if not PORTRAIT.is_file():
+        skip_missing(f"{PORTRAIT}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    yield page
+    context.close()
+
+
+def text(page, selector: str) -> str:
+    return page.locator(selector).inner_text().strip()
+
+
+def canvas_spread(page) -> float:
+    """Standard deviation of the canvas pixels (0 for a blank canvas)."""
+    return page.evaluate(
+        """() => {
+            const c = document.getElementById("canvas");
+            const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let s = 0, s2 = 0, n = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                const v = (d[i] + d[i + 1] + d[i + 2]) / 3; s += v; s2 += v * v; n++;
+            }
+            const m = s / n; return Math.sqrt(Math.max(s2 / n - m * m, 0));
+        }"""
+    )
+
+
+def test_page_uploads_a_portrait_and_a_wav_and_plays_every_frame(page, tmp_path) -> None:
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
+
+    release = build_tiny_release(tmp_path / "release")
+    pipe = DittoPipeline.from_pretrained(release, download=False, **TINY_SETTINGS)
+    # 0.1 s of the example speech (24 kHz): ceil(0.1 x 25) = 3 frames.
+    data, sr = sf.read(SPEECH, dtype="float32")
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, data[: sr // 10], sr)
+    expected = math.ceil(0.1 * 25)
+    with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
+        page.goto(srv.url + "/")
+        page.set_input_files("#portrait-file", str(PORTRAIT))
+        page.wait_for_function(
+            "document.getElementById('upload-status').textContent.startsWith('registered')",
+            timeout=60_000,
+        )
+        avatars = get_json(f"{srv.url}/avatars")["avatars"]
+        assert len(avatars) == 1
+        assert page.locator("#avatar").input_value() == avatars[0]["id"]
+        page.set_input_files("#audio-file", str(wav))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        assert text(page, "#frames-expected") == str(expected)
+        page.click("#speak")
+        page.wait_for_function(
+            "document.getElementById('status').textContent === 'complete'", timeout=120_000
+        )
+        page.wait_for_function(
+            "document.getElementById('playback').textContent === 'finished'", timeout=30_000
+        )
+        assert text(page, "#frames-received") == str(expected)
+        assert text(page, "#frames-shown") == str(expected)  # played through the last frame
+        assert text(page, "#frames-dropped") == "0"
+        assert text(page, "#error") == ""
+        assert text(page, "#latency").endswith("ms")
+        assert page.evaluate("document.getElementById('canvas').width") == 256
+        assert canvas_spread(page) > 5  # the rendered face, not a blank canvas
+        assert get_json(f"{srv.url}/healthz")["sessions"] == 0
+    assert not page.errors
+
+
+def test_microphone_is_streamed_and_played_back(page, tmp_path) -> None:
+    # The fake microphone through the AudioWorklet; a stand-in pipeline keeps it fast.
+    pipe = FakePipeline(size=(96, 96))
+    with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
+        page.goto(srv.url + "/")
+        video = tmp_path / "face.png"
+        from PIL import Image
+
+        Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(video)
+        page.set_input_files("#portrait-file", str(video))
+        page.wait_for_function("!document.getElementById('mic').disabled", timeout=30_000)
+        page.click("#mic")
+        page.wait_for_function(
+            "Number(document.getElementById('frames-received').textContent) >= 10",
+            timeout=30_000,
+        )
+        page.click("#stop")
+        page.wait_for_function(
+            "document.getElementById('status').textContent === 'complete'", timeout=30_000
+        )
+        received = int(text(page, "#frames-received"))
+        assert received >= 10 and text(page, "#frames-expected") == str(received)
+        assert text(page, "#error") == ""
+        # The server heard about 25 frames of audio per second of microphone.
+        audio_s = pipe.streams[-1].samples / 16000
+        assert audio_s > 0.3 and received == math.ceil(pipe.streams[-1].samples / 640)
+    assert not page.errors
