@@ -13,7 +13,7 @@ from torch import nn
 
 from talkinghead.eval.weights import WEIGHT_FILES, WeightFile, WeightResolver
 from talkinghead.filemode import current_umask, default_mode, set_default_mode
-from talkinghead.methods.difftalk.pipeline import save_component
+from talkinghead.methods.difftalk.checkpoint import save_component
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o002], ids=["umask022", "umask027", "umask002"])

@@ -322,6 +322,26 @@ def test_good_inputs_pass_the_checks_and_reach_the_models(cli_without_models, sp
         cli_without_models(*args, "--emotion", "happy,Sad", "--crop-scale", "2", "--fade-in", "3")
 
 
+@pytest.mark.parametrize("config", ["no config pkl", "a config pkl without a blink clip"])
+def test_blink_without_a_blink_clip_fails_before_the_models_load(
+    config, cli_without_models, release, speech, tmp_path
+) -> None:
+    import pickle
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    checkpoints = release  # the tiny release has no config pkl
+    if config != "no config pkl":
+        checkpoints = tmp_path / "checkpoints"  # the config alone: no model is read
+        pkl = checkpoints / "ditto_cfg" / "v0.4_hubert_cfg_pytorch.pkl"
+        pkl.parent.mkdir(parents=True)
+        sections = {"base_cfg": {}, "audio2motion_cfg": {}, "default_kwargs": {"fade_type": ""}}
+        pkl.write_bytes(pickle.dumps(sections))
+    args = ["-s", str(PORTRAIT), "-a", str(speech), "-o", str(out_dir / "talking.mp4")]
+    args += ["--checkpoints", str(checkpoints), "--blink"]
+    _assert_fails_fast(*cli_without_models("generate", *args), "blink clip", out_dir)
+
+
 def test_no_face_is_reported_before_looking_for_checkpoints(bad_inputs, speech, tmp_path) -> None:
     """The real command, no checkpoints anywhere: not "download 2 GB first", and not a single
     line of mediapipe's or TFLite's own logging."""

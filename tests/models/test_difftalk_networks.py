@@ -16,7 +16,7 @@ from talkinghead.diffusion.latent_inpainting import (
     masked_ddim_sample,
 )
 from talkinghead.errors import CheckpointError
-from talkinghead.methods.difftalk.pipeline import load_autoencoder, load_ldm, save_component
+from talkinghead.methods.difftalk.checkpoint import load_autoencoder, load_ldm, save_component
 from talkinghead.models.difftalk_autoencoder import (
     DiffTalkAutoencoder,
     DiffTalkAutoencoderConfig,

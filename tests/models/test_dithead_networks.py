@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from talkinghead.errors import CheckpointError
-from talkinghead.methods.dithead.data import DataSettings
-from talkinghead.methods.dithead.train import load_checkpoint, load_lpips, save_checkpoint
+from talkinghead.methods.dithead.checkpoint import load_checkpoint, save_checkpoint
+from talkinghead.methods.dithead.config import DataSettings
+from talkinghead.methods.dithead.train import load_lpips
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead, sincos_pos_embed_2d
 from talkinghead.models.dithead_losses import (
     PatchDiscriminator,

@@ -34,8 +34,13 @@ STAGE_UNITS = {
     "motion": "windows",
     "render": "frames",
     "stream": "frames",
+    # DiT-Head and DiffTalk
+    "faces": "frames",
+    "denoise": "frames",
+    "source": "frames",
+    "frames": "frames",
 }
-RATE_STAGES = ("render", "stream")
+RATE_STAGES = ("render", "stream", "denoise", "frames")
 
 
 def _rate_and_time(task: Any) -> str:
@@ -79,15 +84,21 @@ class _StageProgress:
             disable=not enabled,
         )
         self.tasks: dict[str, Any] = {}
+        self.started = False
 
     def __enter__(self) -> _StageProgress:
-        self.progress.__enter__()
+        # The display starts with the first report: what is printed while the models
+        # load (the face backend line) stays above the bars.
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.started:
+            self.started = True
+            self.progress.__enter__()
         if stage not in self.tasks:
             unit = STAGE_UNITS.get(stage, "")
             self.tasks[stage] = self.progress.add_task(stage, total=total, unit=unit)
@@ -101,7 +112,7 @@ def generate(
     output: str = typer.Option(
         ..., "--output", "-o", help="Output .mp4, a directory ending in '/' (PNG frames), or '-'."
     ),
-    method: str = typer.Option("ditto", help=f"Method: {', '.join(METHODS)}."),
+    method: str = typer.Option("ditto", help=f"Method: {', '.join(n for n, m in METHODS.items() if m.generate)}."),
     checkpoints: Path | None = typer.Option(
         None,
         "--checkpoints",
@@ -159,67 +170,89 @@ def generate(
 ) -> None:
     """Make a talking-head video: SOURCE speaks AUDIO, written to OUTPUT."""
     ctx.with_resource(third_party_logs(verbose))
-    from talkinghead.methods.ditto import validation as check
+    from talkinghead import validation as check
 
     # Every option and input file is checked before any model is loaded or downloaded.
-    get_method(method)  # an unknown method is refused first
+    chosen = get_method(method)  # an unknown method is refused first
     check.check_face_backend(face_backend)
     device = check.resolve_device(device)
-    if method != "ditto":
+    options: dict[str, Any]
+    if method == "ditto":
+        from talkinghead.face import CropConfig
+        from talkinghead.methods.ditto import validation as ditto_check
+        from talkinghead.methods.ditto.config import DittoConfig
+
+        steps = 50 if steps is None else steps  # the CLI's default wins over the release config's
+        settings = {
+            "emotion": _parse_emotion(emotion),
+            "delta_pitch": delta_pitch,
+            "delta_yaw": delta_yaw,
+            "delta_roll": delta_roll,
+            "alpha_pitch": alpha_pitch,
+            "alpha_yaw": alpha_yaw,
+            "alpha_roll": alpha_roll,
+            "fade_in": fade_in,
+            "fade_out": fade_out,
+            "crop": CropConfig(scale=crop_scale, vy_ratio=crop_vy),
+            "max_size": max_size,
+            "online": online,
+            "face_backend": face_backend,
+            "fp16": fp16,
+            "batch_size": batch_size,
+            "cache": cache,
+            "blink": blink,
+        }
+        run_settings = {**settings, "steps": steps, "seed": seed, "device": device}
+        ditto_check.check_ditto_config(DittoConfig().replace(**run_settings))
+        checked = check.check_inputs(source, audio, output, max_size=max_size)
+        local = ditto_check.local_checkpoints(checkpoints, revision=revision)
+        # --blink needs the release config's blink clip: checkable now if the config is local.
+        final = checkpoints is not None or not download  # no download can bring a config pkl
+        ditto_check.check_release_settings(run_settings, local, final=final)
+        # The face check runs the backend generation will run when the checkpoints are on disk.
+        face_check = ditto_check.face_check_analyzer(face_backend, local, settings["crop"])
+        analyzer = _check_face(face_check.analyzer, checked.frame, source)
+        if not face_check.same_as_generation:
+            _close(analyzer)
+            analyzer = None
+
+        def loaded(pipe: Any) -> None:
+            err_console.print(f"face backend: {pipe.face_backend}, device: {device}", highlight=False)
+
+        options = {
+            **settings,
+            "download": download,
+            "revision": revision,
+            "hubert": hubert,
+            "face_analyzer": analyzer,
+            "streaming": stream,
+            "on_load": loaded,
+        }
+    else:
+        from talkinghead.face import create_face_analyzer
+
         options = {"resolution": resolution} if method == "difftalk" else {"fps": fps}
         _check_other_options(method, checkpoints, steps, seed, **options)
         checked = check.check_inputs(source, audio, output, max_size=max_size)
         # Both methods find faces with mediapipe.
-        _close(_check_face(check.face_check_analyzer("mediapipe"), checked.frame, source))
-        _generate_other(method, source, audio, output, checkpoints, seed, steps, device, **options)
-        return
-
-    from talkinghead.face import CropConfig
-    from talkinghead.methods.ditto.pipeline import DittoConfig, DittoPipeline
-
-    settings = {
-        "emotion": _parse_emotion(emotion),
-        "steps": 50 if steps is None else steps,
-        "seed": seed,
-        "delta_pitch": delta_pitch,
-        "delta_yaw": delta_yaw,
-        "delta_roll": delta_roll,
-        "alpha_pitch": alpha_pitch,
-        "alpha_yaw": alpha_yaw,
-        "alpha_roll": alpha_roll,
-        "fade_in": fade_in,
-        "fade_out": fade_out,
-        "crop": CropConfig(scale=crop_scale, vy_ratio=crop_vy),
-        "max_size": max_size,
-        "online": online,
-        "face_backend": face_backend,
-        "device": device,
-        "fp16": fp16,
-        "batch_size": batch_size,
-        "cache": cache,
-        "blink": blink,
-    }
-    check.check_ditto_config(DittoConfig().replace(**settings))
-    checked = check.check_inputs(source, audio, output, max_size=max_size)
-    # The face check runs the backend generation will run when the checkpoints are on disk.
-    local = check.local_checkpoints(checkpoints, revision=revision)
-    face_check = check.face_check_analyzer(face_backend, local, settings["crop"])
-    analyzer = _check_face(face_check, checked.frame, source)
-    if not face_check.same_as_generation:
-        _close(analyzer)
-        analyzer = None
+        _close(_check_face(create_face_analyzer("mediapipe"), checked.frame, source))
     start = time.perf_counter()
-    pipe = DittoPipeline.from_pretrained(
-        checkpoints,
-        download=download,
-        revision=revision,
-        hubert=hubert,
-        face_analyzer=analyzer,
-        **settings,
-    )
-    err_console.print(f"face backend: {pipe.face_backend}, device: {device}", highlight=False)
+    # DiT-Head and DiffTalk report their stages too, but draw no bars (as before).
     with _StageProgress(enabled=not quiet) as progress:
-        result = pipe.generate(source, audio, output, streaming=stream, progress=progress)
+        result = chosen.entry_point("generate")(
+            source,
+            audio,
+            output,
+            checkpoints=checkpoints,
+            seed=seed,
+            steps=steps,
+            device=device,
+            progress=progress,
+            **options,
+        )
+    if not hasattr(result, "num_frames"):  # DiT-Head, DiffTalk: the written path
+        typer.echo(str(result))
+        return
     if result.num_faces > 1:
         err_console.print(
             f"note: {result.num_faces} faces found; the largest was used", highlight=False
@@ -229,35 +262,11 @@ def generate(
         typer.echo(f"{result.output} ({result.num_frames} frames, {elapsed:.1f} s)")
 
 
-def _generate_other(
-    method: str,
-    source: Path,
-    audio: Path,
-    output: str,
-    checkpoints: Path | None,
-    seed: int | None,
-    steps: int | None,
-    device: str,
-    **options: Any,
-) -> None:
-    path = get_method(method).entry_point("generate")(
-        source,
-        audio,
-        output,
-        checkpoints=checkpoints,
-        seed=seed,
-        steps=steps,
-        device=device,
-        **options,
-    )
-    typer.echo(str(path))
-
-
 def _check_other_options(
     method: str, checkpoints: Path | None, steps: int | None, seed: int | None, **options: Any
 ) -> None:
     """DiT-Head's and DiffTalk's options, as far as they can be checked without their models."""
-    from talkinghead.methods.ditto.validation import check_seed, check_steps
+    from talkinghead.validation import check_seed, check_steps
 
     if checkpoints is None:
         raise SettingsError(f"--method {method} needs --checkpoints (a trained {method} model)")
@@ -271,16 +280,16 @@ def _check_other_options(
             raise SettingsError(f"--{name} {value}: {method} supports {choices}")
 
 
-def _check_face(face_check: Any, frame: Any, source: Path) -> Any:
-    """The face check's analyser, closed if no face was found (its threads log on the way)."""
-    from talkinghead.methods.ditto.validation import check_face
+def _check_face(analyzer: Any, frame: Any, source: Path) -> Any:
+    """The face check's `analyzer`, closed if no face was found (its threads log on the way)."""
+    from talkinghead.validation import check_face
 
     try:
-        check_face(frame, face_check.analyzer, source)
+        check_face(frame, analyzer, source)
     except BaseException:
-        _close(face_check.analyzer)
+        _close(analyzer)
         raise
-    return face_check.analyzer
+    return analyzer
 
 
 def _close(analyzer: Any) -> None:

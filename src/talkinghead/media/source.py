@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -193,3 +194,21 @@ def source_media(
         raise MediaError(f"{_IN_MEMORY}: all frames of a video must have the same size")
     is_image = len(rgb) == 1 and fps is None
     return SourceMedia(rgb, is_image=is_image, fps=None if is_image else fps, path=None)
+
+
+def mirror_index(index: Any, num_frames: int) -> Any:
+    """Source frame shown at output frame `index` when a source video plays forwards,
+    backwards, forwards, ... (an int, or elementwise for a numpy array or torch tensor)."""
+    if num_frames < 1:
+        raise ValueError(f"need num_frames >= 1, got {num_frames}")
+    if isinstance(index, (int, np.integer)):
+        if index < 0:
+            raise ValueError(f"need index >= 0, got {index}")
+        turn, pos = divmod(int(index), num_frames)
+        return pos if turn % 2 == 0 else num_frames - 1 - pos
+    turn, pos = index // num_frames, index % num_frames
+    if isinstance(index, np.ndarray):
+        return np.where(turn % 2 == 0, pos, num_frames - 1 - pos)
+    import torch  # only when called with a tensor: the media layer does not need torch
+
+    return torch.where(turn % 2 == 0, pos, num_frames - 1 - pos)

@@ -7,7 +7,9 @@ training utilities, evaluation) lives below, in the shared layers. A method's
 folder offers these entry points, named in its `Method` line:
 
 - ``generate``: ``generate_video(source, audio, output, *, checkpoints, seed, steps,
-  device, progress=None, **options) -> Path`` (``talkinghead generate --method``)
+  device, progress=None, **options) -> Path`` (``talkinghead generate --method``);
+  Ditto's returns its `GenerationResult` instead (``output`` is the path; the CLI
+  reports its ``num_frames`` and ``num_faces``)
 - ``prepare``: ``prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1,
   progress=None, **options) -> PrepareReport`` (``talkinghead prepare-data --method``)
 - ``commands``: ``register(app)``, adding the method's own commands (training)
@@ -24,7 +26,6 @@ from typing import Any
 
 from talkinghead.errors import SettingsError, TalkingHeadError
 
-
 _WHAT = {"generate": "generation", "prepare": "data preparation", "commands": "the commands"}
 
 
@@ -39,8 +40,8 @@ class Method:
 
     name: str
     summary: str
-    generate: str = "pipeline:generate_video"
-    prepare: str = "data:prepare_dataset"
+    generate: str | None = "pipeline:generate_video"  # None: the method has no such entry
+    prepare: str | None = "data:prepare_dataset"
     commands: str = "commands:register"
 
     @property
@@ -50,6 +51,10 @@ class Method:
     def entry_point(self, kind: str) -> Callable[..., Any]:
         """The callable behind `kind` ("generate", "prepare" or "commands")."""
         target = getattr(self, kind)
+        if target is None:
+            raise TalkingHeadError(
+                f"{self.name!r} offers no {_WHAT[kind]}; see its own commands (talkinghead --help)"
+            )
         module_name, _, attr = f"{self.package}.{target}".partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -73,6 +78,7 @@ METHODS: dict[str, Method] = {
         Method("ditto", "motion-space diffusion (LMDM) rendered by LivePortrait networks"),
         Method("dithead", "DiT-Head: latent diffusion transformer, lip sync by inpainting"),
         Method("difftalk", "DiffTalk: latent-diffusion UNet with audio and landmark conditions"),
+        Method("liveportrait", "LivePortrait: video-driven animation", generate=None, prepare=None),
     )
 }
 

@@ -8,7 +8,7 @@ features, softmaxes the scores over the frames and returns the weighted sum:
 a in R^{D_A}, D_A = 64.
 
 Landmarks: the face points outside the mouth region (see
-`talkinghead.methods.difftalk.data.LANDMARK_POINTS`), normalised to the crop, through an
+`talkinghead.methods.difftalk.features.LANDMARK_POINTS`), normalised to the crop, through an
 MLP: l in R^{D_L}, D_L = 64.
 
 The UNet cross-attends to the single token [a; l] in R^128.

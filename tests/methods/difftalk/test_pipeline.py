@@ -15,21 +15,14 @@ import torch
 from _conformance import MEDIA_DIR, skip_missing
 from _dithead_helpers import save_tiny_wav2vec2
 from talkinghead.errors import TalkingHeadError
-from talkinghead.methods.difftalk.data import (
-    LANDMARK_POINTS,
-    MANIFEST_NAME,
-    DiffTalkDataset,
-    mask_row,
-    prepare_dataset,
-)
+from talkinghead.methods.difftalk.checkpoint import load_difftalk, save_component, write_manifest
+from talkinghead.methods.difftalk.data import MANIFEST_NAME, DiffTalkDataset, prepare_dataset
+from talkinghead.methods.difftalk.features import LANDMARK_POINTS, mask_row
 from talkinghead.methods.difftalk.pipeline import (
     DiffTalkConfig,
     DiffTalkGenerator,
     SourceFaces,
     generate_video,
-    load_difftalk,
-    save_component,
-    write_manifest,
 )
 from talkinghead.methods.difftalk.train import (
     AutoencoderTrainConfig,
@@ -194,7 +187,7 @@ def test_tiny_presets_overfit_the_clip(trained):
 
 
 def test_ldm_checkpoint_holds_the_warmed_up_average(trained, prepared, tmp_path):
-    from talkinghead.methods.difftalk.pipeline import read_component
+    from talkinghead.methods.difftalk.checkpoint import read_component
 
     ae = trained[0] / "autoencoder.pt"
     for name, ema in (("raw", False), ("ema", True)):

@@ -12,18 +12,13 @@ from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.face.crop import warp_image, warp_points
 from talkinghead.media.video import iter_video_frames
-from talkinghead.methods.dithead.data import (
-    Clip,
-    CropSettings,
-    DataSettings,
-    MaskSettings,
-    PreparedDataset,
-    SampleDrawer,
+from talkinghead.methods.dithead.config import CropSettings, DataSettings, MaskSettings
+from talkinghead.methods.dithead.data import Clip, PreparedDataset, SampleDrawer, prepare_dataset
+from talkinghead.methods.dithead.features import (
     apply_mask,
     audio_windows,
     lower_face_mask,
     lower_face_polygon,
-    prepare_dataset,
 )
 
 # MediaPipe mesh indices

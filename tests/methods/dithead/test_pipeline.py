@@ -13,14 +13,9 @@ from typer.testing import CliRunner
 
 from _dithead_helpers import make_clip, require_media, speech, tiny_wav2vec2
 from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.methods.dithead.checkpoint import load_checkpoint
 from talkinghead.methods.dithead.data import load_prepared, prepare_dataset
-from talkinghead.methods.dithead.train import (
-    DiTTrainConfig,
-    VQTrainConfig,
-    load_checkpoint,
-    train_dit,
-    train_vq,
-)
+from talkinghead.methods.dithead.train import DiTTrainConfig, VQTrainConfig, train_dit, train_vq
 from talkinghead.models.dithead_losses import VQGANLossConfig
 
 SIZE = 32  # crop side: 8x8 latents with the tiny VQGAN (f = 4)
@@ -128,7 +123,7 @@ def test_checkpoints_round_trip(trained):
 
 
 def test_dit_ema_is_exported_and_resumed_from_the_saved_average(trained, tmp_path):
-    from talkinghead.methods.dithead.train import read_checkpoint
+    from talkinghead.methods.dithead.checkpoint import read_checkpoint
 
     data, ckpt, _, _ = trained
     config = replace(DIT_CONFIG, steps=2, ema_decay=0.5)

@@ -19,8 +19,9 @@ from talkinghead.audio.io import load_audio, read_audio
 from talkinghead.errors import MediaError, TalkingHeadError
 from talkinghead.media.source import load_source, source_media
 from talkinghead.methods.ditto.avatar import AvatarCache
+from talkinghead.methods.ditto.config import DittoConfig
 from talkinghead.methods.ditto.motion.stitch import StitchConfig
-from talkinghead.methods.ditto.pipeline import DittoConfig, DittoPipeline
+from talkinghead.methods.ditto.pipeline import DittoPipeline
 
 MEDIA = MEDIA_DIR
 PORTRAIT = MEDIA / "ditto_example_face.jpg"

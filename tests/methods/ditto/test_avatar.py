@@ -393,6 +393,11 @@ def test_default_directory(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "avatars"
     assert AvatarCache().directory == tmp_path / "avatars"
     monkeypatch.delenv("TALKINGHEAD_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "talkinghead" / "avatars"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # not absolute: ignored (XDG spec)
+    assert default_cache_dir() == Path.home() / ".cache" / "talkinghead" / "avatars"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "talkinghead" / "avatars"
 
 

@@ -480,3 +480,19 @@ def test_config_bad_files(tmp_path):
     bad.write_bytes(pickle.dumps({"base_cfg": {}}))
     with pytest.raises(CheckpointError, match="audio2motion_cfg, default_kwargs"):
         load_release_config(bad)
+
+
+# -- the size sidecar --
+
+
+def test_the_sidecar_is_read_beside_the_checkpoints(tmp_path):
+    assert ck.read_sidecar(tmp_path) == {}  # none: the release's sizes
+    sidecar = tmp_path / ck.SIDECAR_NAME
+    sidecar.write_text('{"lmdm": {"latent_dim": 32}}')
+    assert ck.read_sidecar(tmp_path) == {"lmdm": {"latent_dim": 32}}
+    sidecar.write_text('{"vocoder": {}}')
+    with pytest.raises(CheckpointError, match="unknown network kinds"):
+        ck.read_sidecar(tmp_path)
+    sidecar.write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable network configuration"):
+        ck.read_sidecar(tmp_path)

@@ -15,12 +15,7 @@ from PIL import Image
 from _conformance import MEDIA_DIR, skip_missing
 from _tiny_release import build_tiny_release
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError
-from talkinghead.methods.ditto.pipeline import (
-    DittoConfig,
-    DittoPipeline,
-    config_from_release,
-    fade_alphas,
-)
+from talkinghead.methods.ditto.pipeline import DittoPipeline, fade_alphas
 
 MEDIA = MEDIA_DIR
 PORTRAIT = MEDIA / "ditto_example_face.jpg"
@@ -233,28 +228,29 @@ def test_fade_in_starts_from_the_source_motion(pipe, speech, tmp_path) -> None:
     assert np.array_equal(plain[-1], faded[-1])
 
 
-def test_release_config_is_imported() -> None:
-    cfg = config_from_release(
-        {
-            "base_cfg": {},
-            "audio2motion_cfg": {},
-            "default_kwargs": {
-                "sampling_timesteps": 10,
-                "overlap_v2": 70,
-                "online_mode": True,
-                "crop_scale": 2.0,
-                "emo": 3,
-                "fade_type": "d0",
-                "delta_eye_open_n": 0,
-                "some_future_key": 1,
-            },
-        }
+def test_the_registry_entry_point_loads_and_generates(pipe, release, speech, tmp_path) -> None:
+    from talkinghead.methods import get_method
+
+    generate_video = get_method("ditto").entry_point("generate")
+    loaded: list[DittoPipeline] = []
+    result = generate_video(
+        PORTRAIT,
+        speech,
+        str(tmp_path / "entry") + "/",
+        checkpoints=release,
+        device="cpu",
+        download=False,
+        cache=False,
+        on_load=loaded.append,
+        **SETTINGS,
     )
-    assert cfg.steps == 10 and cfg.online and cfg.online_overlap == 70 and cfg.overlap == 10
-    assert cfg.crop.scale == 2.0 and cfg.emotion == 3
-    assert cfg.stitch.fade_type == "d0" and cfg.stitch.delta_eye_open_n == 0
-    with pytest.raises(TypeError, match="unknown Ditto settings"):
-        DittoConfig().replace(stepz=3)
+    assert len(loaded) == 1 and loaded[0].config.steps == SETTINGS["steps"]
+    assert result.output == tmp_path / "entry" and result.num_frames == 13
+    pipe.generate(PORTRAIT, speech, str(tmp_path / "pipe") + "/", **SETTINGS)
+    frames, expected = read_frames(tmp_path / "entry"), read_frames(tmp_path / "pipe")
+    assert len(frames) == len(expected) == 13
+    for x, y in zip(frames, expected, strict=True):
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
 
 
 def test_model_outputs_are_deterministic_across_batches(pipe, speech, tmp_path) -> None:

@@ -1,19 +1,19 @@
-"""Settings and input checks that run before any model is loaded (`pipelines.validation`)."""
+"""Ditto's own checks that run before any model is loaded (`methods.ditto.validation`)."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
-import soundfile
-import torch
-from PIL import Image
 
-from _audio_files import encode_with_pyav, tone
-from talkinghead.audio.io import probe_audio
-from talkinghead.errors import MediaError, SettingsError
+from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.face import CropConfig
 from talkinghead.methods.ditto import validation
-from talkinghead.methods.ditto.pipeline import DittoConfig, DittoPipeline
+from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
+from talkinghead.methods.ditto.config import DittoConfig
+from talkinghead.methods.ditto.pipeline import DittoPipeline
 
 
 def test_emotions_accepted_and_refused() -> None:
@@ -45,65 +45,6 @@ def test_ditto_config_checks(change, message) -> None:
     validation.check_ditto_config(DittoConfig(seed=2**63 - 1, steps=1, max_size=None))
     with pytest.raises(SettingsError, match=message):
         validation.check_ditto_config(DittoConfig().replace(**change))
-
-
-def test_devices(monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert validation.resolve_device("auto") == "cpu"
-    assert validation.resolve_device("CPU") == "cpu"
-    with pytest.raises(SettingsError, match="CUDA is not available"):
-        validation.resolve_device("cuda:0")
-    with pytest.raises(SettingsError, match="unknown device 'gpu'"):
-        validation.resolve_device("gpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert validation.resolve_device("auto") == "cuda"
-    assert validation.resolve_device("cuda:0") == "cuda:0"
-    with pytest.raises(SettingsError, match=r"1 CUDA device\(s\), cuda:0..cuda:0"):
-        validation.resolve_device("cuda:1")
-
-
-def test_outputs_are_checked_without_creating_anything(tmp_path) -> None:
-    for ok in ("-", tmp_path / "talking.mp4", tmp_path / "talking.MKV", f"{tmp_path}/frames/"):
-        validation.check_output(ok)
-    validation.check_output(f"{tmp_path}/new/deeper/frames/")  # created on demand
-    with pytest.raises(MediaError, match=r"talking\.webm"):
-        validation.check_output(tmp_path / "talking.webm")
-    with pytest.raises(MediaError, match="does not exist"):
-        validation.check_output(tmp_path / "missing" / "talking.mp4")
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(MediaError, match="files other than frames"):
-        validation.check_output(tmp_path / "notes")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
-
-
-def test_probe_audio_reads_headers_and_ffmpeg_files(tmp_path) -> None:
-    wav = tmp_path / "speech.wav"
-    soundfile.write(wav, tone(300, 24000, 0.5), 24000)
-    assert probe_audio(wav) == pytest.approx(0.5)
-    m4a = tmp_path / "speech.m4a"
-    encode_with_pyav(m4a, tone(300, 44100, 1.0), 44100, "aac", "ipod")
-    assert probe_audio(m4a) == pytest.approx(1.0, abs=0.1)
-    assert probe_audio((np.zeros(8000, np.float32), 16000)) == pytest.approx(0.5)
-    picture = tmp_path / "picture.png"
-    Image.new("RGB", (16, 16)).save(picture)
-    with pytest.raises(MediaError, match="no audio stream"):
-        probe_audio(picture)
-    empty = tmp_path / "empty.wav"
-    soundfile.write(empty, np.zeros(0, np.float32), 16000)
-    with pytest.raises(MediaError, match="no audio samples"):
-        probe_audio(empty)
-
-
-def test_sources_in_memory_and_on_disk(tmp_path) -> None:
-    frame = validation.check_source(np.zeros((101, 80, 3), np.uint8))
-    assert frame.shape == (100, 80, 3)  # as registration resizes: even sides
-    picture = tmp_path / "big.png"
-    Image.new("RGB", (400, 300)).save(picture)
-    assert validation.check_source(picture, max_size=200).shape == (150, 200, 3)
-    with pytest.raises(MediaError, match="source file not found"):
-        validation.check_source(tmp_path / "nope.png")
 
 
 def test_from_pretrained_checks_settings_before_looking_for_checkpoints(tmp_path) -> None:
@@ -156,3 +97,32 @@ def test_the_face_check_uses_the_backend_generation_will_use(tmp_path, monkeypat
         assert built.pop() == (expected, expected_dir)
     assert validation.local_checkpoints(tmp_path / "missing") is None
     assert validation.local_checkpoints(tmp_path).root == tmp_path
+
+
+def _release_config(root: Path, **default_kwargs: object) -> ReleaseCheckpoints:
+    """A checkpoints folder holding only a release config pkl with these default_kwargs."""
+    local = ReleaseCheckpoints.from_root(root)
+    local.config.parent.mkdir(parents=True)
+    cfg = {"base_cfg": {}, "audio2motion_cfg": {}, "default_kwargs": default_kwargs}
+    local.config.write_bytes(pickle.dumps(cfg))
+    return ReleaseCheckpoints.from_root(root)
+
+
+def test_blink_is_checked_against_the_release_config_before_loading(tmp_path) -> None:
+    blink = {"blink": True}
+    bare = ReleaseCheckpoints.from_root(tmp_path / "bare")  # no config pkl
+    # Nothing local, or a cache a download may complete: from_pretrained decides later.
+    validation.check_release_settings(blink, None, final=True)
+    validation.check_release_settings(blink, bare)
+    # Nothing more will arrive: generation would run on the defaults, which have no clip.
+    with pytest.raises(TalkingHeadError, match="blink clip"):
+        validation.check_release_settings(blink, bare, final=True)
+    # A config pkl on disk is the one generation loads, downloads or not.
+    without_clip = _release_config(tmp_path / "without", fade_type="")
+    with pytest.raises(TalkingHeadError, match="blink clip"):
+        validation.check_release_settings(blink, without_clip)
+    clip = np.zeros((5, 63), np.float32)
+    with_clip = _release_config(tmp_path / "with", delta_eye_arr=clip, delta_eye_open_n=5)
+    validation.check_release_settings(blink, with_clip)
+    validation.check_release_settings({"blink": False}, without_clip, final=True)
+    validation.check_release_settings({}, bare, final=True)

@@ -36,6 +36,10 @@ def train_difftalk(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Train DiffTalk: first --stage autoencoder, then --stage ldm, into the same OUT_DIR."""
+    from talkinghead.validation import check_not_an_input
+
+    inputs = {"DATA_DIR": data_dir, "--autoencoder": autoencoder}
+    check_not_an_input(out_dir, inputs, output_is_folder=False)  # checkpoints land in OUT_DIR
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from talkinghead.methods.difftalk.data import read_manifest
@@ -83,4 +87,5 @@ def train_difftalk(
 
 
 def register(app: typer.Typer) -> None:
+    """The registry's ``commands`` entry point: adds ``train-difftalk`` to `app`."""
     app.command("train-difftalk")(train_difftalk)

@@ -12,7 +12,8 @@ or a ``<stem>.wav`` beside them) into the following, resumably and in parallel
     OUT_DIR/clips/<name>/crop.npy                [F, 3, 3] float32 crop -> frame matrices
 
 Crops follow the face (MediaPipe's 478-point mesh, `talkinghead.face`), scale 1.8 and
-vy -0.1 around the mesh's jaw/brow box, smoothed over 5 frames against jitter.
+vy -0.1 around the mesh's jaw/brow box, smoothed over 5 frames against jitter
+(`talkinghead.methods.difftalk.features.track_faces`, as inference crops its source).
 
 `DiffTalkDataset` serves, per frame i: the crop x, the mouth-masked crop x_m (every
 row from the nose tip down set to black, as the release does), a reference crop x_r
@@ -20,8 +21,8 @@ from the same clip at least 60 frames away (the farthest frame when the clip is
 shorter), the audio windows of frames i - 8 .. i + 8 for the temporal filter, and
 the landmarks outside the mouth region, in [0, 1] crop units.
 
-The geometry helpers (`landmark_condition`, `masked_frame`, `generation_mask`) are
-shared with inference (`talkinghead.methods.difftalk.pipeline`).
+The crops, landmarks, masks and audio windows are computed by
+`talkinghead.methods.difftalk.features`, which inference uses too.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ import json
 import logging
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from talkinghead.audio.ctc import (
-    DEFAULT_CTC_MODEL,
-    frame_windows,
-    neighbour_indices,
-    resolve_ctc_model,
-)
+from talkinghead.audio.ctc import DEFAULT_CTC_MODEL, neighbour_indices, resolve_ctc_model
 from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.methods.difftalk.features import (
+    CROP_SCALE,
+    CROP_SMOOTHING,
+    CROP_VY,
+    TrackedFaces,
+    audio_windows,
+    face_analyzer,
+    landmark_condition,
+    masked_frame,
+    to_tensor_image,
+    track_faces,
+)
 from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.prepare import (
     ClipListLayout,
@@ -64,185 +71,11 @@ FORMAT = "talkinghead-difftalk-data"
 VERSION = 1
 MANIFEST_NAME = "difftalk_data.json"
 
-CROP_SCALE = 1.8
-CROP_VY = -0.1
-CROP_SMOOTHING = 5  # frames in the moving average of the crop transform
 MIN_REFERENCE_GAP = 60
 SMOOTH_RADIUS = 8
 
-# MediaPipe face-mesh indices (image-left side first), counterparts of the 68-point
-# layout's points the release keeps (0-3 and 13-47: upper jaw, brows, nose, eyes).
-_JAW_UPPER = (127, 234, 93, 132, 361, 323, 454, 356)
-_BROWS = (
-    70, 63, 105, 66, 107, 55, 65, 52, 53, 46,
-    300, 293, 334, 296, 336, 285, 295, 282, 283, 276,
-)  # fmt: skip
-_EYES = (33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380)
-_NOSE = (168, 6, 197, 195, 5, 4, 98, 97, 2, 326, 327)
-LANDMARK_POINTS: tuple[int, ...] = _JAW_UPPER + _BROWS + _EYES + _NOSE  # 51 points
-NOSE_TIP = 1
-# The lower face to regenerate: the jaw contour cheek to cheek via the chin, closed
-# under the nose (the release's 68-point 2..14 + 33).
-MOUTH_REGION = (
-    93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
-    377, 400, 378, 379, 365, 397, 288, 361, 323, 2,
-)  # fmt: skip
-MESH_POINTS = 478
-
 # Progress callback of `prepare_dataset` (the prepare-data command's): (videos done, total).
 Progress = Callable[[int, int], None]
-
-
-# ---------------------------------------------------------------------------- geometry
-
-
-def _check_mesh(landmarks: np.ndarray) -> np.ndarray:
-    landmarks = np.asarray(landmarks, dtype=np.float32)
-    if landmarks.shape[-2:] != (MESH_POINTS, 2):
-        raise ValueError(
-            f"DiffTalk needs MediaPipe's 478 landmarks [..., 478, 2], got {landmarks.shape}"
-        )
-    return landmarks
-
-
-def landmark_condition(landmarks: np.ndarray, resolution: int) -> np.ndarray:
-    """Crop-pixel mesh [..., 478, 2] -> the points outside the mouth region in [0, 1]: [..., 51, 2]."""
-    lm = _check_mesh(landmarks)
-    return (lm[..., list(LANDMARK_POINTS), :] / float(resolution)).astype(np.float32)
-
-
-def mask_row(landmarks: np.ndarray) -> int:
-    """First crop row of the masked region: the nose tip's row."""
-    return int(np.floor(_check_mesh(landmarks)[NOSE_TIP, 1]))
-
-
-def masked_frame(crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """x_m: the crop with every row from the nose tip down set to black (uint8 RGB)."""
-    out = np.array(crop, copy=True)
-    out[max(0, mask_row(landmarks)) :] = 0
-    return out
-
-
-def generation_mask(landmarks: np.ndarray, size: int, dilation: float = 0.03) -> np.ndarray:
-    """[size, size] float32: 1 inside the lower-face polygon (to generate), 0 elsewhere.
-
-    The polygon is grown by `dilation` x size pixels so that a mouth opening wider
-    than the source's still falls inside.
-    """
-    lm = _check_mesh(landmarks)
-    mask = np.zeros((size, size), np.uint8)
-    pts = np.rint(lm[list(MOUTH_REGION)]).astype(np.int32)
-    cv2.fillPoly(mask, [pts], 1)
-    grow = round(dilation * size)
-    if grow > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-        mask = cv2.dilate(mask, kernel)
-    return mask.astype(np.float32)
-
-
-def latent_keep_mask(generate: np.ndarray, latent_size: int) -> np.ndarray:
-    """Pixel generation mask [H, W] -> latent keep mask [h, w]: 0 where any pixel is generated."""
-    h = generate.shape[0]
-    f = h // latent_size
-    blocks = generate[: f * latent_size, : f * latent_size].reshape(latent_size, f, latent_size, f)
-    return (blocks.max(axis=(1, 3)) <= 0).astype(np.float32)
-
-
-def reference_index(
-    index: int, num_frames: int, rng: np.random.Generator, min_gap: int = MIN_REFERENCE_GAP
-) -> int:
-    """A random frame at least `min_gap` frames from `index`; the farthest one if none is."""
-    candidates = np.flatnonzero(np.abs(np.arange(num_frames) - index) >= min_gap)
-    if candidates.size:
-        return int(rng.choice(candidates))
-    return 0 if index >= num_frames - 1 - index else num_frames - 1
-
-
-def to_tensor_image(rgb: np.ndarray):
-    """uint8 RGB [H, W, 3] -> float tensor [3, H, W] in [-1, 1]."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def smooth_transforms(matrices: np.ndarray, window: int = CROP_SMOOTHING) -> np.ndarray:
-    """Centred moving average (shrinking at the ends) of [F, 3, 3] similarity matrices."""
-    if window <= 1 or len(matrices) <= 1:
-        return matrices.copy()
-    half = window // 2
-    out = np.empty_like(matrices)
-    for i in range(len(matrices)):
-        out[i] = matrices[max(0, i - half) : i + half + 1].mean(0)
-    return out
-
-
-_ANALYZERS = threading.local()
-
-
-def face_analyzer(backend: str = "mediapipe", aux_dir: Path | None = None):
-    """A face analyser, reused by later calls from the same thread (MediaPipe's graphs take
-    a while to build and must not be shared between threads). Its own crop is unused:
-    DiffTalk crops from the landmarks (`track_faces`)."""
-    from talkinghead.face import create_face_analyzer
-
-    cache = getattr(_ANALYZERS, "cache", None)
-    if cache is None:
-        cache = _ANALYZERS.cache = {}
-    # Only the release backend reads files from aux_dir.
-    key = (backend, None if aux_dir is None or backend == "mediapipe" else str(aux_dir))
-    if key not in cache:
-        cache[key] = create_face_analyzer(backend, aux_dir=aux_dir)
-    return cache[key]
-
-
-@dataclass
-class TrackedFaces:
-    """A face tracked through frames, on a temporally smoothed crop transform."""
-
-    o2c: np.ndarray  # [F, 3, 3] float64, frame pixels -> crop pixels
-    landmarks: np.ndarray  # [F, 478, 2] float32, crop pixels
-
-    @property
-    def c2o(self) -> np.ndarray:
-        return np.linalg.inv(self.o2c).astype(np.float32)
-
-    def crop(self, frame: np.ndarray, i: int, resolution: int) -> np.ndarray:
-        from talkinghead.face.crop import warp_image
-
-        return warp_image(frame, self.o2c[i], resolution)
-
-
-def track_faces(
-    analyzer,
-    frames: Iterable[np.ndarray],
-    resolution: int,
-    *,
-    scale: float = CROP_SCALE,
-    vy: float = CROP_VY,
-    smoothing: int = CROP_SMOOTHING,
-    what: str = "the source",
-) -> TrackedFaces:
-    """Find the face in every frame (tracking it from the previous one); crop
-    `resolution` pixels around it (`scale` x the mesh box, shifted by `vy`) with the
-    crop transform smoothed over `smoothing` frames."""
-    from talkinghead.face.crop import crop_transform, warp_points
-
-    lmks, o2c, previous = [], [], None
-    for i, frame in enumerate(frames):
-        face = analyzer.analyze(frame, previous=previous)
-        if face.landmarks.shape[0] != MESH_POINTS:
-            raise TalkingHeadError(
-                f"{what}: DiffTalk needs 478 mesh landmarks; the {analyzer.name!r} face "
-                f"backend gives {face.landmarks.shape[0]} (frame {i})"
-            )
-        lmks.append(face.landmarks)
-        o2c.append(crop_transform(face.landmarks, dsize=resolution, scale=scale, vy_ratio=vy)[0])
-        previous = face
-    if not lmks:
-        raise MediaError(f"{what}: no frames")
-    smoothed = smooth_transforms(np.stack(o2c), smoothing)
-    landmarks = np.stack([warp_points(p, m) for p, m in zip(lmks, smoothed, strict=True)])
-    return TrackedFaces(smoothed, landmarks.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------- preparation
@@ -369,10 +202,7 @@ class DiffTalkVideoWorker:
             raise MediaError(
                 f"{video}: decoded {written} frames on the second pass, {n} on the first"
             )
-        probs = self.encoder.probabilities(audio)
-        if probs.shape[0] == 0:
-            raise MediaError(f"{video}: the audio track is empty")
-        windows = frame_windows(probs, n, fps, rate=self.encoder.rate)
+        windows = audio_windows(self.encoder, audio, n, fps, what=str(video))
         np.save(tmp / "landmarks.npy", faces.landmarks)
         np.save(tmp / "audio.npy", windows.astype(np.float32))
         np.save(tmp / "crop.npy", faces.c2o)
@@ -489,6 +319,16 @@ def prepare_dataset(
 # ---------------------------------------------------------------------------- dataset
 
 
+def reference_index(
+    index: int, num_frames: int, rng: np.random.Generator, min_gap: int = MIN_REFERENCE_GAP
+) -> int:
+    """A random frame at least `min_gap` frames from `index`; the farthest one if none is."""
+    candidates = np.flatnonzero(np.abs(np.arange(num_frames) - index) >= min_gap)
+    if candidates.size:
+        return int(rng.choice(candidates))
+    return 0 if index >= num_frames - 1 - index else num_frames - 1
+
+
 def read_manifest(data_dir: Path) -> dict[str, Any]:
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
@@ -602,22 +442,11 @@ class DiffTalkDataset:
 
 
 __all__ = [
-    "LANDMARK_POINTS",
     "MANIFEST_NAME",
-    "MOUTH_REGION",
     "DiffTalkDataset",
     "PrepareOptions",
     "PrepareReport",
-    "TrackedFaces",
-    "face_analyzer",
-    "generation_mask",
-    "landmark_condition",
-    "latent_keep_mask",
-    "mask_row",
-    "masked_frame",
     "prepare_dataset",
     "read_manifest",
     "reference_index",
-    "smooth_transforms",
-    "track_faces",
 ]

@@ -13,27 +13,17 @@ Per output frame i (paper Sec. 3.3, Fig. 4):
    only inside the feathered lower-face mask: the rest of the frame keeps its pixels;
 5. frames stream into the writer (H.264 + the input audio).
 
-A checkpoint directory (written by `talkinghead train-difftalk`) holds::
-
-    difftalk.json      {"format", "resolution", "autoencoder", "ldm", "data": {...}}
-    autoencoder.pt     {"format", "kind": "autoencoder", "config", "state_dict", ...}
-    ldm.pt             {"format", "kind": "ldm", "config", "state_dict", ...}
-    wav2vec2/          optional: the CTC model the audio features come from
-
-``--checkpoints`` may name such a directory or a parent holding ``difftalk_256/`` and/or
-``difftalk_512/`` (chosen by ``resolution``).
+The crops, conditions and masks are made as for the training data
+(`talkinghead.methods.difftalk.features`); the models come from a checkpoint directory
+written by `talkinghead train-difftalk` (`talkinghead.methods.difftalk.checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
 import random
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,15 +31,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
-from talkinghead.audio.ctc import frame_windows, neighbour_windows
+from talkinghead.audio.ctc import neighbour_windows
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
-from talkinghead.filemode import set_default_mode
-from talkinghead.methods.difftalk.data import (
+from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, DiffTalkModels, load_difftalk
+from talkinghead.methods.difftalk.features import (
     CROP_SCALE,
     CROP_SMOOTHING,
     CROP_VY,
+    audio_windows,
     face_analyzer,
     generation_mask,
     landmark_condition,
@@ -58,176 +48,12 @@ from talkinghead.methods.difftalk.data import (
     to_tensor_image,
     track_faces,
 )
-from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
-from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
 from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
 
-log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "talkinghead-difftalk"
-CHECKPOINT_VERSION = 1
-MANIFEST_NAME = "difftalk.json"
-AUTOENCODER_FILE = "autoencoder.pt"
-LDM_FILE = "ldm.pt"
-RESOLUTIONS = (256, 512)
 SOURCE_CACHE_SIZE = 256  # source frames whose latents are kept
 
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def save_component(
-    path: Path, kind: str, module: nn.Module, config: Mapping[str, Any], **extra: Any
-) -> Path:
-    """Write one network (`kind` "autoencoder" or "ldm") atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "kind": kind,
-        "config": dict(config),
-        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        **extra,
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_component(path: Path, kind: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: DiffTalk {kind} checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a talkinghead DiffTalk checkpoint")
-    if payload.get("kind") != kind:
-        raise CheckpointError(f"{path}: holds a DiffTalk {payload.get('kind')!r}, not the {kind}")
-    return payload
-
-
-def _load_state(module: nn.Module, payload: dict[str, Any], path: Path) -> None:
-    try:
-        module.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit the stored config ({e})") from None
-
-
-def load_autoencoder(path: Path, device: str | torch.device = "cpu") -> DiffTalkAutoencoder:
-    payload = read_component(path, "autoencoder")
-    model = DiffTalkAutoencoder(DiffTalkAutoencoderConfig.from_dict(payload["config"]))
-    _load_state(model, payload, Path(path))
-    return model.to(device).eval()
-
-
-def load_ldm(path: Path, device: str | torch.device = "cpu") -> tuple[DiffTalkLDM, dict[str, Any]]:
-    """The denoiser with its condition encoders, and the checkpoint's other fields."""
-    payload = read_component(path, "ldm")
-    model = DiffTalkLDM(DiffTalkLDMConfig.from_dict(payload["config"]))
-    _load_state(model, payload, Path(path))
-    extra = {k: v for k, v in payload.items() if k not in ("state_dict", "config")}
-    return model.to(device).eval(), extra
-
-
-def write_manifest(directory: Path, resolution: int, data: Mapping[str, Any]) -> Path:
-    """`difftalk.json`: what inference needs besides the weights."""
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "resolution": int(resolution),
-        "autoencoder": AUTOENCODER_FILE,
-        "ldm": LDM_FILE,
-        "data": dict(data),
-    }
-    path = Path(directory) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a DiffTalk checkpoint manifest")
-    return data
-
-
-def resolve_checkpoint_dir(checkpoints: Path, resolution: int | None = None) -> Path:
-    """The directory holding `difftalk.json` for `resolution` (see the module docstring)."""
-    checkpoints = Path(checkpoints)
-    if not checkpoints.is_dir():
-        raise CheckpointError(f"{checkpoints}: checkpoint directory not found")
-    candidates = [checkpoints]
-    for res in [resolution] if resolution else RESOLUTIONS:
-        candidates += [checkpoints / f"difftalk_{res}", checkpoints / "difftalk" / str(res)]
-    for d in candidates:
-        path = d / MANIFEST_NAME
-        if not path.is_file():
-            continue
-        manifest = _read_json(path)
-        if resolution is not None and int(manifest.get("resolution", 0)) != int(resolution):
-            if d == checkpoints:
-                continue  # a parent may still hold difftalk_<resolution>/
-            raise CheckpointError(
-                f"{path}: a {manifest.get('resolution')} px model, not {resolution}"
-            )
-        return d
-    want = f" for {resolution} px" if resolution else ""
-    raise CheckpointError(
-        f"{checkpoints}: no DiffTalk checkpoint{want} ({MANIFEST_NAME}, or difftalk_256/ / difftalk_512/)"
-    )
-
-
-@dataclass
-class DiffTalkModels:
-    autoencoder: DiffTalkAutoencoder
-    ldm: DiffTalkLDM
-    resolution: int
-    data: dict[str, Any]  # the data settings it was trained on (crop, audio, ...)
-    directory: Path
-
-    @property
-    def latent_size(self) -> int:
-        return self.autoencoder.config.latent_size
-
-
-def load_difftalk(
-    checkpoints: Path, resolution: int | None = None, device: str | torch.device = "cpu"
-) -> DiffTalkModels:
-    directory = resolve_checkpoint_dir(checkpoints, resolution)
-    manifest = _read_json(directory / MANIFEST_NAME)
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{directory / MANIFEST_NAME}: not a DiffTalk checkpoint manifest")
-    ae = load_autoencoder(directory / manifest.get("autoencoder", AUTOENCODER_FILE), device)
-    ldm, _ = load_ldm(directory / manifest.get("ldm", LDM_FILE), device)
-    res = int(manifest["resolution"])
-    if ae.config.resolution != res:
-        raise CheckpointError(
-            f"{directory}: the autoencoder is for {ae.config.resolution} px, not {res}"
-        )
-    if ae.config.latent_size != ldm.config.unet.sample_size:
-        log.info(
-            "latent %d differs from the UNet's nominal %d",
-            ae.config.latent_size,
-            ldm.config.unet.sample_size,
-        )
-    return DiffTalkModels(ae, ldm, res, dict(manifest.get("data", {})), directory)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -278,7 +104,7 @@ class SourceFaces:
 
     def index(self, i: int) -> int:
         """The source frame behind output frame i (videos loop back and forth)."""
-        from talkinghead.methods.ditto.avatar import mirror_index
+        from talkinghead.media.source import mirror_index
 
         if self.is_image:
             return 0
@@ -396,9 +222,7 @@ class DiffTalkGenerator:
 
     def audio_windows(self, audio_16k: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
         """Per output frame, the [2w + 1, 16, C] neighbourhood the temporal filter reads."""
-        enc = self.audio_encoder()
-        probs = enc.probabilities(audio_16k)
-        windows = frame_windows(probs, num_frames, fps, rate=enc.rate)
+        windows = audio_windows(self.audio_encoder(), audio_16k, num_frames, fps)
         return neighbour_windows(windows, self.models.ldm.config.conditions.smooth_radius)
 
     # -- one frame
@@ -573,14 +397,8 @@ def generate_video(
 __all__ = [
     "DiffTalkConfig",
     "DiffTalkGenerator",
-    "DiffTalkModels",
     "FrameResult",
     "SourceFaces",
+    "compose",
     "generate_video",
-    "load_autoencoder",
-    "load_difftalk",
-    "load_ldm",
-    "resolve_checkpoint_dir",
-    "save_component",
-    "write_manifest",
 ]

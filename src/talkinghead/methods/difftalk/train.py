@@ -15,8 +15,8 @@ mouth-masked version are computed once when the dataset is small enough
 (``cache_latents``): the frozen encoder makes that exact.
 
 Both stages write into OUT_DIR (``autoencoder.pt``, ``ldm.pt``, ``difftalk.json``,
-``train_<stage>.jsonl``), so after both OUT_DIR is a checkpoint directory for
-``talkinghead generate --method difftalk``.
+``train_<stage>.jsonl``; the format is `talkinghead.methods.difftalk.checkpoint`'s), so
+after both OUT_DIR is a checkpoint directory for ``talkinghead generate --method difftalk``.
 """
 
 from __future__ import annotations
@@ -35,20 +35,19 @@ import torch
 from talkinghead.diffusion import DiffusionSchedule
 from talkinghead.diffusion.latent_inpainting import difftalk_schedule
 from talkinghead.errors import CheckpointError, TalkingHeadError
-from talkinghead.methods.difftalk.data import (
-    LANDMARK_POINTS,
-    DiffTalkDataset,
-    landmark_condition,
-    masked_frame,
-    reference_index,
-    to_tensor_image,
-)
-from talkinghead.methods.difftalk.pipeline import (
+from talkinghead.methods.difftalk.checkpoint import (
     AUTOENCODER_FILE,
     LDM_FILE,
     load_autoencoder,
     save_component,
     write_manifest,
+)
+from talkinghead.methods.difftalk.data import DiffTalkDataset, reference_index
+from talkinghead.methods.difftalk.features import (
+    LANDMARK_POINTS,
+    landmark_condition,
+    masked_frame,
+    to_tensor_image,
 )
 from talkinghead.models.difftalk_autoencoder import (
     DiffTalkAutoencoder,

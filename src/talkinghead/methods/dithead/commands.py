@@ -47,6 +47,10 @@ def train_dithead(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT_DIR."),
 ) -> None:
     """Train DiT-Head: `--stage vq` (full- and masked-face VQGANs), then `--stage dit`."""
+    from talkinghead.validation import check_not_an_input
+
+    # --vq-dir and --perceptual may be OUT_DIR (their default); the data may not.
+    check_not_an_input(out_dir, {"DATA_DIR": data_dir}, output_is_folder=False)
     import logging
     from dataclasses import replace
 

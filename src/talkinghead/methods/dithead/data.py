@@ -1,4 +1,4 @@
-"""DiT-Head data: face crops at 25 fps, the lower-face mask, wav2vec2 audio windows.
+"""DiT-Head data preparation: training clips of face crops, landmarks and audio logits.
 
 `prepare_dataset` turns a folder of talking-head videos into training clips
 (`talkinghead.training.prepare` runs it: resumable, parallel, a bad video is skipped):
@@ -25,11 +25,11 @@ Layout of a prepared dataset::
     clips/<name>/M_c2o.npy        float32 [N, 3, 3], crop -> source frame pixels
     clips/<name>/valid.npy        bool [N]: False where tracking lost the face
 
-The lower-face mask (`lower_face_mask`) is the convex hull of the landmarks that
-lie below a line across the face (``cut`` of the way from the eyes to the mouth,
-just under the nose tip by default), extended below the chin so that a wider
-open mouth fits inside, dilated, and blurred with a Gaussian so that pasting the
-generated face back leaves no seam.
+`load_prepared` opens such a dataset for training and `SampleDrawer` draws its
+batches (crops masked with randomly shifted masks, reference frames, audio
+windows). The crop, the mask and the audio windows themselves are computed in
+`talkinghead.methods.dithead.features`, shared with inference; the settings are
+`talkinghead.methods.dithead.config.DataSettings`.
 """
 
 from __future__ import annotations
@@ -39,18 +39,29 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from talkinghead.audio.ctc import Wav2Vec2CTCEncoder, ctc_vocab_size, resolve_ctc_model
-from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
-from talkinghead.face.crop import anchor_points, crop_transform, warp_image, warp_points
+from talkinghead.errors import MediaError, NoFaceError, TalkingHeadError
 from talkinghead.face.types import FaceCrop
+from talkinghead.methods.dithead.config import (
+    DEFAULT_AUDIO_MODEL,
+    AudioSettings,
+    CropSettings,
+    DataSettings,
+    MaskSettings,
+)
+from talkinghead.methods.dithead.features import (
+    apply_mask,
+    crop_face,
+    lower_face_mask,
+    to_tensor_image,
+)
 from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
 from talkinghead.training.prepare import (
     ClipListLayout,
@@ -64,167 +75,11 @@ from talkinghead.training.prepare import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUDIO_MODEL = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
 DATASET_FILE = "dataset.json"
 FORMAT = "talkinghead.dithead.dataset"
 
 # Progress callback of `prepare_dataset`: (videos done, videos in all).
 Progress = Callable[[int, int], None]
-
-
-# --------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    """The face crop: rotation-aligned square around the landmarks, ``size`` pixels."""
-
-    size: int = 256
-    scale: float = 1.6  # crop side / the landmarks' box side
-    vy_ratio: float = 0.0  # centre offset along the eyes->mouth axis, in crop sides
-
-    def transform(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(M_o2c, M_c2o) 3x3 for landmarks in frame pixels."""
-        return crop_transform(
-            landmarks, dsize=self.size, scale=self.scale, vx_ratio=0.0, vy_ratio=self.vy_ratio
-        )
-
-
-@dataclass(frozen=True)
-class MaskSettings:
-    """The lower-face mask; lengths are fractions of the crop side so they scale with it."""
-
-    cut: float = 0.7  # top edge: this far from the eyes to the mouth (nose tip ~0.75)
-    chin_extend: float = 0.2  # points below the mouth also pushed down by this x eyes-mouth
-    dilate: float = 0.02  # grow the hull by this x size
-    blur: float = 0.06  # Gaussian kernel width x size (made odd)
-    sigma: float = 0.02  # Gaussian sigma x size
-    max_shift: float = 0.015  # training augmentation: random shift up to this x size
-
-    def kernel(self, size: int) -> tuple[int, float]:
-        k = max(1, round(self.blur * size))
-        return k + 1 - k % 2, max(self.sigma * size, 0.1)
-
-
-@dataclass(frozen=True)
-class AudioSettings:
-    window: int = 11  # frames t - 5 ... t + 5
-    vocab_size: int = 33  # CTC tokens of the audio model, read from it when preparing
-
-    @property
-    def dim(self) -> int:
-        return self.window * self.vocab_size
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Everything about the data that training and inference must agree on."""
-
-    crop: CropSettings = field(default_factory=CropSettings)
-    mask: MaskSettings = field(default_factory=MaskSettings)
-    audio: AudioSettings = field(default_factory=AudioSettings)
-    min_ref_distance: int = 60  # frames between target and reference
-    audio_model: str = DEFAULT_AUDIO_MODEL
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataSettings:
-        def sub(klass, value):
-            names = {f.name for f in fields(klass)}
-            return klass(**{k: v for k, v in (value or {}).items() if k in names})
-
-        return cls(
-            crop=sub(CropSettings, d.get("crop")),
-            mask=sub(MaskSettings, d.get("mask")),
-            audio=sub(AudioSettings, d.get("audio")),
-            min_ref_distance=int(d.get("min_ref_distance", 60)),
-            audio_model=str(d.get("audio_model", DEFAULT_AUDIO_MODEL)),
-        )
-
-
-# --------------------------------------------------------------------------- mask
-
-
-def lower_face_polygon(
-    landmarks: np.ndarray, mask: MaskSettings = MaskSettings(), shift: tuple[float, float] = (0, 0)
-) -> np.ndarray:
-    """Convex hull [P, 2] (float32, same pixels as the landmarks) of the lower face.
-
-    Works for every landmark layout `talkinghead.face.crop` knows (68+ points).
-    """
-    pts = np.asarray(landmarks, dtype=np.float64)[:, :2]
-    if pts.shape[0] < 68:
-        raise ValueError(f"a lower-face mask needs a dense landmark layout, got {pts.shape[0]}")
-    eyes, mouth = anchor_points(pts)
-    axis = mouth - eyes
-    length = float(np.linalg.norm(axis))
-    if length < 1e-6:
-        raise ValueError("degenerate landmarks: eyes and mouth coincide")
-    u = axis / length
-    along = (pts - eyes) @ u / length
-    lower = pts[along >= mask.cut]
-    below_mouth = pts[along > 1.0]
-    extended = below_mouth + u * (mask.chin_extend * length)
-    sel = np.concatenate([lower, extended]) + np.asarray(shift, dtype=np.float64)
-    return cv2.convexHull(sel.astype(np.float32))[:, 0, :]
-
-
-def lower_face_mask(
-    landmarks: np.ndarray,
-    size: int | tuple[int, int],
-    mask: MaskSettings = MaskSettings(),
-    shift: tuple[float, float] = (0, 0),
-) -> np.ndarray:
-    """Blurred lower-face mask [H, W] float32 in [0, 1] (1 = generated region).
-
-    ``landmarks`` are in the mask's pixels (crop pixels for a crop); ``size`` is the
-    crop side or (height, width); lengths in ``mask`` are fractions of the larger side.
-    """
-    h, w = (size, size) if isinstance(size, int) else size
-    side = max(h, w)
-    poly = lower_face_polygon(landmarks, mask, shift)
-    canvas = np.zeros((h, w), np.uint8)
-    bits = 4  # sub-pixel vertex precision
-    cv2.fillConvexPoly(
-        canvas, np.round(poly * (1 << bits)).astype(np.int32), 255, cv2.LINE_AA, bits
-    )
-    grow = round(mask.dilate * side)
-    if grow > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-        canvas = cv2.dilate(canvas, kernel)
-    k, sigma = mask.kernel(side)
-    out = canvas.astype(np.float32) / 255.0
-    if k > 1:
-        out = cv2.GaussianBlur(out, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
-    return np.clip(out, 0.0, 1.0)
-
-
-def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the masked region blacked out (uint8 in, uint8 out)."""
-    keep = 1.0 - mask[..., None]
-    return np.clip(image.astype(np.float32) * keep + 0.5, 0, 255).astype(np.uint8)
-
-
-def random_shift(rng: np.random.Generator, size: int, mask: MaskSettings) -> tuple[float, float]:
-    s = mask.max_shift * size
-    return (float(rng.uniform(-s, s)), float(rng.uniform(-s, s))) if s > 0 else (0.0, 0.0)
-
-
-# --------------------------------------------------------------------------- audio
-
-
-def audio_windows(features: np.ndarray, window: int = 11) -> np.ndarray:
-    """Per-frame features [N, V] -> windows [N, window * V] centred on each frame
-    (frames t - window // 2 ... t + window // 2, edges repeated)."""
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"the audio window must be a positive odd number, got {window}")
-    feats = np.asarray(features, dtype=np.float32)
-    half = window // 2
-    padded = np.pad(feats, ((half, half), (0, 0)), mode="edge")
-    idx = np.arange(feats.shape[0])[:, None] + np.arange(window)[None]
-    return padded[idx].reshape(feats.shape[0], -1)
 
 
 # --------------------------------------------------------------------------- preparation
@@ -268,9 +123,9 @@ def analyze_frames(
             first = i + 1
             continue
         previous = fc
-        M_o2c, M_c2o = crop.transform(fc.landmarks)
-        crops.append(warp_image(rgb, M_o2c, crop.size))
-        lmks.append(warp_points(fc.landmarks[:, :2], M_o2c).astype(np.float32))
+        image, points, M_c2o = crop_face(rgb, fc.landmarks, crop)
+        crops.append(image)
+        lmks.append(points.astype(np.float32))
         mats.append(M_c2o.astype(np.float32))
         valid.append(ok)
         if progress is not None:
@@ -547,20 +402,6 @@ def load_prepared(data_dir: Path) -> PreparedDataset:
     return PreparedDataset(data_dir, settings, clips)
 
 
-def to_tensor_image(images: np.ndarray):
-    """uint8 [..., H, W, 3] -> float32 torch [..., 3, H, W] in [-1, 1]."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)
-    return x.movedim(-1, -3)
-
-
-def from_tensor_image(x) -> np.ndarray:
-    """float torch [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]."""
-    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
-    return x.movedim(-3, -1).cpu().numpy()
-
-
 class SampleDrawer:
     """Draws training batches from a prepared dataset with a seeded numpy generator.
 
@@ -627,39 +468,27 @@ class SampleDrawer:
         }
 
 
+def random_shift(rng: np.random.Generator, size: int, mask: MaskSettings) -> tuple[float, float]:
+    """Training augmentation: a random mask offset of up to ``mask.max_shift`` x size."""
+    s = mask.max_shift * size
+    return (float(rng.uniform(-s, s)), float(rng.uniform(-s, s))) if s > 0 else (0.0, 0.0)
+
+
 def _window_at(features: np.ndarray, i: int, window: int) -> np.ndarray:
+    # One row of `audio_windows(features, window)`, without windowing the whole clip.
     half = window // 2
     idx = np.clip(np.arange(i - half, i + half + 1), 0, len(features) - 1)
     return np.asarray(features[idx], dtype=np.float32).reshape(-1)
 
 
-def check_audio_dim(settings: DataSettings, audio_dim: int) -> None:
-    if settings.audio.dim != audio_dim:
-        raise CheckpointError(
-            f"the data's audio windows have {settings.audio.window} x "
-            f"{settings.audio.vocab_size} = {settings.audio.dim} values but the model "
-            f"expects {audio_dim}"
-        )
-
-
 __all__ = [
-    "DEFAULT_AUDIO_MODEL",
-    "AudioSettings",
     "Clip",
-    "CropSettings",
-    "DataSettings",
-    "MaskSettings",
     "PrepareReport",
     "PreparedDataset",
+    "PreparedVideo",
     "SampleDrawer",
     "analyze_frames",
-    "apply_mask",
-    "audio_windows",
-    "check_audio_dim",
-    "from_tensor_image",
     "load_prepared",
-    "lower_face_mask",
-    "lower_face_polygon",
     "prepare_dataset",
-    "to_tensor_image",
+    "random_shift",
 ]

@@ -4,7 +4,8 @@ Per output frame (25 fps, as many as the audio lasts; the source is played
 forwards and backwards when it is shorter, and a still image is repeated):
 
 1. the face of the source frame is tracked and cropped exactly as in training
-   (`talkinghead.methods.dithead.data`), its lower face masked with the blurred mask;
+   (`talkinghead.methods.dithead.features`, with the checkpoint's `DataSettings`),
+   its lower face masked with the blurred mask;
 2. the masked crop is encoded with the masked-face VQGAN; the reference latent is
    a random source frame encoded with the full-face VQGAN for the first frame, and
    the previous frame's generated latent afterwards (the paper's evolving
@@ -22,7 +23,8 @@ The video is written with the (16 kHz) audio. Everything random (the reference
 frame, the initial noise of each frame) comes from ``seed``.
 
 Checkpoints directory: ``vq_full.pt``, ``vq_masked.pt``, ``dit.pt`` (written by
-``talkinghead train-dithead``; also accepted under ``<checkpoints>/dithead/``),
+``talkinghead train-dithead``, format in `talkinghead.methods.dithead.checkpoint`;
+also accepted under ``<checkpoints>/dithead/``),
 optionally ``wav2vec2/`` (a local copy of the audio model) and ``rife/flownet.pkl``.
 """
 
@@ -42,18 +44,18 @@ import torch
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 from talkinghead.diffusion import DDIMSampler, DiffusionSchedule
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
-from talkinghead.face.crop import warp_image, warp_points
 from talkinghead.media.video import iter_video_frames
-from talkinghead.methods.dithead.data import (
-    DataSettings,
+from talkinghead.methods.dithead.checkpoint import DIT_FILE, VQ_FILES, load_checkpoint
+from talkinghead.methods.dithead.config import DataSettings
+from talkinghead.methods.dithead.features import (
     apply_mask,
     audio_windows,
+    crop_face,
     from_tensor_image,
     lower_face_mask,
     to_tensor_image,
 )
 from talkinghead.methods.dithead.interpolation import create_interpolator, interpolate_2x
-from talkinghead.methods.dithead.train import DIT_FILE, VQ_FILES, load_checkpoint
 from talkinghead.models.dithead_dit import DiTHead
 from talkinghead.models.dithead_vqgan import VQModel
 from talkinghead.timebase import FPS, SAMPLE_RATE
@@ -156,9 +158,7 @@ def analyze_source(
                 raise NoFaceError(f"no face found in source frame {i}") from None
             fc = previous
         previous = fc
-        M_o2c, M_c2o = settings.crop.transform(fc.landmarks)
-        crop = warp_image(rgb, M_o2c, s)
-        lmk = warp_points(fc.landmarks[:, :2], M_o2c)
+        crop, lmk, M_c2o = crop_face(rgb, fc.landmarks, settings.crop)
         mask = lower_face_mask(lmk, s, settings.mask)
         out.append(SourceFace(rgb, crop, mask, M_c2o))
         if progress:

@@ -8,16 +8,11 @@ the full-face latent, conditioned on the masked-face latent, the latent of a
 reference frame (>= 60 frames away) and the 11-frame wav2vec2 window, with the
 ADM linear schedule and a constant learning rate.
 
-Checkpoints (``torch.save`` dicts, ``format = "talkinghead.dithead"``) land in the
-output directory, which is then the ``--checkpoints`` folder of generation::
-
-    vq_full.pt  vq_masked.pt  dit.pt   (+ optionally wav2vec2/, rife/, lpips/)
-
-Each holds the network's config, its weights and the data settings it was
-trained with (crop, mask, audio window), so inference preprocesses the same way.
-The DiT checkpoint also stores ``latent_scale``: one over the standard deviation
-of the full-face latents, measured when training starts (latent diffusion's
-"scale by std"), so the diffusion sees unit-variance latents whatever the VQGAN.
+Checkpoints land in the output directory, which is then the ``--checkpoints``
+folder of generation; their format is `talkinghead.methods.dithead.checkpoint`.
+The DiT checkpoint's ``latent_scale`` is one over the standard deviation of the
+full-face latents, measured when training starts (latent diffusion's "scale by
+std"), so the diffusion sees unit-variance latents whatever the VQGAN.
 """
 
 from __future__ import annotations
@@ -34,13 +29,15 @@ import torch
 
 from talkinghead.diffusion import DiffusionSchedule
 from talkinghead.errors import CheckpointError, TalkingHeadError
-from talkinghead.methods.dithead.data import (
-    DataSettings,
-    PreparedDataset,
-    SampleDrawer,
-    check_audio_dim,
-    load_prepared,
+from talkinghead.methods.dithead.checkpoint import (
+    DIT_FILE,
+    VQ_FILES,
+    load_vq_pair,
+    read_checkpoint,
+    save_checkpoint,
 )
+from talkinghead.methods.dithead.config import check_audio_dim
+from talkinghead.methods.dithead.data import PreparedDataset, SampleDrawer, load_prepared
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_losses import LPIPS, VQGANLoss, VQGANLossConfig
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
@@ -48,77 +45,12 @@ from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "talkinghead.dithead"
-VQ_FILES = {"full": "vq_full.pt", "masked": "vq_masked.pt"}
-DIT_FILE = "dit.pt"
 LPIPS_DIRNAME = "lpips"
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    path: Path,
-    kind: str,
-    model: torch.nn.Module,
-    *,
-    data: DataSettings,
-    step: int = 0,
-    state_dict: dict[str, torch.Tensor] | None = None,
-    **extra: Any,
-) -> Path:
-    """Write a DiT-Head checkpoint atomically (``kind``: "vq" or "dit")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": kind,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
-        "data": data.to_dict(),
-        "step": int(step),
-        **extra,
-    }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
-    """The raw checkpoint dict; `CheckpointError` when missing or not a ``kind`` checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: DiT-Head checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a DiT-Head checkpoint")
-    if payload.get("kind") != kind:
-        raise CheckpointError(f"{path}: holds a {payload.get('kind')!r} network, not {kind!r}")
-    return payload
-
-
-def load_checkpoint(
-    path: Path, kind: str, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(network in eval mode, checkpoint metadata) for a "vq" or "dit" checkpoint."""
-    payload = read_checkpoint(path, kind)
-    if kind == "vq":
-        model: torch.nn.Module = VQModel(VQGANConfig.from_dict(payload["config"]))
-    else:
-        model = DiTHead(DiTConfig.from_dict(payload["config"]))
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the stored config ({e})") from None
-    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "train_state")}
-    meta["data"] = DataSettings.from_dict(payload.get("data") or {})
-    return model.to(device).eval(), meta
+# --------------------------------------------------------------------------- perceptual loss
 
 
 def load_lpips(directory: Path) -> LPIPS:
@@ -363,18 +295,6 @@ class LatentEncoder:
         )
 
 
-def load_vq_pair(
-    vq_dir: Path, device: str | torch.device = "cpu"
-) -> tuple[VQModel, VQModel, dict[str, Any]]:
-    full, meta = load_checkpoint(Path(vq_dir) / VQ_FILES["full"], "vq", device)
-    masked, _meta_m = load_checkpoint(Path(vq_dir) / VQ_FILES["masked"], "vq", device)
-    if full.latent_shape(64, 64) != masked.latent_shape(64, 64):
-        raise CheckpointError(
-            f"{vq_dir}: the full-face and masked-face VQGANs have different latent shapes"
-        )
-    return full, masked, meta  # type: ignore[return-value]
-
-
 def _dit_eval(
     dit: DiTHead, schedule: DiffusionSchedule, lat: _Latents, t: torch.Tensor, noise: torch.Tensor
 ) -> float:
@@ -510,18 +430,13 @@ def with_overrides(config: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "DIT_FILE",
-    "VQ_FILES",
+    "LPIPS_DIRNAME",
     "DiTTrainConfig",
     "LatentEncoder",
     "PreparedDataset",
     "TrainResult",
     "VQTrainConfig",
-    "load_checkpoint",
     "load_lpips",
-    "load_vq_pair",
-    "read_checkpoint",
-    "save_checkpoint",
     "train_dit",
     "train_vq",
     "with_overrides",

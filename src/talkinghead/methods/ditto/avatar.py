@@ -45,6 +45,7 @@ from torch import nn
 from talkinghead.errors import MediaError, TalkingHeadError
 from talkinghead.face.types import CropConfig, FaceAnalyzer
 from talkinghead.filemode import set_default_mode
+from talkinghead.media.source import mirror_index
 from talkinghead.methods.ditto.motion.extraction import extract_source_batches
 from talkinghead.methods.ditto.motion.format import MOTION_KEYS
 
@@ -55,14 +56,6 @@ SOURCE_SMOOTH_K = 13  # the release's smo_k_s
 CACHE_FORMAT_VERSION = 1
 
 ProgressCallback = Callable[[int, int], None]
-
-
-def mirror_index(index: int, num_frames: int) -> int:
-    """Source frame shown at output frame `index` when the source loops back and forth."""
-    if index < 0 or num_frames < 1:
-        raise ValueError(f"need index >= 0 and num_frames >= 1, got {index}, {num_frames}")
-    turn, pos = divmod(index, num_frames)
-    return pos if turn % 2 == 0 else num_frames - 1 - pos
 
 
 def mean_filter(values: np.ndarray, k: int) -> np.ndarray:
@@ -419,10 +412,15 @@ _TEMP_SUFFIX = ".tmp"
 
 
 def default_cache_dir() -> Path:
-    """`$TALKINGHEAD_CACHE/avatars`, else `~/.cache/talkinghead/avatars`."""
+    """`$TALKINGHEAD_CACHE/avatars`, else `$XDG_CACHE_HOME/talkinghead/avatars`, else
+    `~/.cache/talkinghead/avatars`."""
     root = os.environ.get(CACHE_DIR_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "talkinghead"
-    return base / "avatars"
+    if root:
+        return Path(root).expanduser() / "avatars"
+    # The XDG base directory spec: only an absolute XDG_CACHE_HOME counts.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache_home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache_home / "talkinghead" / "avatars"
 
 
 def default_cache_max_bytes() -> int:

@@ -44,6 +44,11 @@ a tampered file cannot run code. Its structure, as the release reads it::
 
 Model paths are relative to the data root (``ditto_pytorch/``) unless they name
 an existing file; `resolve_config_paths` makes them absolute the same way.
+
+Networks whose sizes differ from the release's (tiny test releases, a retrained
+motion model) are described by a sidecar, ``models/talkinghead.json`` (`SIDECAR_NAME`):
+constructor kwargs per network kind, read by `read_sidecar` for inference and data
+preparation and written by training's export.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import copy
 import errno
 import importlib
 import io
+import json
 import os
 import pickle
 import re
@@ -89,6 +95,7 @@ AUX_MODELS: Mapping[str, str] = {
     "hubert": "hubert_streaming_fix_kv.onnx",
 }
 CONFIG_SECTIONS = ("base_cfg", "audio2motion_cfg", "default_kwargs")
+SIDECAR_NAME = "talkinghead.json"  # optional per-network constructor kwargs beside the .pth files
 
 
 def download_command(
@@ -167,6 +174,21 @@ class ReleaseCheckpoints:
                 f"({names}); get them with: {download_command(self.root)}"
             )
         return self
+
+
+def read_sidecar(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """Constructor kwargs per network kind from ``talkinghead.json`` beside the checkpoints."""
+    path = models_dir / SIDECAR_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable network configuration ({exc})") from exc
+    unknown = sorted(set(data) - set(OFFICIAL_NETWORKS))
+    if not isinstance(data, dict) or unknown:
+        raise CheckpointError(f"{path}: unknown network kinds {unknown}")
+    return data
 
 
 def _find_root(path: Path) -> Path:

@@ -496,7 +496,7 @@ def _resolve_sources(
     checkpoints: Path | None, hubert: str | None, networks: PrepareNetworks | None
 ) -> tuple[str | None, dict[str, Any], str | None, str | None]:
     """(motion extractor path, its config, HuBERT spec, aux_dir) with user-facing errors."""
-    from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
+    from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints, read_sidecar
 
     need_motion = networks is None or networks.motion_extractor is None
     need_hubert = networks is None or networks.speech_encoder is None
@@ -518,8 +518,6 @@ def _resolve_sources(
         if not p.is_file():
             raise CheckpointError(f"{p}: motion extractor checkpoint not found")
         motion_path = str(p)
-        from talkinghead.methods.ditto.pipeline import read_sidecar
-
         motion_cfg = read_sidecar(p.parent).get("motion_extractor", {})
     hubert_spec = None
     if need_hubert:

@@ -14,17 +14,21 @@ run concurrently in threads with bounded queues (`StageRunner`): memory does not
 grow with the length of the audio. Streaming (`DittoPipeline.stream`) runs the
 same stages on audio pushed in chunks and returns frames as soon as they exist.
 
+The settings are `config.DittoConfig`; `generate_video` (load, then generate) is the
+method registry's ``generate`` entry point, what ``talkinghead generate`` calls.
+
 Deliberate differences from the release are listed in `docs/ditto.md`.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,195 +45,42 @@ from talkinghead.audio.hubert import (
 )
 from talkinghead.audio.io import AudioInput, audio_name, read_audio, to_sample_rate
 from talkinghead.diffusion import DDIMSampler
+from talkinghead.diffusion.ddim import Denoiser
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
-from talkinghead.face import CropConfig, FaceAnalyzer, PasteBack, create_face_analyzer
+from talkinghead.face import FaceAnalyzer, PasteBack, create_face_analyzer
 from talkinghead.media.source import SourceInput, source_media
 from talkinghead.methods.ditto.avatar import Avatar, AvatarCache, AvatarRegistrar
 from talkinghead.methods.ditto.checkpoints import (
     ReleaseCheckpoints,
     load_release_config,
+    read_sidecar,
     resolve_checkpoints,
 )
+from talkinghead.methods.ditto.config import DittoConfig, config_from_release
 from talkinghead.methods.ditto.motion import (
-    ClipwiseConfig,
     ClipwiseGenerator,
     ConditionBuilder,
     ConditionConfig,
     dict_to_motion,
     motion_to_dict,
 )
-from talkinghead.methods.ditto.motion.stitch import MotionStitcher, StitchConfig, StitchControl
-from talkinghead.methods.ditto.validation import check_ditto_config, check_output, resolve_device
+from talkinghead.methods.ditto.motion.clipwise import WindowSampler
+from talkinghead.methods.ditto.motion.stitch import MotionStitcher, StitchControl
+from talkinghead.methods.ditto.validation import check_ditto_config
 from talkinghead.models import OFFICIAL_NETWORKS, load_official
 from talkinghead.stages import Stage, StageRunner
 from talkinghead.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from talkinghead.timebase import frames_for_duration as expected_frames
+from talkinghead.validation import check_not_an_input, check_output, resolve_device
 
 log = logging.getLogger(__name__)
 
-SIDECAR_NAME = "talkinghead.json"  # optional per-network constructor kwargs beside the .pth files
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
 OUTPUT_TYPES = ("np", "pil", "iterator")  # what generate(output=None) returns the frames as
 MUX_RATE = 48000  # the AAC track's sample rate
 STREAM_CHUNK = 3200  # samples per push when streaming a whole clip: 200 ms, as a live client
 _BATCHES_IN_FLIGHT = 4  # renderer batches ahead of a caller reading frames (bounds memory)
-
-
-@dataclass(frozen=True)
-class DittoConfig:
-    """Every setting of a generation; defaults are the release's (v0.4 HuBERT, offline).
-
-    Source: ``max_size`` (longest side), ``max_source_frames`` (video sources; None:
-    as many as output frames, as the release), ``crop``, ``face_backend``
-    ("auto" | "mediapipe" | "release").
-    Motion: ``steps`` (DDIM), ``overlap`` (offline windows), ``online_overlap``
-    (streaming windows, the authors' 70), ``smooth_k``, ``fix_kp_cond``, ``emotion``
-    (label, name, list, or [N, 8]), ``eye_f0_mode``.
-    Stitching: ``stitch`` (a `StitchConfig`), pose offsets (degrees) and scales,
-    ``fade_in``/``fade_out`` (frames; they fade from/to the source motion), ``blink``
-    (insert blinks from the release's blink clip; None: as ``stitch`` says).
-    Runtime: ``seed``, ``device``, ``fp16`` (autocast the renderer on CUDA),
-    ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
-    motion settings offline too), ``cache`` (reuse registered avatars).
-    """
-
-    max_size: int = 1920
-    max_source_frames: int | None = None
-    crop: CropConfig = field(default_factory=CropConfig)
-    face_backend: str = "auto"
-    steps: int = 50
-    overlap: int = 10
-    online_overlap: int = 70
-    smooth_k: int = 3
-    fix_kp_cond: int = 0
-    motion_clip: Any = (
-        None  # [2, 265] per-dim (min, max) of the motion (release: v_min_max_for_clip)
-    )
-    emotion: Any = 4
-    eye_f0_mode: bool = False
-    stitch: StitchConfig = field(default_factory=StitchConfig)
-    delta_pitch: float = 0.0
-    delta_yaw: float = 0.0
-    delta_roll: float = 0.0
-    alpha_pitch: float = 1.0
-    alpha_yaw: float = 1.0
-    alpha_roll: float = 1.0
-    fade_in: int = 0
-    fade_out: int = 0
-    blink: bool | None = None
-    seed: int | None = None
-    device: str = "cpu"
-    fp16: bool = False
-    batch_size: int = 4
-    online: bool = False
-    cache: bool = True
-
-    def replace(self, **changes: Any) -> DittoConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise TypeError(f"unknown Ditto settings: {', '.join(unknown)}")
-        return replace(self, **changes)
-
-    def clipwise(self, streaming: bool, seq_frames: int = 80) -> ClipwiseConfig:
-        common = {
-            "seq_frames": seq_frames,
-            "smooth_kernel": self.smooth_k,
-            "fix_cond_every": self.fix_kp_cond,
-        }
-        if streaming or self.online:
-            return ClipwiseConfig.release_online(overlap=self.online_overlap, **common)
-        return ClipwiseConfig(overlap=self.overlap, **common)
-
-    def stitch_config(self) -> StitchConfig:
-        overall = StitchControl(
-            **{
-                name: value
-                for name, value, neutral in (
-                    ("delta_pitch", self.delta_pitch, 0.0),
-                    ("delta_yaw", self.delta_yaw, 0.0),
-                    ("delta_roll", self.delta_roll, 0.0),
-                    ("alpha_pitch", self.alpha_pitch, 1.0),
-                    ("alpha_yaw", self.alpha_yaw, 1.0),
-                    ("alpha_roll", self.alpha_roll, 1.0),
-                )
-                if value != neutral
-            }
-        )
-        cfg = replace(self.stitch, overall=overall.over(self.stitch.overall))
-        if self.blink is not None:
-            if self.blink and cfg.delta_eye_arr is None:
-                raise TalkingHeadError(
-                    "blink needs a blink clip (delta_eye_arr), which comes with the release's "
-                    "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
-                )
-            # 0: random open-eye gaps of 60-100 frames between blinks (the release's default).
-            cfg = replace(cfg, delta_eye_open_n=0 if self.blink else -1)
-        if (self.fade_in > 0 or self.fade_out > 0) and cfg.fade_type == "":
-            # The release's fades silently do nothing with its default fade_type "";
-            # fading from/to the source's own motion is what a fade-in/out means.
-            cfg = replace(cfg, fade_type="s")
-        return cfg
-
-
-# The release's default_kwargs (ditto_cfg/*.pkl) -> our settings.
-_RELEASE_KEYS = {
-    "max_size": "max_size",
-    "emo": "emotion",
-    "eye_f0_mode": "eye_f0_mode",
-    "overlap_v2": "overlap",
-    "fix_kp_cond": "fix_kp_cond",
-    "sampling_timesteps": "steps",
-    "smo_k_d": "smooth_k",
-    "v_min_max_for_clip": "motion_clip",
-}
-_RELEASE_STITCH_KEYS = (
-    "use_d_keys",
-    "relative_d",
-    "drive_eye",
-    "delta_eye_arr",
-    "delta_eye_open_n",
-    "fade_type",
-    "fade_out_keys",
-    "flag_stitching",
-)
-
-
-def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None) -> DittoConfig:
-    """Our settings from a release config (the dict `load_release_config` returns).
-
-    Keys of its ``default_kwargs`` that have no counterpart here are logged and ignored.
-    """
-    base = base or DittoConfig()
-    kwargs = dict(cfg.get("default_kwargs") or {})
-    changes: dict[str, Any] = {}
-    stitch: dict[str, Any] = {}
-    crop: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if value is None and key not in ("drive_eye", "use_d_keys", "delta_eye_arr"):
-            continue
-        if key in _RELEASE_KEYS:
-            changes[_RELEASE_KEYS[key]] = value
-        elif key in _RELEASE_STITCH_KEYS:
-            stitch[key] = tuple(value) if key == "fade_out_keys" else value
-        elif key == "online_mode":
-            changes["online"] = bool(value)
-        elif key == "template_n_frames":
-            changes["max_source_frames"] = int(value) if int(value) > 0 else None
-        elif key in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio", "crop_flag_do_rot"):
-            crop[{"crop_flag_do_rot": "rotate"}.get(key, key.removeprefix("crop_"))] = value
-        elif key == "overall_ctrl_info":
-            stitch["overall"] = StitchControl.coerce(value or None)
-        else:
-            log.info("release setting %s=%r has no counterpart here; ignored", key, value)
-    if changes.get("online") and "overlap" in changes:
-        changes["online_overlap"] = changes.pop("overlap")
-    if crop:
-        changes["crop"] = replace(base.crop, **crop)
-    if stitch:
-        changes["stitch"] = replace(base.stitch, **stitch)
-    return base.replace(**changes)
 
 
 def video_options(output: str | os.PathLike[str]) -> dict[str, Any]:
@@ -270,21 +121,6 @@ class DittoModels:
     identity: str = ""
 
 
-def read_sidecar(models_dir: Path) -> dict[str, dict[str, Any]]:
-    """Constructor kwargs per network kind from ``talkinghead.json`` beside the checkpoints."""
-    path = models_dir / SIDECAR_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable network configuration ({exc})") from exc
-    unknown = sorted(set(data) - set(OFFICIAL_NETWORKS))
-    if not isinstance(data, dict) or unknown:
-        raise CheckpointError(f"{path}: unknown network kinds {unknown}")
-    return data
-
-
 def build_speech_encoder(
     checkpoints: ReleaseCheckpoints, hubert: str | None, device: str
 ) -> SpeechEncoder:
@@ -302,10 +138,39 @@ def build_speech_encoder(
     return TransformersHubertEncoder(hubert, device=device)
 
 
-class DittoPipeline:
-    """Ditto, end to end. Build with `from_pretrained`; run `generate` or `stream`."""
+# A motion model run under the pipeline's DDIM: the LMDM's signature, ``denoiser(x_t, cond_frame,
+# cond, t) -> (pred_noise, x_0)`` with ``seq_frames`` and ``motion_feat_dim`` (diffusion.ddim).
+MotionDenoiser = Denoiser
 
-    def __init__(self, models: DittoModels, config: DittoConfig | None = None) -> None:
+
+class DittoPipeline:
+    """Ditto, end to end. Build with `from_pretrained`; run `generate` or `stream`.
+
+    The motion model is swappable here (see "The motion-model seam" in docs/ditto.md):
+    ``motion_sampler`` is any `WindowSampler`, ``(cond_frame [B, D], cond [B, S, C],
+    generator) -> window [B, S, D]`` (a few-step or distilled model that samples a window
+    itself); ``motion_denoiser`` is any `MotionDenoiser` (the LMDM's signature, ``(x_t, cond_frame, cond,
+    t) -> (pred_noise, x_0)`` with ``seq_frames`` and ``motion_feat_dim``), run under the
+    pipeline's DDIM with ``steps``. Either replaces ``models.lmdm`` for sampling; inputs arrive on the CPU and
+    the window may come back on any device. Optional attributes of either: ``seq_frames``
+    (default: the LMDM's, 80) and ``cond_dim`` (checked against the conditions).
+    """
+
+    def __init__(
+        self,
+        models: DittoModels,
+        config: DittoConfig | None = None,
+        *,
+        motion_sampler: WindowSampler | None = None,
+        motion_denoiser: MotionDenoiser | None = None,
+    ) -> None:
+        if motion_sampler is not None and motion_denoiser is not None:
+            raise TalkingHeadError("pass motion_sampler or motion_denoiser, not both")
+        for name, fn in (("motion_sampler", motion_sampler), ("motion_denoiser", motion_denoiser)):
+            if fn is not None and not callable(fn):
+                raise TalkingHeadError(f"{name} must be callable, got {type(fn).__name__}")
+        self.motion_sampler = motion_sampler
+        self.motion_denoiser = motion_denoiser
         self.models = models
         self.config = config or DittoConfig()
         self.config.stitch_config()  # bad settings (blink without a blink clip) fail at load
@@ -358,6 +223,8 @@ class DittoPipeline:
                 m.registrar.appearance_extractor,
             ):
                 net.to(target)
+            if isinstance(self.motion_denoiser, nn.Module):
+                self.motion_denoiser.to(target)
             m.registrar.device = target
             encoder = getattr(m.speech_encoder, "model", None)
             if isinstance(encoder, nn.Module):
@@ -388,6 +255,8 @@ class DittoPipeline:
         hubert: str | None = None,
         config: DittoConfig | None = None,
         face_analyzer: FaceAnalyzer | None = None,
+        motion_sampler: WindowSampler | None = None,
+        motion_denoiser: MotionDenoiser | None = None,
         **settings: Any,
     ) -> DittoPipeline:
         """Load the release (a local directory in its layout, or the model hub).
@@ -398,6 +267,7 @@ class DittoPipeline:
         ``hubert``: a transformers HuBERT id/path, or an ``.onnx`` file, used when the
         release's ``hubert_streaming_fix_kv.onnx`` is absent. ``face_analyzer``: one
         already built (e.g. by the CLI's face check) instead of ``face_backend``'s.
+        ``motion_sampler`` / ``motion_denoiser``: another motion model (see the class doc).
         ``settings`` override `DittoConfig` fields; ``device="auto"`` picks CUDA if present.
         Settings are checked before anything is resolved or downloaded.
         """
@@ -438,6 +308,7 @@ class DittoPipeline:
             nets["appearance_extractor"],
             device=device,
             batch_size=cfg.batch_size,
+            smooth_k=cfg.source_smooth_k,
             model_identity=AvatarRegistrar.checkpoints_identity(
                 ckpt.models["motion_extractor"], ckpt.models["appearance_extractor"]
             ),
@@ -453,7 +324,7 @@ class DittoPipeline:
             registrar=registrar,
             identity=str(ckpt.root),
         )
-        return cls(models, cfg)
+        return cls(models, cfg, motion_sampler=motion_sampler, motion_denoiser=motion_denoiser)
 
     @property
     def face_backend(self) -> str:
@@ -477,25 +348,26 @@ class DittoPipeline:
         if isinstance(source, Avatar):
             return source
         cfg = config or self.config
+        registrar = self._registrar(cfg)
         report = (lambda done, total: progress("register", done, total)) if progress else None
         if not isinstance(source, (str, os.PathLike)):
             media = source_media(source, max_side=cfg.max_size, max_frames=max_frames)
             if self.cache is not None and cfg.cache:
                 return self.cache.get_or_register_media(
                     media,
-                    self.models.registrar,
+                    registrar,
                     max_side=cfg.max_size,
                     max_frames=max_frames,
                     progress=report,
                 )
-            return self.models.registrar.register(media, progress=report)
+            return registrar.register(media, progress=report)
         source = Path(source)
         if not source.is_file():
             raise MediaError(f"{source}: source file not found")
         if self.cache is not None and cfg.cache:
             return self.cache.get_or_register(
                 source,
-                self.models.registrar,
+                registrar,
                 max_side=cfg.max_size,
                 max_frames=max_frames,
                 progress=report,
@@ -503,26 +375,64 @@ class DittoPipeline:
         from talkinghead.media.source import load_source
 
         media = load_source(source, max_side=cfg.max_size, max_frames=max_frames)
-        avatar = self.models.registrar.register(media, progress=report)
+        avatar = registrar.register(media, progress=report)
         avatar.source_path = str(source)
         return avatar
 
+    def _registrar(self, cfg: DittoConfig) -> AvatarRegistrar:
+        """The registrar, with this call's source smoothing (a shallow copy when it differs)."""
+        registrar = self.models.registrar
+        if registrar.smooth_k == cfg.source_smooth_k:
+            return registrar
+        registrar = copy.copy(registrar)  # shares the networks; the cache key has smooth_k
+        registrar.smooth_k = cfg.source_smooth_k
+        return registrar
+
     def _conditions(self, avatar: Avatar, cfg: DittoConfig) -> ConditionBuilder:
-        lmdm_cfg = getattr(self.models.lmdm, "config", None)
+        custom = self.motion_sampler or self.motion_denoiser
+        expected = (
+            getattr(custom, "cond_dim", None)
+            if custom is not None
+            else getattr(getattr(self.models.lmdm, "config", None), "audio_feat_dim", None)
+        )
         audio_dim = self.features.feat_dim
         cond_cfg = ConditionConfig(audio_dim=audio_dim, eye_first_frame=cfg.eye_f0_mode)
-        if lmdm_cfg is not None and cond_cfg.dim != lmdm_cfg.audio_feat_dim:
+        if expected is not None and cond_cfg.dim != expected:
             raise CheckpointError(
-                f"the motion model expects {lmdm_cfg.audio_feat_dim}-dim conditions, but "
+                f"the motion model expects {expected}-dim conditions, but "
                 f"{audio_dim}-dim speech features give {cond_cfg.dim}"
             )
-        return ConditionBuilder(
+        builder = ConditionBuilder(
             cond_cfg,
             emotion=cfg.emotion,
             eye_open=avatar.eye_open,
             eye_ball=avatar.eye_ball,
             shape_code=avatar.sc,
         )
+        if cfg.controls is not None and cfg.controls.conditions_controlled:
+            return _TimelineConditions(builder, cfg.controls)  # type: ignore[return-value]
+        return builder
+
+    def _window_sampler(self, cfg: DittoConfig) -> tuple[WindowSampler, int]:
+        """The window sampler this call runs, and its window length (see the class doc)."""
+        lmdm = self.models.lmdm
+        lmdm_frames = getattr(getattr(lmdm, "config", None), "seq_frames", 80)
+        if self.motion_sampler is not None:
+            custom = self.motion_sampler
+
+            def sample_custom(cond_frame, cond, generator):
+                return torch.as_tensor(custom(cond_frame, cond, generator)).cpu()
+
+            return sample_custom, int(getattr(custom, "seq_frames", lmdm_frames))
+        sampler = DDIMSampler(num_steps=cfg.steps)
+        model = self.motion_denoiser if self.motion_denoiser is not None else lmdm
+        params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        device = params.device if params is not None else torch.device("cpu")
+
+        def sample_window(cond_frame, cond, generator):
+            return sampler(model, cond_frame.to(device), cond.to(device), generator=generator).cpu()
+
+        return sample_window, int(getattr(model, "seq_frames", lmdm_frames))
 
     def _motion_generator(
         self,
@@ -532,14 +442,7 @@ class DittoPipeline:
         builder: ConditionBuilder,
         generator: torch.Generator | None = None,
     ) -> ClipwiseGenerator:
-        sampler = DDIMSampler(num_steps=cfg.steps)
-        lmdm = self.models.lmdm
-        device = next(lmdm.parameters()).device
-
-        def sample_window(cond_frame, cond, generator):
-            return sampler(lmdm, cond_frame.to(device), cond.to(device), generator=generator).cpu()
-
-        seq_frames = getattr(getattr(lmdm, "config", None), "seq_frames", 80)
+        sample_window, seq_frames = self._window_sampler(cfg)
         try:
             clip_cfg = cfg.clipwise(streaming, seq_frames)
         except ValueError as exc:  # e.g. an overlap that does not fit a short-window model
@@ -636,6 +539,7 @@ class DittoPipeline:
             )
         cfg = self._settings(settings)
         if output is not None:
+            check_not_an_input(output, {"source": source, "audio": audio})
             check_output(output)  # before the work, not after minutes of it
         where = audio_name(audio)
         samples, rate = read_audio(audio)
@@ -795,6 +699,16 @@ def _collect_frames(
     return out[:count]
 
 
+class _TimelineConditions:
+    """A `ConditionBuilder` whose emotion/eye-openness blocks follow a control timeline."""
+
+    def __init__(self, builder: ConditionBuilder, timeline: Any) -> None:
+        self.builder, self.timeline, self.config = builder, timeline, builder.config
+
+    def __call__(self, audio: torch.Tensor | np.ndarray, start: int = 0) -> torch.Tensor:
+        return self.timeline.apply_to_conditions(self.builder(audio, start), start, self.config)
+
+
 class _Renderer:
     """Motion batches -> frames: stitch + warp, decode, paste-back (one stage each)."""
 
@@ -811,14 +725,25 @@ class _Renderer:
         self.stitcher.setup(x_s0, avatar.is_image, num_frames=total, d0=d0_info)
         self.total = total
         self.fades = fade_alphas(total, cfg.fade_in, cfg.fade_out) if total else None
+        self.timeline = cfg.controls
         self.f_s = torch.from_numpy(avatar.f_s)
         self.paster = PasteBack()
         self.autocast = cfg.fp16 and self.device.type == "cuda"
 
-    def _controls(self, start: int, b: int) -> StitchControl | None:
-        if self.fades is None:
-            return None
-        return StitchControl(fade_alpha=torch.from_numpy(self.fades[start : start + b]))
+    def _controls(self, start: int, b: int) -> StitchControl | list[StitchControl] | None:
+        if self.timeline is None:
+            if self.fades is None:
+                return None
+            return StitchControl(fade_alpha=torch.from_numpy(self.fades[start : start + b]))
+        frames = self.timeline.stitch_controls(start, b)
+        if self.fades is not None:
+            # As the release's setup_Nd: fade_in/fade_out set fade_alpha on their frames.
+            fades = self.fades[start : start + b]
+            frames = [
+                dataclasses.replace(c, fade_alpha=float(a)) if a < 1 else c
+                for c, a in zip(frames, fades, strict=True)
+            ]
+        return frames
 
     @torch.inference_mode()
     def warp(self, item: tuple[int, np.ndarray]) -> list[tuple[int, torch.Tensor]]:
@@ -928,6 +853,35 @@ class DittoStream:
             runner.put((self.frames_out, np.stack(batch)))
             self.frames_out += len(batch)
 
+    def set_controls(self, controls: Any, *, relative: bool = False) -> None:
+        """Replace the control timeline from now on (a live client's controls message).
+
+        ``controls``: anything `ControlTimeline.coerce` takes, or None to clear. Frames
+        count from the start of the session; ``relative=True`` counts them from the next
+        frame to be rendered instead. Pose, expression, gaze and fade controls apply to
+        every frame rendered after this call; emotion and eye openness condition the motion
+        model, so they reach frames whose speech arrives after it.
+        """
+        from talkinghead.methods.ditto.controls import ControlTimeline
+
+        timeline = ControlTimeline.coerce(controls)
+        if timeline is not None and relative:
+            offset = self.frames_out
+            timeline = dataclasses.replace(
+                timeline,
+                keyframes=tuple(
+                    dataclasses.replace(k, frame=k.frame + offset) for k in timeline.keyframes
+                ),
+            )
+        self.cfg = self.cfg.replace(controls=timeline)
+        if self._renderer is not None:
+            self._renderer.timeline = timeline
+        base = getattr(self.builder, "builder", self.builder)
+        if timeline is not None and timeline.conditions_controlled:
+            self.builder = _TimelineConditions(base, timeline)
+        else:
+            self.builder = base
+
     def _collect(self) -> list[np.ndarray]:
         if self._runner is None:
             return []
@@ -985,14 +939,58 @@ class DittoStream:
             raise
 
 
+def generate_video(
+    source: SourceInput,
+    audio: AudioInput,
+    output: str | os.PathLike[str],
+    *,
+    checkpoints: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    download: bool = True,
+    revision: str | None = None,
+    hubert: str | None = None,
+    face_analyzer: FaceAnalyzer | None = None,
+    streaming: bool = False,
+    on_load: Callable[[DittoPipeline], None] | None = None,
+    **settings: Any,
+) -> GenerationResult:
+    """The registry's ``generate`` entry point (``talkinghead generate``): load, generate, done.
+
+    `DittoPipeline.from_pretrained` (``checkpoints``, ``download``, ``revision``,
+    ``hubert``, ``face_analyzer`` and the `DittoConfig` ``settings``; ``steps=None`` keeps
+    the release config's) then `DittoPipeline.generate` (``streaming``, ``progress``).
+    ``on_load`` is called with the loaded pipeline before generation starts (the CLI
+    reports its face backend). Returns the `GenerationResult`: ``output`` is the written
+    path, ``num_frames`` and ``num_faces`` what the CLI reports.
+    """
+    if steps is not None:
+        settings["steps"] = steps
+    pipe = DittoPipeline.from_pretrained(
+        checkpoints,
+        download=download,
+        revision=revision,
+        hubert=hubert,
+        face_analyzer=face_analyzer,
+        seed=seed,
+        device=device,
+        **settings,
+    )
+    if on_load is not None:
+        on_load(pipe)
+    return pipe.generate(source, audio, output, streaming=streaming, progress=progress)
+
+
 __all__ = [
-    "DittoConfig",
     "DittoModels",
     "DittoPipeline",
     "DittoStream",
     "GenerationResult",
-    "config_from_release",
+    "MotionDenoiser",
     "expected_frames",
     "fade_alphas",
-    "read_sidecar",
+    "generate_video",
+    "video_options",
 ]

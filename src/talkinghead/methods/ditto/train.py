@@ -70,6 +70,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
 from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,6 @@ LOG_NAME = "train_log.jsonl"
 STATE_DIR = "state"
 TRAINER_STATE = "trainer.json"
 EXPORT_DIR = "export"
-SIDECAR_NAME = "talkinghead.json"
 PRELOAD_NAME = "data_preload.npz"
 SC_DIM = 63
 

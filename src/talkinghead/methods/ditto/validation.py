@@ -1,12 +1,14 @@
-"""Checking a generation's settings and input files before any model is loaded or downloaded.
+"""Ditto's own checks, run before any model is loaded or downloaded.
 
-A typo in an option or a picture without a face should cost a second, not a 2 GB
-download or minutes of motion sampling. The CLI runs these checks first, in this
-order: option values (`check_ditto_config`, `resolve_device`, ...), the output
-(`check_output`), the source (`check_source`: exists, decodes), the audio
-(`check_audio`: exists, decodes, is not empty) and the face (`check_face`).
-`DittoPipeline` runs the option and output checks itself. Every failure is a
-`TalkingHeadError` subclass whose one-line message names the problem and what to do.
+The checks every method shares (steps, seed, face backend, device, output, source,
+audio, face) are `talkinghead.validation`'s; these are Ditto's settings
+(`check_ditto_config`: emotion, crop, fades, pose, batch size, source size, and the
+shared option checks), the settings that depend on the release config
+(`check_release_settings`: ``blink`` needs its blink clip) and the choice of the face
+check's detector. The CLI runs them in this order: option values, the output, the
+source, the audio, the release settings, the face. `DittoPipeline` runs the option
+and output checks itself. Every failure is a `TalkingHeadError` subclass whose
+one-line message names the problem and what to do.
 
 The face check runs the detector the generation will run when that is known
 without downloading anything: the release's face models if the checkpoints are on
@@ -18,20 +20,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from talkinghead.errors import CheckpointError, MediaError, SettingsError
-from talkinghead.face.types import CropConfig, FaceAnalyzer, FaceCrop
+from talkinghead.errors import CheckpointError, SettingsError
+from talkinghead.face.types import CropConfig, FaceAnalyzer
+from talkinghead.validation import check_face_backend, check_seed, check_steps, is_int
 
 if TYPE_CHECKING:
     from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
+    from talkinghead.methods.ditto.config import DittoConfig
 
-# Seeds every method accepts: torch generators and numpy's default_rng both take these.
-MAX_SEED = 2**63 - 1
 POSE_SETTINGS = tuple(
     f"{kind}_{axis}" for kind in ("delta", "alpha") for axis in ("pitch", "yaw", "roll")
 )
@@ -39,21 +39,6 @@ MIN_MAX_SIZE = 64  # longest source side, pixels; below this no face crop is mea
 EMOTION_HINT = (
     "Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise, Contempt or 0-7 (a comma list mixes them)"
 )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_steps(steps: Any) -> None:
-    if not _is_int(steps) or steps < 1:
-        raise SettingsError(f"steps must be a whole number of at least 1, got {steps!r}")
-
-
-def check_seed(seed: Any) -> None:
-    """None (a random seed) or 0..2^63-1."""
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        raise SettingsError(f"seed must be between 0 and 2^63-1, got {seed!r}")
 
 
 def check_emotion(emotion: Any) -> None:
@@ -67,41 +52,6 @@ def check_emotion(emotion: Any) -> None:
         raise SettingsError(f"unknown emotion {shown!r}: use {EMOTION_HINT}") from None
 
 
-def check_face_backend(backend: Any) -> None:
-    from talkinghead.face import BACKENDS
-
-    if backend not in BACKENDS:
-        raise SettingsError(f"unknown face backend {backend!r}: use {', '.join(BACKENDS)}")
-
-
-def resolve_device(device: str) -> str:
-    """The torch device to run on: ``auto`` picks CUDA when available; CUDA must be usable."""
-    import torch
-
-    name = str(device).strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this PyTorch has no CUDA support" if torch.version.cuda is None else "no GPU"
-            raise SettingsError(
-                f"device {device!r}: CUDA is not available here ({why}); run on the CPU "
-                "(--device cpu) or install a CUDA build of PyTorch"
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise SettingsError(
-                f"device {device!r}: there are {count} CUDA device(s), cuda:0..cuda:{count - 1}"
-            )
-    return name
-
-
 def check_crop(crop: CropConfig) -> None:
     if not (math.isfinite(crop.scale) and crop.scale > 0):
         raise SettingsError(f"crop scale must be > 0 (default 2.3), got {crop.scale!r}")
@@ -111,7 +61,7 @@ def check_crop(crop: CropConfig) -> None:
             raise SettingsError(f"crop {name} must be a finite number, got {value!r}")
 
 
-def check_ditto_config(cfg: Any) -> None:
+def check_ditto_config(cfg: DittoConfig) -> None:
     """Every user-facing field of a `DittoConfig` (the device is checked by `resolve_device`)."""
     check_steps(cfg.steps)
     check_seed(cfg.seed)
@@ -120,81 +70,18 @@ def check_ditto_config(cfg: Any) -> None:
     check_crop(cfg.crop)
     for name in ("fade_in", "fade_out"):
         value = getattr(cfg, name)
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise SettingsError(f"{name} must be a number of frames >= 0, got {value!r}")
     for name in POSE_SETTINGS:
         value = getattr(cfg, name)
         if not math.isfinite(value):
             raise SettingsError(f"{name} must be a finite number, got {value!r}")
-    if not _is_int(cfg.batch_size) or cfg.batch_size < 1:
+    if not is_int(cfg.batch_size) or cfg.batch_size < 1:
         raise SettingsError(f"batch_size must be at least 1, got {cfg.batch_size!r}")
-    if cfg.max_size is not None and (not _is_int(cfg.max_size) or cfg.max_size < MIN_MAX_SIZE):
+    if cfg.max_size is not None and (not is_int(cfg.max_size) or cfg.max_size < MIN_MAX_SIZE):
         raise SettingsError(
             f"max_size must be at least {MIN_MAX_SIZE} pixels, got {cfg.max_size!r}"
         )
-
-
-def check_output(output: str | os.PathLike[str]) -> None:
-    """The output can be written: a known video suffix in an existing folder, a frames
-    folder, or "-". Creates nothing."""
-    from talkinghead.media.writer import FramesDirWriter, open_writer
-
-    text = os.fspath(output)
-    if text == "-":
-        return
-    writer = open_writer(text)  # refuses unknown suffixes and unsafe frame folders; lazy
-    writer.abort()
-    path = Path(text).expanduser().resolve()
-    if isinstance(writer, FramesDirWriter):
-        folder = path  # created with its parents on demand: the nearest existing one counts
-        while not folder.exists():
-            folder = folder.parent
-    else:
-        folder = path.parent
-        if not folder.is_dir():
-            raise MediaError(f"{text}: the output folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise MediaError(f"{text}: cannot write to {folder}; choose another output")
-
-
-def check_source(source: Any, max_size: int | None = 1920) -> np.ndarray:
-    """The first frame of a source file (or in-memory source), RGB uint8 resized as
-    registration will resize it; raises `MediaError`."""
-    from talkinghead.media.source import source_media
-
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise MediaError(f"{path}: source file not found")
-        if path.is_dir():
-            raise MediaError(f"{path}: the source is a folder; give a portrait image or a video")
-    return source_media(source, max_side=max_size, max_frames=1).frames[0]
-
-
-def check_audio(audio: Any) -> float:
-    """Seconds of speech in `audio` (a file or an in-memory array); raises `MediaError`."""
-    from talkinghead.audio.io import probe_audio
-
-    if isinstance(audio, (str, os.PathLike)):
-        path = Path(audio)
-        if not path.exists():
-            raise MediaError(f"{path}: audio file not found")
-        if path.is_dir():
-            raise MediaError(f"{path}: the audio is a folder; give a speech file (wav, mp3, ...)")
-    return probe_audio(audio)
-
-
-def check_face(frame: np.ndarray, analyzer: FaceAnalyzer, source: Any = "the source") -> FaceCrop:
-    """The face of the source's first frame, as registration will find it, or `NoFaceError`."""
-    from talkinghead.errors import NoFaceError
-
-    try:
-        return analyzer.analyze(frame)
-    except NoFaceError as exc:
-        where = source if isinstance(source, (str, os.PathLike)) else "the source"
-        raise NoFaceError(
-            f"{where}: {exc}; use a picture where a face is clearly visible"
-        ) from None
 
 
 def local_checkpoints(
@@ -208,6 +95,28 @@ def local_checkpoints(
         return resolve_checkpoints(checkpoints, download=False, strict=False, **resolve_options)
     except CheckpointError:
         return None
+
+
+def check_release_settings(
+    settings: Mapping[str, Any], local: ReleaseCheckpoints | None, *, final: bool = False
+) -> None:
+    """`settings` over the release config generation will load, checked as
+    `DittoPipeline` checks them once its models are loaded (``blink`` needs the config's
+    blink clip), if that config is known without downloading: the config pkl of `local`
+    checkpoints (`local_checkpoints`), or, when the pkl is absent and nothing more will
+    arrive (`final`: a folder the user named, or downloading off), the defaults."""
+    from talkinghead.methods.ditto.checkpoints import load_release_config
+    from talkinghead.methods.ditto.config import DittoConfig, config_from_release
+
+    if local is None:
+        return
+    if local.config.is_file():
+        cfg = config_from_release(load_release_config(local.config))
+    elif final:
+        cfg = DittoConfig()  # what from_pretrained falls back to without a config pkl
+    else:
+        return  # a download may still bring the config; from_pretrained checks after it
+    cfg.replace(**settings).stitch_config()
 
 
 @dataclass
@@ -236,39 +145,13 @@ def face_check_analyzer(
     return FaceCheck(create_face_analyzer(backend, aux_dir=aux_dir, crop=crop), same)
 
 
-@dataclass
-class CheckedInputs:
-    """What the file checks found: the source's first frame and the audio's length."""
-
-    frame: np.ndarray
-    audio_seconds: float
-
-
-def check_inputs(
-    source: Any, audio: Any, output: str | os.PathLike[str], *, max_size: int | None = 1920
-) -> CheckedInputs:
-    """Output, source and audio, in that order; then `check_face` on the returned frame
-    (the face analyser is worth building only once the files are known to be fine)."""
-    check_output(output)
-    frame = check_source(source, max_size)
-    return CheckedInputs(frame, check_audio(audio))
-
-
 __all__ = [
-    "CheckedInputs",
+    "EMOTION_HINT",
     "FaceCheck",
-    "check_audio",
     "check_crop",
     "check_ditto_config",
     "check_emotion",
-    "check_face",
-    "check_face_backend",
-    "check_inputs",
-    "check_output",
-    "check_seed",
-    "check_source",
-    "check_steps",
+    "check_release_settings",
     "face_check_analyzer",
     "local_checkpoints",
-    "resolve_device",
 ]

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Eye attributes belong to the face layer; re-exported here for the condition builder's users.
 from talkinghead.face.eyes import eye_attributes_from_landmarks as eye_attributes_from_landmarks
+
+# Eye attributes belong to the face layer; re-exported here for the condition builder's users.
+from talkinghead.media.source import mirror_index
 
 EMOTIONS: tuple[str, ...] = (
     "Angry",
@@ -178,13 +180,6 @@ def parse_emotion(emotion: EmotionSpec, logit: float = 8.0) -> torch.Tensor:
 # ---------------------------------------------------------------------------- indexing
 
 
-def mirror_index(index: torch.Tensor | int, size: int) -> torch.Tensor:
-    """Frame index -> source frame for a video played forwards, backwards, forwards, ..."""
-    index = torch.as_tensor(index)
-    turn, pos = index // size, index % size
-    return torch.where(turn % 2 == 0, pos, size - 1 - pos)
-
-
 def _frame_indices(start: int, n: int) -> torch.Tensor:
     # Prefix frames (negative indices) take the first frame's attributes.
     return torch.arange(start, start + n).clamp_min(0)
@@ -264,7 +259,7 @@ class ConditionBuilder:
     def _source_rows(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if self.config.eye_first_frame:
             return table[torch.zeros_like(idx)]
-        return table[mirror_index(idx, table.shape[0])]
+        return table[mirror_index(torch.as_tensor(idx), table.shape[0])]
 
     def extras(self, start: int, n: int) -> torch.Tensor:
         """The non-audio part ``[n, cond_dim - audio_dim]`` of frames ``start .. start + n - 1``."""

@@ -1,0 +1,214 @@
+"""Ditto's settings: `DittoConfig` (the release's defaults) and the release config import.
+
+`DittoConfig` holds every setting of a generation; `config_from_release` maps the
+``default_kwargs`` of the release's ``ditto_cfg/*.pkl`` (read by
+`talkinghead.methods.ditto.checkpoints.load_release_config`) onto it. Inference reads
+it, and so do the checks run before any model loads (`validation`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from talkinghead.errors import TalkingHeadError
+from talkinghead.face.types import CropConfig
+from talkinghead.methods.ditto.controls import ControlTimeline
+from talkinghead.methods.ditto.motion.clipwise import ClipwiseConfig
+from talkinghead.methods.ditto.motion.stitch import StitchConfig, StitchControl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DittoConfig:
+    """Every setting of a generation; defaults are the release's (v0.4 HuBERT, offline).
+
+    Source: ``max_size`` (longest side), ``max_source_frames`` (video sources; None:
+    as many as output frames, as the release), ``crop``, ``face_backend``
+    ("auto" | "mediapipe" | "release"), ``source_smooth_k`` (moving average over a
+    video source's motion, frames; release: smo_k_s).
+    Motion: ``steps`` (DDIM), ``overlap`` (offline windows), ``online_overlap``
+    (streaming windows, the authors' 70), ``smooth_k``, ``fix_kp_cond`` (reset the
+    conditioning frame to the source's every n windows), ``fix_kp_cond_dim`` ((start,
+    end) dims that still follow the motion at a reset), ``emotion``
+    (label, name, list, or [N, 8]), ``eye_f0_mode``.
+    Stitching: ``stitch`` (a `StitchConfig`), pose offsets (degrees) and scales,
+    ``fade_in``/``fade_out`` (frames; they fade from/to the source motion), ``blink``
+    (insert blinks from the release's blink clip; None: as ``stitch`` says), ``controls``
+    (a `ControlTimeline`, a JSON/YAML file, or the release's ``ctrl_info``; per frame).
+    Runtime: ``seed``, ``device``, ``fp16`` (autocast the renderer on CUDA),
+    ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
+    motion settings offline too), ``cache`` (reuse registered avatars).
+    """
+
+    max_size: int = 1920
+    max_source_frames: int | None = None
+    crop: CropConfig = field(default_factory=CropConfig)
+    face_backend: str = "auto"
+    source_smooth_k: int = 13
+    steps: int = 50
+    overlap: int = 10
+    online_overlap: int = 70
+    smooth_k: int = 3
+    fix_kp_cond: int = 0
+    fix_kp_cond_dim: tuple[int, int] | None = None
+    motion_clip: Any = (
+        None  # [2, 265] per-dim (min, max) of the motion (release: v_min_max_for_clip)
+    )
+    emotion: Any = 4
+    eye_f0_mode: bool = False
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    delta_pitch: float = 0.0
+    delta_yaw: float = 0.0
+    delta_roll: float = 0.0
+    alpha_pitch: float = 1.0
+    alpha_yaw: float = 1.0
+    alpha_roll: float = 1.0
+    fade_in: int = 0
+    fade_out: int = 0
+    blink: bool | None = None
+    controls: ControlTimeline | None = field(default=None, compare=False)
+    seed: int | None = None
+    device: str = "cpu"
+    fp16: bool = False
+    batch_size: int = 4
+    online: bool = False
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        # Files and the release's ctrl_info dicts become a timeline once, here.
+        object.__setattr__(self, "controls", ControlTimeline.coerce(self.controls))
+        if self.fix_kp_cond_dim is not None:
+            dims = tuple(self.fix_kp_cond_dim)
+            if len(dims) != 2 or not all(isinstance(d, int) for d in dims) or not (
+                0 <= dims[0] < dims[1]
+            ):
+                raise TalkingHeadError(
+                    f"fix_kp_cond_dim must be a (start, end) pair of motion dims, "
+                    f"start < end, not {self.fix_kp_cond_dim!r}"
+                )
+            object.__setattr__(self, "fix_kp_cond_dim", (int(dims[0]), int(dims[1])))
+        if not isinstance(self.source_smooth_k, int) or self.source_smooth_k < 0:
+            raise TalkingHeadError(
+                f"source_smooth_k must be a frame count >= 0 (<= 1: no smoothing), "
+                f"not {self.source_smooth_k!r}"
+            )
+
+    def replace(self, **changes: Any) -> DittoConfig:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown Ditto settings: {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    def clipwise(self, streaming: bool, seq_frames: int = 80) -> ClipwiseConfig:
+        common = {
+            "seq_frames": seq_frames,
+            "smooth_kernel": self.smooth_k,
+            "fix_cond_every": self.fix_kp_cond,
+            "fix_cond_keep": self.fix_kp_cond_dim,
+        }
+        if streaming or self.online:
+            return ClipwiseConfig.release_online(overlap=self.online_overlap, **common)
+        return ClipwiseConfig(overlap=self.overlap, **common)
+
+    def stitch_config(self) -> StitchConfig:
+        overall = StitchControl(
+            **{
+                name: value
+                for name, value, neutral in (
+                    ("delta_pitch", self.delta_pitch, 0.0),
+                    ("delta_yaw", self.delta_yaw, 0.0),
+                    ("delta_roll", self.delta_roll, 0.0),
+                    ("alpha_pitch", self.alpha_pitch, 1.0),
+                    ("alpha_yaw", self.alpha_yaw, 1.0),
+                    ("alpha_roll", self.alpha_roll, 1.0),
+                )
+                if value != neutral
+            }
+        )
+        cfg = replace(self.stitch, overall=overall.over(self.stitch.overall))
+        if self.blink is not None:
+            if self.blink and cfg.delta_eye_arr is None:
+                raise TalkingHeadError(
+                    "blink needs a blink clip (delta_eye_arr), which comes with the release's "
+                    "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl; none was found"
+                )
+            # 0: random open-eye gaps of 60-100 frames between blinks (the release's default).
+            cfg = replace(cfg, delta_eye_open_n=0 if self.blink else -1)
+        if (self.fade_in > 0 or self.fade_out > 0) and cfg.fade_type == "":
+            # The release's fades silently do nothing with its default fade_type "";
+            # fading from/to the source's own motion is what a fade-in/out means.
+            cfg = replace(cfg, fade_type="s")
+        return cfg
+
+
+# The release's default_kwargs (ditto_cfg/*.pkl) -> our settings.
+_RELEASE_KEYS = {
+    "max_size": "max_size",
+    "emo": "emotion",
+    "eye_f0_mode": "eye_f0_mode",
+    "overlap_v2": "overlap",
+    "fix_kp_cond": "fix_kp_cond",
+    "sampling_timesteps": "steps",
+    "smo_k_d": "smooth_k",
+    "v_min_max_for_clip": "motion_clip",
+}
+_RELEASE_STITCH_KEYS = (
+    "use_d_keys",
+    "relative_d",
+    "drive_eye",
+    "delta_eye_arr",
+    "delta_eye_open_n",
+    "fade_type",
+    "fade_out_keys",
+    "flag_stitching",
+)
+
+
+def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None) -> DittoConfig:
+    """Our settings from a release config (the dict `load_release_config` returns).
+
+    Keys of its ``default_kwargs`` that have no counterpart here are logged and ignored.
+    """
+    base = base or DittoConfig()
+    kwargs = dict(cfg.get("default_kwargs") or {})
+    changes: dict[str, Any] = {}
+    stitch: dict[str, Any] = {}
+    crop: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if value is None and key not in ("drive_eye", "use_d_keys", "delta_eye_arr"):
+            continue
+        if key == "fix_kp_cond_dim":
+            changes["fix_kp_cond_dim"] = tuple(int(d) for d in value)
+        elif key == "smo_k_s":
+            changes["source_smooth_k"] = int(value)
+        elif key in _RELEASE_KEYS:
+            changes[_RELEASE_KEYS[key]] = value
+        elif key in _RELEASE_STITCH_KEYS:
+            stitch[key] = tuple(value) if key == "fade_out_keys" else value
+        elif key == "online_mode":
+            changes["online"] = bool(value)
+        elif key == "template_n_frames":
+            changes["max_source_frames"] = int(value) if int(value) > 0 else None
+        elif key in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio", "crop_flag_do_rot"):
+            crop[{"crop_flag_do_rot": "rotate"}.get(key, key.removeprefix("crop_"))] = value
+        elif key == "overall_ctrl_info":
+            stitch["overall"] = StitchControl.coerce(value or None)
+        elif key == "ctrl_info":
+            changes["controls"] = ControlTimeline.from_ctrl_info(value) if value else None
+        else:
+            log.info("release setting %s=%r has no counterpart here; ignored", key, value)
+    if changes.get("online") and "overlap" in changes:
+        changes["online_overlap"] = changes.pop("overlap")
+    if crop:
+        changes["crop"] = replace(base.crop, **crop)
+    if stitch:
+        changes["stitch"] = replace(base.stitch, **stitch)
+    return base.replace(**changes)
+
+
+__all__ = ["DittoConfig", "config_from_release"]
