@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
+from talkinghead.filemode import set_default_mode
 from talkinghead.models.registry import OFFICIAL_NETWORKS, NetworkSpec
 
 _CONTAINER_KEYS = {"retarget_shoulder": "retarget_shoulder", "model_state_dict": "model_state_dict"}
@@ -117,8 +119,21 @@ def save_official(net: nn.Module, kind: str, path: str | os.PathLike) -> None:
     obj: Any = state_dict
     if spec.container != "raw_state_dict":
         obj = {_CONTAINER_KEYS[spec.container]: state_dict}
+    save_atomically(obj, path)
+
+
+def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary sibling renamed into place, with the mode a plain open()
+    would give: an interrupted save leaves the previous file or none, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

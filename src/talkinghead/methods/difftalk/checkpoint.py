@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,9 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
-from talkinghead.filemode import set_default_mode
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
+from talkinghead.models.loading import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +53,7 @@ def save_component(
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomically(payload, path)
 
 
 def read_component(path: Path, kind: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from talkinghead.errors import CheckpointError
 from talkinghead.methods.dithead.config import DataSettings
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
+from talkinghead.models.loading import save_atomically
 
 CHECKPOINT_FORMAT = "talkinghead.dithead"
 VQ_FILES = {"full": "vq_full.pt", "masked": "vq_masked.pt"}
@@ -53,10 +54,7 @@ def save_checkpoint(
         "step": int(step),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomically(payload, path)
 
 
 def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
