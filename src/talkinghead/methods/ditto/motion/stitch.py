@@ -555,6 +555,13 @@ class MotionStitcher:
         )
 
 
+def gaze_offsets(yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
+    """Expression offsets ``[B, 63]`` moving the pupils as the gaze fix does for a head turn
+    of ``yaw``/``pitch`` degrees ``[B]`` (the control timeline's ``gaze``)."""
+    zeros = torch.zeros(yaw.shape[0], 3 * NUM_KEYPOINTS, dtype=torch.float32)
+    return _gaze_shift(zeros, yaw.float() * _GAZE_X_RATIO, pitch.float() * _GAZE_Y_RATIO)
+
+
 def _gaze_shift(exp: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Move the pupil keypoints by ``dx``/``dy`` (per frame); a turn moves one pupil more."""
     exp = exp.clone()
