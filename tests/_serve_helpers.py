@@ -15,12 +15,12 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from _conformance import MEDIA_DIR
+from talkinghead.serve.client import auth_headers, multipart_file
 
 MEDIA = MEDIA_DIR
 PORTRAIT = MEDIA / "ditto_example_face.jpg"
@@ -96,8 +96,13 @@ class FakePipeline:
         self.delay_s = delay_s  # rendering time per frame
         self.progressive_finish = progressive_finish  # streams have a finish() generator
         self.streams: list[FakeStream] = []
+        self.registered: list[Any] = []  # what register() was given
+        self.register_hook: Any = None  # called inside register() (to hold it in tests)
 
-    def register(self, path: Path, max_frames: int | None = None) -> FakeAvatar:
+    def register(self, source: Any, max_frames: int | None = None) -> FakeAvatar:
+        self.registered.append(source)
+        if self.register_hook is not None:
+            self.register_hook()
         return FakeAvatar(np.zeros((1, *self.size, 3), np.uint8))
 
     def stream(self, avatar: FakeAvatar, **settings: Any) -> FakeStream:
@@ -112,14 +117,35 @@ class FakePipeline:
 
 
 def http(
-    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    client_header: bool = True,
+    token: str | None = None,
 ) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    """(status, body); the request carries the server's CSRF header unless `client_header`
+    is False, and `token` as a bearer token."""
+    base = auth_headers(token) if client_header else {}
+    if token and not client_header:
+        base["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={**base, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def upload_bytes(base_url: str, data: bytes, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """POST `data` as the "file" of a multipart form to /avatars: (status, JSON reply)."""
+    body, content_type = multipart_file(data)
+    headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}
+    status, reply = http("POST", f"{base_url}/avatars", body, headers, **kwargs)
+    return status, json.loads(reply or b"{}")
 
 
 def get_json(url: str) -> Any:
@@ -137,10 +163,14 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> Non
 
 
 def wait_idle(base_url: str, timeout: float = 60.0) -> None:
-    """Until the server has no session (the previous test's sessions have been cleaned up)."""
-    wait_until(
-        lambda: get_json(f"{base_url}/healthz")["sessions"] == 0, timeout, "no active session"
-    )
+    """Until the server has no session, nor one whose threads are still stopping (the
+    previous test's sessions have been cleaned up)."""
+
+    def idle() -> bool:
+        health = get_json(f"{base_url}/healthz")
+        return health["sessions"] == 0 and health.get("draining", 0) == 0
+
+    wait_until(idle, timeout, "no active session")
 
 
 def session_threads() -> list[threading.Thread]:

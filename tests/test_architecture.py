@@ -18,7 +18,7 @@ import talkinghead
 PACKAGE = Path(talkinghead.__file__).resolve().parent
 
 # Above the methods: they may import anything.
-APPLICATION = {"cli", "__main__", "commands", "serve", "batch", "pipelines"}
+APPLICATION = {"cli", "__main__", "commands", "serve", "batch", "app", "pipelines"}
 INFERENCE = {"pipeline", "interpolation"}
 TRAINING = {"data", "train"}
 # A method's own command-line module is above both of its sides (and uses the CLI's console).

@@ -5,7 +5,8 @@ creates files 0600 and ``mkdtemp`` directories 0700 (private on purpose), and a
 rename keeps the mode, so without a fix every published video, frames folder or
 checkpoint would be readable by its owner only. `set_default_mode` gives the temp
 file the mode a normal ``open()`` gets under the current umask (0666 & ~umask;
-directories 0777 & ~umask) before it is published.
+directories 0777 & ~umask) before it is published. `write_text_atomically` does both for
+a small text file (a JSON or CSV report).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from pathlib import Path
 
 _UMASK_LOCK = threading.Lock()
 
@@ -51,3 +53,23 @@ def set_default_mode(target: str | os.PathLike[str] | int, *, directory: bool = 
             os.fchmod(target, mode)
         else:
             os.chmod(target, mode)
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to `path` through a temporary sibling renamed into place: an
+    interrupted write (a signal, a full disk) leaves the old file or none, never half."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        set_default_mode(fd)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+    return path

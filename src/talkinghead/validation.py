@@ -151,17 +151,23 @@ def check_not_an_input(
             )
 
 
+def check_input_file(path: str | os.PathLike[str], what: str, hint: str) -> None:
+    """`path` is an existing file, not a folder: the "source", "audio"... named in the
+    message, with `hint` saying what to give instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise MediaError(f"{path}: the {what} is a folder, not a file; {hint}")
+    if not path.exists():
+        raise MediaError(f"{path}: {what} file not found")
+
+
 def check_source(source: Any, max_size: int | None = 1920) -> np.ndarray:
     """The first frame of a source file (or in-memory source), RGB uint8 resized as
     registration will resize it; raises `MediaError`."""
     from talkinghead.media.source import source_media
 
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise MediaError(f"{path}: source file not found")
-        if path.is_dir():
-            raise MediaError(f"{path}: the source is a folder; give a portrait image or a video")
+        check_input_file(source, "source", "give a portrait image or a video")
     return source_media(source, max_side=max_size, max_frames=1).frames[0]
 
 
@@ -170,11 +176,7 @@ def check_audio(audio: Any) -> float:
     from talkinghead.audio.io import probe_audio
 
     if isinstance(audio, (str, os.PathLike)):
-        path = Path(audio)
-        if not path.exists():
-            raise MediaError(f"{path}: audio file not found")
-        if path.is_dir():
-            raise MediaError(f"{path}: the audio is a folder; give a speech file (wav, mp3, ...)")
+        check_input_file(audio, "audio", "give a speech file (wav, mp3, ...)")
     return probe_audio(audio)
 
 
@@ -217,6 +219,7 @@ __all__ = [
     "check_audio",
     "check_face",
     "check_face_backend",
+    "check_input_file",
     "check_inputs",
     "check_not_an_input",
     "check_output",

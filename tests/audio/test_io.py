@@ -140,8 +140,14 @@ def test_missing_empty_and_corrupt_files(tmp_path):
     text.write_text("not audio at all\n" * 20)
     with pytest.raises(MediaError, match=r"notes\.mp3"):
         load_audio(text)
-    with pytest.raises(MediaError, match=r"is a directory|not a file"):
+    with pytest.raises(MediaError, match=r"a folder, not an audio file; give a speech file"):
         load_audio(tmp_path)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"hello" * 100)
+    with pytest.raises(MediaError) as info:  # FFmpeg's words, not its errno number
+        load_audio(junk)
+    assert "not a readable audio file (Invalid data" in str(info.value)
+    assert "Errno" not in str(info.value)
 
 
 def test_video_file_without_audio(tmp_path):

@@ -255,6 +255,11 @@ FAIL_FAST_OPTIONS = {
     "seed too large": (["--seed", str(2**64)], "seed must be between 0 and 2^63-1"),
     "batch size": (["--batch-size", "0"], "batch_size must be"),
     "dithead without checkpoints": (["--method", "dithead"], "needs --checkpoints"),
+    "controls file missing": (["--controls", "{out}/../nope.json"], "nope.json: file not found"),
+    "controls with dithead": (
+        ["--method", "dithead", "--checkpoints", "{out}", "--controls", "{out}/../c.json"],
+        "--controls is a Ditto option",
+    ),
     "dithead steps": (["--method", "dithead", "--checkpoints", "{out}", "--steps", "0"], "steps"),
     "dithead fps": (["--method", "dithead", "--checkpoints", "{out}", "--fps", "30"], "25 or 50"),
     "difftalk resolution": (
@@ -312,6 +317,20 @@ def test_a_bad_input_fails_fast_in_one_line(
     if method != "ditto":
         args += ["--checkpoints", str(out_dir)]  # never opened: the input is refused first
     _assert_fails_fast(*cli_without_models("generate", *args), needle, out_dir)
+
+
+def test_a_bad_controls_file_fails_fast_in_one_line(cli_without_models, speech, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    bad = tmp_path / "timeline.yaml"
+    bad.write_text("keyframes:\n  - {frame: 0, delta_yw: 5}\n")
+    args = ["generate", "-s", str(PORTRAIT), "-a", str(speech), "-o", str(out_dir / "t.mp4")]
+    result = cli_without_models(*args, "--controls", str(bad))
+    _assert_fails_fast(*result, "unknown controls ['delta_yw']", out_dir)
+    good = tmp_path / "timeline.json"
+    good.write_text('{"keyframes": [{"frame": 0, "delta_yaw": 0}, {"time": 1, "delta_yaw": 15}]}')
+    with pytest.raises(AssertionError, match="from_pretrained was called"):
+        cli_without_models(*args, "--controls", str(good))
 
 
 def test_good_inputs_pass_the_checks_and_reach_the_models(cli_without_models, speech, tmp_path):

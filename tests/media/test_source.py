@@ -11,8 +11,14 @@ import pytest
 from PIL import Image
 
 from _conformance import MEDIA_DIR, skip_missing
+from _hostile_media import noise_video, png_bomb, truncated
 from talkinghead.errors import MediaError
-from talkinghead.media.source import load_source, target_size
+from talkinghead.media.source import (
+    DEFAULT_MAX_PIXELS,
+    PixelLimitError,
+    load_source,
+    target_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +187,102 @@ def test_video_rotation_metadata_is_applied(tmp_path):
     check_frame(frame, 64, 48)
     # Counter-clockwise: the left (white) half ends up at the bottom.
     assert frame[40:].mean() > 230 and frame[:24].mean() < 30
+
+
+# ---------------------------------------------------------------------------- broken files
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.4])
+def test_a_truncated_jpeg_is_refused_not_filled_in(portrait, tmp_path, fraction):
+    # At 80 % FFmpeg used to fill the missing rows (a green band, exit 0); at 40 % the
+    # half-grey picture showed "no face". Either way the file is broken: say so.
+    cut = truncated(portrait, fraction, tmp_path / "cut.jpg")
+    with pytest.raises(MediaError, match=r"cut\.jpg: the image is truncated or damaged"):
+        load_source(cut)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "TIFF"])
+def test_other_truncated_images_are_refused(tmp_path, fmt):
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(whole, fmt)
+    assert load_source(whole).size == (120, 160)
+    with pytest.raises(MediaError, match="truncated or damaged"):
+        load_source(truncated(whole, 0.7, tmp_path / f"cut.{fmt.lower()}"))
+
+
+def test_a_damaged_png_is_refused(tmp_path):
+    path = tmp_path / "flipped.png"
+    y, x = np.mgrid[0:120, 0:160]
+    Image.fromarray(np.stack([x, y, x + y], -1).astype(np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    for k in range(len(data) // 2, len(data) // 2 + 40):
+        data[k] ^= 0x55  # bit errors in the middle of the compressed pixels
+    path.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match="truncated or damaged"):
+        load_source(path)
+
+
+def test_a_truncated_video_is_refused(tmp_path):
+    whole = noise_video(tmp_path / "whole.mp4")
+    assert len(load_source(whole).frames) == 30
+    cut = truncated(whole, 0.9, tmp_path / "cut.mp4")
+    with pytest.raises(MediaError, match=r"cut\.mp4: the video is (damaged|truncated)"):
+        load_source(cut)
+    # The frames that are asked for are whole: reading only those is fine.
+    assert len(load_source(cut, max_frames=5).frames) == 5
+
+
+def test_a_video_with_a_damaged_frame_is_refused(tmp_path):
+    # MPEG-4 part 2 marks a frame it could only conceal as corrupt.
+    cut = truncated(noise_video(tmp_path / "whole.mp4", codec="mpeg4"), 0.5, tmp_path / "c.mp4")
+    with pytest.raises(MediaError, match=r"c\.mp4: the video is damaged"):
+        load_source(cut)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import psutil
+
+    bomb = png_bomb(tmp_path / "bomb.png", 12000, 12000)
+    assert bomb.stat().st_size < 30_000  # ~17 KB on disk, 144 Mpx decoded
+    process = psutil.Process()
+    before = process.memory_info().rss
+    with pytest.raises(PixelLimitError, match=r"bomb\.png: the picture is 12000x12000 pixels"):
+        load_source(bomb)
+    # Over Pillow's own hard limit (179 Mpx) too: refused, never handed to FFmpeg.
+    with pytest.raises(PixelLimitError, match="more than the limit"):
+        load_source(png_bomb(tmp_path / "huge.png", 20000, 20000))
+    assert process.memory_info().rss - before < 100 * 2**20
+
+
+def test_the_pixel_limit_is_configurable(tmp_path):
+    image = tmp_path / "small.png"
+    Image.fromarray(np.full((100, 100, 3), 9, np.uint8)).save(image)
+    with pytest.raises(PixelLimitError, match="100x100 pixels"):
+        load_source(image, max_pixels=9999)
+    assert load_source(image, max_pixels=10000).size == (100, 100)
+    assert DEFAULT_MAX_PIXELS > 7680 * 4320 * 2  # well above 8K
+    assert load_source(png_bomb(tmp_path / "wide.png", 3000, 2000), max_pixels=None)
+    # Videos: from the stream's header, before a frame is decoded.
+    video = noise_video(tmp_path / "clip.mp4", frames=3, size=(64, 48))
+    with pytest.raises(PixelLimitError, match="64x48 pixels"):
+        load_source(video, max_pixels=64 * 48 - 1)
+    assert len(load_source(video, max_pixels=64 * 48).frames) == 3
+
+
+def test_messages_name_the_real_problem(tmp_path):
+    with pytest.raises(MediaError, match=r"is a folder"):
+        load_source(tmp_path)
+    tiny = tmp_path / "dot.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    with pytest.raises(MediaError, match=r"dot\.png: the picture is 1x1 pixels, too small"):
+        load_source(tiny)
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 4000, 3), np.uint8)).save(thin)
+    with pytest.raises(MediaError, match=r"4000x1 pixels, too small to fit 1920"):
+        load_source(thin)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8\xff\xe0" + bytes(500))  # a JPEG's first bytes, then nothing
+    with pytest.raises(MediaError, match="not an image") as err:
+        load_source(junk)
+    assert "Errno" not in str(err.value) and "avcodec" not in str(err.value)

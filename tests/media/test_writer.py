@@ -281,3 +281,34 @@ def test_outputs_get_the_modes_of_a_plain_open(tmp_path, umask):
             writer.write_batch(make_frames(2, 16, 16))
         assert mode(frames) == mode(plain_dir)
         assert {mode(p) for p in frames.iterdir()} == {mode(plain_file)}
+
+
+def test_x264_is_chosen_when_nvenc_is_absent(tmp_path, monkeypatch) -> None:
+    import talkinghead.media.writer as writer_module
+
+    # No NVIDIA device here (or a build without NVENC): the probe fails and x264 encodes.
+    monkeypatch.setattr(writer_module, "hardware_encoder_works", lambda name: False)
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    w = writer_module.VideoWriter(tmp_path / "a.mp4", fps=25)
+    w.write_batch(frames)
+    w.close()
+    assert w.encoder == "libx264"
+    assert w.encode_seconds > 0
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    # hardware=False never probes.
+    monkeypatch.setattr(writer_module, "hardware_encoder_works", lambda name: 1 / 0)
+    assert writer_module._pick_h264_encoder(hardware=False) == "libx264"
+
+
+def test_nvenc_probe_fails_cleanly_without_a_gpu() -> None:
+    import torch
+
+    from talkinghead.media.writer import _pick_h264_encoder, hardware_encoder_works
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: NVENC may work here")
+    hardware_encoder_works.cache_clear()
+    assert hardware_encoder_works("h264_nvenc") is False
+    assert hardware_encoder_works("no_such_encoder") is False
+    assert _pick_h264_encoder() == "libx264"

@@ -186,7 +186,7 @@ def test_vqgan_loss_modes_and_gan_terms():
 
 
 def test_rife_loads_the_published_layout_and_interpolates(tmp_path):
-    from talkinghead.methods.dithead.interpolation import RIFEInterpolator, create_interpolator
+    from talkinghead.frames.interpolation import RIFEInterpolator, create_interpolator
 
     torch.manual_seed(0)
     net = RIFE()

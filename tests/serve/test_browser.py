@@ -151,3 +151,88 @@ def test_microphone_is_streamed_and_played_back(page, tmp_path) -> None:
         audio_s = pipe.streams[-1].samples / 16000
         assert audio_s > 0.3 and received == math.ceil(pipe.streams[-1].samples / 640)
     assert not page.errors
+
+
+def test_page_with_a_token_uploads_and_streams(page, tmp_path) -> None:
+    # The address `talkinghead serve --token` prints: the token in the fragment.
+    token = "page-token-0123456789"
+    pipe = FakePipeline(size=(96, 96))
+    settings = ServeSettings(max_sessions=1, token=token)
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, np.zeros(4000, np.float32), 16000)  # 0.25 s: 7 frames
+    face = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(face)
+    with BackgroundServer(create_app(pipe, settings)) as srv:
+        page.goto(f"{srv.url}/#token={token}")
+        page.wait_for_function("location.hash === ''")  # taken out of the address bar
+        assert page.locator("#token-box").is_hidden()
+        page.set_input_files("#portrait-file", str(face))
+        page.wait_for_function(
+            "document.getElementById('upload-status').textContent.startsWith('registered')",
+            timeout=30_000,
+        )
+        page.wait_for_function("document.getElementById('thumb').src.startsWith('blob:')")
+        page.set_input_files("#audio-file", str(wav))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        page.click("#speak")
+        page.wait_for_function(
+            "document.getElementById('status').textContent === 'complete'", timeout=30_000
+        )
+        assert text(page, "#frames-received") == "7" and text(page, "#error") == ""
+    assert not page.errors
+
+
+EVIL_PAGE = """<!doctype html><script>
+window.results = {};
+const target = "TARGET";
+async function attack() {
+  const form = new FormData();
+  form.append("file", new Blob([new Uint8Array(PNG)], {type: "image/png"}));
+  try {  // a "simple" request: no preflight, the browser sends it
+    const r = await fetch(target + "/avatars", {method: "POST", body: form, mode: "no-cors"});
+    results.simple = "sent:" + r.type;
+  } catch (e) { results.simple = "blocked"; }
+  try {  // the custom header needs a preflight, which the server does not grant
+    await fetch(target + "/avatars", {method: "POST", body: form,
+                                      headers: {"X-Talkinghead-Client": "evil"}});
+    results.custom = "sent";
+  } catch (e) { results.custom = "blocked"; }
+  try {
+    const r = await fetch(target + "/avatars");
+    results.read = "read:" + (await r.text());
+  } catch (e) { results.read = "blocked"; }
+  results.ws = await new Promise((resolve) => {
+    const ws = new WebSocket(target.replace("http", "ws") + "/ws");
+    ws.onopen = () => { ws.send(JSON.stringify({type: "start", avatar: "0000000000000000"}));
+                        resolve("open"); };
+    ws.onerror = () => resolve("refused");
+  });
+  results.done = true;
+}
+attack();
+</script>"""
+
+
+def test_another_page_in_the_browser_cannot_drive_the_server(page, tmp_path) -> None:
+    # Two origins on loopback: the server, and a page somewhere else the user visits.
+    from PIL import Image
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    png = tmp_path / "face.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(png)
+    pipe = FakePipeline()
+    with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
+        html = EVIL_PAGE.replace("TARGET", srv.url).replace("PNG", str(list(png.read_bytes())))
+        evil = Starlette(routes=[Route("/", lambda request: HTMLResponse(html))])
+        with BackgroundServer(evil) as elsewhere:
+            page.goto(elsewhere.url + "/")
+            page.wait_for_function("window.results && window.results.done", timeout=30_000)
+            results = page.evaluate("window.results")
+        assert results["custom"] == "blocked" and results["read"] == "blocked"
+        assert results["ws"] == "refused"
+        assert get_json(f"{srv.url}/avatars")["avatars"] == []  # the simple POST got 403
+        assert pipe.registered == [] and pipe.streams == []

@@ -4,10 +4,12 @@ protocol helpers; on a stand-in pipeline that renders instantly (see `_serve_hel
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client as httpclient
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -15,17 +17,21 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from _conformance import skip_missing
+from _hostile_media import png_bomb, truncated
 from _serve_helpers import (
     PORTRAIT,
     FakePipeline,
     get_json,
     http,
     metric_value,
+    upload_bytes,
     wait_idle,
+    wait_until,
 )
 from talkinghead.serve import ServeSettings, create_app
 from talkinghead.serve.background import BackgroundServer
@@ -41,6 +47,7 @@ from talkinghead.serve.protocol import (
     parse_text,
     pipeline_settings,
 )
+from talkinghead.serve.security import CSRF_HEADER
 from talkinghead.serve.sessions import AudioInbox
 
 LIMIT = 256 * 1024
@@ -56,9 +63,9 @@ def fake_server(tmp_path: Path, pipe: FakePipeline | None = None, **settings):
         yield srv
 
 
-def upload(srv, data: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    status, body = http("POST", f"{srv.url}/avatars", data, headers)
-    return status, json.loads(body or b"{}")
+def upload(srv, data: bytes, **kwargs) -> tuple[int, dict]:
+    """`data` as the file of a multipart form (the only way the server takes uploads)."""
+    return upload_bytes(srv.url, data, **kwargs)
 
 
 def small_video(path: Path, frames: int = 6) -> Path:
@@ -91,19 +98,27 @@ def test_uploads_are_checked_by_content_and_size(tmp_path) -> None:
         skip_missing(f"{PORTRAIT}")
     with fake_server(tmp_path) as srv:
         # Not images, whatever they claim to be.
-        assert upload(srv, b"hello, I am a jpeg", {"Content-Type": "image/jpeg"})[0] == 415
+        assert upload(srv, b"hello, I am a jpeg")[0] == 415
         assert upload(srv, b"")[0] == 415
         assert upload(srv, np.random.default_rng(0).bytes(5000))[0] == 415
         # Too large: refused from the declared length, and while reading a chunked body.
         status, reply = upload(srv, b"\0" * (LIMIT + 128 * 1024))
         assert status == 413 and "larger" in reply["detail"]
         conn = httpclient.HTTPConnection(srv.host, srv.port, timeout=30)
-        conn.request("POST", "/avatars", body=iter([b"\0" * 65536] * 8), encode_chunked=True)
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
+        conn.request(
+            "POST",
+            "/avatars",
+            body=iter([head] + [b"\0" * 65536] * 8),
+            headers={"Content-Type": "multipart/form-data; boundary=b", CSRF_HEADER: "test"},
+            encode_chunked=True,
+        )
         assert conn.getresponse().status == 413
         conn.close()
         # A multipart form without a file.
-        status, _ = upload(
-            srv,
+        status, _ = http(
+            "POST",
+            f"{srv.url}/avatars",
             b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
             {"Content-Type": "multipart/form-data; boundary=b"},
         )
@@ -263,7 +278,7 @@ def test_idle_sessions_are_closed(avatar_server) -> None:
         ws.send(b"\0" * 640)
         messages, code = recv_all(ws)
     assert code == CLOSE_IDLE_TIMEOUT
-    wait_idle(srv.url)
+    wait_idle(srv.url)  # no session, and its threads have stopped
     assert srv.pipe.streams[-1].aborted
 
 
@@ -275,6 +290,7 @@ def test_session_limit_and_release(avatar_server) -> None:
             assert json.loads(ws.recv(timeout=10))["type"] == "ready"
         assert get_json(f"{srv.url}/healthz")["sessions"] == 2
         with connect(srv.ws_url) as c:
+            c.send(json.dumps({"type": "start", "avatar": avatar}))  # a slot is taken at start
             _, code = recv_all(c)
         assert code == CLOSE_BUSY
     wait_idle(srv.url)
@@ -414,3 +430,218 @@ def test_audio_inbox_applies_backpressure() -> None:
         "buffered=700",
         "took=700 ended=True",
     ]
+
+
+# ---------------------------------------------------------------------------- resources
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path) -> None:
+    import psutil
+
+    # 17 KB on the wire, 144 Mpx decoded: the byte limit (256 KiB here) lets it through.
+    bomb = png_bomb(tmp_path / "bomb.png", 12000, 12000).read_bytes()
+    process = psutil.Process()  # the server runs in this process
+    with fake_server(tmp_path) as srv:
+        before = process.memory_info().rss
+        status, reply = upload(srv, bomb)
+        assert status == 413 and "12000x12000 pixels" in reply["detail"]
+        assert str(tmp_path) not in reply["detail"]  # no server-side path in the answer
+        # Two at once do not stack either.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            statuses = [f.result()[0] for f in [pool.submit(upload, srv, bomb) for _ in range(2)]]
+        assert statuses == [413, 413]
+        assert process.memory_info().rss - before < 100 * 2**20
+        assert srv.pipe.registered == []  # never reached registration
+        assert get_json(f"{srv.url}/avatars")["avatars"] == []
+
+
+def test_a_truncated_upload_is_refused_as_damaged(tmp_path) -> None:
+    if not PORTRAIT.is_file():
+        skip_missing(f"{PORTRAIT}")
+    cut = truncated(PORTRAIT, 0.8, tmp_path / "cut.jpg").read_bytes()
+    with fake_server(tmp_path, max_upload_bytes=4 * 2**20) as srv:
+        status, reply = upload(srv, cut)
+    assert status == 415 and "truncated or damaged" in reply["detail"]
+
+
+def test_the_pixel_limit_is_a_setting(tmp_path) -> None:
+    with fake_server(tmp_path, max_pixels=64 * 64 - 1) as srv:
+        image = tmp_path / "face.png"
+        Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(image)
+        status, reply = upload(srv, image.read_bytes())
+        assert status == 413 and "64x64 pixels" in reply["detail"]
+
+
+def test_an_upload_is_decoded_once_and_registered_from_its_pixels(tmp_path, monkeypatch) -> None:
+    import talkinghead.media.source as source_module
+
+    decodes: list[Path] = []
+    real_load = source_module.load_source
+
+    def counting_load(path, *args, **kwargs):
+        decodes.append(Path(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(source_module, "load_source", counting_load)
+    image = tmp_path / "face.png"
+    Image.fromarray(np.full((64, 80, 3), 100, np.uint8)).save(image)
+    with fake_server(tmp_path) as srv:
+        status, record = upload(srv, image.read_bytes())
+        assert status == 201 and (record["width"], record["height"]) == (80, 64)
+        assert len(decodes) == 1
+        [given] = srv.pipe.registered
+        assert isinstance(given, np.ndarray) and given.shape == (64, 80, 3)  # not a path
+
+
+def test_uploads_are_registered_one_at_a_time_and_bounded(tmp_path) -> None:
+    pipe = FakePipeline()
+    inside, most, release = [0], [0], threading.Event()
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        release.wait(30)
+        with lock:
+            inside[0] -= 1
+
+    pipe.register_hook = hold
+    images = []
+    for k in range(4):
+        path = tmp_path / f"face{k}.png"
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(path)
+        images.append(path.read_bytes())
+    with (
+        fake_server(tmp_path, pipe, max_pending_uploads=3) as srv,
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+    ):
+        first = [pool.submit(upload, srv, data) for data in images[:3]]
+        wait_until(lambda: inside[0] == 1, 30, "the first registration")
+        state = srv.server.config.app.state.serve
+        wait_until(lambda: state.uploads_pending == 3, 30, "three uploads in progress")
+        status, reply = upload(srv, images[3])  # a fourth is one too many
+        assert status == 503 and "in progress" in reply["detail"]
+        release.set()
+        assert sorted(f.result()[0] for f in first) == [201, 201, 201]
+    assert most[0] == 1  # never two decodes/registrations at once
+
+
+def test_an_ended_session_frees_its_slot_at_once(avatar_server) -> None:
+    # 30 sessions back to back, each starting the moment the last one ended.
+    srv, avatar = avatar_server(max_sessions=1)
+    for _ in range(30):
+        result = stream_audio(srv.ws_url, avatar, np.zeros(640, np.float32))
+        assert len(result.frames) == 1 and result.close_code == 1000
+
+
+class SlowAbortStream:
+    """A stream whose abort takes a while (a renderer finishing its batch)."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def abort(self) -> None:
+        time.sleep(self.delay_s)
+        self.inner.abort()
+
+
+def test_a_dropped_session_frees_its_slot_before_its_threads_end(avatar_server) -> None:
+    pipe = FakePipeline()
+    make_stream = pipe.stream
+    pipe.stream = lambda avatar, **s: SlowAbortStream(make_stream(avatar, **s), delay_s=2.0)
+    srv, avatar = avatar_server(pipe=pipe, max_sessions=1)
+    with connect(srv.ws_url) as ws:
+        ws.send(json.dumps({"type": "start", "avatar": avatar}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        ws.send(b"\0" * 6400)
+    # Gone mid-session: the slot is free as soon as the server hears of it, while the
+    # old session's threads still stop (its abort takes 2 s) ...
+    wait_until(lambda: get_json(f"{srv.url}/healthz")["sessions"] == 0, 10, "the slot")
+    assert get_json(f"{srv.url}/healthz")["draining"] == 1
+    # ... and a new client gets it.
+    with connect(srv.ws_url) as again:
+        again.send(json.dumps({"type": "start", "avatar": avatar}))
+        assert json.loads(again.recv(timeout=10))["type"] == "ready"
+    wait_idle(srv.url)
+    assert all(s.aborted for s in pipe.streams)
+
+
+def test_a_session_has_a_maximum_length(avatar_server) -> None:
+    # A client that only ever pings is never idle; the session still ends.
+    srv, avatar = avatar_server(max_session_s=1.0, idle_timeout_s=30)
+    with connect(srv.ws_url) as ws:
+        ws.send(json.dumps({"type": "start", "avatar": avatar}))
+        ready = json.loads(ws.recv(timeout=10))
+        assert ready["max_session_s"] == 1.0
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(50):
+                ws.send('{"type": "ping"}')
+                time.sleep(0.1)
+        messages, code = recv_all(ws)  # what arrived meanwhile: pongs, then the error
+    replies = [json.loads(m) for m in messages]
+    errors = [r for r in replies if r["type"] == "error"]
+    assert code == CLOSE_IDLE_TIMEOUT and [e["code"] for e in errors] == ["max_duration"]
+    assert {r["type"] for r in replies} == {"pong", "error"} and len(messages) < 50
+    wait_idle(srv.url)
+    metrics = http("GET", f"{srv.url}/metrics")[1].decode()
+    assert metric_value(metrics, 'talkinghead_sessions_total{outcome="max_duration"}') == 1
+
+
+def test_one_large_message_does_not_overfill_the_audio_buffer(avatar_server) -> None:
+    # 8 s of audio in one message, a renderer that needs 20 ms a frame, a 1 s buffer.
+    pipe = FakePipeline(delay_s=0.02)
+    srv, avatar = avatar_server(pipe=pipe, audio_buffer_s=1.0)
+    sessions = srv.server.config.app.state.serve.sessions
+    buffered: list[int] = []
+    with connect(srv.ws_url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "avatar": avatar}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        ws.send(b"\0" * (8 * 32000))
+        ws.send(json.dumps({"type": "end"}))
+        frames = 0
+        while True:
+            message = ws.recv(timeout=30)
+            if isinstance(message, str):
+                break
+            frames += 1
+            live = sessions.sessions()
+            if live and live[0].worker is not None:
+                buffered.append(live[0].worker.inbox.buffered)
+    assert frames == 200 and json.loads(message)["type"] == "end"
+    assert max(buffered) <= 32000 and max(buffered) > 0
+
+
+def test_audio_inbox_never_holds_more_than_its_limit() -> None:
+    async def scenario() -> tuple[list[int], bytes]:
+        loop = asyncio.get_running_loop()
+        inbox = AudioInbox(loop, max_bytes=1000)
+        data = bytes(range(250)) * 20  # 5000 bytes in one message
+        putting = asyncio.create_task(inbox.put(data))
+        seen, out = [], b""
+        while len(out) < len(data):
+            await asyncio.sleep(0.01)
+            seen.append(inbox.buffered)
+            chunk, _ = await asyncio.to_thread(inbox.take, 0.1, 300)
+            out += chunk
+        await asyncio.wait_for(putting, 1)
+        return seen, out
+
+    seen, out = asyncio.run(scenario())
+    assert max(seen) <= 1000 and out == bytes(range(250)) * 20
+
+
+def test_the_server_store_is_removed_at_shutdown(tmp_path) -> None:
+    image = tmp_path / "face.png"
+    Image.fromarray(np.full((32, 32, 3), 50, np.uint8)).save(image)
+    app = create_app(FakePipeline(), ServeSettings())  # no --avatar-dir: all temporary
+    with BackgroundServer(app) as srv:
+        status, record = upload(srv, image.read_bytes())
+        assert status == 201
+        store = app.state.serve.temp_dir
+        assert (store / "avatars" / f"{record['id']}.source").is_file()
+        assert store.stat().st_mode & 0o777 == 0o700
+    assert not store.exists()

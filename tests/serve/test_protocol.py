@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from _serve_helpers import (
     metric_value,
     session_threads,
     speech_16k,
+    upload_bytes,
     wait_idle,
     wait_until,
 )
@@ -103,16 +105,22 @@ def recv_until_closed(ws) -> tuple[list, int | None]:
 
 
 def test_avatar_is_stored_under_a_server_chosen_name(server, avatar_id, tmp_path) -> None:
-    store = server.server.config.app.state.serve.registry.directory
+    state = server.server.config.app.state.serve
+    store = state.registry.directory
     assert sorted(p.name for p in store.iterdir()) == [f"{avatar_id}.source"]
     assert not list(Path(store).parent.glob("evil*"))
+    # The registered avatar (its pixels, features) sits in the server's own 0700 folder,
+    # not in the user's avatar cache.
+    derived = sorted(p.name for p in (state.temp_dir / "derived").iterdir())
+    assert derived == [f"{avatar_id}.avatar"]
+    assert state.temp_dir.stat().st_mode & 0o077 == 0
     listed = get_json(f"{server.url}/avatars")["avatars"]
     assert [a["id"] for a in listed] == [avatar_id]
     status, thumb = http("GET", f"{server.url}/avatars/{avatar_id}/thumbnail")
     assert status == 200 and cv2.imdecode(np.frombuffer(thumb, np.uint8), 1) is not None
-    # The same bytes again (raw body this time): the same avatar, not a new one.
-    status, reply = http("POST", f"{server.url}/avatars", PORTRAIT.read_bytes())
-    assert status == 200 and json.loads(reply)["id"] == avatar_id
+    # The same bytes again: the same avatar, not a new one.
+    status, reply = upload_bytes(server.url, PORTRAIT.read_bytes())
+    assert status == 200 and reply["id"] == avatar_id
 
 
 def test_frames_count_order_and_timestamps(idle, avatar_id) -> None:
@@ -150,6 +158,7 @@ def test_second_session_beyond_the_limit_is_refused_as_busy(idle, avatar_id) -> 
         assert json.loads(first.recv(timeout=30))["type"] == "ready"
         t0 = time.perf_counter()
         with connect(idle.ws_url) as second:
+            second.send(json.dumps({"type": "start", "avatar": avatar_id}))
             messages, code = recv_until_closed(second)
         assert time.perf_counter() - t0 < 5  # refused at once, not queued
         assert code == CLOSE_BUSY
@@ -264,20 +273,26 @@ def test_delete_removes_the_avatar(server, avatar_id) -> None:
     assert http("DELETE", f"{server.url}/avatars/{avatar_id}")[0] == 204
     assert http("GET", f"{server.url}/avatars/{avatar_id}")[0] == 404
     assert get_json(f"{server.url}/avatars")["avatars"] == []
-    store = server.server.config.app.state.serve.registry.directory
-    assert not list(store.iterdir())
+    state = server.server.config.app.state.serve
+    assert not list(state.registry.directory.iterdir())
+    assert not list((state.temp_dir / "derived").iterdir())  # its derived data went with it
 
 
-def test_serve_command_starts_serves_and_stops(release, tmp_path) -> None:
+@contextlib.contextmanager
+def serve_command(release: Path, tmp_path: Path, *options: str, stop=signal.SIGINT):
+    """`talkinghead serve` on a free port, with its own temp and cache folders:
+    (base URL, process, temp folder, cache folder); stopped with `stop` afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [
         sys.executable, "-m", "talkinghead", "serve", "--checkpoints", str(release),
         "--no-download", "--port", str(port), "--avatar", str(PORTRAIT), "--steps", "2",
-        "--max-size", "256", "--max-sessions", "3", "--log-level", "warning",
+        "--max-size", "256", "--log-level", "warning", *options,
     ]  # fmt: skip
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    temp, cache = tmp_path / "tmp", tmp_path / "cache"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "TALKINGHEAD_CACHE": str(cache)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -290,16 +305,67 @@ def test_serve_command_starts_serves_and_stops(release, tmp_path) -> None:
                 return False
 
         wait_until(healthy, 120, "talkinghead serve to answer")
-        health = get_json(f"{url}/healthz")
-        assert health["max_sessions"] == 3 and health["avatars"] == 1
-        [avatar] = get_json(f"{url}/avatars")["avatars"]
-        result = stream_audio(f"ws://127.0.0.1:{port}/ws", avatar["id"], speech_16k(0.04))
-        assert len(result.frames) == 1
+        yield url, proc, temp, cache
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             proc.wait(30)
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_serve_command_starts_serves_and_stops(release, tmp_path) -> None:
+    with serve_command(release, tmp_path, "--max-sessions", "3") as (url, proc, temp, cache):
+        health = get_json(f"{url}/healthz")
+        assert health["max_sessions"] == 3 and health["avatars"] == 1
+        assert health["token_required"] is False
+        [avatar] = get_json(f"{url}/avatars")["avatars"]
+        result = stream_audio(f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/ws", avatar["id"],
+                              speech_16k(0.04))  # fmt: skip
+        assert len(result.frames) == 1
+        assert http("GET", f"{url}/docs")[0] == 404
+        [store] = temp.glob("talkinghead-serve-*")
+        assert list((store / "derived").glob("*.avatar"))  # the registered avatar is here ...
     assert proc.returncode == 0, proc.stdout.read().decode()
+    assert not store.exists()  # ... until shutdown
+    assert not list(cache.rglob("*.avatar"))  # and never in the user's avatar cache
+
+
+def test_serve_command_with_token_cache_and_docs_stops_on_sigterm(release, tmp_path) -> None:
+    token = "tok-" + "x" * 20
+    options = ("--token", token, "--cache", "--docs")
+    with serve_command(release, tmp_path, *options, stop=signal.SIGTERM) as running:
+        url, proc, temp, cache = running
+        assert get_json(f"{url}/healthz")["token_required"] is True
+        assert http("GET", f"{url}/avatars")[0] == 401
+        [avatar] = json.loads(http("GET", f"{url}/avatars", token=token)[1])["avatars"]
+        ws_url = f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/ws"
+        result = stream_audio(ws_url, avatar["id"], speech_16k(0.04), token=token)
+        assert len(result.frames) == 1
+        assert http("GET", f"{url}/docs")[0] == 200
+        [store] = temp.glob("talkinghead-serve-*")
+        assert not list((store / "derived").glob("*.avatar"))  # --cache: in the cache instead
+    assert proc.returncode in (0, 128 + signal.SIGTERM), proc.stdout.read().decode()
+    assert not store.exists()
+    assert len(list((cache / "avatars").glob("*.avatar"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--cors-origins", "app.example.com"), "--cors-origins: 'app.example.com' is not"),
+        (("--token", " "), "--token is empty"),
+        (("--avatar", "."), "is a folder"),
+    ],
+)
+def test_serve_command_refuses_bad_options_before_loading(tmp_path, options, message) -> None:
+    missing = tmp_path / "no-checkpoints"  # loading would fail too: the option must come first
+    proc = subprocess.run(
+        [sys.executable, "-m", "talkinghead", "serve", "--checkpoints", str(missing),
+         "--no-download", *options],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr

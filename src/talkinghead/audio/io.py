@@ -21,6 +21,7 @@ import soundfile
 import soxr
 
 from talkinghead.errors import MediaError
+from talkinghead.media.video import ffmpeg_reason  # FFmpeg's words, no errno number
 
 # What every audio argument accepts: a file, an (array, rate) pair, or a 16 kHz array.
 AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
@@ -78,7 +79,7 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable audio file ({e})") from None
+        raise MediaError(f"{path}: not a readable audio file ({ffmpeg_reason(e)})") from None
     with container:
         if not container.streams.audio:
             raise MediaError(f"{path}: the file has no audio stream")
@@ -96,7 +97,7 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
                 chunks.append(out.to_ndarray())
         except (av.FFmpegError, OSError, ValueError) as e:
             if not chunks:
-                raise MediaError(f"{path}: cannot decode the audio ({e})") from None
+                raise MediaError(f"{path}: cannot decode the audio ({ffmpeg_reason(e)})") from None
     if not chunks:
         return np.zeros((0, 1), np.float32), int(sr or 0)
     channels = min(c.shape[0] for c in chunks)  # a layout change mid-stream is not supported
@@ -136,7 +137,8 @@ def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:
         if not path.exists():
             raise MediaError(f"{path}: file not found")
         if not path.is_file():
-            raise MediaError(f"{path}: not a file")
+            what = "a folder, not an audio file" if path.is_dir() else "not a regular file"
+            raise MediaError(f"{path}: {what}; give a speech file (wav, mp3, ...)")
         if path.stat().st_size == 0:
             raise MediaError(f"{path}: the file is empty")
         decoded = _read_soundfile(path)
@@ -199,7 +201,8 @@ def probe_audio(source: AudioInput) -> float:
     if not path.exists():
         raise MediaError(f"{path}: file not found")
     if not path.is_file():
-        raise MediaError(f"{path}: not a file")
+        what = "a folder, not an audio file" if path.is_dir() else "not a regular file"
+        raise MediaError(f"{path}: {what}; give a speech file (wav, mp3, ...)")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty")
     try:
@@ -217,7 +220,7 @@ def _probe_ffmpeg(path: Path) -> float:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable audio file ({e})") from None
+        raise MediaError(f"{path}: not a readable audio file ({ffmpeg_reason(e)})") from None
     with container:
         if not container.streams.audio:
             raise MediaError(f"{path}: the file has no audio stream")
@@ -231,5 +234,5 @@ def _probe_ffmpeg(path: Path) -> float:
                         return container.duration / av.time_base
                     return frame.samples / frame.sample_rate  # at least this much
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise MediaError(f"{path}: cannot decode the audio ({e})") from None
+            raise MediaError(f"{path}: cannot decode the audio ({ffmpeg_reason(e)})") from None
     raise MediaError(f"{path}: the file contains no audio samples")

@@ -58,6 +58,16 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def check_out_dir(out_dir: Path, videos_dir: Path) -> None:
+    """OUT_DIR is a folder and not VIDEOS_DIR itself (a folder inside it is fine: the video
+    search leaves it out)."""
+    from talkinghead.validation import check_not_an_input
+
+    check_not_an_input(out_dir, {"VIDEOS_DIR": videos_dir}, output_is_folder=False)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TalkingHeadError(f"{out_dir}: OUT_DIR is a file; choose a folder for the data")
+
+
 def _log_to_console() -> None:
     # Warnings of the preparation (a video resampled, one skipped) go to stderr.
     root = logging.getLogger()
@@ -72,7 +82,7 @@ def prepare_data(
     videos_dir: Path = typer.Argument(..., help="Folder of talking videos (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Where the training data goes (resumable)."),
     method: str = typer.Option(
-        "ditto", "--method", help=f"Whose data to prepare: {', '.join(METHODS)}."
+        "ditto", "--method", help=f"Whose data to prepare: {', '.join(n for n, m in METHODS.items() if m.prepare)}."
     ),
     checkpoints: Path | None = typer.Option(
         None, "--checkpoints", help="Release checkpoints directory the method's networks come from."
@@ -94,7 +104,7 @@ def prepare_data(
         help="ditto: MODULE:NAME of a face-crop emotion classifier (default: every frame Neutral).",
     ),
     flip: bool | None = typer.Option(
-        None, "--flip/--no-flip", help="ditto: also store every video mirrored (augmentation)."
+        None, "--flip/--no-flip", help="ditto: also store every video mirrored (the release's augmentation; default on)."
     ),
     option: list[str] = typer.Option(
         None, "--option", help="Other method option as KEY=VALUE (repeatable)."
@@ -106,6 +116,7 @@ def prepare_data(
     prepare = load_prepare_function(method)
     if not videos_dir.is_dir():
         raise TalkingHeadError(f"{videos_dir}: videos directory not found")
+    check_out_dir(out_dir, videos_dir)
     options = parse_options(option)
     given = {
         "face_backend": face_backend,

@@ -10,6 +10,19 @@ from talkinghead.commands.common import err_console
 from talkinghead.errors import TalkingHeadError
 
 
+def check_report_paths(reports: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Each report file (--json, --csv) is a file path, none of the inputs, and not the other
+    report: checked before minutes of scoring, not after."""
+    from talkinghead.validation import check_not_an_input
+
+    given = {flag: path for flag, path in reports.items() if path is not None}
+    for flag, path in given.items():
+        if path.is_dir():
+            raise TalkingHeadError(f"{flag} {path}: is a folder; give a file name for the report")
+        others = {name: p for name, p in given.items() if name != flag}
+        check_not_an_input(path, {**inputs, **others}, output_is_folder=False)
+
+
 def evaluate(
     pred: Path = typer.Option(
         ..., "--pred", help="Generated video, or a directory of them (paired with --ref by name)."
@@ -70,6 +83,10 @@ def evaluate(
         raise TalkingHeadError(str(e)) from None
     if fid_method not in ("sqrtm", "fast"):
         raise TalkingHeadError(f"--fid-method must be sqrtm or fast, got {fid_method!r}")
+    check_report_paths(
+        {"--json": json_out, "--csv": csv_out},
+        {"--pred": pred, "--ref": ref, "--audio": audio, "--source": source},
+    )
 
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("evaluating", total=None)

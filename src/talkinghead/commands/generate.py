@@ -142,6 +142,12 @@ def generate(
     alpha_roll: float = typer.Option(1.0, help="Head roll scale."),
     fade_in: int = typer.Option(0, help="Frames to fade in from the source's own motion."),
     fade_out: int = typer.Option(0, help="Frames to fade out to the source's own motion."),
+    controls: Path | None = typer.Option(
+        None,
+        "--controls",
+        help="Ditto: a control timeline, JSON or YAML (keyframed pose, expression, gaze, "
+        "eyes, emotion, fades; or the release's ctrl_info). See docs/ditto.md.",
+    ),
     crop_scale: float = typer.Option(2.3, help="Face crop scale (larger: more around the face)."),
     crop_vy: float = typer.Option(-0.125, help="Face crop vertical offset."),
     max_size: int = typer.Option(1920, help="Longest side of the source, pixels (>= 64)."),
@@ -160,9 +166,16 @@ def generate(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1... (auto: cuda if available)."),
     fp16: bool = typer.Option(False, help="Half-precision rendering (CUDA)."),
     batch_size: int = typer.Option(4, help="Frames per warp/decode batch."),
+    runtime: str = typer.Option(
+        "torch", help="Ditto renderer runtime: torch, compile, onnx or tensorrt (CUDA)."
+    ),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse registered avatars."),
     resolution: int = typer.Option(256, help="DiffTalk: 256 or 512."),
-    fps: int = typer.Option(25, help="DiT-Head: 25, or 50 with frame interpolation."),
+    fps: int | None = typer.Option(
+        None,
+        help="DiT-Head: 50 (default, the paper's 2x frame interpolation) or 25. "
+        "DiffTalk: 25, or 50 with the same interpolation (default: the source's rate).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(
         False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
@@ -181,8 +194,10 @@ def generate(
         from talkinghead.face import CropConfig
         from talkinghead.methods.ditto import validation as ditto_check
         from talkinghead.methods.ditto.config import DittoConfig
+        from talkinghead.methods.ditto.controls import load_controls
 
         steps = 50 if steps is None else steps  # the CLI's default wins over the release config's
+        timeline = load_controls(controls) if controls is not None else None
         settings = {
             "emotion": _parse_emotion(emotion),
             "delta_pitch": delta_pitch,
@@ -199,9 +214,12 @@ def generate(
             "face_backend": face_backend,
             "fp16": fp16,
             "batch_size": batch_size,
+            "runtime": runtime,
             "cache": cache,
             "blink": blink,
         }
+        if timeline is not None:  # absent: the release config's ctrl_info, if any, applies
+            settings["controls"] = timeline
         run_settings = {**settings, "steps": steps, "seed": seed, "device": device}
         ditto_check.check_ditto_config(DittoConfig().replace(**run_settings))
         checked = check.check_inputs(source, audio, output, max_size=max_size)
@@ -231,8 +249,18 @@ def generate(
     else:
         from talkinghead.face import create_face_analyzer
 
-        options = {"resolution": resolution} if method == "difftalk" else {"fps": fps}
+        if controls is not None:
+            raise SettingsError(f"--controls is a Ditto option; --method {method} has no timeline")
+        if method == "difftalk":
+            options = {"resolution": resolution}
+            if fps is not None:
+                options["fps"] = fps
+        else:
+            options = {"fps": 50 if fps is None else fps}  # the paper's stage 3 by default
         _check_other_options(method, checkpoints, steps, seed, **options)
+        if method == "difftalk" and options.get("fps") == 50:
+            # DiffTalk generates at 25 fps; the other half of the frames are interpolated.
+            options.update(fps=25, interpolation="auto")
         checked = check.check_inputs(source, audio, output, max_size=max_size)
         # Both methods find faces with mediapipe.
         _close(_check_face(create_face_analyzer("mediapipe"), checked.frame, source))

@@ -8,7 +8,12 @@ from pathlib import Path
 import typer
 
 from talkinghead.commands.common import err_console
-from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
+from talkinghead.media.source import DEFAULT_MAX_PIXELS
+
+# WebSocket messages uvicorn accepts: 1 MiB is 33 s of PCM16 16 kHz audio, about the
+# audio buffer of a session (30 s), so one message cannot hold much more than it.
+WS_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def serve(
@@ -25,6 +30,26 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="TALKINGHEAD_TOKEN",
+        help="Require this token (Authorization: Bearer TOKEN, or in the session's start "
+        "message) for everything but the page and /healthz.",
+    ),
+    allowed_host: list[str] = typer.Option(
+        None,
+        "--allowed-host",
+        help="Another name clients reach the server by (the Host header), e.g. behind a "
+        "proxy (repeatable; '*': any).",
+    ),
+    cors_origins: str | None = typer.Option(
+        None,
+        "--cors-origins",
+        help="Comma-separated web origins (https://app.example.com) whose pages may use the "
+        "server, besides its own page.",
+    ),
+    docs: bool = typer.Option(False, "--docs/--no-docs", help="Serve the API docs at /docs."),
     max_sessions: int = typer.Option(
         2, min=1, help="Concurrent streaming sessions; more are refused as busy."
     ),
@@ -47,7 +72,19 @@ def serve(
         "--avatar-dir",
         help="Keep uploaded avatars here across restarts (default: a temporary directory).",
     ),
+    cache: bool = typer.Option(
+        False,
+        "--cache/--no-cache",
+        help="Keep registered avatars in the avatar cache (the user's cache folder, across "
+        "restarts) rather than in the server's temporary folder.",
+    ),
     max_upload_mb: float = typer.Option(20.0, min=0.01, help="Largest avatar upload, MiB."),
+    max_pixels: float = typer.Option(
+        DEFAULT_MAX_PIXELS / 1e6,
+        "--max-pixels",
+        min=0.01,
+        help="Largest decoded avatar picture, megapixels (checked before decoding).",
+    ),
     max_avatars: int = typer.Option(32, min=1, help="Most registered avatars."),
     max_avatar_frames: int = typer.Option(
         50, min=1, help="Frames of a video avatar that are registered."
@@ -56,6 +93,9 @@ def serve(
         30.0,
         min=1,
         help="Seconds a quiet client (before end of speech, nothing pending) keeps a session.",
+    ),
+    max_session: float = typer.Option(
+        900.0, "--max-session", min=1, help="Longest a session may last, seconds."
     ),
     frame_buffer: int = typer.Option(
         25, min=1, help="Frames waiting for a slow client before the oldest are dropped."
@@ -70,12 +110,24 @@ def serve(
     import uvicorn
 
     from talkinghead.serve import ServeSettings, create_app
+    from talkinghead.serve.security import normalise_origin
 
     for path in avatar or []:
+        if path.is_dir():
+            raise MediaError(f"{path}: the avatar is a folder; give a portrait image or a video")
         if not path.is_file():
             raise MediaError(f"{path}: avatar file not found")
     if avatar_dir is not None and avatar_dir.exists() and not avatar_dir.is_dir():
         raise TalkingHeadError(f"{avatar_dir}: not a directory")
+    if token is not None and not token.strip():
+        raise SettingsError("--token is empty; give a long random string, or leave it out")
+    origins = [o.strip() for o in (cors_origins or "").split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*":
+            try:
+                normalise_origin(origin)
+            except ValueError as exc:
+                raise SettingsError(f"--cors-origins: {exc}") from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     def load_pipeline():
@@ -107,15 +159,31 @@ def serve(
         max_avatars=max_avatars,
         max_avatar_frames=max_avatar_frames,
         avatar_dir=avatar_dir,
+        use_cache=cache,
+        max_pixels=round(max_pixels * 1e6),
         preload=tuple(avatar or ()),
         idle_timeout_s=idle_timeout,
+        max_session_s=max_session,
         frame_buffer=frame_buffer,
         jpeg_quality=jpeg_quality,
         max_steps=max_steps,
+        host=host,
+        allowed_hosts=tuple(allowed_host or ()),
+        cors_origins=tuple(origins),
+        token=token,
+        docs=docs,
     )
     app = create_app(pipeline, settings)
-    err_console.print(f"serving on http://{host}:{port}/ (WebSocket: /ws)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=4 * 2**20)
+    # The token goes in the URL's fragment, which browsers never send to a server.
+    page = f"http://{host}:{port}/" + (f"#token={token}" if token else "")
+    err_console.print(f"serving on {page} (WebSocket: /ws)", highlight=False)
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"warning: listening on {host} without --token: anyone who can reach this "
+            "address can use the server",
+            highlight=False,
+        )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=WS_MAX_MESSAGE_BYTES)
 
 
 def stream_client(
@@ -137,6 +205,9 @@ def stream_client(
     emotion: str | None = typer.Option(None, help="Emotion label or 0-7."),
     seed: int | None = typer.Option(None, help="Random seed."),
     steps: int | None = typer.Option(None, min=1, help="DDIM steps (the server caps them)."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="TALKINGHEAD_TOKEN", help="The server's token, if it has one."
+    ),
 ) -> None:
     """Stream AUDIO to a running `talkinghead serve` and save the frames it sends back."""
     import cv2
@@ -146,15 +217,22 @@ def stream_client(
     from talkinghead.media.writer import open_writer
     from talkinghead.serve.client import SessionError, http_base, stream_audio, upload_avatar
 
-    if not audio.is_file():
-        raise MediaError(f"{audio}: audio file not found")
+    if audio.is_dir():
+        raise MediaError(f"{audio}: the audio is a folder; give a speech file (wav, mp3, ...)")
+    from talkinghead.validation import check_input_file, check_not_an_input, check_output
+
+    check_input_file(audio, "audio", "give a speech file (wav, mp3, ...)")
     if (avatar is None) == (source is None):
         raise TalkingHeadError("give either --avatar ID or --source FILE")
+    if source is not None:
+        check_input_file(source, "source", "give a portrait image or a video")
+    check_not_an_input(output, {"--audio": audio, "--source": source})
+    check_output(output)  # before the upload and the session, not after them
     try:
         if source is not None:
-            if not source.is_file():
-                raise MediaError(f"{source}: source file not found")
-            avatar = upload_avatar(http_base(url), source)["id"]
+            if source.is_dir():
+                raise MediaError(f"{source}: the source is a folder; give a portrait or a video")
+            avatar = upload_avatar(http_base(url), source, token=token)["id"]
             err_console.print(f"avatar {avatar}", highlight=False)
         pcm = load_audio(audio, 16000)
         controls: dict = {"lossless": True}
@@ -180,6 +258,7 @@ def stream_client(
                 realtime=realtime,
                 on_frame=on_frame,
                 keep_frames=False,
+                token=token,
             )
             path = writer.close()
         except BaseException:

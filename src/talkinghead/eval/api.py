@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -149,31 +150,30 @@ class EvaluationResult:
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """JSON (non-finite numbers as JSON5/Python's Infinity/NaN, which json.load reads)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        from talkinghead.filemode import write_text_atomically
+
+        return write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def write_csv(self, path: str | os.PathLike[str]) -> Path:
         """One row per video and a final ``mean`` row (set-level metrics only there)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["video", "pred", "ref", "frames", *self.columns])
-            for r in self.rows:
-                w.writerow(
-                    [
-                        r.name,
-                        r.pred,
-                        r.ref,
-                        r.frames,
-                        *(_csv(r.scores.get(c)) for c in self.columns),
-                    ]
-                )
-            total = sum(r.frames for r in self.rows)
-            w.writerow(["mean", "", "", total, *(_csv(self.mean.get(c)) for c in self.columns)])
-        return path
+        from talkinghead.filemode import write_text_atomically
+
+        f = io.StringIO()  # the table is small; published whole or not at all
+        w = csv.writer(f)
+        w.writerow(["video", "pred", "ref", "frames", *self.columns])
+        for r in self.rows:
+            w.writerow(
+                [
+                    r.name,
+                    r.pred,
+                    r.ref,
+                    r.frames,
+                    *(_csv(r.scores.get(c)) for c in self.columns),
+                ]
+            )
+        total = sum(r.frames for r in self.rows)
+        w.writerow(["mean", "", "", total, *(_csv(self.mean.get(c)) for c in self.columns)])
+        return write_text_atomically(path, f.getvalue())
 
     def table(self, title: str | None = "talkinghead evaluate"):
         """A rich Table: a row per video, then the mean."""

@@ -6,9 +6,16 @@ in the corners. It is warped into the frame with the same bilinear M_c2o as the
 crop, and the result is ``mask * crop + (1 - mask) * frame``.
 
 Only the frame's region under the warped crop is touched, so the cost follows
-the face's size, not the frame's. The release truncates the blend to uint8; we
-round to nearest (pasting an unmodified crop back then leaves it unbiased).
-A float render is rounded to uint8 before the warp.
+the face's size, not the frame's. The release warps over the whole frame with
+``cv2.warpAffine``, which quantises each source coordinate to 1/32 pixel in fixed
+point; warping just the region (a shifted translation) rounds differently and
+moves high-contrast edges by up to 8 grey levels. So the region's sample
+positions are computed here exactly as the whole-frame warp computes them
+(`warp_coordinates`) and resampled with ``cv2.remap`` (CPU) or in torch
+(`talkinghead.face.device_paste`): both match the release's paste-back within
+one grey level. The release truncates the blend to uint8; we round to nearest
+(pasting an unmodified crop back then leaves it unbiased). A float render is
+rounded to uint8 before the warp; the warp and the blend run in float32.
 """
 
 from __future__ import annotations
@@ -49,6 +56,45 @@ def _region(M_c2o: np.ndarray, crop_hw: tuple[int, int], frame_hw: tuple[int, in
     return x0, y0, x1, y1
 
 
+# cv2.warpAffine's fixed point (imgproc/src/imgwarp.cpp): coordinates in 1/1024 (AB_BITS),
+# rounded to 1/32 pixel (INTER_BITS) for the bilinear table.
+_AB_BITS, _INTER_BITS = 10, 5
+_INTER_TAB = 1 << _INTER_BITS
+
+
+def _inverse_affine(M_c2o: np.ndarray) -> np.ndarray:
+    """frame -> crop, in the operation order of warpAffine's own inversion (float64)."""
+    m = np.asarray(M_c2o, np.float64)[:2].reshape(6).copy()
+    det = m[0] * m[4] - m[1] * m[3]
+    det = 1.0 / det if det != 0 else 0.0
+    a11, a22 = m[4] * det, m[0] * det
+    m[0], m[1], m[3], m[4] = a11, m[1] * -det, m[3] * -det, a22
+    b1 = -m[0] * m[2] - m[1] * m[5]
+    b2 = -m[3] * m[2] - m[4] * m[5]
+    m[2], m[5] = b1, b2
+    return m
+
+
+def warp_coordinates(
+    M_c2o: np.ndarray, region: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where ``cv2.warpAffine(crop, M_c2o, frame_size, INTER_LINEAR)`` samples the crop for
+    each frame pixel of `region` (x0, y0, x1, y1): integer pixel (ix, iy) and 1/32-pixel
+    fractions (fx, fy), each int64 [y1 - y0, x1 - x0], bit-exactly as the whole-frame warp."""
+    m = _inverse_affine(M_c2o)
+    x0, y0, x1, y1 = region
+    xs = np.arange(x0, x1, dtype=np.float64)
+    ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+    scale = 1 << _AB_BITS
+    round_delta = scale // _INTER_TAB // 2
+    # saturate_cast<int>(double) rounds half to even, as np.rint.
+    X = np.rint((m[1] * ys + m[2]) * scale).astype(np.int64) + round_delta
+    Y = np.rint((m[4] * ys + m[5]) * scale).astype(np.int64) + round_delta
+    X = (X + np.rint(m[0] * xs * scale).astype(np.int64)) >> (_AB_BITS - _INTER_BITS)
+    Y = (Y + np.rint(m[3] * xs * scale).astype(np.int64)) >> (_AB_BITS - _INTER_BITS)
+    return X >> _INTER_BITS, Y >> _INTER_BITS, X & (_INTER_TAB - 1), Y & (_INTER_TAB - 1)
+
+
 class PasteBack:
     """Pastes rendered crops back into frames.
 
@@ -73,16 +119,21 @@ class PasteBack:
         key = (M_c2o.tobytes(), crop_hw, frame_hw)
         if key != self._key:
             x0, y0, x1, y1 = _region(M_c2o, crop_hw, frame_hw)
-            M = M_c2o[:2].copy()
-            M[:, 2] -= (x0, y0)  # warp straight into the region
             if x1 > x0 and y1 > y0:
-                mask = cv2.warpAffine(
-                    self.mask(*crop_hw), M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR
+                ix, iy, fx, fy = warp_coordinates(M_c2o, (x0, y0, x1, y1))
+                # remap's fixed-point maps: what warpAffine builds internally, so the region
+                # gets exactly the whole-frame warp's samples.
+                limit = np.iinfo(np.int16)
+                xy = np.stack([ix, iy], -1).clip(limit.min, limit.max).astype(np.int16)
+                tab = (fy * _INTER_TAB + fx).astype(np.uint16)
+                mask = cv2.remap(
+                    self.mask(*crop_hw), xy, tab, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
                 )
                 mask = np.clip(mask, 0, 1)
             else:
+                xy = tab = None
                 mask = np.zeros((0, 0), np.float32)
-            self._key, self._cached = key, ((x0, y0, x1, y1), M, mask, 1 - mask)
+            self._key, self._cached = key, ((x0, y0, x1, y1), (xy, tab), mask, 1 - mask)
         return self._cached
 
     def __call__(self, frame: np.ndarray, crop: np.ndarray, M_c2o: np.ndarray) -> np.ndarray:
@@ -91,16 +142,21 @@ class PasteBack:
         if frame.ndim != 3 or crop.ndim != 3 or frame.shape[2] != crop.shape[2]:
             raise ValueError(f"frame {frame.shape} and crop {crop.shape} must be [H, W, C] alike")
         M_c2o = np.asarray(M_c2o, dtype=np.float64)
-        (x0, y0, x1, y1), M, mask, inv_mask = self._prepare(M_c2o, crop.shape[:2], frame.shape[:2])
+        (x0, y0, x1, y1), (xy, tab), mask, inv_mask = self._prepare(
+            M_c2o, crop.shape[:2], frame.shape[:2]
+        )
         out = np.array(frame, dtype=np.uint8, copy=True)
         if mask.size == 0:
             return out
         if crop.dtype != np.uint8:  # a float render in [0, 255]
             crop = np.clip(np.asarray(crop, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
-        warped = cv2.warpAffine(crop, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
-        region = np.ascontiguousarray(out[y0:y1, x0:x1])
-        # weights sum to 1; rounds to nearest and saturates
-        out[y0:y1, x0:x1] = cv2.blendLinear(warped, region, mask, inv_mask)
+        # float32 warp as the release (a uint8 warp rounds once more)
+        warped = cv2.remap(
+            crop.astype(np.float32), xy, tab, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        region = out[y0:y1, x0:x1].astype(np.float32)
+        blended = cv2.blendLinear(warped, region, mask, inv_mask)
+        out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)  # round to nearest
         return out
 
 

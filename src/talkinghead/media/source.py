@@ -6,6 +6,12 @@ Frames larger than `max_side` are scaled down and both sides are made even, foll
 the release's rule (scale the longest side to `max_side`, round the other, then floor
 both to a multiple of 2) so that video encoders that need even sizes accept the output.
 
+Broken files are refused, never patched up: a truncated or damaged image (Pillow
+says so) is not handed to FFmpeg, whose decoders would fill the missing part in, and
+videos are decoded strictly (`VideoReader(strict=True)`). A picture of more than
+`max_pixels` is refused from its header, before any pixel is decoded (a small
+compressed file can hold a huge image), whichever decoder reads it.
+
 `source_media` also takes in-memory sources under the same rules: a PIL image, an
 HxWx3 (or HxW grey) array, uint8 or float in [0, 1], or a video as an [F, H, W, 3]
 array or a list of such frames (or PIL images).
@@ -14,6 +20,7 @@ array or a list of such frames (or PIL images).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +28,27 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from talkinghead.errors import MediaError
 from talkinghead.media.video import VideoReader
+
+# Decoded pixels a source may have: 100 Mpx, three times 8K UHD (7680x4320, 33 Mpx).
+# Decoding one costs about 3 bytes a pixel, several times over while it is converted.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class PixelLimitError(MediaError):
+    """A source picture has more pixels than the decoding limit (checked from its header)."""
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    """Raise `PixelLimitError` when a `width` x `height` picture exceeds `max_pixels`."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise PixelLimitError(
+            f"{path}: the picture is {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), "
+            f"more than the limit of {max_pixels / 1e6:g} Mpx; shrink it first"
+        )
 
 
 @dataclass
@@ -45,14 +69,21 @@ class SourceMedia:
 
 def target_size(h: int, w: int, max_side: int | None = 1920) -> tuple[int, int]:
     """The release's output size: longest side <= max_side (other side rounded), both even."""
-    if max_side is not None and max_side > 0 and max(h, w) > max_side:
+    original = (h, w)
+    scaled = max_side is not None and max_side > 0 and max(h, w) > max_side
+    if scaled:
         if h > w:
             h, w = max_side, round(w * max_side / h)
         else:
             h, w = round(h * max_side / w), max_side
     h, w = h - h % 2, w - w % 2
     if h < 2 or w < 2:
-        raise ValueError(f"a {h}x{w} frame is too small")
+        # The size the user knows (width x height), not the one after rounding.
+        oh, ow = original
+        how = f" to fit {max_side} pixels" if scaled else ""
+        raise ValueError(
+            f"the picture is {ow}x{oh} pixels, too small{how}: a source needs at least 2x2"
+        )
     return h, w
 
 
@@ -87,50 +118,111 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    """The first frame as RGB uint8 if Pillow can decode the file, else None."""
+# Pillow's words when it lacks a codec for a format it recognises (FFmpeg may have one);
+# any other failure to load a recognised image means the file itself is broken.
+_MISSING_CODEC = ("not available", "not supported", "unsupported")
+
+
+class _PillowRefused(Exception):
+    """Internal: Pillow recognised the format but could not open it (the reason)."""
+
+
+def _read_image(path: Path, max_pixels: int | None) -> np.ndarray | None:
+    """The first frame as RGB uint8 if Pillow can decode the file, None if the format is
+    not Pillow's (or Pillow lacks its codec). A truncated or damaged image, or one over
+    `max_pixels`, is a `MediaError`: FFmpeg must not get the chance to fill it in."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb_uint8(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            # Our own limit, checked below, replaces Pillow's warning at 89 Mpx.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError:
+        # Pillow refuses over 179 Mpx before we see the size.
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise PixelLimitError(
+            f"{path}: the picture has more than {limit / 1e6:.0f} Mpx, more than the limit "
+            f"of {(max_pixels or limit) / 1e6:g} Mpx; shrink it first"
+        ) from None
+    except UnidentifiedImageError:
         return None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _PillowRefused(str(e)) from None  # a format Pillow knows, broken
+    with im:
+        check_pixels(path, im.width, im.height, max_pixels)
+        try:
+            im.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            if any(words in str(e) for words in _MISSING_CODEC):
+                return None
+            raise MediaError(
+                f"{path}: the image is truncated or damaged ({e}); re-export or re-download it"
+            ) from None
+        return _to_rgb_uint8(ImageOps.exif_transpose(im))
 
 
 def _read_video(
-    path: Path, max_side: int | None, max_frames: int | None
+    path: Path, max_side: int | None, max_frames: int | None, max_pixels: int | None
 ) -> tuple[list[np.ndarray], float | None, bool]:
-    """(frames, fps, is_still_image) decoded with PyAV; raises MediaError."""
-    reader = VideoReader(path, kind="image or video")
-    frames = list(reader.frames(fit=True, max_side=max_side, max_frames=max_frames))
-    return frames, reader.fps, reader.is_still
+    """(frames, fps, is_still_image) decoded strictly with PyAV; raises MediaError."""
+    reader = VideoReader(path, kind="image or video", max_pixels=max_pixels)
+    try:
+        check_pixels(path, reader.width, reader.height, max_pixels)
+    except PixelLimitError:
+        reader.close()
+        raise
+    frames = reader.frames(fit=True, max_side=max_side, max_frames=max_frames, strict=True)
+    return list(frames), reader.fps, reader.is_still
 
 
 def load_source(
-    path: str | Path, max_side: int | None = 1920, max_frames: int | None = None
+    path: str | Path,
+    max_side: int | None = 1920,
+    max_frames: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> SourceMedia:
     """Decode a source image or video.
 
     max_side:   longest side after resizing (None or <= 0: no limit); sides are always even.
     max_frames: decode at most this many video frames (None: all; every frame is kept
                 in memory, so cap long videos).
+    max_pixels: refuse a picture (or video frame) of more pixels, from its header, before
+                decoding (`PixelLimitError`; None: no limit).
     """
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder; give an image or a video file")
     if not path.is_file():
-        raise MediaError(f"{path}: not a file")
+        raise MediaError(f"{path}: not a regular file; give an image or a video file")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
 
     try:
-        rgb = _read_image(path)
+        try:
+            rgb = _read_image(path, max_pixels)
+        except _PillowRefused as refused:
+            rgb, pillow_error = None, str(refused)
+        else:
+            pillow_error = None
         if rgb is not None:
             return SourceMedia([fit_frame(rgb, max_side)], is_image=True, fps=None, path=path)
-        frames, fps, still = _read_video(path, max_side, max_frames)
+        try:
+            frames, fps, still = _read_video(path, max_side, max_frames, max_pixels)
+        except PixelLimitError:
+            raise
+        except MediaError:
+            if pillow_error is None:
+                raise
+            # Pillow knew the format and FFmpeg could not read it either: Pillow's reason.
+            raise MediaError(
+                f"{path}: the image is truncated or damaged ({pillow_error}); re-export or "
+                "re-download it"
+            ) from None
     except ValueError as e:  # a degenerate size from target_size
         raise MediaError(f"{path}: {e}") from None
     return SourceMedia(frames, is_image=still, fps=fps, path=path)
@@ -165,14 +257,16 @@ def source_media(
     max_side: int | None = 1920,
     max_frames: int | None = None,
     fps: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> SourceMedia:
     """`load_source` for a file; in-memory sources are converted under the same rules.
 
     A PIL image, an HxWx3 / HxW array, a one-frame list and an [1, H, W, 3] array are
     images; more frames are a video (`fps` is recorded, not used for timing).
+    `max_pixels` applies to files (in-memory pictures are decoded already).
     """
     if isinstance(source, (str, os.PathLike)):
-        return load_source(source, max_side=max_side, max_frames=max_frames)
+        return load_source(source, max_side=max_side, max_frames=max_frames, max_pixels=max_pixels)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     if isinstance(source, Image.Image) or (isinstance(source, np.ndarray) and source.ndim <= 3):

@@ -27,11 +27,13 @@ so there the audio may run up to one AAC frame (1024 samples) longer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +50,9 @@ VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"
 VIDEO_SUFFIXES = frozenset(VIDEO_FORMATS)
 # libx264 first (PyAV's wheels bundle it); the others are what other ffmpeg builds may offer.
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_mf")
+# Tried first when the ffmpeg build has them and they open here (NVENC needs an NVIDIA GPU
+# and driver): encoding then costs the CPU next to nothing.
+HARDWARE_H264_ENCODERS = ("h264_nvenc",)
 AAC_SAMPLE_RATES = frozenset(
     (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 )
@@ -162,9 +167,31 @@ def _as_mono_audio(audio: Audio) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(samples), rate
 
 
-def _pick_h264_encoder() -> str:
+@functools.cache
+def hardware_encoder_works(name: str) -> bool:
+    """Whether `name` is in PyAV's ffmpeg build and opens here (probed once, on a tiny frame)."""
     import av
 
+    if name not in av.codecs_available:
+        return False
+    try:
+        ctx = av.codec.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.open()
+        ctx.close()
+    except Exception:  # no device, no driver, or a build without it: x264 then
+        return False
+    return True
+
+
+def _pick_h264_encoder(hardware: bool = True) -> str:
+    import av
+
+    if hardware:
+        for name in HARDWARE_H264_ENCODERS:
+            if hardware_encoder_works(name):
+                return name
     for name in H264_ENCODERS:
         if name in av.codecs_available:
             return name
@@ -219,8 +246,12 @@ class VideoWriter(FrameWriter):
         *,
         preset: str = "medium",
         audio_bitrate: int = 128_000,
+        hardware: bool = True,
     ) -> None:
         super().__init__()
+        self.hardware = hardware  # NVENC when it works here (`HARDWARE_H264_ENCODERS`)
+        self.encoder: str | None = None  # the encoder chosen, once the first frame arrives
+        self.encode_seconds = 0.0  # wall time spent converting and encoding frames
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_FORMATS:
@@ -260,7 +291,8 @@ class VideoWriter(FrameWriter):
             self._discard_tmp()
             raise MediaError(f"{self.path}: cannot create the video ({e})") from e
 
-        encoder = _pick_h264_encoder()
+        encoder = _pick_h264_encoder(self.hardware)
+        self.encoder = encoder
         video = self._container.add_stream(encoder, rate=self.fps)
         video.width, video.height = padded[1], padded[0]
         video.pix_fmt = self.pix_fmt
@@ -269,6 +301,9 @@ class VideoWriter(FrameWriter):
         ctx.time_base = 1 / self.fps
         if encoder == "libx264":
             ctx.options = {"crf": str(self.crf), "preset": self.preset}
+        elif encoder == "h264_nvenc":
+            # Constant quality, NVENC's counterpart of crf.
+            ctx.options = {"rc": "vbr", "cq": str(self.crf), "preset": "p4", "b": "0"}
         else:
             # Rough crf-18-like quality for encoders without crf.
             ctx.bit_rate = int(padded[0] * padded[1] * float(self.fps) * 0.2)
@@ -302,6 +337,7 @@ class VideoWriter(FrameWriter):
 
         if self._container is None:
             self._open(*frame.shape[:2])
+        began = time.perf_counter()
         height, width = frame.shape[:2]
         ph, pw = self._padded_size
         if (ph, pw) != (height, width):
@@ -314,6 +350,7 @@ class VideoWriter(FrameWriter):
         # Not the stream's time base: the muxer changes that when it writes the header.
         yuv.time_base = 1 / self.fps
         self._mux(self._video.encode(yuv))
+        self.encode_seconds += time.perf_counter() - began
         # Keep the audio level with the video so the muxer can interleave as it goes.
         self._encode_audio_until(self.frames_written + 1)
 

@@ -18,7 +18,7 @@ How it interpolates the middle frame of (I0, I1), images in [0, 1]:
 ``block_tea`` (the privileged "teacher" block used only in training) is kept so
 that the published state dict loads; inference never runs it. Inputs must be
 multiples of 32 pixels (`RIFE.interpolate` pads). The published model was trained
-on frames in OpenCV's BGR order; `talkinghead.methods.dithead.interpolation`
+on frames in OpenCV's BGR order; `talkinghead.frames.interpolation`
 feeds it that way.
 """
 

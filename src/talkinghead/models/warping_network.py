@@ -99,7 +99,13 @@ class DenseMotionNetwork(nn.Module):
         (feature, kp_driving, kp_source), so call it by keyword when porting code.
         """
         bs, _, d, h, w = feature.shape
-        feature = F.relu(self.norm(self.compress(feature)), inplace=True)
+        if bs > 1 and feature.stride(0) == 0:
+            # One source volume broadcast over the batch (an image source): compress it once
+            # and keep it broadcast, instead of copying the volume per frame.
+            feature = F.relu(self.norm(self.compress(feature[:1])), inplace=True)
+            feature = feature.expand(bs, -1, -1, -1, -1)
+        else:
+            feature = F.relu(self.norm(self.compress(feature)), inplace=True)
         motions = self.sparse_motions((d, h, w), kp_source, kp_driving)
 
         # Sample the compressed volume once per flow. Stacking the K + 1 grids along the

@@ -2,9 +2,15 @@
 
     create_app(pipeline_or_factory, ServeSettings(...)) -> FastAPI
 
-`pipeline_or_factory` is a loaded pipeline (anything with `register(path,
+`pipeline_or_factory` is a loaded pipeline (anything with `register(frames,
 max_frames=...)` and `stream(avatar, **settings)`, e.g. `DittoPipeline`) or a
 callable returning one, called once at startup in a worker thread.
+
+Access is checked by `serve.security` (Host, Origin, the CSRF header, the optional
+token) before a request reaches a route. What the server stores lives in its own
+temporary folder (0700), removed at shutdown: uploads (unless `avatar_dir`) and the
+registered avatars derived from them (unless `use_cache`: then the pipeline's avatar
+cache).
 """
 
 from __future__ import annotations
@@ -25,14 +31,23 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from talkinghead.errors import TalkingHeadError
+from talkinghead.media.source import DEFAULT_MAX_PIXELS
 from talkinghead.serve import protocol
 from talkinghead.serve.avatars import AvatarRegistry, UploadError
 from talkinghead.serve.metrics import ServeMetrics
 from talkinghead.serve.protocol import ProtocolError
+from talkinghead.serve.security import (
+    CSRF_HEADER,
+    AccessGuard,
+    AccessPolicy,
+    websocket_authenticated,
+)
 from talkinghead.serve.sessions import (
     EndItem,
     ErrorItem,
@@ -58,9 +73,17 @@ class ServeSettings:
     max_avatars: int = 32
     max_avatar_frames: int = 50  # frames of a video avatar that are registered
     max_loaded_avatars: int = 4
-    avatar_dir: Path | None = None  # None: a temporary directory, removed at shutdown
+    # Decoded pixels of an upload, checked from its header before decoding.
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    # Uploads being received or waiting for their turn to be decoded (one at a time).
+    max_pending_uploads: int = 4
+    avatar_dir: Path | None = None  # None: the server's temporary folder, removed at shutdown
+    # Registered avatars in the pipeline's avatar cache (the user's cache folder, kept
+    # across restarts) instead of the server's temporary folder.
+    use_cache: bool = False
     preload: Sequence[Path] = ()  # operator-provided sources registered at startup
     idle_timeout_s: float = 30.0  # no client message for this long (before "end") closes
+    max_session_s: float = 900.0  # a session ends after this long, whatever it does
     max_session_audio_s: float = 600.0
     # Clients keep the audio they have sent at most this far ahead of the newest frame
     # they received (announced in "ready"), so the server never has to stop reading.
@@ -72,6 +95,13 @@ class ServeSettings:
     jpeg_quality: int = 80
     max_steps: int = 50
     default_controls: dict[str, Any] = field(default_factory=dict)
+    # Access (see `serve.security`): the address the server is bound to and other names
+    # it answers to (the Host check), web origins besides its own, an optional token.
+    host: str = "127.0.0.1"
+    allowed_hosts: Sequence[str] = ()
+    cors_origins: Sequence[str] = ()
+    token: str | None = None
+    docs: bool = False  # the API docs at /docs and /openapi.json
 
 
 @dataclass
@@ -82,6 +112,7 @@ class _State:
     pipeline: Any = None
     registry: AvatarRegistry | None = None
     temp_dir: Path | None = None
+    uploads_pending: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -90,8 +121,12 @@ class _TooLarge(Exception):
 
 
 def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None = None) -> FastAPI:
+    """The server's app; ValueError for settings that cannot work (e.g. a malformed origin)."""
     settings = settings or ServeSettings()
     protocol.check_controls(settings.default_controls, settings.max_steps)
+    policy = AccessPolicy.create(
+        settings.host, settings.allowed_hosts, settings.cors_origins, settings.token
+    )
     metrics = ServeMetrics()
     state = _State(settings, metrics, SessionManager(settings.max_sessions))
     metrics.sessions_max.set(settings.max_sessions)
@@ -105,32 +140,53 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             state.pipeline = await asyncio.to_thread(pipeline)
         else:
             state.pipeline = pipeline
-        directory = settings.avatar_dir
-        if directory is None:
-            state.temp_dir = directory = Path(tempfile.mkdtemp(prefix="talkinghead-avatars-"))
-        state.registry = AvatarRegistry(
-            state.pipeline,
-            directory,
-            max_avatars=settings.max_avatars,
-            max_frames=settings.max_avatar_frames,
-            max_loaded=settings.max_loaded_avatars,
-        )
-        registry = state.registry
-        registry.cleanup_uploads()
-        if settings.avatar_dir is not None:
-            n = await asyncio.to_thread(registry.load_existing)
-            log.info("%d stored avatar(s) registered", n)
-        for path in settings.preload:
-            record = await asyncio.to_thread(registry.add_local, Path(path))
-            log.info("avatar %s: %s", record.id, path)
+        # The server's own store (mkdtemp: 0700, only this user): uploads without
+        # --avatar-dir, and the avatars registered from them. Gone at shutdown.
+        state.temp_dir = Path(tempfile.mkdtemp(prefix="talkinghead-serve-"))
         try:
+            state.registry = AvatarRegistry(
+                state.pipeline,
+                settings.avatar_dir or state.temp_dir / "avatars",
+                derived_dir=state.temp_dir / "derived",
+                use_pipeline_cache=settings.use_cache,
+                max_avatars=settings.max_avatars,
+                max_frames=settings.max_avatar_frames,
+                max_loaded=settings.max_loaded_avatars,
+                max_pixels=settings.max_pixels,
+            )
+            registry = state.registry
+            registry.cleanup_uploads()
+            if settings.avatar_dir is not None:
+                n = await asyncio.to_thread(registry.load_existing)
+                log.info("%d stored avatar(s) registered", n)
+            for path in settings.preload:
+                record = await asyncio.to_thread(registry.add_local, Path(path))
+                log.info("avatar %s: %s", record.id, path)
             yield
         finally:
             await state.sessions.stop_all()
-            if state.temp_dir is not None:
-                shutil.rmtree(state.temp_dir, ignore_errors=True)
+            shutil.rmtree(state.temp_dir, ignore_errors=True)
 
-    app = FastAPI(title="talkinghead", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # Outermost first: the Host check, then CORS (answers preflights), then the rest.
+    middleware = [Middleware(AccessGuard, policy=policy, stage="host")]
+    if policy.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(policy.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", CSRF_HEADER],
+            )
+        )
+    middleware.append(Middleware(AccessGuard, policy=policy, stage="request"))
+    app = FastAPI(
+        title="talkinghead",
+        lifespan=lifespan,
+        middleware=middleware,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs else None,
+    )
     app.state.serve = state
 
     # ------------------------------------------------------------------ pages and status
@@ -147,8 +203,10 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             "status": "ok",
             "sessions": state.sessions.active,
             "max_sessions": settings.max_sessions,
+            "draining": state.sessions.draining,  # ended sessions whose threads still stop
             "avatars": len(state.registry) if state.registry else 0,
             "uptime_s": round(time.time() - state.started, 1),
+            "token_required": settings.token is not None,
         }
 
     @app.get("/metrics", include_in_schema=False)
@@ -163,12 +221,25 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
 
     @app.post("/avatars", status_code=201)
     async def upload_avatar(request: Request) -> JSONResponse:
-        """An image or short video: the raw request body, or the "file" field of a form."""
+        """An image or short video: the "file" field of a multipart/form-data form."""
         registry = _registry()
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return _upload_refused(
+                415,
+                'send the file as multipart/form-data in a "file" field '
+                f"(curl -F file=@face.jpg -H '{CSRF_HEADER}: curl' ...)",
+            )
         limit = settings.max_upload_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + MULTIPART_SLACK:
             return _upload_refused(413, f"the upload is larger than {limit} bytes")
+        if state.uploads_pending >= settings.max_pending_uploads:
+            response = _upload_refused(
+                503, f"{state.uploads_pending} uploads are in progress; try again shortly"
+            )
+            response.headers["Retry-After"] = "5"
+            return response
+        state.uploads_pending += 1
         tmp = registry.new_upload_file()
         try:
             try:
@@ -184,6 +255,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             except UploadError as exc:
                 return _upload_refused(exc.status, str(exc))
         finally:
+            state.uploads_pending -= 1
             tmp.unlink(missing_ok=True)
         metrics.uploads.labels(str(201 if created else 200)).inc()
         return JSONResponse(record.public(), status_code=201 if created else 200)
@@ -222,51 +294,61 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
     @app.websocket("/ws")
     async def session(ws: WebSocket) -> None:
         await ws.accept()
-        info = state.sessions.try_open()
-        if info is None:
-            metrics.sessions.labels("busy").inc()
-            await _close_with_error(
-                ws,
-                ProtocolError(
-                    f"busy: all {settings.max_sessions} sessions are in use; try again later",
-                    "busy",
-                ),
-            )
-            return
+        deadline = time.monotonic() + settings.max_session_s
+        holder: list[SessionInfo] = []  # the session, once it holds a slot
         outcome = "completed"
         try:
-            await _run_session(ws, info)
+            await _run_session(ws, holder, deadline)
         except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
             outcome = "disconnected"
         except ProtocolError as exc:
             outcome = exc.code
+            _release(holder)  # the slot is free before the client hears the session ended
             await _close_with_error(ws, exc)
         except Exception:
             outcome = "internal_error"
-            log.exception("session %s failed", info.id)
+            log.exception("session %s failed", holder[0].id if holder else "(not started)")
+            _release(holder)
             await _close_with_error(
                 ws, ProtocolError("internal error (see the server's log)", "internal_error")
             )
         finally:
-            if info.worker is not None:
-                await info.worker.shutdown()
-            state.sessions.release(info)
+            if holder:
+                await state.sessions.finish(holder[0])  # releases, then joins its threads
+                log.info("session %s: %s, %s", holder[0].id, outcome, holder[0].summary())
             metrics.sessions.labels(outcome).inc()
-            log.info("session %s: %s, %s", info.id, outcome, info.summary())
 
-    async def _run_session(ws: WebSocket, info: SessionInfo) -> None:
-        start = await _receive(ws, timeout=settings.idle_timeout_s)
+    def _release(holder: list[SessionInfo]) -> None:
+        if holder:
+            state.sessions.release(holder[0])
+
+    async def _run_session(ws: WebSocket, holder: list[SessionInfo], deadline: float) -> None:
+        # The slot is taken only for a valid (and authorised) start: a client that
+        # connects and says nothing holds a socket, not a session.
+        start = await _receive(ws, timeout=min(settings.idle_timeout_s, _left(deadline)))
         if "text" not in start or start["text"] is None:
             raise ProtocolError('the first message must be {"type": "start", ...} as text')
         msg = protocol.parse_text(start["text"], settings.max_steps)
         if not isinstance(msg, protocol.Start):
             raise ProtocolError('the first message must be {"type": "start", ...}')
+        if not websocket_authenticated(ws.scope) and not policy.token_matches(msg.token):
+            raise ProtocolError(
+                'this server needs a token: send it in "start" ("token") or as '
+                "Authorization: Bearer TOKEN",
+                "unauthorized",
+            )
         controls = {**settings.default_controls, **msg.controls}
         registry = _registry()
         if registry.get(msg.avatar) is None:
             raise ProtocolError(
                 f"no avatar {msg.avatar!r}; upload one with POST /avatars", "not_found"
             )
+        info = state.sessions.try_open()
+        if info is None:
+            raise ProtocolError(
+                f"busy: all {settings.max_sessions} sessions are in use; try again later", "busy"
+            )
+        holder.append(info)
         try:
             avatar = await asyncio.to_thread(registry.avatar, msg.avatar)
             stream = await asyncio.to_thread(
@@ -301,6 +383,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                     "height": int(size[0]),
                     "frame_header_bytes": protocol.FRAME_HEADER_BYTES,
                     "audio_window_s": settings.audio_window_s,
+                    "max_session_s": settings.max_session_s,
                     "controls": controls,
                 }
             )
@@ -309,7 +392,14 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
         receiver = asyncio.create_task(_receive_loop(ws, info, send_lock))
         sender = asyncio.create_task(_send_loop(ws, info, send_lock))
         try:
-            done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {receiver, sender}, timeout=_left(deadline), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise ProtocolError(
+                    f"the session reached its maximum length of {settings.max_session_s:g} s",
+                    "max_duration",
+                )
             if sender not in done:
                 receiver.result()  # the receiver only ever ends with an exception
             sender.result()
@@ -318,13 +408,15 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 task.cancel()
             await asyncio.gather(receiver, sender, return_exceptions=True)
 
+    def _left(deadline: float) -> float:
+        return max(deadline - time.monotonic(), 0.0)
+
     async def _receive(ws: WebSocket, timeout: float | None) -> dict[str, Any]:
         try:
             message = await asyncio.wait_for(ws.receive(), timeout)
         except asyncio.TimeoutError:
             raise ProtocolError(
-                f"no message for {settings.idle_timeout_s:g} s; closing the idle session",
-                "idle_timeout",
+                f"no message for {timeout or 0:g} s; closing the idle session", "idle_timeout"
             ) from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
@@ -384,6 +476,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 elif isinstance(msg, protocol.Ping):
                     async with send_lock:
                         await ws.send_text('{"type": "pong"}')
+                elif isinstance(msg, protocol.Timeline):
+                    worker.set_timeline(msg.timeline, msg.relative)
         finally:
             if pending is not None:
                 pending.cancel()
@@ -405,6 +499,9 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 info.last_activity = time.monotonic()
                 metrics.frame_sent()
             elif isinstance(item, EndItem):
+                # Free the slot first: a client that reconnects the moment it sees the
+                # end must find it free.
+                state.sessions.release(info)
                 async with send_lock:
                     await _send(ws.send_text(json.dumps({"type": "end", **info.summary()})))
                     await ws.close(protocol.CLOSE_NORMAL)
@@ -423,7 +520,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
 
 
 async def _receive_upload(request: Request, path: Path, limit: int) -> int:
-    """Write the upload (raw body, or a form's "file" field) to `path`; returns its size."""
+    """Write the "file" field of a multipart form to `path`; returns its size."""
     received = 0
 
     async def counting_receive() -> dict[str, Any]:
@@ -436,33 +533,26 @@ async def _receive_upload(request: Request, path: Path, limit: int) -> int:
         return message
 
     size = 0
-    content_type = request.headers.get("content-type", "")
     with open(path, "wb") as out:
-        if content_type.startswith("multipart/form-data"):
-            limited = Request(request.scope, counting_receive)
-            try:
-                form = await limited.form(max_files=1, max_fields=8)
-            except _TooLarge:
-                raise
-            except Exception as exc:
-                raise HTTPException(400, f"malformed form: {exc}") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, 'the form needs a "file" field with the image or video')
-            try:
-                while block := await upload.read(1 << 20):
-                    size += len(block)
-                    if size > limit:
-                        raise _TooLarge
-                    out.write(block)
-            finally:
-                await form.close()
-        else:
-            async for block in request.stream():
+        limited = Request(request.scope, counting_receive)
+        try:
+            form = await limited.form(max_files=1, max_fields=8)
+        except _TooLarge:
+            raise
+        except Exception as exc:
+            raise HTTPException(400, f"malformed form: {exc}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            await form.close()
+            raise HTTPException(400, 'the form needs a "file" field with the image or video')
+        try:
+            while block := await upload.read(1 << 20):
                 size += len(block)
                 if size > limit:
                     raise _TooLarge
                 out.write(block)
+        finally:
+            await form.close()
     return size
 
 

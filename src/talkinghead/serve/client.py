@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import threading
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from talkinghead.serve.protocol import FPS, SAMPLE_RATE, decode_frame
+from talkinghead.serve.security import CSRF_HEADER
 
 FrameCallback = Callable[[int, float, bytes], None]
 
@@ -63,14 +65,35 @@ def http_base(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
-def upload_avatar(base_url: str, path: str | Path, timeout: float = 300.0) -> dict[str, Any]:
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The headers a request to the server carries: the CSRF header, and the token if any."""
+    headers = {CSRF_HEADER: "python"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def multipart_file(data: bytes, field: str = "file") -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data form holding one file."""
+    boundary = f"talkinghead-{secrets.token_hex(16)}"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="upload"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def upload_avatar(
+    base_url: str, path: str | Path, timeout: float = 300.0, token: str | None = None
+) -> dict[str, Any]:
     """POST a portrait or video to `base_url`/avatars; returns the avatar's description."""
-    data = Path(path).read_bytes()
+    body, content_type = multipart_file(Path(path).read_bytes())
     request = urllib.request.Request(
         f"{base_url.rstrip('/')}/avatars",
-        data=data,
+        data=body,
         method="POST",
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": content_type, **auth_headers(token)},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -93,9 +116,11 @@ def stream_audio(
     on_frame: FrameCallback | None = None,
     keep_frames: bool = True,
     timeout: float = 600.0,
+    token: str | None = None,
 ) -> StreamResult:
     """Run one session: send the audio in `chunk_ms` chunks (paced in real time when
-    `realtime`) then "end", and collect every frame until the server's end message."""
+    `realtime`) then "end", and collect every frame until the server's end message.
+    `token`: the server's token (sent as an Authorization header)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -103,7 +128,10 @@ def stream_audio(
     step = max(int(SAMPLE_RATE * chunk_ms / 1000) * 2, 2)
     result = StreamResult()
     deadline = time.monotonic() + timeout
-    with connect(url, max_size=None, open_timeout=30, close_timeout=5) as ws:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with connect(
+        url, max_size=None, open_timeout=30, close_timeout=5, additional_headers=headers
+    ) as ws:
         ws.send(json.dumps({"type": "start", "avatar": avatar, "controls": controls or {}}))
         ready = _read_json(ws, result, deadline)
         if ready.get("type") != "ready":

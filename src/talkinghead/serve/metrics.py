@@ -30,7 +30,7 @@ class ServeMetrics:
         self.sessions = Counter(
             "talkinghead_sessions",
             "Sessions by outcome (completed, disconnected, busy, protocol_error, "
-            "idle_timeout, not_found, too_large, internal_error).",
+            "unauthorized, idle_timeout, max_duration, not_found, too_large, internal_error).",
             ["outcome"],
             registry=r,
         )

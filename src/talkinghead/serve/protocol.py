@@ -2,10 +2,13 @@
 
 Client -> server
     text   {"type": "start", "avatar": ID, "controls": {...}}   first message, once
+           (with "token": TOKEN when the server has one and the handshake had none)
     binary PCM16 little-endian mono 16 kHz audio, any length (an odd byte is kept
            for the next message)
     text   {"type": "end"}                                       end of speech
     text   {"type": "ping"}                                      keeps an idle session open
+    text   {"type": "timeline", "timeline": {...}, "relative": false}   per-frame controls
+           from now on (a control timeline or the release's ctrl_info; null clears it)
 
 Server -> client
     text   {"type": "ready", ...}          the session is running; send audio
@@ -41,14 +44,17 @@ CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_BUSY = 1013  # "try again later": the server is at its session limit
 CLOSE_PROTOCOL_ERROR = 4400
+CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
-CLOSE_IDLE_TIMEOUT = 4408
+CLOSE_IDLE_TIMEOUT = 4408  # also the end of a session that reached its maximum length
 CLOSE_TOO_LARGE = 4413
 CLOSE_CODES = {
     "busy": CLOSE_BUSY,
     "protocol_error": CLOSE_PROTOCOL_ERROR,
+    "unauthorized": CLOSE_UNAUTHORIZED,
     "not_found": CLOSE_NOT_FOUND,
     "idle_timeout": CLOSE_IDLE_TIMEOUT,
+    "max_duration": CLOSE_IDLE_TIMEOUT,
     "too_large": CLOSE_TOO_LARGE,
     "internal_error": CLOSE_INTERNAL_ERROR,
 }
@@ -179,6 +185,7 @@ def pipeline_settings(controls: dict[str, Any]) -> dict[str, Any]:
 class Start:
     avatar: str
     controls: dict[str, Any]
+    token: str | None = None  # for clients that cannot send an Authorization header
 
 
 @dataclass(frozen=True)
@@ -191,10 +198,18 @@ class Ping:
     pass
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """A live session's new control timeline (None clears it); see `DittoStream.set_controls`."""
+
+    timeline: Any
+    relative: bool = False
+
+
 MAX_TEXT_BYTES = 16 * 1024
 
 
-def parse_text(text: str, max_steps: int | None = None) -> Start | End | Ping:
+def parse_text(text: str, max_steps: int | None = None) -> Start | End | Ping | Timeline:
     """A client's text message; raises `ProtocolError` for anything the protocol does not allow."""
     if len(text) > MAX_TEXT_BYTES:
         raise ProtocolError(f"text message of {len(text)} characters (at most {MAX_TEXT_BYTES})")
@@ -209,15 +224,40 @@ def parse_text(text: str, max_steps: int | None = None) -> Start | End | Ping:
         avatar = msg.get("avatar")
         if not isinstance(avatar, str) or not avatar:
             raise ProtocolError('"start" needs "avatar": the id POST /avatars returned')
-        extra = set(msg) - {"type", "avatar", "controls"}
+        extra = set(msg) - {"type", "avatar", "controls", "token"}
         if extra:
             raise ProtocolError(f'unknown field(s) in "start": {", ".join(sorted(extra))}')
-        return Start(avatar, check_controls(msg.get("controls"), max_steps))
+        token = msg.get("token")
+        if token is not None and not isinstance(token, str):
+            raise ProtocolError('"start": "token" must be a string')
+        return Start(avatar, check_controls(msg.get("controls"), max_steps), token)
     if kind == "end":
         return End()
     if kind == "ping":
         return Ping()
-    raise ProtocolError(f"unknown message type {kind!r} (expected start, end or ping)")
+    if kind == "timeline":
+        return _parse_timeline(msg)
+    raise ProtocolError(f"unknown message type {kind!r} (expected start, end, ping or timeline)")
+
+
+def _parse_timeline(msg: dict[str, Any]) -> Timeline:
+    from talkinghead.errors import TalkingHeadError
+    from talkinghead.methods.ditto.controls import ControlTimeline
+
+    extra = set(msg) - {"type", "timeline", "relative"}
+    if extra:
+        raise ProtocolError(f'unknown field(s) in "timeline": {", ".join(sorted(extra))}')
+    relative = msg.get("relative", False)
+    if not isinstance(relative, bool):
+        raise ProtocolError('"timeline": "relative" must be true or false')
+    raw = msg.get("timeline")
+    if raw is not None and not isinstance(raw, dict | list):
+        raise ProtocolError('"timeline" must be {"keyframes": [...]}, a ctrl_info, or null')
+    try:
+        timeline = ControlTimeline.coerce(raw)
+    except (TalkingHeadError, ValueError, TypeError) as exc:
+        raise ProtocolError(f'"timeline": {exc}') from None
+    return Timeline(timeline, relative)
 
 
 def error_message(code: str, message: str) -> str:

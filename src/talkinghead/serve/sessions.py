@@ -14,9 +14,10 @@ behind, and frames finished meanwhile would wait for it to return. So the worker
 takes no more audio while `max_in_flight` frames are in the renderer (submitted,
 `stream.frames_out`, minus collected); it only polls until they drain.
 
-Both directions are bounded. Audio: the connection stops reading from its socket
-while more than `audio_buffer_bytes` wait for the model (TCP backpressure; that is
-also how a renderer that falls behind slows the client down). Frames: at most
+Both directions are bounded. Audio: at most `audio_buffer_bytes` wait for the model
+(a larger message goes in as room frees up), and the connection stops reading from
+its socket meanwhile (TCP backpressure; that is also how a renderer that falls
+behind slows the client down). Frames: at most
 `frame_buffer` rendered frames wait to be sent; a live client that reads slower
 than frames are rendered loses the oldest ones (counted as dropped), a
 ``lossless`` one slows the session instead.
@@ -59,10 +60,11 @@ class _Stopped(Exception):
 
 
 class AudioInbox:
-    """PCM16 bytes from the event loop to the worker thread, bounded in bytes.
+    """PCM16 bytes from the event loop to the worker thread, never more than `max_bytes`.
 
-    `put` (event loop) waits while the buffer is full; `take` (worker) returns what
-    has arrived, at most `step` bytes at a time.
+    `put` (event loop) adds what fits and waits for room for the rest, so one large
+    message cannot overfill the buffer; `take` (worker) returns what has arrived, at
+    most `step` bytes at a time.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int) -> None:
@@ -81,16 +83,20 @@ class AudioInbox:
         return len(self._buf)
 
     async def put(self, data: bytes) -> None:
+        view = memoryview(data)
         while True:
             with self._cond:
                 if self._closed:
                     return
-                # An empty buffer takes any chunk, however large, so a big chunk cannot stall.
-                if not self._buf or len(self._buf) + len(data) <= self.max_bytes:
-                    self._buf += data
-                    self.total_bytes += len(data)
+                room = self.max_bytes - len(self._buf)
+                if room > 0:
+                    part = view[:room]
+                    self._buf += part
+                    self.total_bytes += len(part)
+                    view = view[room:]
                     self._cond.notify_all()
-                    return
+                    if not view:
+                        return
                 self._space.clear()
             await self._space.wait()
 
@@ -173,6 +179,9 @@ class SessionWorker:
         self.frames_dropped = 0  # updated on the event loop
         self._stop = threading.Event()
         self._finished = False
+        # A timeline message's (timeline, relative), applied by the worker before its next push.
+        self._timeline: tuple[Any, bool] | None = None
+        self._timeline_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"serve-{name}", daemon=True)
 
     # ---- control (event loop side)
@@ -189,6 +198,17 @@ class SessionWorker:
     def busy(self) -> bool:
         """Work is pending for the client: audio not taken yet, or frames not sent yet."""
         return bool(self.inbox.buffered or self._in_flight() > 0 or not self.outbox.empty())
+
+    def set_timeline(self, timeline: Any, relative: bool = False) -> None:
+        """Use this control timeline from the next audio on (event loop side; non-blocking)."""
+        with self._timeline_lock:
+            self._timeline = (timeline, relative)
+
+    def _apply_timeline(self) -> None:
+        with self._timeline_lock:
+            pending, self._timeline = self._timeline, None
+        if pending is not None:
+            self.stream.set_controls(pending[0], relative=pending[1])
 
     def stop(self) -> None:
         """Ask the worker to stop (non-blocking); `shutdown` also waits for it."""
@@ -238,6 +258,7 @@ class SessionWorker:
                     data = odd + data
                     cut = len(data) - len(data) % 2
                     data, odd = data[:cut], data[cut:]
+                self._apply_timeline()
                 # An empty push returns the frames finished since the last call.
                 self._emit(self.stream.push(data if data else _EMPTY))
                 if ended:
@@ -358,7 +379,13 @@ class SessionInfo:
 
 
 class SessionManager:
-    """At most `max_sessions` sessions at once; one more is refused, never queued."""
+    """At most `max_sessions` sessions at once; one more is refused, never queued.
+
+    A slot is held from a session's start to its end (`release`): the moment its last
+    message is sent, its error is known or its client is gone, not once its threads
+    have been joined. The threads of released sessions are still joined (`finish`,
+    and `stop_all` at shutdown); until then the session is "draining".
+    """
 
     def __init__(self, max_sessions: int) -> None:
         if max_sessions < 1:
@@ -366,6 +393,7 @@ class SessionManager:
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionInfo] = {}
+        self._draining: dict[str, SessionInfo] = {}
         self._ids = itertools.count(1)
 
     def try_open(self) -> SessionInfo | None:
@@ -377,12 +405,30 @@ class SessionManager:
             return info
 
     def release(self, info: SessionInfo) -> None:
+        """Free the session's slot (idempotent); its worker, if any, is asked to stop."""
         with self._lock:
-            self._sessions.pop(info.id, None)
+            if self._sessions.pop(info.id, None) is not None and info.worker is not None:
+                self._draining[info.id] = info
+        if info.worker is not None:
+            info.worker.stop()
+
+    async def finish(self, info: SessionInfo) -> None:
+        """Release the slot, then wait until the session's threads have ended."""
+        self.release(info)
+        try:
+            if info.worker is not None:
+                await info.worker.shutdown()
+        finally:
+            with self._lock:
+                self._draining.pop(info.id, None)
 
     @property
     def active(self) -> int:
         return len(self._sessions)
+
+    @property
+    def draining(self) -> int:
+        return len(self._draining)
 
     def sessions(self) -> list[SessionInfo]:
         with self._lock:
@@ -395,6 +441,6 @@ class SessionManager:
         return float(sum(s.worker.outbox.qsize() for s in self.sessions() if s.worker))
 
     async def stop_all(self) -> None:
-        await asyncio.gather(
-            *(s.worker.shutdown() for s in self.sessions() if s.worker is not None)
-        )
+        with self._lock:
+            everyone = [*self._sessions.values(), *self._draining.values()]
+        await asyncio.gather(*(s.worker.shutdown() for s in everyone if s.worker is not None))

@@ -216,8 +216,65 @@ def test_train_command(trained, prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "ldm.pt" in result.output
     assert {"autoencoder.pt", "ldm.pt", "difftalk.json"} <= {p.name for p in tmp_path.iterdir()}
-    bad = CliRunner().invoke(app, [*args, "--preset", "huge"])
+    bad = CliRunner().invoke(app, [*args, "--preset", "huge", "--overwrite"])
     assert isinstance(bad.exception, TalkingHeadError)
+    # a finished stage is not replaced by a rerun: step 40 does not silently become step 1
+    again = CliRunner().invoke(app, [*args, *opts])
+    assert again.exit_code != 0 and isinstance(again.exception, TalkingHeadError)
+    assert "--resume" in str(again.exception) and "--overwrite" in str(again.exception)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload["train_state"]
+    return {**payload["state_dict"], **{f"raw.{k}": v for k, v in state.get("model", {}).items()}}
+
+
+def test_autoencoder_resume_is_exact_with_the_gan_and_refuses_to_overwrite(prepared, tmp_path):
+    """2 steps + resume to 4 == 4 uninterrupted, with the PatchGAN on from step 1."""
+    from dataclasses import replace
+
+    config = AutoencoderTrainConfig(
+        preset="tiny-f4", steps=4, batch_size=2, lr=1e-3, disc_start=1, cache_frames=True,
+        log_every=1,
+    )  # fmt: skip
+    whole = train_autoencoder(prepared[0], tmp_path / "whole", config)
+    part = tmp_path / "part"
+    train_autoencoder(prepared[0], part, replace(config, steps=2))
+    with pytest.raises(TalkingHeadError, match="exists: pass --resume"):
+        train_autoencoder(prepared[0], part, config)
+    rest = train_autoencoder(prepared[0], part, replace(config, resume=True))
+    assert rest.losses == whole.losses[2:]
+    a, b = _weights(tmp_path / "whole" / "autoencoder.pt"), _weights(part / "autoencoder.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    disc = torch.load(part / "autoencoder.pt", weights_only=True)["train_state"]["discriminator"]
+    assert disc  # the discriminator was trained and is resumed with the rest
+    with pytest.raises(TalkingHeadError, match="already reached step 4"):
+        train_autoencoder(prepared[0], part, replace(config, resume=True))
+    # the resumed run appends to the loss log of the first
+    log = [json.loads(x) for x in (part / "train_autoencoder.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {"loss", "rec", "codebook", "g", "g_weight", "d"} <= set(log[-1])
+
+
+def test_ldm_resume_is_exact_including_the_ema(trained, prepared, tmp_path):
+    from dataclasses import replace
+
+    ae = trained[0] / "autoencoder.pt"
+    config = LdmTrainConfig(preset="tiny", steps=4, batch_size=2, lr=1e-3, ema_decay=0.9)
+    whole = train_ldm(prepared[0], tmp_path / "whole", config, autoencoder=ae)
+    part = tmp_path / "part"
+    train_ldm(prepared[0], part, replace(config, steps=2), autoencoder=ae)
+    rest = train_ldm(prepared[0], part, replace(config, resume=True), autoencoder=ae)
+    assert rest.losses == whole.losses[2:]
+    a, b = _weights(tmp_path / "whole" / "ldm.pt"), _weights(part / "ldm.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(part / "ldm.pt", weights_only=True)["step"] == 4
+    with pytest.raises(TalkingHeadError, match="already reached step 4"):
+        train_ldm(prepared[0], part, replace(config, resume=True), autoencoder=ae)
+    # --overwrite starts again from step 0
+    again = train_ldm(prepared[0], part, replace(config, steps=1, overwrite=True), autoencoder=ae)
+    assert again.losses == whole.losses[:1]
 
 
 # ---------------------------------------------------------------------------- generation
@@ -235,6 +292,24 @@ def test_generate_video_from_an_image(trained, media, videos):
 
     with av.open(str(out)) as c:
         assert len(c.streams.audio) == 1
+
+
+def test_generate_video_with_frame_interpolation(trained, media, videos):
+    """DiT-Head's stage 3 on DiffTalk: 5 frames at 25 fps become 10 at 50 (the same 0.2 s)."""
+    from talkinghead.media.source import load_source
+
+    out = generate_video(
+        media[1], videos[1], media[0] / "out50.mp4", checkpoints=trained[0], seed=0, steps=2,
+        fps=25, interpolation="flow",
+    )  # fmt: skip
+    result = load_source(out)
+    assert len(result.frames) == 10 and result.fps == 50
+    with pytest.raises(TalkingHeadError, match="RIFE weights not found"):
+        generate_video(
+            media[1], videos[1], media[0] / "x.mp4", checkpoints=trained[0], steps=2,
+            interpolation="rife",
+        )  # fmt: skip
+    assert not (media[0] / "x.mp4").exists()
 
 
 def test_progressive_inference_uses_the_previous_output(generator, monkeypatch):

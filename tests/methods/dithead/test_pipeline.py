@@ -133,11 +133,31 @@ def test_dit_ema_is_exported_and_resumed_from_the_saved_average(trained, tmp_pat
     assert any(not torch.equal(v, raw[k]) for k, v in first["state_dict"].items())
     train_dit(data, tmp_path, replace(config, steps=3, resume=True), vq_dir=ckpt)
     second = read_checkpoint(tmp_path / "dit.pt", "dit")
-    assert second["step"] == 3
-    # One more update from the saved average, with the plain decay (DiT-Head has no warm-up).
+    assert second["step"] == 3 and second["train_state"]["ema"]["num_updates"] == 3
+    # One more update from the saved average, with the warmed-up decay min(0.5, 4 / 13).
     for k, v in second["state_dict"].items():
-        expected = torch.lerp(first["state_dict"][k], second["train_state"]["model"][k], 0.5)
-        assert torch.equal(v, expected), k
+        expected = torch.lerp(first["state_dict"][k], second["train_state"]["model"][k], 1 - 4 / 13)
+        assert torch.allclose(v, expected, atol=1e-6), k
+
+
+def test_dit_ema_warm_up_moves_a_short_run_and_the_loss_is_logged(trained, tmp_path):
+    """The paper's decay 0.9999 without warm-up leaves a 10-step run's average at the random
+    initialisation; with it the exported weights are those of training."""
+    import json
+
+    data, ckpt, _, _ = trained
+    config = replace(DIT_CONFIG, steps=10, ema_decay=0.9999, log_every=5)
+    warm = train_dit(data, tmp_path / "warm", config, vq_dir=ckpt)
+    cold = train_dit(data, tmp_path / "cold", replace(config, ema_warmup=False), vq_dir=ckpt)
+    assert warm.final_loss < cold.final_loss
+    assert abs(cold.final_loss - cold.initial_loss) < abs(warm.final_loss - warm.initial_loss)
+    lines = (tmp_path / "warm" / "log_dit" / "train_log.jsonl").read_text().splitlines()
+    logged = [json.loads(x) for x in lines]
+    assert [r["step"] for r in logged] == [5, 10]
+    mean = sum(h["loss"] for h in warm.history[5:]) / 5  # each line: the mean since the last
+    assert logged[1]["loss"] == pytest.approx(mean, rel=1e-5)
+    assert logged[1]["samples_per_s"] > 0
+    assert any((tmp_path / "warm" / "log_dit" / "logs").iterdir())  # TensorBoard events
 
 
 def test_vq_gan_path_and_cli(trained, tmp_path):
@@ -209,6 +229,21 @@ def test_generate_command_25fps(trained):
     assert result.exit_code == 0, result.output
     # 30 frames from a 24-frame source: the source plays forwards then backwards
     assert _video_info(out) == (30, 25, 160, 160)
+
+
+def test_generate_command_defaults_to_the_papers_50fps(trained):
+    from talkinghead.cli import app
+
+    _, ckpt, _, work = trained
+    out = work / "out_default.mp4"
+    args = [
+        "generate", "--method", "dithead", "--checkpoints", str(ckpt), "--source",
+        str(work / "videos" / "clip.mp4"), "--audio", str(_audio(work, 4)), "-o", str(out),
+        "--steps", "1", "--seed", "1", "--device", "cpu",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _video_info(out)[:2] == (8, 50)  # 4 frames, 2x interpolated
 
 
 def test_sampling_deterministic_and_evolving(trained):

@@ -101,6 +101,7 @@ def prepared(videos, tmp_path_factory):
         emotion_classifier=StandInEmotion(),
         face_backend="mediapipe",
         progress=lambda done, total: calls.append((done, total)),
+        flip=False,  # the mirrored copies (on by default) are tested on their own
     )
     return report, out, calls
 
@@ -188,7 +189,9 @@ def test_resume_skips_finished_videos_and_redoes_incomplete_ones(prepared, video
     kept = out / "LP_npy" / "talking.npy"
     mtime = kept.stat().st_mtime_ns
     (out / "emo_npy" / "sub" / "talking30.npy").unlink()  # an interrupted video
-    report = prepare_dataset(videos, out, networks=tiny_networks(), face_backend="mediapipe")
+    report = prepare_dataset(
+        videos, out, networks=tiny_networks(), face_backend="mediapipe", flip=False
+    )
     assert report.skipped == ["talking"]
     assert report.prepared == ["sub/talking30"]
     assert list(report.failed) == ["broken"]
@@ -219,6 +222,7 @@ def test_parallel_workers_give_the_in_process_result(prepared, videos, tmp_path)
         face_backend="mediapipe",
         # named by import path: each worker builds its own
         emotion_classifier="_ditto_stand_ins:StandInEmotion",
+        flip=False,
     )
     assert report.prepared == ["clip"] and list(report.failed) == ["broken"]
     for kind in ("LP_npy", "hubert_aud_npy", "eye_open_npy", "eye_ball_npy", "emo_npy"):
@@ -227,6 +231,25 @@ def test_parallel_workers_give_the_in_process_result(prepared, videos, tmp_path)
             np.load(serial / kind / "sub" / "talking30.npy"),
             atol=1e-5,
         )
+
+
+def test_mirrored_copies_by_default(videos, tmp_path):
+    """The release always adds mirrored copies: NAME_flip next to NAME, same length."""
+    from talkinghead.methods.ditto.data import prepare_dataset
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "clip.mp4").symlink_to(videos / "sub" / "talking30.mp4")
+    out = tmp_path / "data"
+    report = prepare_dataset(folder, out, networks=tiny_networks(), face_backend="mediapipe")
+    assert sorted(report.prepared) == ["clip", "clip_flip"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["flip"] is True and manifest["videos"]["clip_flip"]["flip"]
+    plain, mirrored = (np.load(out / "LP_npy" / f"{n}.npy") for n in ("clip", "clip_flip"))
+    assert plain.shape == mirrored.shape and not np.allclose(plain, mirrored)
+    np.testing.assert_array_equal(
+        np.load(out / "hubert_aud_npy" / "clip.npy"), np.load(out / "hubert_aud_npy" / "clip_flip.npy")
+    )
 
 
 def test_prepared_data_trains(prepared, tmp_path):
@@ -319,7 +342,8 @@ def test_cli_prepares_from_a_checkpoints_folder(media_ok, tmp_path):
     out = tmp_path / "data"
     result = invoke(["prepare-data", str(videos), str(out), "--checkpoints", str(ckpt)])
     assert result.exit_code == 0, result.output
-    assert "1 prepared, 0 already done, 0 failed" in result.output
+    # The clip and its mirrored copy (mirroring is on by default, as in the release).
+    assert "2 prepared, 0 already done, 0 failed" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dims"]["aud"] == [AUD_DIM] and manifest["videos"]["clip"]["frame_num"] == 10
     assert manifest["settings"]["hubert"].endswith("hubert_streaming_fix_kv.onnx")

@@ -316,3 +316,98 @@ def test_trained_checkpoint_drives_generate(data, tmp_path):
     avatar = pipe.register(portrait)
     motion, _ = pipe.motion(avatar, load_audio(speech)[: 16000 * 2])
     assert motion.shape == (50, 265) and np.isfinite(motion).all()
+
+
+# --- at scale ---------------------------------------------------------------------------------
+
+
+def test_400_prepared_videos_load_under_a_descriptor_limit_of_256(tmp_path):
+    """One memory map per array would need 2000 descriptors; the pool keeps 64 open."""
+    import subprocess
+    import sys
+    import textwrap
+
+    write_dataset(tmp_path, lengths=(20,) * 400)
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        from dataclasses import replace
+        from talkinghead.methods.ditto.train import PRESETS, MotionWindowDataset, load_data_list
+        cfg = replace(PRESETS["tiny"], seq_frames=8, tensorboard=False)
+        ds = MotionWindowDataset(load_data_list({str(tmp_path)!r}, cfg), cfg)
+        assert len(ds) == 400 * 12, len(ds)
+        for i in range(0, len(ds), 7):  # every video, several windows each
+            x0, cond_frame, cond = ds[i]
+        print("ok", len(ds))
+        """
+    )
+    src = REPO_ROOT / "src"
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok 4800" in out.stdout
+
+
+def test_release_options_are_used_and_recorded(data, tmp_path):
+    mv = np.stack([np.full(265, 0.5, np.float32), np.full(265, 4.0, np.float32)])
+    np.save(tmp_path / "mv.npy", mv)
+    ws = np.ones(265, np.float32)
+    ws[202:] = 0.0  # expression not counted
+    np.save(tmp_path / "ws.npy", ws)
+    cfg = quick(mtn_mean_var_npy=str(tmp_path / "mv.npy"), dim_ws_npy=str(tmp_path / "ws.npy"))
+    ds = MotionWindowDataset(load_data_list(data, cfg), cfg)
+    mtn = np.load(data / "mtn_npy" / "video0.npy")
+    np.testing.assert_allclose(ds[0][0].numpy(), (mtn[1:17, :265] - 0.5) / 2.0, rtol=1e-6)
+
+    x = torch.randn(2, 16, 265)
+    pred = x.clone()
+    pred[..., 202:] += 1.0
+    weights = torch.from_numpy(ws)
+    total, _ = motion_loss(pred, x, x[:, 0], cfg, weights)
+    assert float(total) == pytest.approx(0.0, abs=1e-6)
+
+    result = train_motion(data, tmp_path / "run", replace(cfg, max_steps=2, optimizer="adan"))
+    recorded = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert recorded["optimizer"] == "adan" and recorded["mtn_mean_var_npy"].endswith("mv.npy")
+    assert recorded["dim_ws_npy"].endswith("ws.npy") and recorded["mixed_precision"] == "no"
+    assert result.step == 2 and all(np.isfinite(result.losses))
+
+
+def test_cli_release_options_and_loss_lines(data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-motion", str(data), str(out), "--preset", "tiny", "--no-tensorboard"]
+    result = invoke(
+        [*args, "--max-steps", "4", "--log-every", "2", "--optimizer", "adan",
+         "--part-weight", "exp=2", "--part-weight", "t=0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["part_weights"] == {"exp": 2.0, "t": 0.5} and recorded["optimizer"] == "adan"
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [2, 4]
+    bad = invoke([*args, "--part-weight", "mouth=2"])
+    assert bad.exit_code == 1 and "PART=WEIGHT" in str(bad.exception)
+    missing = invoke([*args, "--dim-ws-npy", str(tmp_path / "nope.npy")])
+    assert missing.exit_code == 1 and "file not found" in str(missing.exception)
+
+
+def test_two_process_accelerate_launch_resume_is_exact(data, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): 3 steps + resume to 6 == 6 straight."""
+    from _accelerate_launch import launch
+
+    base = ["train-motion", str(data), "--preset", "tiny", "--no-tensorboard",
+            "--batch-size", "4", "--save-every-steps", "3"]
+    for out, steps in (("split", 3), ("split", 6), ("straight", 6)):
+        run = launch([*base[:2], str(tmp_path / out), *base[2:], "--max-steps", str(steps)],
+                     mixed_precision="no", timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "split" / "state" / "step_00000006" / "rank_state_1.pt").is_file()
+    a = _decoder_state(tmp_path / "split" / "export" / "lmdm_v0.4_hubert.pth")
+    b = _decoder_state(tmp_path / "straight" / "export" / "lmdm_v0.4_hubert.pth")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -32,6 +32,26 @@ def train_difftalk(
     ),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="ldm stage: keep EMA weights."),
     save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    log_every: int = typer.Option(
+        None, "--log-every", help="Append the losses to OUT_DIR/train_<stage>.jsonl every N steps."
+    ),
+    perceptual: Path = typer.Option(
+        None,
+        help="autoencoder stage: folder with LPIPS weights (vgg16.pth, vgg.pth); default "
+        "OUT_DIR/lpips when present, else no perceptual term.",
+    ),
+    disc_start: int = typer.Option(
+        None, "--disc-start", help="autoencoder stage: steps before the PatchGAN loss (10000)."
+    ),
+    disc_weight: float = typer.Option(
+        None, "--disc-weight", help="autoencoder stage: PatchGAN weight (0.75; 0: off)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the stage from its checkpoint in OUT_DIR, exactly."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the stage's checkpoint in OUT_DIR, starting again."
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation, batches and noise."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -40,6 +60,13 @@ def train_difftalk(
 
     inputs = {"DATA_DIR": data_dir, "--autoencoder": autoencoder}
     check_not_an_input(out_dir, inputs, output_is_folder=False)  # checkpoints land in OUT_DIR
+    from talkinghead.errors import SettingsError
+
+    if resume and overwrite:
+        raise SettingsError("--resume and --overwrite exclude each other: choose one")
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every)):
+        if value is not None and value < 1:
+            raise SettingsError(f"{name} must be >= 1, not {value}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from talkinghead.methods.difftalk.data import read_manifest
@@ -57,8 +84,11 @@ def train_difftalk(
             batch_size=batch_size,
             lr=lr,
             save_every=save_every,
+            log_every=log_every,
             seed=seed,
             device=device,
+            resume=resume,
+            overwrite=overwrite,
         ).items()
         if v is not None
     }
@@ -77,8 +107,14 @@ def train_difftalk(
             if preset is None:
                 resolution = int(read_manifest(data_dir)["resolution"])
                 preset = "f8" if resolution >= 512 else "f4"
+            ae_options = dict(disc_start=disc_start, disc_weight=disc_weight)
+            options.update({k: v for k, v in ae_options.items() if v is not None})
+            if perceptual is None and (out_dir / "lpips").is_dir():
+                perceptual = out_dir / "lpips"
             cfg = AutoencoderTrainConfig(preset=preset, **options)
-            result = train_autoencoder(data_dir, out_dir, cfg, progress=progress)
+            result = train_autoencoder(
+                data_dir, out_dir, cfg, progress=progress, perceptual_dir=perceptual
+            )
         else:
             cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
             result = train_ldm(data_dir, out_dir, cfg, autoencoder=autoencoder, progress=progress)

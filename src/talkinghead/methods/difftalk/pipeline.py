@@ -34,6 +34,8 @@ import torch
 
 from talkinghead.audio.ctc import neighbour_windows
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.frames.interpolation import KINDS as INTERPOLATION_KINDS
+from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
 from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, DiffTalkModels, load_difftalk
 from talkinghead.methods.difftalk.features import (
     CROP_SCALE,
@@ -67,7 +69,10 @@ class DiffTalkConfig:
     (blur of the blend mask, fraction of the crop), ``audio_model`` (override of the CTC
     model), ``progressive`` (False: the source crop is every frame's reference), ``fps``
     (output frame rate; None: the source video's, 25 for an image; a video source is
-    then sampled at its own rate, so its motion keeps its speed)."""
+    then sampled at its own rate, so its motion keeps its speed), ``interpolation``
+    ("none", or "auto" | "rife" | "flow" | "farneback": every pair of generated frames
+    gets a middle frame, `talkinghead.frames.interpolation`, so the video is written at
+    twice ``fps``; RIFE's weights are looked for in the checkpoint directory)."""
 
     steps: int = 200
     eta: float = 0.0
@@ -79,6 +84,7 @@ class DiffTalkConfig:
     audio_model: str | None = None
     progressive: bool = True
     fps: float | None = None  # output frame rate; None: the source video's, 25 for an image
+    interpolation: str = "none"  # not in the paper: DiT-Head's stage 3, offered here too
 
     def replace(self, **changes: Any) -> DiffTalkConfig:
         known = {f.name for f in fields(self)}
@@ -143,6 +149,11 @@ class DiffTalkGenerator:
         self.config = config or DiffTalkConfig()
         if self.config.fps is not None and self.config.fps <= 0:
             raise TalkingHeadError(f"fps must be positive, got {self.config.fps}")
+        if self.config.interpolation not in INTERPOLATION_KINDS:
+            raise TalkingHeadError(
+                f"interpolation must be one of {', '.join(INTERPOLATION_KINDS)}, "
+                f"not {self.config.interpolation!r}"
+            )
         if self.config.steps < 1 or self.config.eta < 0:
             raise TalkingHeadError(
                 f"DiffTalk needs steps >= 1 and eta >= 0, got {self.config.steps}, {self.config.eta}"
@@ -378,15 +389,21 @@ def generate_video(
     config = DiffTalkConfig().replace(steps=steps, **options)
     models = load_difftalk(Path(checkpoints), int(resolution) if resolution else None, device)
     gen = DiffTalkGenerator(models, config, device, audio_encoder=encoder)
+    # Before any frame is made: "rife" without its weights fails here.
+    interpolator = create_interpolator(config.interpolation, models.directory, device)
 
     audio_path = Path(audio)
     audio_16k = load_audio(audio_path, SAMPLE_RATE)
     src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
+    out_fps = src.fps * 2 if interpolator is not None else src.fps
     mux_rate = 48000
-    writer = open_writer(output, fps=src.fps, audio=(load_audio(audio_path, mux_rate), mux_rate))
+    writer = open_writer(output, fps=out_fps, audio=(load_audio(audio_path, mux_rate), mux_rate))
     try:
-        for result in gen.frames(src, audio_16k, n, seed=seed, progress=progress):
-            writer.write(result.frame)
+        stream = (r.frame for r in gen.frames(src, audio_16k, n, seed=seed, progress=progress))
+        if interpolator is not None:
+            stream = interpolate_2x(stream, interpolator)
+        for frame in stream:
+            writer.write(frame)
         path = writer.close()
     except BaseException:
         writer.abort()

@@ -1,10 +1,10 @@
 """Training DiffTalk in two stages, on data from `talkinghead.methods.difftalk.data.prepare_dataset`.
 
 Stage ``autoencoder``: the VQ autoencoder E_I / D_I learns to reconstruct the face crops
-(L1 + the codebook/commitment loss). The CompVis first stage DiffTalk uses was trained
-with an LPIPS perceptual loss and a patch discriminator as well; neither is here (LPIPS
-needs pretrained VGG weights), so reconstructions are softer. Users with a CompVis VQ
-checkpoint should convert it rather than retrain.
+with the CompVis first stage's objective (taming's VQLPIPSWithDiscriminator, shared with
+DiT-Head as `talkinghead.models.vqgan_losses.VQGANLoss`): L1 + codebook/commitment loss
++ LPIPS (when its VGG weights are given: ``perceptual_dir``) + a PatchGAN hinge loss with
+the adaptive weight, on after ``disc_start`` steps.
 
 Stage ``ldm``: with the autoencoder frozen, the denoiser M and the condition encoders
 E_A, E_L are optimised jointly on L = E||eps - M(z_t, t, C)||^2 (paper Eq. 3), t uniform
@@ -13,6 +13,11 @@ an exponential moving average of the weights (decay 0.9999, warmed up as CompVis
 LitEma), which is what the checkpoint stores. Latents of every frame and of its
 mouth-masked version are computed once when the dataset is small enough
 (``cache_latents``): the frozen encoder makes that exact.
+
+Resume and overwrite: a stage whose checkpoint exists is refused unless ``resume`` (continue
+from its step, optimiser, EMA, discriminator and random state: bit for bit the run that was
+not interrupted, since batches are a function of the step) or ``overwrite`` (start again).
+A resumed stage that already reached ``steps`` is refused too: raise ``steps``.
 
 Both stages write into OUT_DIR (``autoencoder.pt``, ``ldm.pt``, ``difftalk.json``,
 ``train_<stage>.jsonl``; the format is `talkinghead.methods.difftalk.checkpoint`'s), so
@@ -39,6 +44,7 @@ from talkinghead.methods.difftalk.checkpoint import (
     AUTOENCODER_FILE,
     LDM_FILE,
     load_autoencoder,
+    read_component,
     save_component,
     write_manifest,
 )
@@ -56,6 +62,7 @@ from talkinghead.models.difftalk_autoencoder import (
 )
 from talkinghead.models.difftalk_conditions import DiffTalkConditionConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig, unet_preset
+from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
 from talkinghead.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,12 @@ class AutoencoderTrainConfig:
     log_every: int = 50
     save_every: int = 2_000
     cache_frames: bool = False
+    # taming's VQLPIPSWithDiscriminator weights (CompVis vq-f4: disc_weight 0.75, codebook 1.0)
+    perceptual_weight: float = 1.0  # only with LPIPS weights (perceptual_dir)
+    disc_weight: float = 0.75  # 0: no discriminator
+    disc_start: int = 10_000
+    resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class LdmTrainConfig:
     save_every: int = 5_000
     cache_latents: bool | None = None  # None: when the dataset has <= 20k frames
     unet_overrides: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -112,21 +127,62 @@ class TrainResult:
     steps: int
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator):
-    """Endless shuffled index batches (epoch number, indices)."""
-    epoch = 0
-    while True:
-        order = rng.permutation(n)
-        for s in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield epoch, order[s : s + batch_size]
-        epoch += 1
+def batch_at(step: int, n: int, batch_size: int, seed: int) -> tuple[int, np.ndarray]:
+    """(epoch, indices) of the 1-based `step`: each epoch a fresh permutation of the n
+    examples from (seed, epoch), so a resumed run draws the batches it would have drawn."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step - 1, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return epoch, order[k * batch_size : (k + 1) * batch_size]
+
+
+def start_state(path: Path, kind: str, steps: int, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint payload to continue from (None: start afresh); refuses to replace a
+    stage's checkpoint unless asked. Called before any data or model is loaded."""
+    if not path.is_file():
+        return None
+    if overwrite:
+        return None
+    if not resume:
+        raise TalkingHeadError(
+            f"{path} exists: pass --resume to continue that {kind} run or --overwrite to replace it"
+        )
+    payload = read_component(path, kind)
+    if "train_state" not in payload:
+        raise CheckpointError(f"{path}: holds no training state to resume (use --overwrite)")
+    done = int(payload.get("step", 0))
+    if done >= steps:
+        raise TalkingHeadError(
+            f"{path}: the {kind} stage already reached step {done}; pass --steps above {done} "
+            "to train on, or --overwrite to start again"
+        )
+    return payload
+
+
+def _rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Log:
-    def __init__(self, path: Path, every: int) -> None:
+    """``train_<stage>.jsonl``: appended by a resumed run, started afresh otherwise."""
+
+    def __init__(self, path: Path, every: int, append: bool) -> None:
         self.path, self.every = path, every
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("a")
+        self.file = path.open("a" if append else "w")
 
     def __call__(self, step: int, losses: dict[str, float]) -> None:
         if step % self.every == 0 or step == 1:
@@ -148,10 +204,17 @@ def train_autoencoder(
     *,
     progress: Progress | None = None,
     model_config: DiffTalkAutoencoderConfig | None = None,
+    perceptual_dir: Path | None = None,
 ) -> TrainResult:
-    """Train the VQ autoencoder on the prepared crops; writes OUT_DIR/autoencoder.pt."""
+    """Train the VQ autoencoder on the prepared crops; writes OUT_DIR/autoencoder.pt.
+
+    ``perceptual_dir``: LPIPS weights (``vgg16.pth``, ``vgg.pth``; see
+    `talkinghead.models.vqgan_losses.load_lpips`); without them the perceptual term is off."""
     cfg = config or AutoencoderTrainConfig()
     out_dir = Path(out_dir)
+    path = out_dir / AUTOENCODER_FILE
+    resumed = start_state(path, "autoencoder", cfg.steps, cfg.resume, cfg.overwrite)
+    perceptual = load_lpips(perceptual_dir) if perceptual_dir is not None else None
     data = DiffTalkDataset(data_dir, seed=cfg.seed, cache=cfg.cache_frames)
     try:
         ae_cfg = model_config or autoencoder_preset(cfg.preset, resolution=data.resolution)
@@ -163,35 +226,76 @@ def train_autoencoder(
         )
     if data.resolution % ae_cfg.downsample:
         raise TalkingHeadError(f"{data.resolution} px is not a multiple of f = {ae_cfg.downsample}")
+    if resumed is not None:
+        ae_cfg = DiffTalkAutoencoderConfig.from_dict(resumed["config"])
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = DiffTalkAutoencoder(ae_cfg).to(device).train()
+    loss_cfg = VQGANLossConfig(
+        pixel="l1",
+        codebook_weight=cfg.codebook_weight,
+        perceptual_weight=cfg.perceptual_weight,
+        disc_weight=cfg.disc_weight,
+        disc_start=cfg.disc_start,
+    )
+    criterion = VQGANLoss(loss_cfg, perceptual).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), foreach=True)
-    rng = np.random.default_rng(cfg.seed)
-    logger = _Log(out_dir / "train_autoencoder.jsonl", cfg.log_every)
+    opt_d = torch.optim.Adam(
+        criterion.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9), foreach=True
+    )
+    first = 1
+    if resumed is not None:
+        state = resumed["train_state"]
+        model.load_state_dict(resumed["state_dict"])
+        opt.load_state_dict(state["opt"])
+        opt_d.load_state_dict(state["opt_d"])
+        criterion.discriminator.load_state_dict(state["discriminator"])
+        _restore_rng(state["rng"])
+        first = int(resumed["step"]) + 1
+    last_layer = model.vq.decoder.conv_out.weight  # the adaptive GAN weight's reference
+    logger = _Log(out_dir / "train_autoencoder.jsonl", cfg.log_every, append=resumed is not None)
     losses: list[float] = []
     extra = {"train": asdict(cfg), "data": data.manifest_settings()}
-    path = out_dir / AUTOENCODER_FILE
+
+    def save(step: int) -> None:
+        train_state = {
+            "opt": opt.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "discriminator": criterion.discriminator.state_dict(),
+            "rng": _rng_state(),
+        }
+        save_component(
+            path, "autoencoder", model, ae_cfg.to_dict(), step=step, train_state=train_state,
+            **extra,
+        )  # fmt: skip
+
     try:
-        for step, (_, idx) in enumerate(_batches(len(data), cfg.batch_size, rng), start=1):
+        for step in range(first, cfg.steps + 1):
+            _, idx = batch_at(step, len(data), cfg.batch_size, cfg.seed)
             images = torch.stack([to_tensor_image(data.frame(*data.index[i])) for i in idx]).to(
                 device
             )
             recon, vq_loss = model(images)
-            rec = (recon - images).abs().mean()
-            loss = rec + cfg.codebook_weight * vq_loss
+            # taming counts the GAN's start in optimiser steps from 0
+            loss, logs = criterion.generator_loss(images, recon, vq_loss, step - 1, last_layer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            values = {"loss": loss.item(), "l1": rec.item(), "vq": vq_loss.item()}
+            if criterion.gan_active(step - 1):
+                d_loss = criterion.discriminator_loss(images, recon)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                logs["d"] = d_loss.item()
+            values = {"loss": logs.pop("total"), **logs}
+            if not math.isfinite(values["loss"]):
+                raise TalkingHeadError(f"the loss diverged at step {step}")
             losses.append(values["loss"])
             logger(step, values)
             if progress:
                 progress("autoencoder", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                save_component(path, "autoencoder", model, ae_cfg.to_dict(), step=step, **extra)
-            if step >= cfg.steps:
-                break
+                save(step)
     finally:
         logger.close()
     return TrainResult(path, losses, cfg.steps)
@@ -289,6 +393,8 @@ def train_ldm(
     """Train M, E_A, E_L with the frozen autoencoder; writes ldm.pt and difftalk.json."""
     cfg = config or LdmTrainConfig()
     out_dir = Path(out_dir)
+    path = out_dir / LDM_FILE
+    resumed = start_state(path, "ldm", cfg.steps, cfg.resume, cfg.overwrite)
     ae_path = Path(autoencoder) if autoencoder is not None else out_dir / AUTOENCODER_FILE
     if not ae_path.is_file():
         raise CheckpointError(
@@ -306,6 +412,8 @@ def train_ldm(
         raise TalkingHeadError(
             f"{ae_path}: the autoencoder is for {ae.config.resolution} px; the data is {data.resolution} px"
         )
+    if resumed is not None:
+        model_config = DiffTalkLDMConfig.from_dict(resumed["config"])
     if model_config is None:
         cond = DiffTalkConditionConfig(
             audio_feature_dim=data.feature_dim,
@@ -337,16 +445,29 @@ def train_ldm(
     schedule = difftalk_schedule()
     cache = cfg.cache_latents if cfg.cache_latents is not None else len(data) <= 20_000
     source = _LatentSource(data, ae, device, cache)
-    rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    logger = _Log(out_dir / "train_ldm.jsonl", cfg.log_every)
+    first = 1
+    if resumed is not None:
+        state = resumed["train_state"]
+        ldm.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        if ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{path}: trained without EMA; resume with --no-ema")
+            ema.load_state_dict(state["ema"])
+        _restore_rng(state["rng"], generator)
+        first = int(resumed["step"]) + 1
+    logger = _Log(out_dir / "train_ldm.jsonl", cfg.log_every, append=resumed is not None)
     settings = data.manifest_settings()
     settings.update(smooth_radius=cfg.smooth_radius, min_reference_gap=cfg.min_reference_gap)
-    path = out_dir / LDM_FILE
     losses: list[float] = []
 
     def save(step: int) -> None:
         weights = ema.averaged(ldm) if ema is not None else ldm
+        train_state = {"model": ldm.state_dict(), "opt": opt.state_dict()}
+        train_state["rng"] = _rng_state(generator)
+        if ema is not None:
+            train_state["ema"] = ema.state_dict()
         save_component(
             path,
             "ldm",
@@ -354,6 +475,7 @@ def train_ldm(
             model_config.to_dict(),
             step=step,
             ema=ema is not None,
+            train_state=train_state,
             train={k: v for k, v in asdict(cfg).items() if k != "unet_overrides"},
             data=settings,
             autoencoder=str(ae_path),
@@ -361,7 +483,8 @@ def train_ldm(
         write_manifest(out_dir, data.resolution, settings)
 
     try:
-        for step, (epoch, idx) in enumerate(_batches(len(data), cfg.batch_size, rng), start=1):
+        for step in range(first, cfg.steps + 1):
+            epoch, idx = batch_at(step, len(data), cfg.batch_size, cfg.seed)
             loss = ldm_loss(ldm, schedule, source.batch(idx, epoch), generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -379,8 +502,6 @@ def train_ldm(
                 progress("ldm", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
-            if step >= cfg.steps:
-                break
     finally:
         logger.close()
     if ae_path.parent.resolve() != out_dir.resolve():
@@ -397,7 +518,9 @@ __all__ = [
     "AutoencoderTrainConfig",
     "LdmTrainConfig",
     "TrainResult",
+    "batch_at",
     "ldm_loss",
+    "start_state",
     "train_autoencoder",
     "train_ldm",
 ]

@@ -43,6 +43,17 @@ def train_dithead(
         None, "--disc-start", help="vq stage: steps before the GAN loss."
     ),
     ema_decay: float = typer.Option(None, "--ema-decay", help="dit stage: EMA decay (0: off)."),
+    ema_warmup: bool = typer.Option(
+        True,
+        "--ema-warmup/--no-ema-warmup",
+        help="dit stage: EMA decay min(decay, (1+n)/(10+n)) after n steps (off: the plain decay).",
+    ),
+    log_every: int = typer.Option(
+        None,
+        "--log-every",
+        help="Print the mean losses and log them every N steps "
+        "(default 100; 0: off): OUT_DIR/log_<stage>/train_log.jsonl and TensorBoard.",
+    ),
     save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT_DIR."),
 ) -> None:
@@ -70,7 +81,11 @@ def train_dithead(
     if which not in ("full", "masked", "both"):
         raise TalkingHeadError(f"--which must be full, masked or both, not {which!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    common = dict(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every)
+    if log_every is not None and log_every < 0:
+        raise TalkingHeadError(f"--log-every must be >= 0, not {log_every}")
+    common = dict(
+        steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, log_every=log_every
+    )
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
@@ -99,6 +114,7 @@ def train_dithead(
             cfg = with_overrides(
                 DiTTrainConfig(preset=preset or "dit-l/2", device=device, seed=seed, resume=resume),
                 ema_decay=ema_decay,
+                ema_warmup=ema_warmup,
                 **common,
             )
             result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)

@@ -44,6 +44,7 @@ import torch
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 from talkinghead.diffusion import DDIMSampler, DiffusionSchedule
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
+from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
 from talkinghead.media.video import iter_video_frames
 from talkinghead.methods.dithead.checkpoint import DIT_FILE, VQ_FILES, load_checkpoint
 from talkinghead.methods.dithead.config import DataSettings
@@ -55,7 +56,6 @@ from talkinghead.methods.dithead.features import (
     lower_face_mask,
     to_tensor_image,
 )
-from talkinghead.methods.dithead.interpolation import create_interpolator, interpolate_2x
 from talkinghead.models.dithead_dit import DiTHead
 from talkinghead.models.dithead_vqgan import VQModel
 from talkinghead.timebase import FPS, SAMPLE_RATE

@@ -8,6 +8,10 @@ the full-face latent, conditioned on the masked-face latent, the latent of a
 reference frame (>= 60 frames away) and the 11-frame wav2vec2 window, with the
 ADM linear schedule and a constant learning rate.
 
+Every ``log_every`` steps the mean losses since the last line are printed, appended to
+``out_dir/log_<stage>/train_log.jsonl`` (``log_vq-full``, ``log_vq-masked``, ``log_dit``)
+and given to TensorBoard (``out_dir/log_<stage>/logs``): `talkinghead.training.loss_log`.
+
 Checkpoints land in the output directory, which is then the ``--checkpoints``
 folder of generation; their format is `talkinghead.methods.dithead.checkpoint`.
 The DiT checkpoint's ``latent_scale`` is one over the standard deviation of the
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 
 from talkinghead.diffusion import DiffusionSchedule
-from talkinghead.errors import CheckpointError, TalkingHeadError
+from talkinghead.errors import TalkingHeadError
 from talkinghead.methods.dithead.checkpoint import (
     DIT_FILE,
     VQ_FILES,
@@ -39,41 +43,16 @@ from talkinghead.methods.dithead.checkpoint import (
 from talkinghead.methods.dithead.config import check_audio_dim
 from talkinghead.methods.dithead.data import PreparedDataset, SampleDrawer, load_prepared
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
-from talkinghead.models.dithead_losses import LPIPS, VQGANLoss, VQGANLossConfig
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
+from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
 from talkinghead.training.ema import EMA
+from talkinghead.training.loss_log import LossLog
 
 log = logging.getLogger(__name__)
 
 LPIPS_DIRNAME = "lpips"
 # Progress callback: (stage name, items done, total or None).
 Progress = Callable[[str, int, int | None], None]
-
-
-# --------------------------------------------------------------------------- perceptual loss
-
-
-def load_lpips(directory: Path) -> LPIPS:
-    """LPIPS from ``vgg16.pth`` (torchvision's ImageNet VGG16, any file whose keys include
-    ``features.<i>.weight``) and ``vgg.pth`` (the LPIPS "lin" layers) in ``directory``."""
-    directory = Path(directory)
-    trunk, lin = directory / "vgg16.pth", directory / "vgg.pth"
-    for p in (trunk, lin):
-        if not p.is_file():
-            raise CheckpointError(f"{p}: perceptual-loss weights not found")
-    net = LPIPS()
-    try:
-        sd_trunk = torch.load(trunk, map_location="cpu", weights_only=True)
-        sd_lin = torch.load(lin, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{directory}: cannot read the LPIPS weights ({e})") from None
-    state = {f"net.{k}": v for k, v in sd_trunk.items() if k.startswith("features.")}
-    state.update({k: v for k, v in sd_lin.items() if k.startswith("lin")})
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{directory}: LPIPS weights do not fit ({e})") from None
-    return net.eval()
 
 
 # --------------------------------------------------------------------------- results
@@ -199,6 +178,7 @@ def train_vq(
             out, "vq", vq, data=data.settings, step=at, which=which, train_state=train_state
         )
 
+    loss_log = _loss_log(Path(out_dir), f"vq-{which}", config)
     vq.train()
     criterion.train()
     if progress:
@@ -220,12 +200,14 @@ def train_vq(
             logs["d"] = d_loss.item()
         step += 1
         result.history.append(logs)
-        if config.log_every and step % config.log_every == 0:
-            log.info("vq-%s step %d: %s", which, step, _fmt(logs))
+        if loss_log is not None:
+            loss_log.add(step, logs, samples=config.batch_size)
         if config.save_every and step % config.save_every == 0:
             save(step)
         if progress:
             progress(f"vq-{which}", step, config.steps)
+    if loss_log is not None:
+        loss_log.close()
     vq.eval()
     save(step)
     result.final_loss = _vq_eval(vq, eval_images)
@@ -233,8 +215,17 @@ def train_vq(
     return result
 
 
-def _fmt(logs: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in logs.items())
+def _loss_log(out_dir: Path, name: str, config: Any) -> LossLog | None:
+    if not config.log_every:
+        return None
+
+    def echo(line: str) -> None:
+        log.info("%s %s", name, line)
+
+    return LossLog(
+        out_dir / f"log_{name}", every=config.log_every, echo=echo, total_steps=config.steps,
+        console_keys=None,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -249,6 +240,9 @@ class DiTTrainConfig:
     lr: float = 1e-4  # constant, as in DiT
     weight_decay: float = 0.0
     ema_decay: float = 0.9999  # 0 disables the EMA copy
+    # min(decay, (1 + n) / (10 + n)) after n updates: without it a short run's average is
+    # still almost the random initialisation ("eval loss 0.9976 -> 0.9976").
+    ema_warmup: bool = True
     grad_clip: float | None = None
     n_timestep: int = 1000
     scale_by_std: bool = True
@@ -346,7 +340,7 @@ def train_dit(
     gen = torch.Generator().manual_seed(config.seed)
     encoder = LatentEncoder(vq_full, vq_masked)
     step, scale = 0, 1.0
-    ema = EMA(dit, config.ema_decay, warmup=False) if config.ema_decay > 0 else None
+    ema = EMA(dit, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
     opt = torch.optim.AdamW(
         dit.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
@@ -354,7 +348,9 @@ def train_dit(
         payload = read_checkpoint(out, "dit")
         state = payload.get("train_state") or {}
         dit.load_state_dict(state.get("model", payload["state_dict"]))
-        if ema is not None:
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])  # the average and its update count
+        elif ema is not None:  # a checkpoint from before the count was stored
             ema.load_average(payload["state_dict"])
         if "opt" in state:
             opt.load_state_dict(state["opt"])
@@ -377,6 +373,8 @@ def train_dit(
     def save(at: int) -> None:
         weights = ema.averaged_state_dict(dit) if ema is not None else dit.state_dict()
         train_state = {"model": dit.state_dict(), "opt": opt.state_dict()}
+        if ema is not None:
+            train_state["ema"] = ema.state_dict()
         save_checkpoint(
             out,
             "dit",
@@ -389,6 +387,7 @@ def train_dit(
             train_state=train_state,
         )
 
+    loss_log = _loss_log(out_dir, "dit", config)
     dit.train()
     if progress:
         progress("dit", step, config.steps)
@@ -410,12 +409,14 @@ def train_dit(
         step += 1
         logs = {"loss": loss.item()}
         result.history.append(logs)
-        if config.log_every and step % config.log_every == 0:
-            log.info("dit step %d: %s", step, _fmt(logs))
+        if loss_log is not None:
+            loss_log.add(step, logs, samples=config.batch_size)
         if config.save_every and step % config.save_every == 0:
             save(step)
         if progress:
             progress("dit", step, config.steps)
+    if loss_log is not None:
+        loss_log.close()
     dit.eval()
     save(step)
     final = ema.averaged(dit) if ema is not None else dit

@@ -62,6 +62,25 @@ def train_motion(
         None, "--init-checkpoint", help="Start from these LMDM weights (fine-tuning)."
     ),
     tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard"),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="adamw, or adan (the release's; pytorch-optimizer)."
+    ),
+    mtn_mean_var_npy: Path | None = typer.Option(
+        None, "--mtn-mean-var-npy", help="[2, 265] mean/variance to normalise the motion by."
+    ),
+    dim_ws_npy: Path | None = typer.Option(
+        None, "--dim-ws-npy", help="[265] per-dimension loss weights."
+    ),
+    part_weight: list[str] = typer.Option(
+        [], "--part-weight", help="PART=W loss weight (scale pitch yaw roll t exp); repeatable."
+    ),
+    ema_warmup: bool | None = typer.Option(None, "--ema-warmup/--no-ema-warmup"),
+    log_every: int | None = typer.Option(
+        None, "--log-every", min=1, help="Steps between printed/logged loss lines."
+    ),
+    max_open_files: int | None = typer.Option(
+        None, "--max-open-files", min=1, help="Memory-mapped arrays open at once."
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a run in OUT_DIR."),
     install_to: Path | None = typer.Option(
         None,
@@ -79,6 +98,14 @@ def train_motion(
         raise TalkingHeadError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if not data_dir.exists():
         raise TalkingHeadError(f"{data_dir}: data not found (run `talkinghead prepare-data`)")
+    from talkinghead.validation import check_not_an_input
+
+    inputs = {"DATA_DIR": data_dir, "--init-checkpoint": init_checkpoint}
+    for flag, path in (("--mtn-mean-var-npy", mtn_mean_var_npy), ("--dim-ws-npy", dim_ws_npy)):
+        if path is not None and not path.is_file():
+            raise TalkingHeadError(f"{flag} {path}: file not found")
+    part_weights = _parse_part_weights(part_weight)
+    check_not_an_input(out_dir, inputs, output_is_folder=False)  # the run's files land in OUT_DIR
     given: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -104,6 +131,13 @@ def train_motion(
         "seed": seed,
         "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint),
         "tensorboard": tensorboard,
+        "optimizer": optimizer,
+        "mtn_mean_var_npy": None if mtn_mean_var_npy is None else str(mtn_mean_var_npy),
+        "dim_ws_npy": None if dim_ws_npy is None else str(dim_ws_npy),
+        "part_weights": part_weights or None,
+        "ema_warmup": ema_warmup,
+        "log_every": log_every,
+        "max_open_files": max_open_files,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if audio_feat_dim is not None:
@@ -120,16 +154,18 @@ def train_motion(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    from accelerate import PartialState
+    from talkinghead.training.distributed import is_main_process
 
-    main = PartialState().is_main_process  # one bar, not one per `accelerate launch` process
+    main = is_main_process()  # one bar, not one per `accelerate launch` process
     with Progress(*columns, console=err_console, transient=True, disable=not main) as bar:
         task = bar.add_task("training", total=None)
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
 
-        result = run(data_dir, out_dir, config, resume=resume, progress=progress)
+        result = run(
+            data_dir, out_dir, config, resume=resume, progress=progress, echo=bar.console.print
+        )
     if not result.is_main_process:  # the other processes of `accelerate launch` stay quiet
         return
     if result.start_step:
@@ -142,6 +178,26 @@ def train_motion(
         if install_to is not None:
             target = install_checkpoint(out_dir, install_to)
             typer.echo(f"installed as {target}")
+
+
+def _parse_part_weights(items: list[str]) -> dict[str, float]:
+    """``["exp=2", "t=0.5"]`` -> {"exp": 2.0, "t": 0.5}, with a one-line error otherwise."""
+    from talkinghead.methods.ditto.motion.format import MOTION_LAYOUT
+
+    parts = [f.name for f in MOTION_LAYOUT.fields]
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or name not in parts or weight is None:
+            raise TalkingHeadError(
+                f"--part-weight {item!r}: expected PART=WEIGHT with PART one of {', '.join(parts)}"
+            )
+        weights[name] = weight
+    return weights
 
 
 def register(app: typer.Typer) -> None:

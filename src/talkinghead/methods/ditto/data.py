@@ -555,7 +555,7 @@ def prepare_dataset(
     device: str = "cpu",
     batch_size: int = 16,
     emotion_stride: int = 5,
-    flip: bool = False,
+    flip: bool = True,
     max_side: int | None = 1920,
 ) -> PrepareReport:
     """Process every video under `videos_dir` into `out_dir` (layout: module docstring).
@@ -571,7 +571,7 @@ def prepare_dataset(
     networks:     `PrepareNetworks` (or a dict with its fields) to use instead of files
     progress:     called with (videos done, total) at the start and after each video
     flip:         also store each video mirrored left-right (``NAME_flip``), the release's
-                  augmentation
+                  augmentation, on by default as there (``flip=False`` / ``--no-flip``: off)
     """
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     if workers < 1 or batch_size < 1 or emotion_stride < 1:

@@ -48,6 +48,7 @@ from talkinghead.diffusion import DDIMSampler
 from talkinghead.diffusion.ddim import Denoiser
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.face import FaceAnalyzer, PasteBack, create_face_analyzer
+from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.source import SourceInput, source_media
 from talkinghead.methods.ditto.avatar import Avatar, AvatarCache, AvatarRegistrar
 from talkinghead.methods.ditto.checkpoints import (
@@ -176,6 +177,9 @@ class DittoPipeline:
         self.config.stitch_config()  # bad settings (blink without a blink clip) fail at load
         self.features = HubertFeatureExtractor(models.speech_encoder)
         self.cache = AvatarCache() if self.config.cache else None
+        # (runtime, device) -> (warp, decode) callables: compiled or exported once per pipeline.
+        self._render_nets: dict[tuple[str, str], tuple[Callable, Callable]] = {}
+        self._render_nets_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -500,7 +504,29 @@ class DittoPipeline:
     # ------------------------------------------------------------------ rendering
 
     def _renderer(self, avatar: Avatar, cfg: DittoConfig, total: int | None, d0) -> _Renderer:
-        return _Renderer(self.models, avatar, cfg, total, d0)
+        return _Renderer(self.models, avatar, cfg, total, d0, networks=self._render_networks)
+
+    def _render_networks(
+        self, runtime: str, example: tuple[torch.Tensor, ...]
+    ) -> tuple[Callable, Callable]:
+        """Warp and decode as `runtime` runs them (`talkinghead.export.runtime`), built on first
+        use from `example` warp inputs (batch 1) and kept for the pipeline's life."""
+        warp, decoder = self.models.warp_network, self.models.decoder
+        if runtime == "torch":
+            return warp, decoder
+        from talkinghead.export.runtime import runtime_network
+
+        device = next(warp.parameters()).device
+        key = (runtime, str(device))
+        with self._render_nets_lock:
+            if key not in self._render_nets:
+                with torch.inference_mode():
+                    feature = warp(*example)
+                self._render_nets[key] = (
+                    runtime_network(warp, "warp_network", runtime, example),
+                    runtime_network(decoder, "decoder", runtime, (feature,)),
+                )
+            return self._render_nets[key]
 
     def generate(
         self,
@@ -712,7 +738,15 @@ class _TimelineConditions:
 class _Renderer:
     """Motion batches -> frames: stitch + warp, decode, paste-back (one stage each)."""
 
-    def __init__(self, models: DittoModels, avatar: Avatar, cfg: DittoConfig, total, d0) -> None:
+    def __init__(
+        self,
+        models: DittoModels,
+        avatar: Avatar,
+        cfg: DittoConfig,
+        total,
+        d0,
+        networks: Callable[[str, tuple], tuple[Callable, Callable]] | None = None,
+    ) -> None:
         self.models = models
         self.avatar = avatar
         self.cfg = cfg
@@ -727,8 +761,18 @@ class _Renderer:
         self.fades = fade_alphas(total, cfg.fade_in, cfg.fade_out) if total else None
         self.timeline = cfg.controls
         self.f_s = torch.from_numpy(avatar.f_s)
+        # An image source's feature volume goes to the device once and is broadcast to each
+        # batch (stride 0), never copied per frame.
+        self.f_s_device = self.f_s[:1].to(self.device) if avatar.num_frames == 1 else None
         self.paster = PasteBack()
+        on_device = cfg.device_paste if cfg.device_paste is not None else self.device.type == "cuda"
+        # On the device, crops stay there as uint8 and only uint8 frames come back.
+        self.device_paster = DevicePasteBack() if on_device else None
+        self._source_frames: dict[int, torch.Tensor] = {}
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.autocast = cfg.fp16 and self.device.type == "cuda"
+        self._networks = networks
+        self._nets: tuple[Callable, Callable] | None = None
 
     def _controls(self, start: int, b: int) -> StitchControl | list[StitchControl] | None:
         if self.timeline is None:
@@ -753,30 +797,77 @@ class _Renderer:
         x_s_info = {k: torch.from_numpy(v[src_idx]) for k, v in self.avatar.x_s_info.items()}
         x_d = torch.from_numpy(np.ascontiguousarray(motion))
         x_s, x_d = self.stitcher(x_s_info, x_d, start, self._controls(start, b))
-        f_s = (
-            self.f_s[src_idx] if self.avatar.num_frames > 1 else self.f_s.expand(b, -1, -1, -1, -1)
-        )
+        if self.f_s_device is not None:
+            f_s = self.f_s_device.expand(b, -1, -1, -1, -1)
+        else:
+            f_s = self.f_s[src_idx].to(self.device)
+        x_s, x_d = x_s.to(self.device), x_d.to(self.device)
+        warp, _ = self._render_nets((f_s[:1], x_s[:1], x_d[:1]))
         with torch.autocast("cuda", torch.float16, enabled=self.autocast):
-            out = self.models.warp_network(
-                f_s.to(self.device), x_s.to(self.device), x_d.to(self.device)
-            )
+            out = warp(f_s, x_s, x_d)
         return [(start, out)]
+
+    def _render_nets(self, example: tuple[torch.Tensor, ...]) -> tuple[Callable, Callable]:
+        if self._nets is None:
+            if self._networks is None or self.cfg.runtime == "torch":
+                self._nets = (self.models.warp_network, self.models.decoder)
+            else:
+                example = tuple(x.contiguous() for x in example)
+                self._nets = self._networks(self.cfg.runtime, example)
+        return self._nets
 
     @torch.inference_mode()
     def decode(self, item: tuple[int, torch.Tensor]) -> list[tuple[int, np.ndarray]]:
         start, feature = item
+        _, decode = self._render_nets(())
         with torch.autocast("cuda", torch.float16, enabled=self.autocast):
-            image = self.models.decoder(feature)
-        crops = (image.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()
-        return [(start, crops)]
+            image = decode(feature)
+        # Rounded to uint8 where it was rendered (x + 0.5 truncated: round half up, as
+        # PasteBack rounds a float render): a quarter of float32's bytes to move.
+        crops = image.float().clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8)
+        crops = crops.permute(0, 2, 3, 1)
+        if self.device_paster is None:
+            return [(start, crops.cpu().numpy())]
+        return [(start, crops.contiguous())]
 
-    def paste(self, item: tuple[int, np.ndarray]) -> list[np.ndarray]:
+    def _device_frames(self, src_idx: Sequence[int]) -> torch.Tensor:
+        """The source frames under this batch, uint8 [B, H, W, 3] on the device (an image
+        source: its one frame, uploaded once and broadcast)."""
+        if self.avatar.num_frames == 1:
+            if 0 not in self._source_frames:
+                frame = torch.from_numpy(np.ascontiguousarray(self.avatar.frames[0]))
+                self._source_frames[0] = frame.to(self.device)[None]
+            return self._source_frames[0].expand(len(src_idx), -1, -1, -1)
+        batch = np.stack([self.avatar.frames[j] for j in src_idx])
+        return torch.from_numpy(batch).to(self.device, non_blocking=True)
+
+    def _download(self, frames: torch.Tensor) -> np.ndarray:
+        """uint8 frames to the host: into pinned memory on a copy stream, so the copy
+        overlaps the warp and decode kernels queued after it."""
+        if self._copy_stream is None:
+            return frames.numpy()
+        host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(compute)
+        with torch.cuda.stream(self._copy_stream):
+            host.copy_(frames, non_blocking=True)
+            frames.record_stream(self._copy_stream)
+        self._copy_stream.synchronize()
+        return host.numpy()
+
+    @torch.inference_mode()
+    def paste(self, item: tuple[int, Any]) -> list[np.ndarray]:
         start, crops = item
         src_idx = self.avatar.frame_indices(start + len(crops))[start:]
-        return [
-            self.paster(self.avatar.frames[j], crop, self.avatar.M_c2o[j])
-            for j, crop in zip(src_idx, crops, strict=True)
-        ]
+        if self.device_paster is None:
+            return [
+                self.paster(self.avatar.frames[j], crop, self.avatar.M_c2o[j])
+                for j, crop in zip(src_idx, crops, strict=True)
+            ]
+        frames = self.device_paster(
+            self._device_frames(src_idx), crops, np.asarray(self.avatar.M_c2o)[src_idx]
+        )
+        return list(self._download(frames))
 
     def stages(self, writer=None, progress: Progress | None = None) -> list[Stage]:
         counts = {"render": 0}

@@ -31,18 +31,23 @@ motion's parts (scale, pitch, yaw, roll, t, exp; each part's mean, times its wei
 * L (`use_last_frame_loss`): the first predicted frame against the conditioning frame,
   which keeps consecutive windows continuous.
 
-The optimiser is AdamW (lr 1e-4, weight decay 0.02); the release uses Adan with the same
-values, which torch does not ship. Gradients are clipped (`grad_clip`), an exponential
-moving average of the weights (`ema_decay`) is kept and exported, and `mixed_precision`
-("no", "fp16", "bf16") goes to accelerate.
+The optimiser is AdamW (lr 1e-4, weight decay 0.02) or, with ``optimizer="adan"``, the
+release's Adan (from `pytorch-optimizer`). Gradients are clipped (`grad_clip`), an
+exponential moving average of the weights (`ema_decay`, with warm-up) is kept and
+exported, and the precision is accelerate's (``accelerate launch --mixed_precision`` or
+``accelerate config``) unless `mixed_precision` names one. The release's
+``mtn_mean_var_npy`` (targets normalised by mean/variance) and ``dim_ws_npy``
+(per-dimension loss weights) are options; the data are read through a bounded pool of
+memory maps (`max_open_files`), so any number of videos loads.
 
 Output directory::
 
     OUT_DIR/
       train_config.json          the configuration (checked on resume)
-      train_log.jsonl            one line per `log_every` steps (losses, lr, grad norm)
+      train_log.jsonl            one line per `log_every` steps (losses, lr, grad norm, samples/s)
       logs/                      TensorBoard events (when tensorboard is installed)
       state/step_00001234/       accelerate state: model, optimiser, EMA, RNGs, + trainer.json
+                                 and rank_state_{rank}.pt (each rank's own random streams)
       ckpts/lmdm_e0050_s00001234.pth   exported weights (EMA), the release's container
       export/lmdm_v0.4_hubert.pth      the latest export, named as the release's file
       export/talkinghead.json          {"lmdm": {...}} when the network differs from the release's
@@ -71,7 +76,15 @@ from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
+from talkinghead.training.arrays import NpyPool
+from talkinghead.training.distributed import (
+    build_accelerator,
+    load_rank_state,
+    resolve_mixed_precision,
+    save_rank_state,
+)
 from talkinghead.training.ema import EMA
+from talkinghead.training.loss_log import LossLog
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +144,15 @@ class MotionTrainConfig:
     acceleration_weight: float = 1.0
     last_frame_weight: float = 1.0
     part_weights: Mapping[str, float] = field(default_factory=dict)  # motion field -> weight
+    # Release options: [2, motion_feat_dim] mean/variance the targets are normalised by
+    # (x - mean) / sqrt(var), and [motion_feat_dim] per-dimension loss weights.
+    mtn_mean_var_npy: str | None = None
+    dim_ws_npy: str | None = None
+    optimizer: str = "adamw"  # "adamw" | "adan" (the release's; pytorch-optimizer's Adan)
     ema_decay: float = 0.9999  # 0 disables; exports then hold the raw weights
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    ema_warmup: bool = True  # decay min(decay, (1+n)/(10+n)): short runs export trained weights
+    mixed_precision: str | None = None  # None: accelerate's (launch flag / config), else no|fp16|bf16
+    max_open_files: int = 64  # memory-mapped arrays open at once per process
     num_workers: int = 0
     seed: int = 0
     init_checkpoint: str | None = None  # start from these LMDM weights (fine-tuning)
@@ -141,14 +161,16 @@ class MotionTrainConfig:
     save_ckpt_freq: int = 50  # epochs between saves (state + exported weights)
     save_every_steps: int = 0  # also save every N steps (0: only by epoch)
     keep_states: int = 2  # training states kept on disk (exports are all kept)
-    log_every: int = 50  # steps between log lines
+    log_every: int = 10  # steps between loss lines (console, train_log.jsonl, TensorBoard)
     max_steps: int = 0  # stop after this many steps in all (0: run every epoch)
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
         if self.loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be 'l1' or 'l2', got {self.loss_type!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.optimizer not in ("adamw", "adan"):
+            raise ValueError(f"optimizer must be adamw or adan, got {self.optimizer!r}")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise ValueError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
             )
@@ -163,6 +185,7 @@ class MotionTrainConfig:
             "save_ckpt_freq",
             "log_every",
             "keep_states",
+            "max_open_files",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -210,6 +233,7 @@ STRUCTURAL_FIELDS = (
     "num_layers",
     "num_heads",
     "num_cond_layers",
+    "mtn_mean_var_npy",
 )
 
 PRESETS: dict[str, MotionTrainConfig] = {
@@ -241,21 +265,37 @@ PRESETS: dict[str, MotionTrainConfig] = {
 
 @dataclass
 class VideoArrays:
-    """One prepared video: arrays by data_list key, loaded lazily (memory-mapped) unless given."""
+    """One prepared video: arrays by data_list key, in memory when preloaded, else read
+    through a shared `NpyPool` (a bounded number of memory maps open, whatever the count
+    of videos)."""
 
     name: str
     frame_num: int
     paths: dict[str, Path]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    pool: NpyPool | None = None
+
+    def _pool(self) -> NpyPool:
+        if self.pool is None:
+            self.pool = NpyPool()
+        return self.pool
 
     def get(self, key: str) -> np.ndarray:
-        if key not in self.arrays:
-            path = self.paths[key]
-            try:
-                self.arrays[key] = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise TalkingHeadError(f"{path}: unreadable array ({exc})") from None
-        return self.arrays[key]
+        """The whole array (in memory when preloaded; else a copy read through the pool)."""
+        if key in self.arrays:
+            return self.arrays[key]
+        return self._pool().rows(self.paths[key], dtype=None)
+
+    def rows(self, key: str, start: int, stop: int) -> np.ndarray:
+        """float32 copy of rows [start, stop)."""
+        if key in self.arrays:
+            return np.array(self.arrays[key][start:stop], np.float32)
+        return self._pool().rows(self.paths[key], start, stop)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key in self.arrays:
+            return tuple(self.arrays[key].shape)
+        return self._pool().shape(self.paths[key])
 
 
 def _keys(cfg: MotionTrainConfig) -> list[str]:
@@ -289,6 +329,7 @@ def load_data_list(data: str | os.PathLike, cfg: MotionTrainConfig) -> list[Vide
     if not isinstance(entries, list):
         raise TalkingHeadError(f"{path}: expected a JSON list of videos")
     keys = _keys(cfg)
+    pool = NpyPool(cfg.max_open_files)  # one pool for all videos: the open-file bound is global
     videos, short = [], 0
     for i, e in enumerate(entries):
         missing = [k for k in (*keys, "frame_num") if k not in e]
@@ -299,7 +340,7 @@ def load_data_list(data: str | os.PathLike, cfg: MotionTrainConfig) -> list[Vide
         if n < cfg.seq_frames + 1:  # a window needs the frame before it
             short += 1
             continue
-        videos.append(VideoArrays(str(e.get("name", paths["mtn"].stem)), n, paths))
+        videos.append(VideoArrays(str(e.get("name", paths["mtn"].stem)), n, paths, pool=pool))
     if short:
         log.warning(
             "%s: %d video(s) shorter than %d frames skipped", path, short, cfg.seq_frames + 1
@@ -356,7 +397,7 @@ class MotionWindowDataset(torch.utils.data.Dataset):
             dtype=np.int64,
         ).reshape(-1, 2)
         first = self.videos[0]
-        mtn_dim = first.get("mtn").shape[1]
+        mtn_dim = first.shape("mtn")[1]
         need = cfg.motion_feat_dim + (SC_DIM if cfg.use_sc else 0)
         if mtn_dim < need:
             raise TalkingHeadError(
@@ -365,15 +406,16 @@ class MotionWindowDataset(torch.utils.data.Dataset):
             )
         self.blocks = self._blocks(first)
         self.cond_dim = sum(n for _, n in self.blocks)
+        self.mtn_mean_std = load_mean_std(cfg.mtn_mean_var_npy, cfg.motion_feat_dim)
 
     def _blocks(self, v: VideoArrays) -> list[tuple[str, int]]:
         cfg = self.cfg
-        blocks = [("aud", v.get("aud").shape[1])]
+        blocks = [("aud", v.shape("aud")[1])]
         for key, on in (("emo", cfg.use_emo), ("eye_open", cfg.use_eye_open)):
             if on:
-                blocks.append((key, v.get(key).shape[1]))
+                blocks.append((key, v.shape(key)[1]))
         if cfg.use_eye_ball:
-            blocks.append(("eye_ball", int(np.prod(v.get("eye_ball").shape[1:]))))
+            blocks.append(("eye_ball", int(np.prod(v.shape("eye_ball")[1:]))))
         if cfg.use_sc:
             blocks.append(("sc", SC_DIM))
         return blocks
@@ -393,23 +435,74 @@ class MotionWindowDataset(torch.utils.data.Dataset):
         vi, f = (int(x) for x in self.windows[index])
         v = self.videos[vi]
         L, D = cfg.seq_frames, cfg.motion_feat_dim
-        mtn = v.get("mtn")
-        x0 = np.array(mtn[f : f + L, :D], np.float32)
+        x0 = v.rows("mtn", f, f + L)[:, :D]
         ref = f - 1 if cfg.use_last_frame else int(rng.integers(v.frame_num))
-        cond_frame = np.array(mtn[ref, :D], np.float32)
-        parts = [np.array(v.get("aud")[f : f + L], np.float32)]
+        cond_frame = v.rows("mtn", ref, ref + 1)[0, :D]
+        if self.mtn_mean_std is not None:  # the release normalises targets and the cond frame
+            mean, std = self.mtn_mean_std
+            x0, cond_frame = (x0 - mean) / std, (cond_frame - mean) / std
+        parts = [v.rows("aud", f, f + L)]
         if cfg.use_emo:
-            emo = np.array(v.get("emo")[f : f + L], np.float32).mean(0)
+            emo = v.rows("emo", f, f + L).mean(0)
             parts.append(np.broadcast_to(emo, (L, emo.shape[0])))
         if cfg.use_eye_open:
-            parts.append(np.array(v.get("eye_open")[f : f + L], np.float32))
+            parts.append(v.rows("eye_open", f, f + L))
         if cfg.use_eye_ball:
-            parts.append(np.array(v.get("eye_ball")[f : f + L], np.float32).reshape(L, -1))
+            parts.append(v.rows("eye_ball", f, f + L).reshape(L, -1))
         if cfg.use_sc:
-            sc = np.array(mtn[int(rng.integers(v.frame_num)), D : D + SC_DIM], np.float32)
+            r = int(rng.integers(v.frame_num))
+            sc = v.rows("mtn", r, r + 1)[0, D : D + SC_DIM]
             parts.append(np.broadcast_to(sc, (L, SC_DIM)))
         cond = np.concatenate(parts, axis=1)
-        return torch.from_numpy(x0), torch.from_numpy(cond_frame), torch.from_numpy(cond)
+        return (
+            torch.from_numpy(np.ascontiguousarray(x0, np.float32)),
+            torch.from_numpy(np.ascontiguousarray(cond_frame, np.float32)),
+            torch.from_numpy(cond),
+        )
+
+
+def load_mean_std(path: str | None, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) [dim] each from the release's ``mtn_mean_var_npy`` ([2, >= dim]: mean, var)."""
+    if not path:
+        return None
+    try:
+        mv = np.load(path).astype(np.float32)
+    except (OSError, ValueError) as exc:
+        raise TalkingHeadError(f"{path}: unreadable mean/variance array ({exc})") from None
+    if mv.ndim != 2 or mv.shape[0] != 2 or mv.shape[1] < dim:
+        raise TalkingHeadError(
+            f"{path}: mean/variance array has shape {mv.shape}, expected [2, {dim}]"
+        )
+    var = mv[1, :dim].copy()
+    var[var == 0] = 1e-8  # a constant dimension would divide by zero
+    return mv[0, :dim], np.sqrt(var)
+
+
+def load_dim_weights(path: str | None, dim: int) -> np.ndarray | None:
+    """The release's ``dim_ws_npy``: one loss weight per motion dimension."""
+    if not path:
+        return None
+    try:
+        w = np.load(path).astype(np.float32).reshape(-1)
+    except (OSError, ValueError) as exc:
+        raise TalkingHeadError(f"{path}: unreadable dimension weights ({exc})") from None
+    if w.shape[0] < dim:
+        raise TalkingHeadError(f"{path}: {w.shape[0]} dimension weights, expected {dim}")
+    return w[:dim]
+
+
+def compute_mean_var(videos: Sequence[VideoArrays], dim: int) -> np.ndarray:
+    """[2, dim] mean and variance of the motion over every frame (for ``mtn_mean_var_npy``)."""
+    total = np.zeros(dim, np.float64)
+    sq = np.zeros(dim, np.float64)
+    n = 0
+    for v in videos:
+        m = v.rows("mtn", 0, v.frame_num)[:, :dim].astype(np.float64)
+        total += m.sum(0)
+        sq += (m * m).sum(0)
+        n += m.shape[0]
+    mean = total / max(n, 1)
+    return np.stack([mean, np.maximum(sq / max(n, 1) - mean * mean, 0.0)]).astype(np.float32)
 
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
@@ -450,13 +543,24 @@ def motion_loss(
     target: torch.Tensor,
     cond_frame: torch.Tensor,
     cfg: MotionTrainConfig,
+    dim_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum over motion parts of the P/V/A(/L) terms; also the terms by name."""
-    fn = nn.functional.mse_loss if cfg.loss_type == "l2" else nn.functional.l1_loss
+    """Weighted sum over motion parts of the P/V/A(/L) terms; also the terms by name.
+
+    `dim_weights` [D] (``dim_ws_npy``) scales each dimension's error before the means.
+    """
+    base = nn.functional.mse_loss if cfg.loss_type == "l2" else nn.functional.l1_loss
     terms: dict[str, torch.Tensor] = {}
     total = pred.new_zeros(())
     for name, sl in motion_parts(pred.shape[-1]):
         w = float(cfg.part_weights.get(name, 1.0))
+        dw = None if dim_weights is None else dim_weights[sl]
+
+        def fn(a: torch.Tensor, b: torch.Tensor, dw: torch.Tensor | None = dw) -> torch.Tensor:
+            if dw is None:
+                return base(a, b)
+            return (base(a, b, reduction="none") * dw).mean()
+
         p, g = pred[..., sl], target[..., sl]
         pv, gv = p[:, 1:] - p[:, :-1], g[:, 1:] - g[:, :-1]
         part = {"P": fn(p, g)}
@@ -558,6 +662,20 @@ def _state_dirs(out_dir: Path) -> list[Path]:
 # --- training -------------------------------------------------------------------------------
 
 
+def build_optimizer(params, cfg: MotionTrainConfig) -> torch.optim.Optimizer:
+    """AdamW (torch), or Adan as the release trains with (the `pytorch-optimizer` package)."""
+    if cfg.optimizer == "adan":
+        try:
+            from pytorch_optimizer import Adan
+        except ImportError:
+            raise TalkingHeadError(
+                "--optimizer adan needs the pytorch-optimizer package: "
+                "pip install 'talkinghead[train]'"
+            ) from None
+        return Adan(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -588,37 +706,6 @@ def _check_resume(out_dir: Path, cfg: MotionTrainConfig) -> None:
         )
 
 
-class _Logger:
-    """JSONL log always; TensorBoard when installed (main process only)."""
-
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.tb = None
-        self.path = out_dir / LOG_NAME
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "logs"))
-            except ImportError:
-                log.warning("tensorboard is not installed; logging to %s only", self.path)
-
-    def write(self, step: int, values: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(
-                json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n"
-            )
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train_motion(
     data: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -626,12 +713,14 @@ def train_motion(
     *,
     resume: bool = True,
     progress: ProgressCallback | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train the LMDM on `data` (DATA_DIR or data_list.json) into `out_dir`.
 
     With `resume`, a run in `out_dir` continues from its latest saved state; without,
     an `out_dir` holding saved states is refused. `progress(step, total_steps, loss)` is
-    called after every step on the main process.
+    called after every step on the main process; `echo(line)` gets the loss line every
+    `log_every` steps (also in train_log.jsonl and TensorBoard).
     """
     from accelerate.utils import set_seed
 
@@ -646,7 +735,10 @@ def train_motion(
     videos = load_data_list(data, cfg)
     data_list = find_data_list(data)
 
-    accelerator = _accelerator(cfg.mixed_precision)
+    try:
+        accelerator = build_accelerator(cfg.mixed_precision)
+    except ValueError as exc:
+        raise TalkingHeadError(str(exc)) from None
     main = accelerator.is_main_process
     set_seed(cfg.seed)
     if cfg.data_preload:
@@ -666,7 +758,14 @@ def train_motion(
             f"audio_feat_dim {audio_feat_dim} does not match the data's condition: "
             f"{dataset.describe_condition()}"
         )
-    cfg = replace(cfg, audio_feat_dim=audio_feat_dim)
+    # Recorded as run: the precision accelerate chose (launch flag / config) when none was given.
+    cfg = replace(
+        cfg,
+        audio_feat_dim=audio_feat_dim,
+        mixed_precision=resolve_mixed_precision(accelerator.mixed_precision),
+    )
+    dim_ws = load_dim_weights(cfg.dim_ws_npy, cfg.motion_feat_dim)
+    dim_weights = None if dim_ws is None else torch.from_numpy(dim_ws).to(accelerator.device)
     if states:
         _check_resume(out_dir, cfg)
     lmdm_kwargs = cfg.lmdm_overrides(audio_feat_dim)
@@ -679,10 +778,9 @@ def train_motion(
         net.model.load_state_dict(init.model.state_dict())
     decoder = net.model
     alphas_cumprod = net.alphas_cumprod.to(accelerator.device)
-    ema = EMA(decoder, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    optimizer = torch.optim.AdamW(
-        decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
-    )
+    ema = EMA(decoder, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    optimizer = build_optimizer(decoder.parameters(), cfg)
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -692,7 +790,7 @@ def train_motion(
         drop_last=len(dataset) >= cfg.batch_size * accelerator.num_processes,
         # Its own generator: creating an epoch's iterator then leaves the global RNG (noise,
         # dropout) alone, so a run resumed mid-epoch draws exactly what the original would.
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=loader_generator,
     )
     decoder, optimizer, loader = accelerator.prepare(decoder, optimizer, loader)
     if ema is not None:
@@ -701,6 +799,8 @@ def train_motion(
     step, epoch, skip = 0, 0, 0
     if states:
         accelerator.load_state(str(states[-1]))
+        with contextlib.suppress(FileNotFoundError):  # states written before per-rank files
+            load_rank_state(states[-1], accelerator.process_index, {"loader": loader_generator})
         saved = json.loads((states[-1] / TRAINER_STATE).read_text())
         step, epoch, skip = int(saved["step"]), int(saved["epoch"]), int(saved["batch"])
         if main:
@@ -709,11 +809,18 @@ def train_motion(
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=1))
-    logger = _Logger(out_dir, main, cfg.tensorboard)
     per_epoch = len(loader)
     total = cfg.epochs * per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
+    logger = LossLog(
+        out_dir,
+        every=cfg.log_every,
+        enabled=main,
+        tensorboard=cfg.tensorboard,
+        echo=echo,
+        total_steps=total,
+    )
     result = TrainResult(out_dir, start_step, step, epoch, None, None, is_main_process=main)
     world = accelerator.num_processes
 
@@ -721,6 +828,9 @@ def train_motion(
         accelerator.wait_for_everyone()
         state = out_dir / STATE_DIR / f"step_{step:08d}"
         accelerator.save_state(str(state), safe_serialization=False)
+        # Every rank's own random streams (accelerate's cover the global RNGs only).
+        save_rank_state(state, accelerator.process_index, {"loader": loader_generator})
+        accelerator.wait_for_everyone()
         if main:
             (state / TRAINER_STATE).write_text(
                 json.dumps({"step": step, "epoch": epoch_done, "batch": batch})
@@ -745,8 +855,6 @@ def train_motion(
             log.info("step %d: saved %s", step, ckpt)
         accelerator.wait_for_everyone()
 
-    running: dict[str, float] = {}
-    n_running = 0
     last_save = step if states else -1
     batch_index = skip
     stop = bool(cfg.max_steps) and step >= cfg.max_steps
@@ -771,7 +879,7 @@ def train_motion(
                     keep[0] = True  # DDP needs every parameter used; negligible bias
                 with accelerator.autocast():
                     pred = decoder(x_t, cond_frame, cond, t, keep_mask=keep)
-                loss, terms = motion_loss(pred.float(), x0, cond_frame, cfg)
+                loss, terms = motion_loss(pred.float(), x0, cond_frame, cfg, dim_weights)
                 accelerator.backward(loss)
                 grad_norm = None
                 if cfg.grad_clip > 0 and accelerator.sync_gradients:
@@ -784,18 +892,13 @@ def train_motion(
                 batch_index += 1
                 value = float(loss.detach())
                 result.losses.append(value)
-                running["loss/total"] = running.get("loss/total", 0.0) + value
-                for k, v in terms.items():
-                    running[f"loss/{k}"] = running.get(f"loss/{k}", 0.0) + float(v.detach())
-                n_running += 1
-                if step % cfg.log_every == 0:
-                    values = {k: v / n_running for k, v in running.items()}
-                    values["lr"] = optimizer.param_groups[0]["lr"]
-                    if grad_norm is not None:
-                        values["grad_norm"] = float(grad_norm)
-                    values["epoch"] = epoch + batch_index / per_epoch
-                    logger.write(step, values)
-                    running, n_running = {}, 0
+                values = {"loss/total": value}
+                values.update((f"loss/{k}", float(v.detach())) for k, v in terms.items())
+                values["lr"] = optimizer.param_groups[0]["lr"]
+                if grad_norm is not None:
+                    values["grad_norm"] = float(grad_norm)
+                values["epoch"] = epoch + batch_index / per_epoch
+                logger.add(step, values, samples=b * world)
                 if progress is not None and main:
                     progress(step, total, value)
                 stop = bool(cfg.max_steps) and step >= cfg.max_steps
@@ -826,21 +929,3 @@ def train_motion(
     result.seconds = time.perf_counter() - t0
     accelerator.end_training()
     return result
-
-
-def _accelerator(mixed_precision: str):
-    """An Accelerator; a plain single process may switch precision between runs."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    state = AcceleratorState._shared_state
-    if (
-        state
-        and state.get("_mixed_precision", mixed_precision) != mixed_precision
-        and PartialState().distributed_type == DistributedType.NO
-    ):
-        # accelerate keeps one process-wide state; several trainings in one Python process
-        # (a notebook, the tests) would otherwise be stuck with the first run's precision.
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision)

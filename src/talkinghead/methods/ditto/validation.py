@@ -82,6 +82,22 @@ def check_ditto_config(cfg: DittoConfig) -> None:
         raise SettingsError(
             f"max_size must be at least {MIN_MAX_SIZE} pixels, got {cfg.max_size!r}"
         )
+    check_render_runtime(cfg.runtime, cfg.device)
+
+
+def check_render_runtime(runtime: str, device: str = "cpu") -> None:
+    """The renderer's runtime is known and can run on `device` ("auto": checked once resolved)."""
+    from talkinghead.errors import TalkingHeadError
+    from talkinghead.export.runtime import RUNTIMES, check_runtime
+
+    if device == "auto":
+        if runtime not in RUNTIMES:
+            raise SettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        return
+    try:
+        check_runtime(runtime, device)
+    except TalkingHeadError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def local_checkpoints(

@@ -2,6 +2,12 @@
 // the server as PCM16 16 kHz over a WebSocket, and play the frames that come back in
 // sync with the audio.
 //
+// Access: requests that change something carry the X-Talkinghead-Client header (other
+// pages cannot send it without the server's consent), and, when the server has a token,
+// "Authorization: Bearer TOKEN" (the WebSocket sends it in its start message). The token
+// comes from the address's fragment (#token=..., never sent to the server; `talkinghead
+// serve --token` prints that address) or the token box, and is kept for this tab only.
+//
 // Sync: the AudioContext clock is the master. Audio is scheduled at t0 + sample/16000
 // and frame i is drawn when that clock reaches t0 + i/25 (its timestamp). When the next
 // frame has not arrived in time, the audio context is suspended (its clock stops) until
@@ -22,10 +28,52 @@ const setText = (id, value) => { $(id).textContent = String(value); };
 const showError = (message) => setText("error", message || "");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// ------------------------------------------------------------------ access
+
+const CSRF_HEADER = "X-Talkinghead-Client";
+
+function takeTokenFromAddress() {
+  const match = location.hash.match(/(?:^#|&)token=([^&]*)/);
+  if (!match) return;
+  sessionStorage.setItem("talkinghead-token", decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search); // out of the address bar
+}
+takeTokenFromAddress();
+const token = () => sessionStorage.getItem("talkinghead-token") || "";
+
+// fetch() with the headers this server wants.
+function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  headers.set(CSRF_HEADER, "page");
+  if (token()) headers.set("Authorization", `Bearer ${token()}`);
+  return fetch(path, { ...options, headers });
+}
+
+async function checkAccess() {
+  const health = await (await fetch("/healthz")).json();
+  const ok = !health.token_required || Boolean(token());
+  $("token-box").hidden = ok;
+  return ok;
+}
+
+$("token-save").addEventListener("click", async () => {
+  sessionStorage.setItem("talkinghead-token", $("token").value.trim());
+  $("token").value = "";
+  showError("");
+  if (await checkAccess()) {
+    refreshAvatars().catch((err) => showError(`cannot list avatars: ${err.message || err}`));
+  }
+});
+
 // ------------------------------------------------------------------ avatars
 
 async function refreshAvatars(select) {
-  const response = await fetch("/avatars");
+  const response = await api("/avatars");
+  if (response.status === 401) {
+    sessionStorage.removeItem("talkinghead-token");
+    $("token-box").hidden = false;
+    throw new Error("the token is missing or wrong");
+  }
   const { avatars } = await response.json();
   const menu = $("avatar");
   const keep = select || menu.value;
@@ -39,12 +87,22 @@ async function refreshAvatars(select) {
   updateButtons();
 }
 
-function updateThumb() {
+async function updateThumb() {
   const id = $("avatar").value;
   const thumb = $("thumb");
   thumb.hidden = !id;
-  if (id) thumb.src = `/avatars/${id}/thumbnail`;
-  else thumb.removeAttribute("src");
+  if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
+  thumb.removeAttribute("src");
+  if (!id) return;
+  try {
+    // Fetched, not linked: the request may need the token.
+    const response = await api(`/avatars/${id}/thumbnail`);
+    if (response.ok && $("avatar").value === id) {
+      thumb.src = URL.createObjectURL(await response.blob());
+    }
+  } catch (err) {
+    thumb.hidden = true; // only a preview: the avatar itself is fine
+  }
 }
 
 $("avatar").addEventListener("change", () => { updateThumb(); updateButtons(); });
@@ -56,12 +114,10 @@ $("portrait-file").addEventListener("change", async (event) => {
   status.className = "";
   status.textContent = `uploading ${file.name}…`;
   try {
-    // The raw file as the body: the server decides what it is by decoding it.
-    const response = await fetch("/avatars", {
-      method: "POST",
-      body: file,
-      headers: { "Content-Type": "application/octet-stream" },
-    });
+    // A form with the file; the server decides what it is by decoding it.
+    const form = new FormData();
+    form.append("file", file);
+    const response = await api("/avatars", { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       status.className = "error";
@@ -251,7 +307,9 @@ class Session {
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onopen = () => {
-        ws.send(JSON.stringify({ type: "start", avatar: this.avatar, controls: this.controls }));
+        const start = { type: "start", avatar: this.avatar, controls: this.controls };
+        if (token()) start.token = token();
+        ws.send(JSON.stringify(start));
       };
       ws.onmessage = (event) => {
         if (typeof event.data !== "string") { this.onFrame(event.data); return; }
@@ -479,4 +537,6 @@ function updateButtons() {
   $("stop").disabled = !live;
 }
 
-refreshAvatars().catch((err) => showError(`cannot list avatars: ${err.message || err}`));
+checkAccess()
+  .then((ok) => (ok ? refreshAvatars() : showError("enter the server's token")))
+  .catch((err) => showError(`cannot list avatars: ${err.message || err}`));

@@ -1,4 +1,4 @@
-"""DiT-Head stage 3: 2x frame interpolation (classical flow; RIFE in test_dithead_models)."""
+"""2x frame interpolation shared by DiT-Head (stage 3) and DiffTalk (classical flow; RIFE in test_dithead_networks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from talkinghead.errors import CheckpointError
-from talkinghead.methods.dithead.interpolation import (
+from talkinghead.frames.interpolation import (
     FlowInterpolator,
     create_interpolator,
     interpolate_2x,

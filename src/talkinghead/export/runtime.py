@@ -1,0 +1,206 @@
+"""How the renderer networks (warp and decoder) run: PyTorch, torch.compile, ONNX Runtime.
+
+``torch``: the modules as they are. ``compile``: ``torch.compile`` of each (on CUDA in
+"reduce-overhead" mode, i.e. CUDA graphs; on CPU inductor's C++ kernels).
+``onnx``: our own export (`talkinghead.export.onnx.export_onnx`, cached on disk by
+the weights' hash) run by onnxruntime, with its CUDA provider when it is installed and
+the networks are on CUDA. ``tensorrt``: onnxruntime's TensorRT provider over the same
+export, with an engine cache next to it (needs an onnxruntime-gpu build with TensorRT).
+
+Every runtime takes and returns torch tensors on the networks' device, so the
+renderer does not care which one runs. Each is tested to give the frames of torch fp32
+within a stated tolerance (tests/export/test_runtime.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from talkinghead.errors import TalkingHeadError
+
+RUNTIMES = ("torch", "compile", "onnx", "tensorrt")
+CACHE_DIR_ENV = "TALKINGHEAD_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """Where exported graphs and engines live: `$TALKINGHEAD_CACHE/runtimes`, else
+    `$XDG_CACHE_HOME/talkinghead/runtimes`, else `~/.cache/talkinghead/runtimes`."""
+    root = os.environ.get(CACHE_DIR_ENV)
+    if root:
+        return Path(root).expanduser() / "runtimes"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache_home = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache_home / "talkinghead" / "runtimes"
+
+
+def available_providers() -> list[str]:
+    """onnxruntime's execution providers here ([] without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def check_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
+    """The runtime name, or a `TalkingHeadError` saying why it cannot run here and what to do."""
+    if runtime not in RUNTIMES:
+        raise TalkingHeadError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    providers = available_providers()
+    if runtime == "onnx" and not providers:
+        raise TalkingHeadError(
+            "runtime 'onnx' needs onnxruntime: pip install 'talkinghead[onnx]', or use --runtime torch"
+        )
+    if runtime == "tensorrt":
+        if torch.device(device).type != "cuda":
+            raise TalkingHeadError("runtime 'tensorrt' needs a CUDA device (--device cuda)")
+        if "TensorrtExecutionProvider" not in providers:
+            raise TalkingHeadError(
+                "runtime 'tensorrt' needs onnxruntime-gpu with TensorRT (TensorrtExecutionProvider "
+                f"not among {providers or 'no providers'}); use --runtime compile or onnx"
+            )
+    return runtime
+
+
+def weights_digest(net: nn.Module) -> str:
+    """A short hash of a network's class and weights: the export cache's key."""
+    h = hashlib.sha256(type(net).__qualname__.encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class OnnxRuntimeNetwork:
+    """An ONNX export run by onnxruntime, called with and returning torch tensors."""
+
+    def __init__(self, path: Path, device: torch.device, providers: list[str]) -> None:
+        import onnxruntime as ort
+
+        self.device = device
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        # On CUDA, inputs and outputs stay on the device through IO binding.
+        self.bind = device.type == "cuda" and self.providers[0] != "CPUExecutionProvider"
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.bind:
+            return self._run_bound(inputs)
+        feed = {
+            name: x.detach().float().cpu().contiguous().numpy()
+            for name, x in zip(self.input_names, inputs, strict=True)
+        }
+        out = self.session.run(None, feed)[0]
+        return torch.from_numpy(out).to(self.device)
+
+    def _run_bound(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        binding = self.session.io_binding()
+        kept = []  # the contiguous copies must outlive the run
+        for name, x in zip(self.input_names, inputs, strict=True):
+            x = x.detach().float().contiguous()
+            kept.append(x)
+            binding.bind_input(
+                name, "cuda", x.device.index or 0, np.float32, tuple(x.shape), x.data_ptr()
+            )
+        output = self.session.get_outputs()[0].name
+        binding.bind_output(output, "cuda", self.device.index or 0)
+        self.session.run_with_iobinding(binding)
+        value = binding.get_outputs()[0]
+        return (
+            torch.from_dlpack(value.to_dlpack())
+            if hasattr(value, "to_dlpack")
+            else (torch.from_numpy(value.numpy()).to(self.device))
+        )
+
+
+def _onnx_network(
+    net: nn.Module,
+    kind: str,
+    runtime: str,
+    example: tuple[torch.Tensor, ...],
+    cache_dir: Path,
+) -> OnnxRuntimeNetwork:
+    from talkinghead.export.onnx import export_onnx
+
+    device = next(net.parameters()).device
+    path = cache_dir / f"{kind}-{weights_digest(net)}.onnx"
+    if not path.is_file():  # exported once per set of weights (export_onnx writes atomically)
+        cpu_net = net.to("cpu")
+        try:
+            export_onnx(cpu_net, kind, path, inputs=tuple(x.cpu() for x in example))
+        finally:
+            net.to(device)
+    providers = available_providers()
+    chosen: list = []
+    if device.type == "cuda" and runtime == "tensorrt":
+        engines = cache_dir / "trt_engines"
+        engines.mkdir(parents=True, exist_ok=True)
+        chosen.append(
+            (
+                "TensorrtExecutionProvider",
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(engines),
+                    "trt_fp16_enable": False,
+                },
+            )
+        )
+    if device.type == "cuda" and "CUDAExecutionProvider" in providers:
+        chosen.append(("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    chosen.append("CPUExecutionProvider")
+    return OnnxRuntimeNetwork(path, device, chosen)
+
+
+def runtime_network(
+    net: nn.Module,
+    kind: str,
+    runtime: str,
+    example: tuple[torch.Tensor, ...],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Callable[..., torch.Tensor]:
+    """`net` (a ``warp_network`` or ``decoder``) as `runtime` runs it.
+
+    `example`: inputs of the shape it will see (the ONNX export traces them; the batch
+    axis stays dynamic).
+    """
+    device = next(net.parameters()).device
+    check_runtime(runtime, device)
+    if runtime == "torch":
+        return net
+    if runtime == "compile":
+        # CUDA graphs on the GPU remove the per-kernel launch cost that dominates at batch 4-16.
+        if device.type != "cuda":
+            return torch.compile(net, dynamic=False)
+        compiled = torch.compile(net, mode="reduce-overhead", dynamic=False)
+
+        def run_graph(*inputs: torch.Tensor) -> torch.Tensor:
+            # A CUDA graph reuses its output buffer on the next replay, and the renderer's
+            # next stage still reads this one: hand out a copy (device to device).
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(*inputs).clone()
+
+        return run_graph
+    return _onnx_network(net, kind, runtime, example, Path(cache_dir or default_cache_dir()))
+
+
+__all__ = [
+    "RUNTIMES",
+    "OnnxRuntimeNetwork",
+    "available_providers",
+    "check_runtime",
+    "default_cache_dir",
+    "runtime_network",
+    "weights_digest",
+]

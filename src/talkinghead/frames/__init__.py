@@ -1,0 +1,1 @@
+"""Frame-level post-processing shared by the methods: 2x frame interpolation (RIFE or optical flow)."""

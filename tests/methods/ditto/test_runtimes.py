@@ -1,0 +1,101 @@
+"""The renderer's runtimes and device paste-back give torch fp32's frames (tiny release, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from _conformance import MEDIA_DIR, skip_missing
+from _tiny_release import build_tiny_release
+from talkinghead.errors import SettingsError
+from talkinghead.export.runtime import available_providers
+from talkinghead.methods.ditto.pipeline import DittoPipeline
+
+PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
+SPEECH = MEDIA_DIR / "ditto_example_speech.wav"
+SETTINGS = {"steps": 2, "seed": 0, "max_size": 256, "batch_size": 4}
+# Grey levels: ONNX Runtime / inductor reorder float sums (~1e-6 relative), which can flip
+# a rounding at .5 and move a few pixels by one level; the paste-back adds at most one.
+MAX_LEVELS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory) -> DittoPipeline:
+    if not PORTRAIT.is_file():
+        skip_missing(f"{MEDIA_DIR}")
+    release = build_tiny_release(tmp_path_factory.mktemp("release"))
+    return DittoPipeline.from_pretrained(release, download=False, cache=False, **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def audio() -> tuple[np.ndarray, int]:
+    data, sr = sf.read(SPEECH, dtype="float32")
+    return data[: int(sr * 0.3)], sr  # 8 frames: two renderer batches
+
+
+@pytest.fixture(scope="module")
+def reference(pipe, audio) -> np.ndarray:
+    return pipe.generate(PORTRAIT, audio, runtime="torch", device_paste=False).frames
+
+
+def _close_to(frames: np.ndarray, reference: np.ndarray, levels: int) -> None:
+    assert frames.shape == reference.shape and frames.dtype == np.uint8
+    diff = np.abs(frames.astype(int) - reference)
+    assert diff.max() <= levels, diff.max()
+    assert (diff > 0).mean() < 0.01  # a handful of rounding flips, not a different render
+
+
+def test_device_paste_on_cpu_tensors_gives_the_same_frames(pipe, audio, reference) -> None:
+    frames = pipe.generate(PORTRAIT, audio, runtime="torch", device_paste=True).frames
+    _close_to(frames, reference, 1)
+
+
+def test_streaming_with_device_paste(pipe, audio, reference) -> None:
+    offline = pipe.generate(PORTRAIT, audio, online=True, device_paste=False).frames
+    streamed = pipe.generate(PORTRAIT, audio, streaming=True, device_paste=True).frames
+    _close_to(streamed, offline, 1)
+
+
+@pytest.mark.skipif(not available_providers(), reason="onnxruntime not installed")
+def test_onnx_runtime_gives_torch_frames(pipe, audio, reference, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TALKINGHEAD_CACHE", str(tmp_path))
+    frames = pipe.generate(PORTRAIT, audio, runtime="onnx").frames
+    _close_to(frames, reference, MAX_LEVELS)
+    exported = sorted(p.name.split("-")[0] for p in (tmp_path / "runtimes").glob("*.onnx"))
+    assert exported == ["decoder", "warp_network"]  # our own export, cached by weights hash
+
+
+def test_compile_runtime_gives_torch_frames(pipe, audio, reference) -> None:
+    pytest.importorskip("torch._inductor")
+    frames = pipe.generate(PORTRAIT, audio, runtime="compile").frames
+    _close_to(frames, reference, MAX_LEVELS)
+
+
+def test_bad_runtime_is_refused_before_work(pipe, audio) -> None:
+    with pytest.raises(SettingsError, match="runtime must be one of"):
+        pipe.generate(PORTRAIT, audio, runtime="jax")
+    with pytest.raises(SettingsError, match="tensorrt"):
+        pipe.generate(PORTRAIT, audio, runtime="tensorrt")
+
+
+def test_broadcast_source_volume_matches_copies(pipe) -> None:
+    # The warp's broadcast path (stride-0 batch) gives the per-frame copies' output.
+    net = pipe.models.warp_network
+    g = torch.Generator().manual_seed(0)
+    num_kp = net.dense_motion_network.num_kp
+    kp = torch.rand(3, num_kp, 3, generator=g) - 0.5
+    with torch.inference_mode():
+        f_s = pipe.models.appearance_extractor(torch.rand(1, 3, 256, 256, generator=g))
+        shared = net(f_s.expand(3, -1, -1, -1, -1), kp, kp + 0.02)
+        copied = net(f_s.repeat(3, 1, 1, 1, 1), kp, kp + 0.02)
+    torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_paths_skip_with_reason() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: CUDA graphs, CUDA/TensorRT providers and NVENC not run")
+    assert Path("/dev").exists()
