@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "download",
     "export",
     "serve",
+    "app",
     "data",
     "evaluate",
     "cache",

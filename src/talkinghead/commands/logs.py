@@ -18,8 +18,10 @@ import sys
 from collections.abc import Iterator
 
 # For library versions that do honour them; set before mediapipe/TensorFlow are imported.
-NATIVE_LOG_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
-THIRD_PARTY_LOGGERS = ("absl", "mediapipe", "tensorflow")
+# HF_HUB_VERBOSITY: huggingface_hub sets its logger's level when imported; "error" keeps its
+# retry warnings while the hub is unreachable out (the error then says it in one line).
+NATIVE_LOG_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_VERBOSITY": "error"}
+THIRD_PARTY_LOGGERS = ("absl", "mediapipe", "tensorflow", "huggingface_hub")
 
 
 @contextlib.contextmanager
