@@ -153,6 +153,35 @@ def test_microphone_is_streamed_and_played_back(page, tmp_path) -> None:
     assert not page.errors
 
 
+def test_page_adapts_its_buffer_to_a_server_slower_than_real_time(page, tmp_path) -> None:
+    # 60 ms of rendering per 40 ms frame: the server runs at about 0.67x real time. A
+    # fixed 5-frame rebuffer stalls every few frames (stop-and-go); the adaptive buffer
+    # waits once for what the rest needs and plays through.
+    pipe = FakePipeline(size=(96, 96), delay_s=0.06)
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, np.zeros(48000, np.float32), 16000)  # 3 s: 75 frames
+    face = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(face)
+    with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
+        page.goto(srv.url + "/")
+        page.set_input_files("#portrait-file", str(face))
+        page.wait_for_function("!document.getElementById('mic').disabled", timeout=30_000)
+        page.set_input_files("#audio-file", str(wav))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        page.click("#speak")
+        page.wait_for_function(
+            "document.getElementById('playback').textContent === 'finished'", timeout=60_000
+        )
+        assert text(page, "#frames-shown") == "75" and text(page, "#error") == ""
+        factor = float(text(page, "#realtime-factor").rstrip("×"))
+        assert 0.3 < factor < 1.0  # the server said it is slower than real time
+        stalls = int(text(page, "#stalls"))
+        assert 1 <= stalls <= 2, stalls  # a fixed 5-frame rebuffer: 5 stalls here
+    assert not page.errors
+
+
 def test_page_with_a_token_uploads_and_streams(page, tmp_path) -> None:
     # The address `talkinghead serve --token` prints: the token in the fragment.
     token = "page-token-0123456789"

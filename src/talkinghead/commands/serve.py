@@ -97,6 +97,12 @@ def serve(
     max_session: float = typer.Option(
         900.0, "--max-session", min=1, help="Longest a session may last, seconds."
     ),
+    max_idle_speech: float = typer.Option(
+        120.0,
+        "--max-idle-speech",
+        min=1,
+        help="Seconds without speech (pings or not) before a session is closed.",
+    ),
     frame_buffer: int = typer.Option(
         25, min=1, help="Frames waiting for a slow client before the oldest are dropped."
     ),
@@ -164,6 +170,7 @@ def serve(
         preload=tuple(avatar or ()),
         idle_timeout_s=idle_timeout,
         max_session_s=max_session,
+        max_idle_speech_s=max_idle_speech,
         frame_buffer=frame_buffer,
         jpeg_quality=jpeg_quality,
         max_steps=max_steps,

@@ -51,6 +51,7 @@ from talkinghead.serve.security import (
 from talkinghead.serve.sessions import (
     EndItem,
     ErrorItem,
+    EventItem,
     FrameItem,
     SessionInfo,
     SessionManager,
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 # Room for the multipart envelope around a file of exactly `max_upload_bytes`.
 MULTIPART_SLACK = 64 * 1024
+STATS_INTERVAL_S = 1.0  # how often a session's client hears its realtime factor
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class ServeSettings:
     preload: Sequence[Path] = ()  # operator-provided sources registered at startup
     idle_timeout_s: float = 30.0  # no client message for this long (before "end") closes
     max_session_s: float = 900.0  # a session ends after this long, whatever it does
+    # No speech for this long (audio received or waiting for the model) closes a session
+    # before "end", pings or not: a client that only pings cannot hold a slot forever.
+    max_idle_speech_s: float = 120.0
     max_session_audio_s: float = 600.0
     # Clients keep the audio they have sent at most this far ahead of the newest frame
     # they received (announced in "ready"), so the server never has to stop reading.
@@ -360,6 +365,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             raise ProtocolError(f"cannot start the session: {exc}") from None
         loop = asyncio.get_running_loop()
         info.avatar = msg.avatar
+        info.controls = controls
         info.worker = SessionWorker(
             stream,
             loop,
@@ -368,6 +374,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             lossless=bool(controls.get("lossless", False)),
             jpeg_quality=int(controls.get("jpeg_quality", settings.jpeg_quality)),
             on_drop=metrics.frames_dropped.inc,
+            conversation=bool(controls.get("conversation", False)),
             name=f"session-{info.id}",
         ).start()
         size = getattr(avatar, "frame_size", (0, 0))
@@ -384,6 +391,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                     "frame_header_bytes": protocol.FRAME_HEADER_BYTES,
                     "audio_window_s": settings.audio_window_s,
                     "max_session_s": settings.max_session_s,
+                    "max_idle_speech_s": settings.max_idle_speech_s,
+                    "conversation": info.worker.conversation,
                     "controls": controls,
                 }
             )
@@ -439,8 +448,10 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 done, _ = await asyncio.wait(
                     {pending}, timeout=None if ended else min(1.0, idle / 2)
                 )
+                if not ended:
+                    _check_speech_idle(info)
                 if not done:
-                    if worker.busy:
+                    if worker.owes_client:
                         info.last_activity = time.monotonic()
                     elif time.monotonic() - info.last_activity > idle:
                         raise ProtocolError(
@@ -455,6 +466,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 if data is not None:
                     if ended:
                         raise ProtocolError('audio after {"type": "end"}')
+                    if data:
+                        info.last_speech = time.monotonic()
                     if info.first_audio is None and data:
                         info.first_audio = time.monotonic()
                     if worker.inbox.total_bytes + len(data) > max_bytes:
@@ -473,6 +486,13 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                         raise ProtocolError('a second {"type": "end"}')
                     ended = True
                     worker.inbox.end()
+                elif isinstance(msg, protocol.Interrupt):
+                    if not worker.conversation:
+                        raise ProtocolError(
+                            '"interrupt" needs a conversation session: start it with '
+                            '"controls": {"conversation": true}'
+                        )
+                    worker.interrupt()
                 elif isinstance(msg, protocol.Ping):
                     async with send_lock:
                         await ws.send_text('{"type": "pong"}')
@@ -482,12 +502,34 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             if pending is not None:
                 pending.cancel()
 
+    def _check_speech_idle(info: SessionInfo) -> None:
+        """Close a session that has had no speech for `max_idle_speech_s` (pings or not)."""
+        worker = info.worker
+        assert worker is not None
+        # Speech waiting for the model (or being spoken) counts as speech; so does any
+        # pending work of a plain session (its client waits for frames, it cannot send).
+        if worker.owes_client:
+            info.last_speech = time.monotonic()
+        limit = settings.max_idle_speech_s
+        if time.monotonic() - info.last_speech > limit:
+            raise ProtocolError(
+                f"no speech for {limit:g} s; closing the idle session", "idle_timeout"
+            )
+
     async def _send_loop(ws: WebSocket, info: SessionInfo, send_lock: asyncio.Lock) -> None:
         worker = info.worker
         assert worker is not None
+        last_stats = time.monotonic()
+        stats = bool(info.controls.get("stats", False))
         while True:
             item = await worker.outbox.get()
-            if isinstance(item, FrameItem):
+            if stats and time.monotonic() - last_stats >= STATS_INTERVAL_S:
+                last_stats = time.monotonic()
+                await _send_stats(ws, info, send_lock)
+            if isinstance(item, EventItem):
+                async with send_lock:
+                    await _send(ws.send_text(json.dumps({"type": item.kind, **item.fields})))
+            elif isinstance(item, FrameItem):
                 payload = protocol.encode_frame(item.index, item.jpeg)
                 async with send_lock:
                     await _send(ws.send_bytes(payload))
@@ -496,7 +538,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                     if info.first_audio is not None:
                         metrics.first_frame_latency.observe(info.first_frame - info.first_audio)
                 info.frames_sent += 1
-                info.last_activity = time.monotonic()
+                if worker.owes_client:  # a conversation's idle frames are not activity
+                    info.last_activity = time.monotonic()
                 metrics.frame_sent()
             elif isinstance(item, EndItem):
                 # Free the slot first: a client that reconnects the moment it sees the
@@ -508,6 +551,21 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 return
             elif isinstance(item, ErrorItem):
                 raise ProtocolError(f"generation failed: {item.error}", "internal_error")
+
+    async def _send_stats(ws: WebSocket, info: SessionInfo, send_lock: asyncio.Lock) -> None:
+        """How fast the server renders this session, so a client can size its buffer."""
+        worker = info.worker
+        assert worker is not None
+        rtf = worker.rate.realtime_factor
+        stats = {
+            "type": "stats",
+            "realtime_factor": None if rtf is None else round(rtf, 3),
+            "frames": info.frames_sent,
+            "dropped": worker.frames_dropped,
+            "queued_audio_s": round(worker.inbox.buffered / 2 / protocol.SAMPLE_RATE, 3),
+        }
+        async with send_lock:
+            await _send(ws.send_text(json.dumps(stats)))
 
     async def _send(coro: Any) -> None:
         """A send that a client who stopped reading cannot block forever."""

@@ -5,7 +5,9 @@ Client -> server
            (with "token": TOKEN when the server has one and the handshake had none)
     binary PCM16 little-endian mono 16 kHz audio, any length (an odd byte is kept
            for the next message)
-    text   {"type": "end"}                                       end of speech
+    text   {"type": "end"}                                       end of speech (and session)
+    text   {"type": "interrupt"}                                 conversation sessions: drop
+           the speech not rendered yet and return to idle motion
     text   {"type": "ping"}                                      keeps an idle session open
     text   {"type": "timeline", "timeline": {...}, "relative": false}   per-frame controls
            from now on (a control timeline or the release's ctrl_info; null clears it)
@@ -16,6 +18,10 @@ Server -> client
     text   {"type": "end", ...}            every frame was sent; the server closes (1000)
     text   {"type": "error", "code", "message"} then a close with the code in `CLOSE_CODES`
     text   {"type": "pong"}
+    text   {"type": "speech"|"idle"|"interrupted", "at_s", ...}   conversation sessions:
+           where on the session's timeline speech (from "offset_s" of the client's
+           audio) or idle motion begins
+    text   {"type": "stats", "realtime_factor", ...}   about once a second (controls.stats)
 
 `docs/serving.md` has the whole protocol with examples.
 """
@@ -117,6 +123,12 @@ CONTROLS: dict[str, Control] = {
     # Never drop frames: a slow reader then slows the session (and its audio intake)
     # instead of losing video. For clients that record rather than play live.
     "lossless": Control(bool),
+    # A session that lasts a conversation: between turns the server fills silence in
+    # real time (idle motion, blinks), so frames keep coming until "end".
+    "conversation": Control(bool),
+    # {"type": "stats", "realtime_factor", ...} about once a second (opt-in: clients that
+    # expect only frames between "ready" and "end" keep working).
+    "stats": Control(bool),
 }
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 
@@ -199,6 +211,11 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Interrupt:
+    pass
+
+
+@dataclass(frozen=True)
 class Timeline:
     """A live session's new control timeline (None clears it); see `DittoStream.set_controls`."""
 
@@ -209,7 +226,9 @@ class Timeline:
 MAX_TEXT_BYTES = 16 * 1024
 
 
-def parse_text(text: str, max_steps: int | None = None) -> Start | End | Ping | Timeline:
+def parse_text(
+    text: str, max_steps: int | None = None
+) -> Start | End | Ping | Interrupt | Timeline:
     """A client's text message; raises `ProtocolError` for anything the protocol does not allow."""
     if len(text) > MAX_TEXT_BYTES:
         raise ProtocolError(f"text message of {len(text)} characters (at most {MAX_TEXT_BYTES})")
@@ -235,9 +254,13 @@ def parse_text(text: str, max_steps: int | None = None) -> Start | End | Ping | 
         return End()
     if kind == "ping":
         return Ping()
+    if kind == "interrupt":
+        return Interrupt()
     if kind == "timeline":
         return _parse_timeline(msg)
-    raise ProtocolError(f"unknown message type {kind!r} (expected start, end, ping or timeline)")
+    raise ProtocolError(
+        f"unknown message type {kind!r} (expected start, end, interrupt, ping or timeline)"
+    )
 
 
 def _parse_timeline(msg: dict[str, Any]) -> Timeline:

@@ -21,6 +21,15 @@ behind slows the client down). Frames: at most
 `frame_buffer` rendered frames wait to be sent; a live client that reads slower
 than frames are rendered loses the oldest ones (counted as dropped), a
 ``lossless`` one slows the session instead.
+
+Conversation sessions (the ``conversation`` control) last across turns: whenever no
+speech is waiting and the session's timeline is less than `IDLE_LEAD_S` ahead of the
+wall clock, the worker pushes one step of silence into the same stream, so the
+motion generator continues from its current state (idle motion, blinks) and the next
+turn's speech continues from there without a jump. `interrupt` drops the speech not
+yet pushed; what was pushed (at most one step) still renders, then silence follows.
+The worker tells the client where each speech or idle stretch begins on the
+session's timeline (`EventItem`), so it can play its own audio at the right frames.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from talkinghead.timebase import SAMPLE_RATE, num_frames
+from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,12 @@ STEP_BYTES = 3200 * 2  # audio per push: one HuBERT hop (5 frames, 200 ms) of PC
 # most ~12 (a motion window emits 10, plus a partial batch), so in-flight frames stay
 # within the renderer's first queue (4 batches + 1 in work): `push` never blocks there.
 MAX_IN_FLIGHT = 8
+# Conversation sessions: how far the timeline runs ahead of the wall clock on silence.
+# One step (200 ms) of lead keeps the renderer fed without delaying the next turn much.
+IDLE_LEAD_S = 0.2
+SPEECH_LEAD_S = 0.4  # speech may run a little further ahead: a jitter buffer for the client
+SILENCE_STEP = np.zeros(STEP_BYTES // 2, np.float32)
+RATE_WINDOW_S = 3.0  # the realtime factor is measured over this much recent work
 _EMPTY = np.zeros(0, np.float32)
 
 
@@ -112,6 +127,14 @@ class AudioInbox:
             self._cond.notify_all()
         self._space.set()
 
+    def drop(self) -> int:
+        """Discard the audio not taken yet (an interrupt); returns how many bytes."""
+        with self._cond:
+            dropped = len(self._buf)
+            self._buf.clear()
+        self._space.set()
+        return dropped
+
     def take(self, timeout: float, step: int = STEP_BYTES) -> tuple[bytes, bool]:
         """(audio, ended): up to `step` bytes; `ended` once the last of it has been taken."""
         with self._cond:
@@ -150,6 +173,45 @@ class ErrorItem:
     error: BaseException
 
 
+@dataclass
+class EventItem:
+    """A conversation event for the client: {"type": kind, "at_s": ..., **fields}."""
+
+    kind: str  # "speech", "idle" or "interrupted"
+    fields: dict[str, Any]
+
+
+class RateMeter:
+    """The realtime factor of a worker: media seconds rendered per second of work.
+
+    Only time with work pending counts (audio waiting or frames in the renderer), so a
+    client that sends in real time does not make a fast server look slow.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: list[tuple[float, float, int]] = []  # (end time, busy s, frames)
+        self._lock = threading.Lock()
+
+    def add(self, busy_s: float, frames: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._samples.append((now, busy_s, frames))
+            cut = now - self.window_s
+            while self._samples and self._samples[0][0] < cut:
+                self._samples.pop(0)
+
+    @property
+    def realtime_factor(self) -> float | None:
+        """None until some frames were rendered while work was pending."""
+        with self._lock:
+            busy = sum(b for _, b, _ in self._samples)
+            frames = sum(f for _, _, f in self._samples)
+        if frames == 0 or busy <= 0:
+            return None
+        return frames / FPS / busy
+
+
 class SessionWorker:
     """Runs one `DittoStream` in a thread: PCM16 in through `inbox`, JPEG frames out
     through `outbox` (an asyncio.Queue read on the event loop)."""
@@ -165,6 +227,7 @@ class SessionWorker:
         jpeg_quality: int = 80,
         on_drop: Callable[[], None] | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        conversation: bool = False,
         name: str = "session",
     ) -> None:
         self.stream = stream
@@ -177,6 +240,18 @@ class SessionWorker:
         self.max_in_flight = max_in_flight
         self.frames_rendered = 0
         self.frames_dropped = 0  # updated on the event loop
+        self.conversation = conversation
+        self.rate = RateMeter()
+        # Conversation timeline (worker thread): samples pushed (speech and silence),
+        # speech samples pushed or dropped (the client's audio offset), the state.
+        self.timeline_samples = 0
+        self.speech_samples = 0
+        self.silence_samples = 0
+        self.speaking = False
+        self.interrupts = 0
+        self._interrupt_lock = threading.Lock()
+        self._interrupt_dropped: int | None = None  # bytes dropped by a pending interrupt
+        self._waited_s = 0.0  # time of this step spent waiting for the clock, not working
         self._stop = threading.Event()
         self._finished = False
         # A timeline message's (timeline, relative), applied by the worker before its next push.
@@ -198,6 +273,20 @@ class SessionWorker:
     def busy(self) -> bool:
         """Work is pending for the client: audio not taken yet, or frames not sent yet."""
         return bool(self.inbox.buffered or self._in_flight() > 0 or not self.outbox.empty())
+
+    @property
+    def owes_client(self) -> bool:
+        """The client waits for this session (it is not idle): pending work, or for a
+        conversation (which always renders idle motion) speech queued or being spoken."""
+        if self.conversation:
+            return bool(self.inbox.buffered or self.speaking)
+        return self.busy
+
+    def interrupt(self) -> None:
+        """Drop the speech not pushed yet and return to idle (event loop side)."""
+        dropped = self.inbox.drop()
+        with self._interrupt_lock:
+            self._interrupt_dropped = (self._interrupt_dropped or 0) + dropped
 
     def set_timeline(self, timeline: Any, relative: bool = False) -> None:
         """Use this control timeline from the next audio on (event loop side; non-blocking)."""
@@ -248,10 +337,21 @@ class SessionWorker:
 
     def _run(self) -> None:
         odd = b""
+        clock = time.monotonic()  # conversation sessions: wall time of timeline 0
         try:
             while not self._stop.is_set():
+                step_began = time.monotonic()
+                self._waited_s = 0.0
+                rendered_before = self.frames_rendered
+                had_work = self.inbox.buffered > 0 or self._in_flight() > 0
                 self._drain(self.max_in_flight - 1)
-                data, ended = self.inbox.take(POLL_S)
+                if self.conversation and self._ahead(clock) >= SPEECH_LEAD_S:
+                    # Speech, too, is paced in a conversation: the timeline stays within
+                    # `SPEECH_LEAD_S` of real time, so an interrupt reaches the picture
+                    # that soon, not an audio window later.
+                    data, ended = b"", False
+                else:
+                    data, ended = self.inbox.take(0 if self.conversation else POLL_S)
                 if self._stop.is_set():
                     break
                 if data:
@@ -259,8 +359,14 @@ class SessionWorker:
                     cut = len(data) - len(data) % 2
                     data, odd = data[:cut], data[cut:]
                 self._apply_timeline()
+                audio: bytes | np.ndarray = data if data else _EMPTY
+                if self.conversation:
+                    audio = self._conversation_step(audio, ended, clock)
                 # An empty push returns the frames finished since the last call.
-                self._emit(self.stream.push(data if data else _EMPTY))
+                self._emit(self.stream.push(audio))
+                if had_work or len(audio):
+                    rendered = self.frames_rendered - rendered_before
+                    self.rate.add(time.monotonic() - step_began - self._waited_s, rendered)
                 if ended:
                     self._finish_stream()
                     self._finished = True
@@ -276,6 +382,48 @@ class SessionWorker:
         finally:
             if not self._finished:
                 self.stream.abort()
+
+    def _conversation_step(
+        self, speech: bytes | np.ndarray, ended: bool, clock: float
+    ) -> bytes | np.ndarray:
+        """What a conversation session pushes now: the speech, silence, or nothing yet."""
+        with self._interrupt_lock:
+            dropped, self._interrupt_dropped = self._interrupt_dropped, None
+        if dropped is not None:
+            self.speech_samples += dropped // 2
+            self.interrupts += 1
+            self.speaking = False
+            self._event("interrupted", dropped_s=round(dropped / 2 / SAMPLE_RATE, 4))
+        ahead = self._ahead(clock)
+        if len(speech):
+            if not self.speaking:
+                self.speaking = True
+                self._event("speech", offset_s=round(self.speech_samples / SAMPLE_RATE, 4))
+            n = len(speech) // 2
+            self.speech_samples += n
+            self.timeline_samples += n
+            return speech
+        if ended:
+            return _EMPTY
+        if ahead >= IDLE_LEAD_S:
+            time.sleep(POLL_S)  # nothing due yet: poll for frames, then look for speech again
+            self._waited_s += POLL_S
+            return _EMPTY
+        if self.speaking:
+            self.speaking = False
+            self._event("idle")
+        self.timeline_samples += len(SILENCE_STEP)
+        self.silence_samples += len(SILENCE_STEP)
+        return SILENCE_STEP
+
+    def _ahead(self, clock: float) -> float:
+        """How far the conversation's timeline runs ahead of the wall clock (s)."""
+        return self.timeline_samples / SAMPLE_RATE - (time.monotonic() - clock)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        at = round(self.timeline_samples / SAMPLE_RATE, 4)
+        frame = num_frames(self.timeline_samples)  # the first frame of what follows
+        self._deliver(EventItem(kind, {"at_s": at, "frame": frame, **fields}))
 
     def _finish_stream(self) -> None:
         """End of speech: the remaining frames.
@@ -322,10 +470,22 @@ class SessionWorker:
     def _put_dropping_oldest(self, item: FrameItem) -> None:
         q = self.outbox
         while q.full():
-            q.get_nowait()  # only frames are ever dropped: end/error items come last
+            # Only frames are ever dropped (end/error items come last; events are kept).
+            kept = []
+            dropped = False
+            while not q.empty():
+                old = q.get_nowait()
+                if not dropped and isinstance(old, FrameItem):
+                    dropped = True
+                    continue
+                kept.append(old)
+            for old in kept:
+                q.put_nowait(old)
             self.frames_dropped += 1
             if self.on_drop:
                 self.on_drop()
+            if not dropped:
+                return  # a queue full of events only: the new frame is the one dropped
         q.put_nowait(item)
 
     def _deliver(self, item: Any) -> None:
@@ -354,20 +514,24 @@ class SessionInfo:
     id: str
     opened: float = field(default_factory=time.monotonic)
     avatar: str | None = None
+    controls: dict[str, Any] = field(default_factory=dict)
     worker: SessionWorker | None = None
     first_audio: float | None = None  # monotonic time of the first audio byte
     first_frame: float | None = None
     frames_sent: int = 0
     last_activity: float = field(default_factory=time.monotonic)  # a client message or a frame
+    last_speech: float = field(default_factory=time.monotonic)  # audio received or pending
 
     @property
     def audio_samples(self) -> int:
         return self.worker.inbox.total_bytes // 2 if self.worker else 0
 
     def summary(self) -> dict[str, Any]:
-        return {
+        worker = self.worker
+        rtf = worker.rate.realtime_factor if worker else None
+        out: dict[str, Any] = {
             "frames": self.frames_sent,
-            "dropped": self.worker.frames_dropped if self.worker else 0,
+            "dropped": worker.frames_dropped if worker else 0,
             "audio_seconds": round(self.audio_samples / SAMPLE_RATE, 4),
             "expected_frames": num_frames(self.audio_samples),
             "first_frame_latency_s": (
@@ -375,7 +539,14 @@ class SessionInfo:
                 if self.first_frame is None or self.first_audio is None
                 else round(self.first_frame - self.first_audio, 4)
             ),
+            "realtime_factor": None if rtf is None else round(rtf, 3),
         }
+        if worker is not None and worker.conversation:
+            # The timeline is speech plus the silence filled in between turns.
+            out["expected_frames"] = num_frames(worker.timeline_samples)
+            out["silence_seconds"] = round(worker.silence_samples / SAMPLE_RATE, 4)
+            out["interrupts"] = worker.interrupts
+        return out
 
 
 class SessionManager:

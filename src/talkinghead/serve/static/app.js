@@ -12,6 +12,12 @@
 // and frame i is drawn when that clock reaches t0 + i/25 (its timestamp). When the next
 // frame has not arrived in time, the audio context is suspended (its clock stops) until
 // a few frames are buffered, so audio never runs ahead of the picture.
+//
+// Adaptive buffer: a server slower than real time would make that stop-and-go (a few
+// frames of sound, then seconds of silence). After a stall the page waits for as many
+// frames as the rest of the speech needs to play through at the server's realtime
+// factor (its "stats" messages): remaining x (1 - factor); without a factor, or for
+// the microphone (whose length is unknown), the wait doubles with every stall.
 "use strict";
 
 const FPS = 25;
@@ -20,7 +26,8 @@ const SAMPLES_PER_FRAME = RATE / FPS;
 const HEADER_BYTES = 16; // "THF1", uint32 index, float64 timestamp (little-endian)
 const CHUNK = 1600; // samples per message: 100 ms
 const PREBUFFER_S = 0.12; // delay between the first frame and the start of playback
-const REBUFFER_FRAMES = 5; // frames buffered before resuming after a stall
+const REBUFFER_FRAMES = 5; // frames buffered before resuming after the first stall
+const MAX_REBUFFER_FRAMES = 60 * FPS; // never wait for more than a minute of frames
 const MAX_BUFFERED_BYTES = 64 * 1024; // WebSocket send buffer the page lets build up
 
 const $ = (id) => document.getElementById(id);
@@ -181,6 +188,24 @@ class SyncPlayer {
     this.stalled = false;
     this.stopped = false;
     this.sources = [];
+    this.realtimeFactor = null; // the server's, from its "stats" messages
+    this.expectedFrames = null; // frames of the whole speech, when known (a file)
+    this.stalls = 0;
+    this.resumeAt = REBUFFER_FRAMES; // frames ahead of the clock needed to resume
+  }
+
+  // Frames to buffer after a stall so that the rest plays without another one.
+  rebufferTarget() {
+    const due = Math.max(this.due(), 0);
+    const remaining = this.expectedFrames === null ? null : Math.max(this.expectedFrames - due, 0);
+    let target = REBUFFER_FRAMES * 2 ** Math.max(this.stalls - 1, 0);
+    const factor = this.realtimeFactor;
+    if (remaining !== null && factor !== null && factor < 1) {
+      // While R frames play (R / 25 s) the server adds factor x R: hold the difference.
+      target = Math.max(Math.ceil(remaining * (1 - factor) * 1.1), REBUFFER_FRAMES);
+    }
+    if (remaining !== null) target = Math.min(target, remaining);
+    return Math.min(target, MAX_REBUFFER_FRAMES);
   }
 
   addAudio(pcm) {
@@ -209,7 +234,7 @@ class SyncPlayer {
     this.frames.set(index, bitmap);
     this.maxIndex = Math.max(this.maxIndex, index);
     if (this.t0 === null) this.begin();
-    if (this.stalled && (this.ended || this.maxIndex >= this.due() + REBUFFER_FRAMES)) this.resume();
+    if (this.stalled && (this.ended || this.maxIndex >= this.due() + this.resumeAt)) this.resume();
   }
 
   finish(totalFrames) {
@@ -255,6 +280,10 @@ class SyncPlayer {
     const last = this.totalFrames === null ? Infinity : this.totalFrames - 1;
     if (!this.ended && due > this.maxIndex && due >= 0 && this.audio.state === "running") {
       this.stalled = true; // the picture is late: hold the audio clock
+      this.stalls += 1;
+      this.resumeAt = this.rebufferTarget();
+      setText("stalls", this.stalls);
+      setText("rebuffer", this.resumeAt);
       setText("playback", "buffering");
       this.audio.suspend();
     }
@@ -324,6 +353,11 @@ class Session {
           setText("frames-expected", message.expected_frames);
           // Frames are decoded in order: finish once the last one is in the player.
           this.decoding.then(() => this.player.finish(message.frames + message.dropped));
+        } else if (message.type === "stats") {
+          if (message.realtime_factor !== null) {
+            this.player.realtimeFactor = message.realtime_factor;
+            setText("realtime-factor", `${message.realtime_factor.toFixed(2)}×`);
+          }
         } else if (message.type === "error") {
           showError(`${message.code}: ${message.message}`);
         }
@@ -404,12 +438,14 @@ let session = null;
 let stopCapture = null;
 
 function controls() {
-  return { emotion: $("emotion").value };
+  return { emotion: $("emotion").value, stats: true }; // stats: the realtime factor
 }
 
 function resetStats() {
-  for (const id of ["frames-received", "frames-shown", "frames-dropped"]) setText(id, 0);
+  for (const id of ["frames-received", "frames-shown", "frames-dropped", "stalls"]) setText(id, 0);
   setText("latency", "–");
+  setText("realtime-factor", "–");
+  setText("rebuffer", REBUFFER_FRAMES);
   setText("playback", "–");
   showError("");
 }
@@ -435,6 +471,7 @@ $("speak").addEventListener("click", async () => {
   setText("frames-expected", Math.ceil(pcm.length / SAMPLES_PER_FRAME));
   const s = await startSession();
   if (!s) return;
+  s.player.expectedFrames = Math.ceil(pcm.length / SAMPLES_PER_FRAME);
   for (let i = 0; i < pcm.length; i += CHUNK) {
     if (!(await s.sendAudio(pcm.subarray(i, i + CHUNK)))) return;
   }
