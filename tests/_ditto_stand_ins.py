@@ -6,12 +6,13 @@ import numpy as np
 
 
 class StandInEmotion:
-    """Emotion 'classifier': a fixed function of each crop's mean colour."""
+    """Emotion 'classifier': a fixed function of each face box's mean colour."""
 
     name = "stand-in"
+    input_size = 64  # the face-box crops data preparation hands it
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        assert crops.dtype == np.uint8 and crops.shape[1:] == (512, 512, 3)
+        assert crops.dtype == np.uint8 and crops.shape[1:] == (64, 64, 3)
         logits = np.zeros((crops.shape[0], 8), np.float32)
         logits[:, 3] = crops.reshape(crops.shape[0], -1).mean(1) / 32.0
         e = np.exp(logits - logits.max(1, keepdims=True))

@@ -101,7 +101,14 @@ def prepare_data(
     emotion_classifier: str | None = typer.Option(
         None,
         "--emotion-classifier",
-        help="ditto: MODULE:NAME of a face-crop emotion classifier (default: every frame Neutral).",
+        help="ditto: hsemotion:PATH (HSEmotion's enet_b2_8 ONNX file) or MODULE:NAME of a "
+        "face-crop emotion classifier, run at 5 fps (default: every frame Neutral).",
+    ),
+    crop_mode: str | None = typer.Option(
+        None,
+        "--crop-mode",
+        help="ditto: clip (default, the release's: one box per clip, head motion kept) or "
+        "frame (a roll-aligned crop per frame).",
     ),
     flip: bool | None = typer.Option(
         None, "--flip/--no-flip", help="ditto: also store every video mirrored (the release's augmentation; default on)."
@@ -124,6 +131,7 @@ def prepare_data(
         "device": device,
         "flip": flip,
         "emotion_classifier": emotion_classifier,
+        "crop_mode": crop_mode,
     }
     options.update({k: v for k, v in given.items() if v is not None})
     check_options(prepare, method, options)

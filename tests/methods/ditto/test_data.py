@@ -157,18 +157,23 @@ def test_manifest_and_arrays_have_documented_shapes(prepared):
 
 
 def test_motion_matches_the_extractor_on_the_same_crop(prepared, videos):
-    """Frame 0 of the 25 fps video, re-analysed here, gives the stored motion."""
+    """Frame 0 of the 25 fps video, cropped with the clip's box (the default crop mode,
+    recorded in the manifest), gives the stored motion."""
     from talkinghead.face import create_face_analyzer
+    from talkinghead.face.crop import warp_image
     from talkinghead.media.video import iter_video_frames
     from talkinghead.methods.ditto.motion.extraction import crop_to_network_input
     from talkinghead.methods.ditto.motion.format import dict_to_motion
     from talkinghead.models.motion_extractor import OUTPUT_KEYS
 
     _, out, _ = prepared
-    frames = iter_video_frames(videos / "talking.mp4", fit=True)
-    face = create_face_analyzer("mediapipe").analyze(next(frames))
+    crop = json.loads((out / "manifest.json").read_text())["videos"]["talking"]["crop"]
+    assert crop["mode"] == "clip"
+    frame = next(iter_video_frames(videos / "talking.mp4", fit=True))
+    face = create_face_analyzer("mediapipe").analyze(frame)
+    clip_crop = warp_image(frame, np.linalg.inv(np.array(crop["M_c2o"])), 512)
     net = tiny_networks()["motion_extractor"]
-    x = torch.from_numpy(crop_to_network_input(face.crop)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(crop_to_network_input(clip_crop)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         info = dict(zip(OUTPUT_KEYS, (o.numpy() for o in net(x)), strict=True))
     stored = np.load(out / "LP_npy" / "talking.npy")[0]
@@ -349,7 +354,7 @@ def test_cli_prepares_from_a_checkpoints_folder(media_ok, tmp_path):
     assert manifest["settings"]["hubert"].endswith("hubert_streaming_fix_kv.onnx")
     assert manifest["settings"]["emotion"] == "default:Neutral"
     again = invoke(["prepare-data", str(videos), str(out), "--checkpoints", str(ckpt)])
-    assert again.exit_code == 0 and "0 prepared, 1 already done" in again.output
+    assert again.exit_code == 0 and "0 prepared, 2 already done" in again.output
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch):

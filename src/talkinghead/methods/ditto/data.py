@@ -6,17 +6,21 @@ runs it). Each should be a 25 fps clip with its speech and one face in every fra
 other frame rates are resampled to 25 fps (nearest frame in time) with a warning. Per
 video and per 25 fps frame:
 
-* the face is tracked and cropped (`talkinghead.face`, 512 crop, the release's
-  scale 2.3 / vy -0.125), and the crop, shrunk to 256, goes through the motion
-  extractor: the 265-dim motion (`talkinghead.methods.ditto.motion.format`) plus the 63
-  canonical keypoints. This is avatar registration's own code
-  (`talkinghead.methods.ditto.motion.extraction`), without its temporal smoothing: training
-  targets are the per-frame motion;
-* eye openness [2] and eye-ball offsets [6] come from the face backend;
+* the face is tracked (`talkinghead.face`) and cropped (512, the release's scale 2.3 /
+  vy -0.125); the crop, shrunk to 256, goes through the motion extractor: the 265-dim
+  motion (`talkinghead.methods.ditto.motion.format`) plus the 63 canonical keypoints,
+  per frame (no temporal smoothing: the targets are the raw motion). The crop is
+  ``crop_mode="clip"`` (default, the release's rule): ONE axis-aligned box for the whole
+  clip, the mean of the per-frame boxes (`motion.extraction.clip_crop_transform`), so
+  head translation, scale and roll stay in the motion; or ``"frame"``: avatar
+  registration's per-frame, roll-aligned crop, which cancels them;
+* eye openness [2] and eye-ball offsets [6] come from the face backend, per frame;
 * emotion [8] (`talkinghead.methods.ditto.motion.conditions.EMOTIONS` order) comes from a
-  pluggable classifier run on every `emotion_stride`-th crop and linearly
-  interpolated, as the release runs its classifier at 5 fps. Without one, every
-  frame gets the stated default: Neutral, as the 8-way soft vector the inference
+  pluggable classifier (`talkinghead.methods.ditto.emotion`; ``"hsemotion:PATH"`` for
+  HSEmotion's enet_b2_8 ONNX model) run on the face box (the landmarks' square bounds in
+  the frame) of every `emotion_stride`-th frame, 5 fps at the default 5, as the release
+  labels; every frame takes the nearest labelled frame's probabilities. Without one,
+  every frame gets the stated default: Neutral, as the 8-way soft vector the inference
   pipeline uses (`emotion_vector("Neutral")`, 0.9976 on Neutral);
 * speech features [D] (HuBERT, 1024 dims for the release) at 25 fps from the
   audio track resampled to 16 kHz (`talkinghead.audio.hubert`).
@@ -49,7 +53,9 @@ NAME is the video's path relative to VIDEOS_DIR without its suffix (``a/b.mp4`` 
      "dims": {"aud": [D], "mtn": [328], "eye_open": [2], "eye_ball": [6], "emo": [8], "sc": []},
      "settings": {"face_backend", "motion_extractor", "hubert", "emotion", ...},
      "videos": {NAME: {"status": "ok", "source", "frame_num", "fps", "resampled_from",
-                       "audio_seconds", "num_faces", "files": {kind: path}},
+                       "audio_seconds", "num_faces", "files": {kind: path},
+                       # the crop: {"mode": "clip", "M_c2o": 3x3 crop -> frame} or {"mode": "frame"}
+                       "crop": {...}},
                 NAME: {"status": "failed", "source", "error"}}}
 
 The run is resumable: a video whose manifest entry is ``ok`` and whose files all
@@ -71,11 +77,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.methods.ditto.emotion import SPEC_PREFIX as HSEMOTION_SPEC_PREFIX
+from talkinghead.methods.ditto.emotion import EmotionClassifier
 from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.prepare import (
     PrepareJob,
@@ -108,15 +116,8 @@ MOTION_WITH_KP_DIM = 328  # 265 motion + 63 canonical keypoints, the release's L
 ProgressCallback = Callable[[int, int], None]
 
 
-class EmotionClassifier(Protocol):
-    """Face crops [B, 512, 512, 3] uint8 RGB -> emotion probabilities [B, 8].
-
-    Columns in `talkinghead.methods.ditto.motion.conditions.EMOTIONS` order (Angry, Disgust, Fear,
-    Happy, Neutral, Sad, Surprise, Contempt). With ``workers > 1`` it must be picklable.
-    An optional ``name`` attribute is recorded in the manifest.
-    """
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray: ...
+CROP_MODES = ("clip", "frame")
+EMOTION_INPUT_SIZE = 260  # enet_b2_8's input; a classifier's own `input_size` wins
 
 
 @dataclass
@@ -167,10 +168,50 @@ def interpolate_rows(known: dict[int, np.ndarray], n: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def nearest_rows(known: dict[int, np.ndarray], n: int) -> np.ndarray:
+    """Rows known at some indices -> [n, dim]: each index takes the nearest known row
+    (the earlier one on a tie), as labels sampled at 5 fps spread to 25 fps frames."""
+    idx = np.array(sorted(known))
+    values = np.stack([known[i] for i in idx]).astype(np.float32)
+    # The first known index at or after each frame, and the one before it: keep the closer.
+    after = np.clip(np.searchsorted(idx, np.arange(n)), 0, len(idx) - 1)
+    before = np.clip(after - 1, 0, len(idx) - 1)
+    frames = np.arange(n)
+    pick = np.where(np.abs(idx[before] - frames) <= np.abs(idx[after] - frames), before, after)
+    return values[pick]
+
+
+def face_box_crop(frame: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The face box of a frame as a square ``size`` crop: the landmarks' axis-aligned bounds
+    (a mesh's forehead left out, as the crop does), the longer side, black outside."""
+    from talkinghead.face.crop import LAYOUTS, warp_image
+
+    pts = np.asarray(landmarks, np.float64)[:, :2]
+    layout = LAYOUTS.get(len(pts))
+    if layout is not None and layout.box_points is not None:
+        pts = pts[list(layout.box_points)]
+    lo, hi = pts.min(0), pts.max(0)
+    side = max(float((hi - lo).max()), 1.0)
+    s = size / side
+    centre = (lo + hi) / 2
+    m = np.array([[s, 0, size / 2 - s * centre[0]], [0, s, size / 2 - s * centre[1]], [0, 0, 1]])
+    return warp_image(frame, m, size)
+
+
 def resolve_emotion_classifier(spec: Any, *, instantiate: bool = True) -> Any:
-    """A classifier, or ``"module:name"`` naming one (a class is instantiated without arguments)."""
+    """A classifier, ``"hsemotion:PATH"`` (HSEmotion's ONNX model), or ``"module:name"``
+    naming one (a class is instantiated without arguments)."""
     if not isinstance(spec, str):
         return spec
+    if spec.startswith(HSEMOTION_SPEC_PREFIX):
+        from talkinghead.methods.ditto.emotion import HSEmotionClassifier, resolve_hsemotion_path
+
+        path = spec[len(HSEMOTION_SPEC_PREFIX) :]
+        if not path:
+            raise TalkingHeadError("emotion classifier 'hsemotion:': give the model, hsemotion:PATH")
+        if not instantiate:
+            return resolve_hsemotion_path(path)
+        return HSEmotionClassifier(path)
     import importlib
 
     module_name, sep, attr = spec.partition(":")
@@ -217,6 +258,7 @@ class _WorkerSpec:
     emotion_stride: int
     flip: bool
     max_side: int | None
+    crop_mode: str = "clip"
 
 
 class DittoVideoWorker:
@@ -280,6 +322,7 @@ class DittoVideoWorker:
                 "resampled_from": variant["resampled_from"],
                 "audio_seconds": variant["audio_seconds"],
                 "num_faces": variant["num_faces"],
+                "crop": variant["crop"],
                 "seconds": round(time.perf_counter() - start, 2),
                 "files": files,
                 "dims": {k: list(a.shape[1:]) for k, a in variant["arrays"].items()},
@@ -290,7 +333,7 @@ class DittoVideoWorker:
     # -- pieces ---------------------------------------------------------------------------
 
     def _classify(self, crops: list[tuple[int, np.ndarray]], known: dict[int, np.ndarray]) -> None:
-        """Run the emotion classifier on (frame index, 512 crop) pairs into `known`."""
+        """Run the emotion classifier on (frame index, face-box crop) pairs into `known`."""
         if not crops:
             return
         probs = np.asarray(self.emotion_classifier(np.stack([c for _, c in crops])), np.float32)
@@ -306,13 +349,18 @@ class DittoVideoWorker:
 
         if self.emotion_classifier is None:
             return np.repeat(emotion_vector(NEUTRAL).numpy()[None], n, axis=0)
-        return interpolate_rows(known, n)
+        return nearest_rows(known, n)
 
-    def _track(self, video: Path, flip: bool) -> dict[str, Any]:
-        """Per 25 fps frame: motion with keypoints, eyes, emotion; frame rate and faces."""
+    def _emotion_labelled(self, i: int) -> bool:
+        return self.emotion_classifier is not None and i % self.spec.emotion_stride == 0
+
+    def _emotion_crop(self, frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        size = int(getattr(self.emotion_classifier, "input_size", EMOTION_INPUT_SIZE))
+        return face_box_crop(frame, landmarks, size)
+
+    def _open_frames(self, video: Path, flip: bool, *, warn: bool) -> tuple[float, bool, Any]:
+        """(source fps, resampled?, the video's 25 fps RGB frames, mirrored with `flip`)."""
         from talkinghead.media.video import VideoReader
-        from talkinghead.methods.ditto.motion.extraction import extract_source_batches
-        from talkinghead.methods.ditto.motion.format import dict_to_motion
 
         reader = VideoReader(video)
         fps = reader.fps
@@ -320,25 +368,50 @@ class DittoVideoWorker:
             reader.close()
             raise MediaError(f"{video}: unknown frame rate")
         resampled = abs(fps - FPS) > 1e-3
-        if resampled and not flip:
+        if resampled and warn:
             log.warning("%s: %.3f fps, resampled to %d fps", video, fps, FPS)
         frames = reader.frames(
             fps=FPS if resampled else None, fit=True, max_side=self.spec.max_side
         )
         if flip:
             frames = (np.ascontiguousarray(f[:, ::-1]) for f in frames)
+        return fps, resampled, frames
+
+    def _track(self, video: Path, flip: bool) -> dict[str, Any]:
+        """Per 25 fps frame: motion with keypoints, eyes, emotion; frame rate and faces."""
+        fps, resampled, frames = self._open_frames(video, flip, warn=not flip)
+        where = f"{video}, mirrored" if flip else str(video)
+        emo_known: dict[int, np.ndarray] = {}
+        if self.spec.crop_mode == "frame":
+            track = self._track_per_frame(frames, where, emo_known)
+        else:
+            track = self._track_clip(video, flip, frames, where, emo_known)
+        n = track["mtn"].shape[0]
+        return {**track, "emo": self._emotions(emo_known, n), "fps": fps, "resampled": resampled}
+
+    def _track_per_frame(self, frames: Any, where: str, emo_known: dict[int, np.ndarray]) -> dict[str, Any]:
+        """Each frame cropped on its own face (roll-aligned): avatar registration's crop."""
+        from talkinghead.methods.ditto.motion.extraction import extract_source_batches
+        from talkinghead.methods.ditto.motion.format import dict_to_motion
+
+        held: dict[int, np.ndarray] = {}  # frames to label, until their face is known
+
+        def holding(frames: Any) -> Any:
+            for i, frame in enumerate(frames):
+                if self._emotion_labelled(i):
+                    held[i] = frame
+                yield frame
+
         batches = extract_source_batches(
-            frames,
+            holding(frames),
             self.face,
             self.motion_extractor,
             device=self.device,
             batch_size=self.spec.batch_size,
-            where=f"{video}, mirrored" if flip else str(video),
+            where=where,
         )
-        stride = self.spec.emotion_stride
         motion, eye_open, eye_ball = [], [], []
         emo_crops: list[tuple[int, np.ndarray]] = []
-        emo_known: dict[int, np.ndarray] = {}
         num_faces = 1
         for batch in batches:
             if batch.start == 0:
@@ -346,23 +419,70 @@ class DittoVideoWorker:
             motion.append(dict_to_motion(batch.motion, include_kp=True))
             eye_open.append(batch.eye_open)
             eye_ball.append(batch.eye_ball)
-            if self.emotion_classifier is not None:
-                faces = enumerate(batch.faces, batch.start)
-                emo_crops += [(i, f.crop) for i, f in faces if i % stride == 0]
+            for i, face in enumerate(batch.faces, batch.start):
+                if i in held:
+                    emo_crops.append((i, self._emotion_crop(held.pop(i), face.landmarks)))
+            if len(emo_crops) >= self.spec.batch_size:
+                self._classify(emo_crops, emo_known)
+        self._classify(emo_crops, emo_known)
+        if not motion:
+            raise MediaError(f"{where}: the video has no decodable frames")
+        return {
+            "mtn": np.concatenate(motion).astype(np.float32),
+            "eye_open": np.concatenate(eye_open),
+            "eye_ball": np.concatenate(eye_ball),
+            "num_faces": num_faces,
+            "crop": {"mode": "frame"},
+        }
+
+    def _track_clip(
+        self, video: Path, flip: bool, frames: Any, where: str, emo_known: dict[int, np.ndarray]
+    ) -> dict[str, Any]:
+        """The release's crop: the face tracked through the clip, then every frame cropped
+        with the clip's one box (two decoding passes, so memory stays per frame)."""
+        from talkinghead.face.crop import DEFAULT_CROP, warp_image
+        from talkinghead.methods.ditto.motion.extraction import (
+            clip_crop_transform,
+            extract_motion_batches,
+            track_faces,
+        )
+        from talkinghead.methods.ditto.motion.format import dict_to_motion
+
+        landmarks, eye_open, eye_ball = [], [], []
+        emo_crops: list[tuple[int, np.ndarray]] = []
+        num_faces = 1
+        for i, (frame, face) in enumerate(track_faces(frames, self.face, where=where)):
+            if i == 0:
+                num_faces = int(face.num_faces)
+            landmarks.append(np.asarray(face.landmarks, np.float32)[:, :2])
+            eye_open.append(np.asarray(face.eye_open, np.float32).reshape(2))
+            eye_ball.append(np.asarray(face.eye_ball, np.float32).reshape(6))
+            if self._emotion_labelled(i):
+                emo_crops.append((i, self._emotion_crop(frame, face.landmarks)))
                 if len(emo_crops) >= self.spec.batch_size:
                     self._classify(emo_crops, emo_known)
         self._classify(emo_crops, emo_known)
-        if not motion:
-            raise MediaError(f"{video}: the video has no decodable frames")
-        mtn = np.concatenate(motion).astype(np.float32)
+        if not landmarks:
+            raise MediaError(f"{where}: the video has no decodable frames")
+        config = getattr(self.face, "crop_config", DEFAULT_CROP)
+        m_o2c, m_c2o = clip_crop_transform(landmarks, config)
+        _, _, frames = self._open_frames(video, flip, warn=False)
+        crops = (warp_image(f, m_o2c, config.dsize) for f in frames)
+        batches = extract_motion_batches(
+            crops, self.motion_extractor, device=self.device, batch_size=self.spec.batch_size
+        )
+        mtn = np.concatenate([dict_to_motion(m, include_kp=True) for m in batches])
+        if mtn.shape[0] != len(landmarks):
+            raise MediaError(
+                f"{where}: {mtn.shape[0]} frames decoded on the second pass, "
+                f"{len(landmarks)} on the first; re-encode the video"
+            )
         return {
-            "mtn": mtn,
-            "eye_open": np.concatenate(eye_open),
-            "eye_ball": np.concatenate(eye_ball),
-            "emo": self._emotions(emo_known, mtn.shape[0]),
-            "fps": fps,
-            "resampled": resampled,
+            "mtn": mtn.astype(np.float32),
+            "eye_open": np.stack(eye_open),
+            "eye_ball": np.stack(eye_ball),
             "num_faces": num_faces,
+            "crop": {"mode": "clip", "M_c2o": m_c2o.tolist()},
         }
 
     # -- one video ------------------------------------------------------------------------
@@ -396,6 +516,7 @@ class DittoVideoWorker:
                     "resampled_from": track["fps"] if track["resampled"] else None,
                     "audio_seconds": round(audio.shape[0] / SAMPLE_RATE, 3),
                     "num_faces": track["num_faces"],
+                    "crop": track["crop"],
                 }
             )
         return results
@@ -536,7 +657,9 @@ def _emotion_setting(emotion_classifier: Any) -> str:
     if emotion_classifier is None:
         return "default:Neutral"
     if isinstance(emotion_classifier, str):
-        resolve_emotion_classifier(emotion_classifier, instantiate=False)  # fail early
+        found = resolve_emotion_classifier(emotion_classifier, instantiate=False)  # fail early
+        if emotion_classifier.startswith(HSEMOTION_SPEC_PREFIX):
+            return f"{HSEMOTION_SPEC_PREFIX}{Path(found).resolve()}"
         return emotion_classifier
     return str(getattr(emotion_classifier, "name", type(emotion_classifier).__name__))
 
@@ -557,6 +680,7 @@ def prepare_dataset(
     emotion_stride: int = 5,
     flip: bool = True,
     max_side: int | None = 1920,
+    crop_mode: str = "clip",
 ) -> PrepareReport:
     """Process every video under `videos_dir` into `out_dir` (layout: module docstring).
 
@@ -566,8 +690,16 @@ def prepare_dataset(
     hubert:       a HuBERT ONNX file, or a `transformers` HuBERT directory / hub id
                   (default: ``aux_models/hubert_streaming_fix_kv.onnx``)
     face_backend: "auto" (release models when present, else mediapipe), "release", "mediapipe"
-    emotion_classifier: an `EmotionClassifier`, or ``"module:name"`` of one (a class is
-                  instantiated in each worker); None gives every frame the Neutral default
+    emotion_classifier: an `EmotionClassifier`, ``"hsemotion:PATH"`` (HSEmotion's
+                  enet_b2_8 ONNX file, or a model name in hsemotion-onnx's ~/.hsemotion
+                  cache), or ``"module:name"`` of one (a class is instantiated in each
+                  worker); None gives every frame the Neutral default
+    emotion_stride: label every n-th 25 fps frame (5: the release's 5 fps); the others
+                  take the nearest labelled frame's probabilities
+    crop_mode:    "clip" (default, the release's): one axis-aligned box for the whole clip,
+                  the mean of the per-frame boxes, so head translation, scale and roll
+                  stay in the motion targets; "frame": a roll-aligned crop per frame
+                  (avatar registration's), which removes them
     networks:     `PrepareNetworks` (or a dict with its fields) to use instead of files
     progress:     called with (videos done, total) at the start and after each video
     flip:         also store each video mirrored left-right (``NAME_flip``), the release's
@@ -576,6 +708,10 @@ def prepare_dataset(
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     if workers < 1 or batch_size < 1 or emotion_stride < 1:
         raise ValueError("workers, batch_size and emotion_stride must be >= 1")
+    if crop_mode not in CROP_MODES:
+        raise TalkingHeadError(
+            f"crop mode {crop_mode!r} is not known; use one of {', '.join(CROP_MODES)}"
+        )
     if isinstance(networks, Mapping):
         networks = PrepareNetworks(**networks)
     if workers > 1 and networks is not None and networks.face_analyzer is not None:
@@ -595,6 +731,7 @@ def prepare_dataset(
         "emotion_stride": emotion_stride,
         "flip": flip,
         "max_side": max_side,
+        "crop_mode": crop_mode,
     }
     make_worker = None
     if run.todo:
@@ -623,6 +760,7 @@ def prepare_dataset(
             emotion_stride=emotion_stride,
             flip=flip,
             max_side=max_side,
+            crop_mode=crop_mode,
         )
         make_worker = functools.partial(DittoVideoWorker, spec)
     layout.manifest["settings"].update(settings)
@@ -631,13 +769,16 @@ def prepare_dataset(
 
 __all__ = [
     "ARRAY_KINDS",
+    "CROP_MODES",
     "FORMAT",
     "DittoLayout",
     "DittoVideoWorker",
     "EmotionClassifier",
     "PrepareNetworks",
     "PrepareReport",
+    "face_box_crop",
     "interpolate_rows",
+    "nearest_rows",
     "prepare_dataset",
     "resolve_emotion_classifier",
     "video_names",
