@@ -30,6 +30,7 @@ class NpyPool:
         self.max_open = max_open
         self._open: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._shapes: dict[Path, tuple[tuple[int, ...], np.dtype]] = {}
+        self._raw: dict[Path, tuple[tuple[int, ...], np.dtype]] = {}  # headerless files
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -37,11 +38,18 @@ class NpyPool:
 
     def __getstate__(self) -> dict:
         # A pool sent to a DataLoader worker starts empty there (maps do not pickle).
-        return {"max_open": self.max_open, "shapes": self._shapes}
+        return {"max_open": self.max_open, "shapes": self._shapes, "raw": self._raw}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_open"])
         self._shapes = dict(state["shapes"])
+        self._raw = dict(state.get("raw", {}))
+
+    def add_raw(self, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> None:
+        """Declare a headerless array file (``np.memmap`` layout): mapped like the .npy ones."""
+        path = Path(path)
+        self._raw[path] = (tuple(shape), np.dtype(dtype))
+        self._shapes[path] = self._raw[path]
 
     def _map(self, path: Path) -> np.ndarray:
         arr = self._open.get(path)
@@ -51,7 +59,11 @@ class NpyPool:
         while len(self._open) >= self.max_open:
             self._open.popitem(last=False)  # its descriptor closes with the last reference
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if path in self._raw:
+                shape, dtype = self._raw[path]
+                arr = np.memmap(path, dtype=dtype, mode="r", shape=shape)
+            else:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise TalkingHeadError(f"{path}: unreadable array ({exc})") from None
         self._open[path] = arr

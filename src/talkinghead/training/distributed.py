@@ -88,6 +88,33 @@ def build_accelerator(mixed_precision: str | None = None, **kwargs: Any):
     return Accelerator(mixed_precision=mixed_precision, **kwargs)
 
 
+def build_accelerator_for_device(
+    device: str = "auto", mixed_precision: str | None = None, **kwargs: Any
+):
+    """`build_accelerator` for a trainer's ``--device``: "auto" (accelerate's choice: each
+    launched rank's GPU, else the CPU), "cpu", "cuda" or "cuda:N" (one plain process only:
+    launched ranks get their GPU from accelerate)."""
+    name = (device or "auto").lower()
+    if name == "cpu":
+        kwargs.setdefault("cpu", True)
+    elif name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available (use cpu or auto)")
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N")
+        if index:
+            if _world_size() > 1:
+                raise ValueError(
+                    f"--device {device}: launched processes each take their own GPU; "
+                    "pick GPUs with CUDA_VISIBLE_DEVICES instead"
+                )
+            torch.cuda.set_device(int(index))  # accelerate's "cuda" is the current device
+    elif name != "auto":
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return build_accelerator(mixed_precision, **kwargs)
+
+
 def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
     """This process's random state: python, numpy, torch (CPU and CUDA) and `generators`."""
     state: dict[str, Any] = {
@@ -151,6 +178,7 @@ def load_rank_state(
 __all__ = [
     "MIXED_PRECISIONS",
     "build_accelerator",
+    "build_accelerator_for_device",
     "is_main_process",
     "load_rank_state",
     "resolve_mixed_precision",

@@ -252,8 +252,9 @@ def test_autoencoder_resume_is_exact_with_the_gan_and_refuses_to_overwrite(prepa
     with pytest.raises(TalkingHeadError, match="already reached step 4"):
         train_autoencoder(prepared[0], part, replace(config, resume=True))
     # the resumed run appends to the loss log of the first
-    log = [json.loads(x) for x in (part / "train_autoencoder.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (part / "log_autoencoder" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert (part / "state_autoencoder" / "rank_state_0.pt").is_file()
     assert {"loss", "rec", "codebook", "g", "g_weight", "d"} <= set(log[-1])
 
 
@@ -275,6 +276,33 @@ def test_ldm_resume_is_exact_including_the_ema(trained, prepared, tmp_path):
     # --overwrite starts again from step 0
     again = train_ldm(prepared[0], part, replace(config, steps=1, overwrite=True), autoencoder=ae)
     assert again.losses == whole.losses[:1]
+
+
+def test_two_process_accelerate_launch_resume_is_exact(trained, prepared, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): 2 steps + resume to 4 == 4 straight,
+    EMA included; the loss line is the mean over both ranks."""
+    from _accelerate_launch import launch
+
+    ae = trained[0] / "autoencoder.pt"
+    base = ["train-difftalk", "--stage", "ldm", str(prepared[0])]
+    opts = ["--preset", "tiny", "--batch-size", "1", "--lr", "1e-3", "--autoencoder", str(ae),
+            "--log-every", "1"]  # fmt: skip
+    for out, steps, extra in (("split", 2, []), ("split", 4, ["--resume"]), ("straight", 4, [])):
+        run = launch([*base, str(tmp_path / out), *opts, "--steps", str(steps), *extra],
+                     timeout=240)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "split" / "state_ldm" / "rank_state_1.pt").is_file()
+    a, b = _weights(tmp_path / "straight" / "ldm.pt"), _weights(tmp_path / "split" / "ldm.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(x) for x in (tmp_path / "split" / "log_ldm" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    # a resume with another number of processes is refused, not silently inexact
+    with pytest.raises(TalkingHeadError, match="saved by 2 processes"):
+        train_ldm(
+            prepared[0], tmp_path / "split",
+            LdmTrainConfig(preset="tiny", steps=5, batch_size=1, resume=True, device="cpu"),
+            autoencoder=ae,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- generation

@@ -164,3 +164,48 @@ def test_references_are_far_from_the_target(face):
     assert batch["target"].shape == batch["masked"].shape == batch["reference"].shape
     assert batch["target"].shape == (3, 3, s, s) and batch["audio"].shape == (3, 363)
     assert float(batch["masked"].min()) == -1.0  # the masked region is black
+
+
+def test_400_clips_load_under_a_descriptor_limit_of_256(tmp_path):
+    """One memory map per clip would need 400 descriptors; the pool keeps 64 open."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from talkinghead.methods.dithead.data import DATASET_FILE, FORMAT
+
+    size, n, k = 8, 3, 4
+    settings = DataSettings(crop=CropSettings(size=size))
+    clips = []
+    for c in range(400):
+        d = tmp_path / "clips" / f"c{c}"
+        d.mkdir(parents=True)
+        np.full((n, size, size, 3), c % 256, np.uint8).tofile(d / "frames.u8")
+        np.save(d / "landmarks.npy", np.zeros((n, k, 2), np.float32))
+        np.save(d / "audio.npy", np.zeros((n, 33), np.float32))
+        np.save(d / "valid.npy", np.ones(n, bool))
+        clips.append({"name": f"c{c}", "frames": n})
+    manifest = {"format": FORMAT, "settings": settings.to_dict(), "clips": clips}
+    (tmp_path / DATASET_FILE).write_text(json.dumps(manifest))
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        from talkinghead.methods.dithead.data import load_prepared
+        from talkinghead.training.arrays import open_file_count
+        data = load_prepared({str(tmp_path)!r})
+        for c, clip in enumerate(data.clips):  # every clip's every frame
+            for i in range(len(clip)):
+                assert int(clip.frames[i].max()) == c % 256
+        print("ok", len(data.clips), open_file_count())
+        """
+    )
+    src = Path(__file__).resolve().parents[3] / "src"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    word, clips_seen, fds = out.stdout.split()
+    assert word == "ok" and int(clips_seen) == 400 and int(fds) < 256

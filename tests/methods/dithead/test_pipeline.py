@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,6 +159,47 @@ def test_dit_ema_warm_up_moves_a_short_run_and_the_loss_is_logged(trained, tmp_p
     assert logged[1]["loss"] == pytest.approx(mean, rel=1e-5)
     assert logged[1]["samples_per_s"] > 0
     assert any((tmp_path / "warm" / "log_dit" / "logs").iterdir())  # TensorBoard events
+
+
+def test_dit_resume_is_exact(trained, tmp_path):
+    """2 steps + resume to 4 == 4 uninterrupted: the batches, noise and EMA continue."""
+    data, ckpt, _, _ = trained
+    config = replace(DIT_CONFIG, steps=4, batch_size=2, ema_decay=0.9, save_every=2)
+    whole = train_dit(data, tmp_path / "whole", config, vq_dir=ckpt)
+    train_dit(data, tmp_path / "part", replace(config, steps=2), vq_dir=ckpt)
+    rest = train_dit(data, tmp_path / "part", replace(config, resume=True), vq_dir=ckpt)
+    assert rest.history == whole.history[2:]
+    a = torch.load(tmp_path / "whole" / "dit.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "dit.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (tmp_path / "part" / "state_dit" / "rank_state_0.pt").is_file()
+
+
+def test_two_process_accelerate_launch_resume_is_exact(trained, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): 2 steps + resume to 4 == 4 straight,
+    for the DiT (EMA included) and a VQGAN."""
+    from _accelerate_launch import launch
+
+    data, ckpt, _, _ = trained
+    opts = ["--preset", "tiny", "--batch-size", "2", "--lr", "1e-3", "--save-every", "2",
+            "--log-every", "1"]  # fmt: skip
+    stages = (("dit", ["--stage", "dit", "--vq-dir", str(ckpt), "--ema-decay", "0.9"]),
+              ("vq_full", ["--stage", "vq", "--which", "full", "--disc-start", "1"]))  # fmt: skip
+    for name, stage in stages:
+        for out, steps, extra in (("split", 2, []), ("split", 4, ["--resume"]),
+                                  ("straight", 4, [])):  # fmt: skip
+            args = ["train-dithead", str(data), str(tmp_path / out), *stage, *opts]
+            run = launch([*args, "--steps", str(steps), *extra], timeout=240)
+            assert run.returncode == 0, run.stderr[-3000:]
+        a = torch.load(tmp_path / "straight" / f"{name}.pt", weights_only=True)
+        b = torch.load(tmp_path / "split" / f"{name}.pt", weights_only=True)
+        assert a["step"] == b["step"] == 4
+        for k in a["state_dict"]:
+            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (name, k)
+    assert (tmp_path / "split" / "state_dit" / "rank_state_1.pt").is_file()
+    log = (tmp_path / "split" / "log_dit" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [1, 2, 3, 4]
 
 
 def test_vq_gan_path_and_cli(trained, tmp_path):

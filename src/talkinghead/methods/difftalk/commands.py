@@ -33,7 +33,10 @@ def train_difftalk(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="ldm stage: keep EMA weights."),
     save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(
-        None, "--log-every", help="Append the losses to OUT_DIR/train_<stage>.jsonl every N steps."
+        None,
+        "--log-every",
+        help="Print the mean losses every N steps (default 50) and append them to "
+        "OUT_DIR/log_<stage>/train_log.jsonl and TensorBoard.",
     ),
     perceptual: Path = typer.Option(
         None,
@@ -53,7 +56,16 @@ def train_difftalk(
         False, "--overwrite", help="Replace the stage's checkpoint in OUT_DIR, starting again."
     ),
     seed: int = typer.Option(0, help="Seed of initialisation, batches and noise."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option(
+        "auto",
+        help="auto (each `accelerate launch` rank's GPU, else the CPU), cpu, cuda, cuda:1 "
+        "(one process).",
+    ),
+    mixed_precision: str = typer.Option(
+        None,
+        "--mixed-precision",
+        help="no | fp16 | bf16 (default: accelerate's config / `accelerate launch` flag, else no).",
+    ),
 ) -> None:
     """Train DiffTalk: first --stage autoencoder, then --stage ldm, into the same OUT_DIR."""
     from talkinghead.validation import check_not_an_input
@@ -67,6 +79,14 @@ def train_difftalk(
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every)):
         if value is not None and value < 1:
             raise SettingsError(f"{name} must be >= 1, not {value}")
+    from talkinghead.training.distributed import MIXED_PRECISIONS
+
+    if mixed_precision is not None and mixed_precision not in MIXED_PRECISIONS:
+        raise SettingsError(
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, not {mixed_precision!r}"
+        )
+    import logging
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from talkinghead.methods.difftalk.data import read_manifest
@@ -87,17 +107,24 @@ def train_difftalk(
             log_every=log_every,
             seed=seed,
             device=device,
+            mixed_precision=mixed_precision,
             resume=resume,
             overwrite=overwrite,
         ).items()
         if v is not None
     }
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the loss lines
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
     )
-    with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
+    from talkinghead.training.distributed import is_main_process
+
+    main = is_main_process()  # one progress bar and summary under `accelerate launch`
+    with Progress(
+        *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
+    ) as bar:
         task = bar.add_task(f"training {stage.value}", total=None)
 
         def progress(_stage: str, done: int, total: int | None) -> None:
@@ -119,7 +146,8 @@ def train_difftalk(
             cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
             result = train_ldm(data_dir, out_dir, cfg, autoencoder=autoencoder, progress=progress)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
-    typer.echo(f"{stage.value}: {result.checkpoint} ({result.steps} steps{last})")
+    if main:
+        typer.echo(f"{stage.value}: {result.checkpoint} ({result.steps} steps{last})")
 
 
 def register(app: typer.Typer) -> None:

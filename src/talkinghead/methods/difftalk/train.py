@@ -19,16 +19,26 @@ from its step, optimiser, EMA, discriminator and random state: bit for bit the r
 not interrupted, since batches are a function of the step) or ``overwrite`` (start again).
 A resumed stage that already reached ``steps`` is refused too: raise ``steps``.
 
+At scale: both stages run on `accelerate` (`talkinghead.training.distributed`), one
+process per GPU and node under ``accelerate launch``, mixed precision from its config
+unless ``mixed_precision`` is given. ``batch_size`` is per process: step s trains on the
+global batch `batch_at(s, n, batch_size x processes)`, rank r on its r-th slice, so the
+data a step sees depends on the step alone. Each rank writes its random state (its noise
+generator, torch's RNG) to ``OUT_DIR/state_<stage>/rank_state_<rank>.pt`` beside the
+checkpoint, so resuming is exact on every rank. Every ``log_every`` steps the means of
+the losses (over the steps and the ranks) are printed and appended to
+``OUT_DIR/log_<stage>/train_log.jsonl`` and TensorBoard (`talkinghead.training.loss_log`).
+
 Both stages write into OUT_DIR (``autoencoder.pt``, ``ldm.pt``, ``difftalk.json``,
-``train_<stage>.jsonl``; the format is `talkinghead.methods.difftalk.checkpoint`'s), so
-after both OUT_DIR is a checkpoint directory for ``talkinghead generate --method difftalk``.
+``log_<stage>/``, ``state_<stage>/``; the format is `talkinghead.methods.difftalk.checkpoint`'s),
+so after both OUT_DIR is a checkpoint directory for ``talkinghead generate --method difftalk``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,7 +73,13 @@ from talkinghead.models.difftalk_autoencoder import (
 from talkinghead.models.difftalk_conditions import DiffTalkConditionConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig, unet_preset
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
+from talkinghead.training.distributed import (
+    build_accelerator_for_device,
+    load_rank_state,
+    save_rank_state,
+)
 from talkinghead.training.ema import EMA
+from talkinghead.training.loss_log import LossLog
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +99,8 @@ class AutoencoderTrainConfig:
     lr: float = 1e-4
     codebook_weight: float = 1.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto: accelerate's (each launched rank's GPU, else CPU)
+    mixed_precision: str | None = None  # None: accelerate's (launcher / config), else no
     log_every: int = 50
     save_every: int = 2_000
     cache_frames: bool = False
@@ -111,7 +128,8 @@ class LdmTrainConfig:
     min_reference_gap: int = 60
     smooth_radius: int = 8
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    mixed_precision: str | None = None
     log_every: int = 50
     save_every: int = 5_000
     cache_latents: bool | None = None  # None: when the dataset has <= 20k frames
@@ -159,16 +177,8 @@ def start_state(path: Path, kind: str, steps: int, resume: bool, overwrite: bool
     return payload
 
 
-def _rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def _restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    # Checkpoints from before the per-rank state files kept rank 0's RNG here.
     torch.set_rng_state(state["torch"])
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
@@ -176,22 +186,83 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator | None = None
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class _Log:
-    """``train_<stage>.jsonl``: appended by a resumed run, started afresh otherwise."""
+def _accelerator(cfg: Any):
+    try:
+        return build_accelerator_for_device(cfg.device, cfg.mixed_precision)
+    except ValueError as e:
+        raise TalkingHeadError(str(e)) from None
 
-    def __init__(self, path: Path, every: int, append: bool) -> None:
-        self.path, self.every = path, every
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("a" if append else "w")
 
-    def __call__(self, step: int, losses: dict[str, float]) -> None:
-        if step % self.every == 0 or step == 1:
-            self.file.write(json.dumps({"step": step, **losses}) + "\n")
-            self.file.flush()
-            log.info("step %d: %s", step, losses)
+def rank_slice(step: int, n: int, batch_size: int, seed: int, rank: int, world: int):
+    """(epoch, indices) rank `rank` of `world` trains on at `step`: its slice of the global
+    batch of ``batch_size x world`` (`batch_at`), the same whatever was run before."""
+    epoch, idx = batch_at(step, n, batch_size * world, seed)
+    return epoch, idx[rank * batch_size : (rank + 1) * batch_size]
 
-    def close(self) -> None:
-        self.file.close()
+
+def _noise_seed(seed: int, rank: int) -> int:
+    return seed + 10_000 * rank  # rank 0 draws what a single process draws
+
+
+def _state_dir(out_dir: Path, stage: str) -> Path:
+    return out_dir / f"state_{stage}"
+
+
+def _resume_rng(
+    out_dir: Path, stage: str, resumed: dict, accelerator, generator: torch.Generator | None
+) -> None:
+    """Each rank's random state at the checkpoint's step (rank files, else the old field)."""
+    state_dir = _state_dir(out_dir, stage)
+    step = int(resumed["step"])
+    rank = accelerator.process_index
+    if (state_dir / f"rank_state_{rank}.pt").is_file():
+        gens = {"noise": generator} if generator is not None else None
+        saved = load_rank_state(state_dir, rank, gens)
+        if int(saved.get("step", -1)) != step:
+            raise CheckpointError(
+                f"{state_dir}: random state of step {saved.get('step')}, checkpoint at step "
+                f"{step}; resume is not exact (use --overwrite to start again)"
+            )
+        if int(saved.get("world", 1)) != accelerator.num_processes:
+            raise TalkingHeadError(
+                f"{state_dir}: saved by {saved.get('world')} processes; resume with as many "
+                f"(this run has {accelerator.num_processes})"
+            )
+    elif accelerator.num_processes == 1 and "rng" in resumed["train_state"]:
+        _restore_rng(resumed["train_state"]["rng"], generator)
+    else:
+        raise CheckpointError(f"{state_dir}: no random state for rank {rank} to resume from")
+
+
+def _loss_log(out_dir: Path, stage: str, cfg: Any, accelerator, resumed: bool) -> LossLog:
+    log_dir = out_dir / f"log_{stage}"
+    if accelerator.is_main_process and not resumed:
+        (log_dir / "train_log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+
+    def echo(line: str) -> None:
+        log.info("%s %s", stage, line)
+
+    return LossLog(
+        log_dir, every=cfg.log_every, enabled=accelerator.is_main_process, echo=echo,
+        total_steps=cfg.steps, console_keys=None,
+    )  # fmt: skip
+
+
+def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(t, "mean").tolist(), strict=True))
+
+
+def _average_gradients(accelerator, module: torch.nn.Module) -> None:
+    # The discriminator is called several times per step outside DDP: average its grads.
+    if accelerator.num_processes == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.copy_(accelerator.reduce(p.grad, "mean"))
 
 
 # ---------------------------------------------------------------------------- stage 1
@@ -228,8 +299,10 @@ def train_autoencoder(
         raise TalkingHeadError(f"{data.resolution} px is not a multiple of f = {ae_cfg.downsample}")
     if resumed is not None:
         ae_cfg = DiffTalkAutoencoderConfig.from_dict(resumed["config"])
+    accelerator = _accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = accelerator.device
     model = DiffTalkAutoencoder(ae_cfg).to(device).train()
     loss_cfg = VQGANLossConfig(
         pixel="l1",
@@ -250,54 +323,64 @@ def train_autoencoder(
         opt.load_state_dict(state["opt"])
         opt_d.load_state_dict(state["opt_d"])
         criterion.discriminator.load_state_dict(state["discriminator"])
-        _restore_rng(state["rng"])
+        _resume_rng(out_dir, "autoencoder", resumed, accelerator, None)
         first = int(resumed["step"]) + 1
-    last_layer = model.vq.decoder.conv_out.weight  # the adaptive GAN weight's reference
-    logger = _Log(out_dir / "train_autoencoder.jsonl", cfg.log_every, append=resumed is not None)
+    raw_model = model
+    model, opt = accelerator.prepare(model, opt)
+    last_layer = raw_model.vq.decoder.conv_out.weight  # the adaptive GAN weight's reference
+    logger = _loss_log(out_dir, "autoencoder", cfg, accelerator, resumed is not None)
     losses: list[float] = []
     extra = {"train": asdict(cfg), "data": data.manifest_settings()}
 
     def save(step: int) -> None:
-        train_state = {
-            "opt": opt.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "discriminator": criterion.discriminator.state_dict(),
-            "rng": _rng_state(),
-        }
-        save_component(
-            path, "autoencoder", model, ae_cfg.to_dict(), step=step, train_state=train_state,
-            **extra,
-        )  # fmt: skip
+        accelerator.wait_for_everyone()
+        save_rank_state(
+            _state_dir(out_dir, "autoencoder"), rank, extra={"step": step, "world": world}
+        )
+        if accelerator.is_main_process:
+            train_state = {
+                "opt": opt.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "discriminator": criterion.discriminator.state_dict(),
+            }
+            save_component(
+                path, "autoencoder", raw_model, ae_cfg.to_dict(), step=step,
+                train_state=train_state, **extra,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
 
     try:
         for step in range(first, cfg.steps + 1):
-            _, idx = batch_at(step, len(data), cfg.batch_size, cfg.seed)
+            _, idx = rank_slice(step, len(data), cfg.batch_size, cfg.seed, rank, world)
             images = torch.stack([to_tensor_image(data.frame(*data.index[i])) for i in idx]).to(
                 device
             )
             recon, vq_loss = model(images)
+            recon, vq_loss = recon.float(), vq_loss.float()
             # taming counts the GAN's start in optimiser steps from 0
             loss, logs = criterion.generator_loss(images, recon, vq_loss, step - 1, last_layer)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             opt.step()
             if criterion.gan_active(step - 1):
                 d_loss = criterion.discriminator_loss(images, recon)
                 opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
+                accelerator.backward(d_loss)
+                _average_gradients(accelerator, criterion.discriminator)
                 opt_d.step()
                 logs["d"] = d_loss.item()
-            values = {"loss": logs.pop("total"), **logs}
+            values = _mean_over_ranks(accelerator, {"loss": logs.pop("total"), **logs})
             if not math.isfinite(values["loss"]):
                 raise TalkingHeadError(f"the loss diverged at step {step}")
             losses.append(values["loss"])
-            logger(step, values)
-            if progress:
+            logger.add(step, values, samples=len(idx) * world)
+            if progress and accelerator.is_main_process:
                 progress("autoencoder", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
     finally:
         logger.close()
+    accelerator.end_training()
     return TrainResult(path, losses, cfg.steps)
 
 
@@ -363,6 +446,32 @@ class _LatentSource:
         }
 
 
+class LdmObjective(torch.nn.Module):
+    """||eps - M(z_t, t, C)||^2 as one module, so DDP sees the conditions and the UNet in one
+    forward (`DiffTalkLDM.context` is a method, not part of its forward)."""
+
+    def __init__(self, ldm: DiffTalkLDM, schedule: DiffusionSchedule) -> None:
+        super().__init__()
+        self.ldm, self.schedule = ldm, schedule
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        noisy = self.schedule.q_sample(batch["z"], t, noise)
+        context = self.ldm.context(batch["audio"], batch["landmarks"])
+        pred = self.ldm(noisy, t, batch["masked"], batch["reference"], context)
+        return torch.nn.functional.mse_loss(pred.float(), noise)
+
+
+def draw_noise(
+    z: torch.Tensor, n_timestep: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, eps) for a batch of latents, drawn from `generator` (CPU) in a fixed order."""
+    t = torch.randint(0, n_timestep, (z.shape[0],), generator=generator)
+    noise = torch.randn(z.shape, generator=generator)
+    return t.to(z.device), noise.to(z.device)
+
+
 def ldm_loss(
     ldm: DiffTalkLDM,
     schedule: DiffusionSchedule,
@@ -370,15 +479,8 @@ def ldm_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """||eps - M(z_t, t, C)||^2 for one batch; t and eps drawn from `generator` (CPU)."""
-    z = batch["z"]
-    b = z.shape[0]
-    t = torch.randint(0, schedule.n_timestep, (b,), generator=generator)
-    noise = torch.randn(z.shape, generator=generator).to(z.device)
-    t = t.to(z.device)
-    noisy = schedule.q_sample(z, t, noise)
-    context = ldm.context(batch["audio"], batch["landmarks"])
-    pred = ldm(noisy, t, batch["masked"], batch["reference"], context)
-    return torch.nn.functional.mse_loss(pred, noise)
+    t, noise = draw_noise(batch["z"], schedule.n_timestep, generator)
+    return LdmObjective(ldm, schedule)(batch, t, noise)
 
 
 def train_ldm(
@@ -400,8 +502,9 @@ def train_ldm(
         raise CheckpointError(
             f"{ae_path}: no autoencoder; train --stage autoencoder first (or pass --autoencoder)"
         )
-    device = torch.device(cfg.device)
-    ae = load_autoencoder(ae_path, device).requires_grad_(False)
+    accelerator = _accelerator(cfg)  # a bad --device fails before any model loads
+    # On the CPU until the accelerator picks this rank's device.
+    ae = load_autoencoder(ae_path, torch.device("cpu")).requires_grad_(False)
     data = DiffTalkDataset(
         data_dir,
         min_reference_gap=cfg.min_reference_gap,
@@ -436,6 +539,8 @@ def train_ldm(
             f"the data has {data.feature_dim} audio features per step; the model expects "
             f"{model_config.conditions.audio_feature_dim}"
         )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
     torch.manual_seed(cfg.seed)
     ldm = DiffTalkLDM(model_config).to(device).train()
     ema = EMA(ldm, cfg.ema_decay) if cfg.ema else None
@@ -444,8 +549,9 @@ def train_ldm(
     )
     schedule = difftalk_schedule()
     cache = cfg.cache_latents if cfg.cache_latents is not None else len(data) <= 20_000
+    ae = ae.to(device)
     source = _LatentSource(data, ae, device, cache)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(_noise_seed(cfg.seed, rank))
     first = 1
     if resumed is not None:
         state = resumed["train_state"]
@@ -455,60 +561,69 @@ def train_ldm(
             if "ema" not in state:
                 raise CheckpointError(f"{path}: trained without EMA; resume with --no-ema")
             ema.load_state_dict(state["ema"])
-        _restore_rng(state["rng"], generator)
+        _resume_rng(out_dir, "ldm", resumed, accelerator, generator)
         first = int(resumed["step"]) + 1
-    logger = _Log(out_dir / "train_ldm.jsonl", cfg.log_every, append=resumed is not None)
+    objective, opt = accelerator.prepare(LdmObjective(ldm, schedule), opt)
+    logger = _loss_log(out_dir, "ldm", cfg, accelerator, resumed is not None)
     settings = data.manifest_settings()
     settings.update(smooth_radius=cfg.smooth_radius, min_reference_gap=cfg.min_reference_gap)
     losses: list[float] = []
 
     def save(step: int) -> None:
-        weights = ema.averaged(ldm) if ema is not None else ldm
-        train_state = {"model": ldm.state_dict(), "opt": opt.state_dict()}
-        train_state["rng"] = _rng_state(generator)
-        if ema is not None:
-            train_state["ema"] = ema.state_dict()
-        save_component(
-            path,
-            "ldm",
-            weights,
-            model_config.to_dict(),
-            step=step,
-            ema=ema is not None,
-            train_state=train_state,
-            train={k: v for k, v in asdict(cfg).items() if k != "unet_overrides"},
-            data=settings,
-            autoencoder=str(ae_path),
-        )
-        write_manifest(out_dir, data.resolution, settings)
+        accelerator.wait_for_everyone()
+        save_rank_state(
+            _state_dir(out_dir, "ldm"), rank, {"noise": generator},
+            extra={"step": step, "world": world},
+        )  # fmt: skip
+        if accelerator.is_main_process:
+            weights = ema.averaged(ldm) if ema is not None else ldm
+            train_state = {"model": ldm.state_dict(), "opt": opt.state_dict()}
+            if ema is not None:
+                train_state["ema"] = ema.state_dict()
+            save_component(
+                path,
+                "ldm",
+                weights,
+                model_config.to_dict(),
+                step=step,
+                ema=ema is not None,
+                train_state=train_state,
+                train={k: v for k, v in asdict(cfg).items() if k != "unet_overrides"},
+                data=settings,
+                autoencoder=str(ae_path),
+            )
+            write_manifest(out_dir, data.resolution, settings)
+        accelerator.wait_for_everyone()
 
     try:
         for step in range(first, cfg.steps + 1):
-            epoch, idx = batch_at(step, len(data), cfg.batch_size, cfg.seed)
-            loss = ldm_loss(ldm, schedule, source.batch(idx, epoch), generator)
+            epoch, idx = rank_slice(step, len(data), cfg.batch_size, cfg.seed, rank, world)
+            batch = source.batch(idx, epoch)
+            t, noise = draw_noise(batch["z"], schedule.n_timestep, generator)
+            loss = objective(batch, t, noise)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             if cfg.grad_clip and cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(ldm.parameters(), cfg.grad_clip)
+                accelerator.clip_grad_norm_(ldm.parameters(), cfg.grad_clip)
             opt.step()
             if ema is not None:
                 ema.update(ldm)
-            value = loss.item()
+            value = _mean_over_ranks(accelerator, {"loss": loss.item()})["loss"]
             if not math.isfinite(value):
                 raise TalkingHeadError(f"the loss diverged at step {step}")
             losses.append(value)
-            logger(step, {"loss": value})
-            if progress:
+            logger.add(step, {"loss": value}, samples=len(idx) * world)
+            if progress and accelerator.is_main_process:
                 progress("ldm", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
     finally:
         logger.close()
-    if ae_path.parent.resolve() != out_dir.resolve():
+    if accelerator.is_main_process and ae_path.parent.resolve() != out_dir.resolve():
         # difftalk.json names autoencoder.pt beside it: keep the directory self-contained.
-        import shutil
-
         shutil.copyfile(ae_path, out_dir / AUTOENCODER_FILE)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return TrainResult(path, losses, cfg.steps)
 
 
@@ -516,10 +631,13 @@ __all__ = [
     "EMA",
     "STAGES",
     "AutoencoderTrainConfig",
+    "LdmObjective",
     "LdmTrainConfig",
     "TrainResult",
     "batch_at",
+    "draw_noise",
     "ldm_loss",
+    "rank_slice",
     "start_state",
     "train_autoencoder",
     "train_ldm",

@@ -29,7 +29,16 @@ def train_dithead(
     steps: int = typer.Option(None, help="Optimiser steps (per VQGAN for the vq stage)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
     lr: float = typer.Option(None, help="Learning rate (constant)."),
-    device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ..."),
+    device: str = typer.Option(
+        "auto",
+        help="auto (each `accelerate launch` rank's GPU, else the CPU), cpu, cuda, cuda:1 "
+        "(one process).",
+    ),
+    mixed_precision: str = typer.Option(
+        None,
+        "--mixed-precision",
+        help="no | fp16 | bf16 (default: accelerate's config / `accelerate launch` flag, else no).",
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation, sampling and noise."),
     vq_dir: Path = typer.Option(
         None, "--vq-dir", help="dit stage: folder of vq_full.pt / vq_masked.pt (default OUT_DIR)."
@@ -83,11 +92,21 @@ def train_dithead(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if log_every is not None and log_every < 0:
         raise TalkingHeadError(f"--log-every must be >= 0, not {log_every}")
+    from talkinghead.training.distributed import MIXED_PRECISIONS, is_main_process
+
+    if mixed_precision is not None and mixed_precision not in MIXED_PRECISIONS:
+        raise TalkingHeadError(
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, not {mixed_precision!r}"
+        )
+    main = is_main_process()  # one progress bar and summary under `accelerate launch`
     common = dict(
-        steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, log_every=log_every
-    )
+        steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, log_every=log_every,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def report(name: str, done: int, total: int | None) -> None:
@@ -109,7 +128,7 @@ def train_dithead(
                 result = train_vq(
                     data_dir, out_dir, cfg, which=w, perceptual_dir=lpips_dir, progress=report
                 )
-                _summary(f"vq-{w}", result)
+                _summary(f"vq-{w}", result, main)
         else:
             cfg = with_overrides(
                 DiTTrainConfig(preset=preset or "dit-l/2", device=device, seed=seed, resume=resume),
@@ -118,10 +137,12 @@ def train_dithead(
                 **common,
             )
             result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)
-            _summary("dit", result)
+            _summary("dit", result, main)
 
 
-def _summary(name: str, result) -> None:
+def _summary(name: str, result, main: bool = True) -> None:
+    if not main:
+        return
     typer.echo(
         f"{name}: eval loss {result.initial_loss:.4g} -> {result.final_loss:.4g} "
         f"in {result.seconds:.0f}s; wrote {', '.join(str(p) for p in result.checkpoints)}"

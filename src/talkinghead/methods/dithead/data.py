@@ -63,6 +63,7 @@ from talkinghead.methods.dithead.features import (
     to_tensor_image,
 )
 from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
+from talkinghead.training.arrays import DEFAULT_MAX_OPEN, NpyPool
 from talkinghead.training.prepare import (
     ClipListLayout,
     PrepareJob,
@@ -344,10 +345,33 @@ def prepare_dataset(
 # --------------------------------------------------------------------------- loading
 
 
+class PooledFrames:
+    """A clip's ``frames.u8`` [N, S, S, 3] uint8, mapped through a shared `NpyPool`: a
+    dataset of any size keeps at most the pool's bound of files open. ``frames[i]`` is a
+    copy of one frame."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], pool: NpyPool) -> None:
+        self.path, self.shape, self.dtype, self.pool = path, tuple(shape), np.dtype(np.uint8), pool
+        pool.add_raw(path, self.shape, self.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            return self.pool.rows(self.path, index.start, index.stop, dtype=np.uint8)[
+                :: index.step or 1
+            ]
+        return self.pool.row(self.path, int(index), dtype=np.uint8)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.pool.rows(self.path, dtype=dtype or np.uint8)
+
+
 @dataclass
 class Clip:
     name: str
-    frames: np.ndarray  # memory-mapped [N, S, S, 3] uint8
+    frames: PooledFrames | np.ndarray  # [N, S, S, 3] uint8, on disk
     landmarks: np.ndarray
     audio: np.ndarray  # [N, V]
     valid: np.ndarray
@@ -370,8 +394,9 @@ class PreparedDataset:
         return sum(len(c) for c in self.clips)
 
 
-def load_prepared(data_dir: Path) -> PreparedDataset:
-    """Open a dataset written by `prepare_dataset` (frames stay on disk, memory-mapped)."""
+def load_prepared(data_dir: Path, max_open_files: int = DEFAULT_MAX_OPEN) -> PreparedDataset:
+    """Open a dataset written by `prepare_dataset` (frames stay on disk, memory-mapped,
+    at most `max_open_files` of them open at a time whatever the number of clips)."""
     data_dir = Path(data_dir)
     manifest_path = data_dir / DATASET_FILE
     if not manifest_path.is_file():
@@ -382,12 +407,13 @@ def load_prepared(data_dir: Path) -> PreparedDataset:
     settings = DataSettings.from_dict(manifest["settings"])
     s = settings.crop.size
     clips = []
+    pool = NpyPool(max_open_files)  # one pool for all clips: the bound is global
     for entry in manifest["clips"]:
         d = data_dir / "clips" / entry["name"]
         n = int(entry["frames"])
         if n == 0:
             continue
-        frames = np.memmap(d / "frames.u8", dtype=np.uint8, mode="r", shape=(n, s, s, 3))
+        frames = PooledFrames(d / "frames.u8", (n, s, s, 3), pool)
         clips.append(
             Clip(
                 name=entry["name"],
@@ -483,6 +509,7 @@ def _window_at(features: np.ndarray, i: int, window: int) -> np.ndarray:
 
 __all__ = [
     "Clip",
+    "PooledFrames",
     "PrepareReport",
     "PreparedDataset",
     "PreparedVideo",

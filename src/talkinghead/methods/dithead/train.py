@@ -12,6 +12,14 @@ Every ``log_every`` steps the mean losses since the last line are printed, appen
 ``out_dir/log_<stage>/train_log.jsonl`` (``log_vq-full``, ``log_vq-masked``, ``log_dit``)
 and given to TensorBoard (``out_dir/log_<stage>/logs``): `talkinghead.training.loss_log`.
 
+At scale both stages run on `accelerate` (`talkinghead.training.distributed`): one
+process per GPU and node under ``accelerate launch`` (``batch_size`` is per process),
+mixed precision from accelerate's config unless ``mixed_precision`` is given. Rank r
+draws its batches from its own generators (seeded ``seed + 10000 r``; rank 0 is a single
+process's run), and at every checkpoint each rank writes them and torch's RNG to
+``out_dir/state_<stage>/rank_state_<r>.pt``, so a resumed run continues exactly on
+every rank.
+
 Checkpoints land in the output directory, which is then the ``--checkpoints``
 folder of generation; their format is `talkinghead.methods.dithead.checkpoint`.
 The DiT checkpoint's ``latent_scale`` is one over the standard deviation of the
@@ -45,6 +53,11 @@ from talkinghead.methods.dithead.data import PreparedDataset, SampleDrawer, load
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
+from talkinghead.training.distributed import (
+    build_accelerator_for_device,
+    load_rank_state,
+    save_rank_state,
+)
 from talkinghead.training.ema import EMA
 from talkinghead.training.loss_log import LossLog
 
@@ -69,22 +82,62 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _accelerator(config: Any):
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise TalkingHeadError(f"unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TalkingHeadError("CUDA was requested but is not available")
-    return dev
+        return build_accelerator_for_device(config.device, config.mixed_precision)
+    except ValueError as e:
+        raise TalkingHeadError(str(e)) from None
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+def _rank_seed(seed: int, rank: int) -> int:
+    return seed + 10_000 * rank  # rank 0 draws what a single process draws
+
+
+def _state_dir(out_dir: Path, stage: str) -> Path:
+    return Path(out_dir) / f"state_{stage}"
+
+
+def _save_rank(
+    out_dir: Path, stage: str, accelerator, drawer: SampleDrawer, step: int,
+    generators: dict[str, torch.Generator] | None = None,
+) -> None:  # fmt: skip
+    extra = {"step": step, "world": accelerator.num_processes,
+             "drawer": drawer.rng.bit_generator.state}  # fmt: skip
+    save_rank_state(_state_dir(out_dir, stage), accelerator.process_index, generators, extra)
+
+
+def _resume_rank(
+    out_dir: Path, stage: str, accelerator, drawer: SampleDrawer, step: int,
+    generators: dict[str, torch.Generator] | None = None,
+) -> None:  # fmt: skip
+    """This rank's generators at the checkpoint's `step` (a checkpoint from before the
+    per-rank files continues, with a warning, from fresh random streams)."""
+    state_dir = _state_dir(out_dir, stage)
+    rank = accelerator.process_index
+    if not (state_dir / f"rank_state_{rank}.pt").is_file():
+        if accelerator.num_processes > 1 or rank:
+            raise TalkingHeadError(f"{state_dir}: no random state for rank {rank} to resume from")
+        log.warning("%s: no saved random state; the resumed run is not bit-exact", state_dir)
+        return
+    saved = load_rank_state(state_dir, rank, generators)
+    if int(saved.get("world", 1)) != accelerator.num_processes:
+        raise TalkingHeadError(
+            f"{state_dir}: saved by {saved.get('world')} processes; resume with as many "
+            f"(this run has {accelerator.num_processes})"
+        )
+    if int(saved.get("step", -1)) != step:
+        raise TalkingHeadError(
+            f"{state_dir}: random state of step {saved.get('step')}, checkpoint at step {step}"
+        )
+    drawer.rng.bit_generator.state = saved["drawer"]
+
+
+def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(t, "mean").tolist(), strict=True))
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -100,8 +153,8 @@ class VQTrainConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA
+    device: str = "auto"  # auto: accelerate's (each launched rank's GPU, else the CPU)
+    mixed_precision: str | None = None  # None: accelerate's (launcher / config), else no
     augment: bool = True  # random mask shifts for the masked VQGAN
     save_every: int = 5000
     log_every: int = 100
@@ -133,10 +186,13 @@ def train_vq(
     if which not in VQ_FILES:
         raise TalkingHeadError(f"unknown VQGAN {which!r}; expected 'full' or 'masked'")
     start_time = time.monotonic()
+    accelerator = _accelerator(config)  # a bad --device fails before the data loads
+    rank, world = accelerator.process_index, accelerator.num_processes
     data = load_prepared(data_dir)
-    device = _device(config.device)
+    device = accelerator.device
     torch.manual_seed(config.seed)
     out = Path(out_dir) / VQ_FILES[which]
+    stage = f"vq-{which}"
     overrides = {"resolution": data.size, **config.model}
     vq = VQModel(VQGANConfig.from_preset(config.preset, **overrides)).to(device)
     vq.latent_shape(data.size, data.size)  # fails early on sizes f does not divide
@@ -148,6 +204,8 @@ def train_vq(
     opt_d = torch.optim.Adam(
         criterion.discriminator.parameters(), lr=config.lr, betas=config.betas, foreach=True
     )
+    masked = which == "masked"
+    drawer = SampleDrawer(data, seed=_rank_seed(config.seed, rank), augment=config.augment)
     step = 0
     if config.resume and out.is_file():
         payload = read_checkpoint(out, "vq")
@@ -158,64 +216,74 @@ def train_vq(
             opt_d.load_state_dict(state["opt_d"])
             criterion.discriminator.load_state_dict(state["discriminator"])
         step = int(payload.get("step", 0))
-
-    masked = which == "masked"
-    drawer = SampleDrawer(data, seed=config.seed, augment=config.augment)
+        _resume_rank(out_dir, stage, accelerator, drawer, step)
+    raw_vq = vq
+    vq, opt_g = accelerator.prepare(vq, opt_g)
     eval_images = (
         SampleDrawer(data, seed=config.seed + 1, augment=False)
         .images(config.eval_batch, masked)
         .to(device)
     )
-    result = TrainResult(checkpoints=[out], initial_loss=_vq_eval(vq, eval_images))
+    result = TrainResult(checkpoints=[out], initial_loss=_vq_eval(raw_vq, eval_images))
 
     def save(at: int) -> None:
-        train_state = {
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "discriminator": criterion.discriminator.state_dict(),
-        }
-        save_checkpoint(
-            out, "vq", vq, data=data.settings, step=at, which=which, train_state=train_state
-        )
+        accelerator.wait_for_everyone()
+        _save_rank(out_dir, stage, accelerator, drawer, at)
+        if accelerator.is_main_process:
+            train_state = {
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "discriminator": criterion.discriminator.state_dict(),
+            }
+            save_checkpoint(
+                out, "vq", raw_vq, data=data.settings, step=at, which=which,
+                train_state=train_state,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
 
-    loss_log = _loss_log(Path(out_dir), f"vq-{which}", config)
+    loss_log = _loss_log(Path(out_dir), stage, config, accelerator)
     vq.train()
     criterion.train()
-    if progress:
-        progress(f"vq-{which}", step, config.steps)
+    if progress and accelerator.is_main_process:
+        progress(stage, step, config.steps)
     while step < config.steps:
         x = drawer.images(config.batch_size, masked).to(device)
-        with _autocast(device, config.amp):
-            rec, qloss = vq(x)
+        rec, qloss = vq(x)
         rec = rec.float()
-        loss, logs = criterion.generator_loss(x, rec, qloss.float(), step, vq.last_layer)
+        loss, logs = criterion.generator_loss(x, rec, qloss.float(), step, raw_vq.last_layer)
         opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         opt_g.step()
         if criterion.gan_active(step):
             d_loss = criterion.discriminator_loss(x, rec)
             opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
+            accelerator.backward(d_loss)
+            if world > 1:  # called several times per step outside DDP: average by hand
+                for p in criterion.discriminator.parameters():
+                    if p.grad is not None:
+                        p.grad.copy_(accelerator.reduce(p.grad, "mean"))
             opt_d.step()
             logs["d"] = d_loss.item()
         step += 1
+        logs = _mean_over_ranks(accelerator, logs)
         result.history.append(logs)
         if loss_log is not None:
-            loss_log.add(step, logs, samples=config.batch_size)
+            loss_log.add(step, logs, samples=config.batch_size * world)
         if config.save_every and step % config.save_every == 0:
             save(step)
-        if progress:
-            progress(f"vq-{which}", step, config.steps)
+        if progress and accelerator.is_main_process:
+            progress(stage, step, config.steps)
     if loss_log is not None:
         loss_log.close()
     vq.eval()
     save(step)
-    result.final_loss = _vq_eval(vq, eval_images)
+    result.final_loss = _vq_eval(raw_vq, eval_images)
     result.seconds = time.monotonic() - start_time
+    accelerator.end_training()
     return result
 
 
-def _loss_log(out_dir: Path, name: str, config: Any) -> LossLog | None:
+def _loss_log(out_dir: Path, name: str, config: Any, accelerator) -> LossLog | None:
     if not config.log_every:
         return None
 
@@ -224,7 +292,7 @@ def _loss_log(out_dir: Path, name: str, config: Any) -> LossLog | None:
 
     return LossLog(
         out_dir / f"log_{name}", every=config.log_every, echo=echo, total_steps=config.steps,
-        console_keys=None,
+        console_keys=None, enabled=accelerator.is_main_process,
     )  # fmt: skip
 
 
@@ -248,7 +316,7 @@ class DiTTrainConfig:
     scale_by_std: bool = True
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    mixed_precision: str | None = None
     augment: bool = True
     save_every: int = 10_000
     log_every: int = 100
@@ -319,8 +387,10 @@ def train_dit(
     start_time = time.monotonic()
     out_dir = Path(out_dir)
     vq_dir = Path(vq_dir) if vq_dir is not None else out_dir
+    accelerator = _accelerator(config)  # a bad --device fails before the models load
+    rank, world = accelerator.process_index, accelerator.num_processes
     data = load_prepared(data_dir)
-    device = _device(config.device)
+    device = accelerator.device
     torch.manual_seed(config.seed)
     vq_full, vq_masked, _ = load_vq_pair(vq_dir, device)
     channels, lh, _lw = vq_full.latent_shape(data.size, data.size)
@@ -336,8 +406,8 @@ def train_dit(
     schedule = DiffusionSchedule.adm_linear(config.n_timestep)
     out = out_dir / DIT_FILE
 
-    drawer = SampleDrawer(data, seed=config.seed, augment=config.augment)
-    gen = torch.Generator().manual_seed(config.seed)
+    drawer = SampleDrawer(data, seed=_rank_seed(config.seed, rank), augment=config.augment)
+    gen = torch.Generator().manual_seed(_rank_seed(config.seed, rank))
     encoder = LatentEncoder(vq_full, vq_masked)
     step, scale = 0, 1.0
     ema = EMA(dit, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
@@ -356,10 +426,14 @@ def train_dit(
             opt.load_state_dict(state["opt"])
         step = int(payload.get("step", 0))
         scale = float(payload.get("latent_scale", 1.0))
+        _resume_rank(out_dir, "dit", accelerator, drawer, step, {"noise": gen})
     elif config.scale_by_std:
         probe = encoder(drawer.dit_batch(max(config.batch_size, 8)), device)
-        scale = 1.0 / max(float(probe.target.std()), 1e-6)
+        # One scale for all ranks: the mean of their probes' variances.
+        var = _mean_over_ranks(accelerator, {"var": float(probe.target.float().var())})["var"]
+        scale = 1.0 / max(math.sqrt(var), 1e-6)
     encoder.scale = scale
+    model, opt = accelerator.prepare(dit, opt)
 
     eval_drawer = SampleDrawer(data, seed=config.seed + 1, augment=False)
     eval_lat = encoder(eval_drawer.dit_batch(config.eval_batch), device)
@@ -371,49 +445,52 @@ def train_dit(
     )
 
     def save(at: int) -> None:
-        weights = ema.averaged_state_dict(dit) if ema is not None else dit.state_dict()
-        train_state = {"model": dit.state_dict(), "opt": opt.state_dict()}
-        if ema is not None:
-            train_state["ema"] = ema.state_dict()
-        save_checkpoint(
-            out,
-            "dit",
-            dit,
-            data=data.settings,
-            step=at,
-            state_dict=weights,
-            latent_scale=scale,
-            n_timestep=config.n_timestep,
-            train_state=train_state,
-        )
+        accelerator.wait_for_everyone()
+        _save_rank(out_dir, "dit", accelerator, drawer, at, {"noise": gen})
+        if accelerator.is_main_process:
+            weights = ema.averaged_state_dict(dit) if ema is not None else dit.state_dict()
+            train_state = {"model": dit.state_dict(), "opt": opt.state_dict()}
+            if ema is not None:
+                train_state["ema"] = ema.state_dict()
+            save_checkpoint(
+                out,
+                "dit",
+                dit,
+                data=data.settings,
+                step=at,
+                state_dict=weights,
+                latent_scale=scale,
+                n_timestep=config.n_timestep,
+                train_state=train_state,
+            )
+        accelerator.wait_for_everyone()
 
-    loss_log = _loss_log(out_dir, "dit", config)
-    dit.train()
-    if progress:
+    loss_log = _loss_log(out_dir, "dit", config, accelerator)
+    model.train()
+    if progress and accelerator.is_main_process:
         progress("dit", step, config.steps)
     while step < config.steps:
         lat = encoder(drawer.dit_batch(config.batch_size), device)
-        with _autocast(device, config.amp):
-            loss = schedule.training_loss(
-                lambda x, t, lat=lat: dit(x, t, lat.masked, lat.reference, lat.audio),
-                lat.target,
-                generator=gen,
-            )
+        loss = schedule.training_loss(
+            lambda x, t, lat=lat: model(x, t, lat.masked, lat.reference, lat.audio),
+            lat.target,
+            generator=gen,
+        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(dit.parameters(), config.grad_clip)
+            accelerator.clip_grad_norm_(dit.parameters(), config.grad_clip)
         opt.step()
         if ema is not None:
             ema.update(dit)
         step += 1
-        logs = {"loss": loss.item()}
+        logs = _mean_over_ranks(accelerator, {"loss": loss.item()})
         result.history.append(logs)
         if loss_log is not None:
-            loss_log.add(step, logs, samples=config.batch_size)
+            loss_log.add(step, logs, samples=config.batch_size * world)
         if config.save_every and step % config.save_every == 0:
             save(step)
-        if progress:
+        if progress and accelerator.is_main_process:
             progress("dit", step, config.steps)
     if loss_log is not None:
         loss_log.close()
@@ -422,6 +499,7 @@ def train_dit(
     final = ema.averaged(dit) if ema is not None else dit
     result.final_loss = _dit_eval(final, schedule, eval_lat, eval_t, eval_noise)
     result.seconds = time.monotonic() - start_time
+    accelerator.end_training()
     return result
 
 
