@@ -148,6 +148,17 @@ def generate(
         help="Ditto: a control timeline, JSON or YAML (keyframed pose, expression, gaze, "
         "eyes, emotion, fades; or the release's ctrl_info). See docs/ditto.md.",
     ),
+    retargeting: Path | None = typer.Option(
+        None,
+        "--retargeting",
+        help="Ditto: LivePortrait's stitching_retargeting_module.pth, for --eye-open/--lip-open.",
+    ),
+    eye_open: float | None = typer.Option(
+        None, "--eye-open", help="Ditto: eye-open slider, a close ratio (0 closed .. 0.4 wide)."
+    ),
+    lip_open: float | None = typer.Option(
+        None, "--lip-open", help="Ditto: lip-open slider, a close ratio (0 closed .. 0.8 wide)."
+    ),
     crop_scale: float = typer.Option(2.3, help="Face crop scale (larger: more around the face)."),
     crop_vy: float = typer.Option(-0.125, help="Face crop vertical offset."),
     max_size: int = typer.Option(1920, help="Longest side of the source, pixels (>= 64)."),
@@ -220,6 +231,10 @@ def generate(
         }
         if timeline is not None:  # absent: the release config's ctrl_info, if any, applies
             settings["controls"] = timeline
+        if retargeting is not None or eye_open is not None or lip_open is not None:
+            settings.update(
+                retargeting=retargeting, eye_open_retarget=eye_open, lip_open_retarget=lip_open
+            )
         run_settings = {**settings, "steps": steps, "seed": seed, "device": device}
         ditto_check.check_ditto_config(DittoConfig().replace(**run_settings))
         checked = check.check_inputs(source, audio, output, max_size=max_size)

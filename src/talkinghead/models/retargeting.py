@@ -20,10 +20,15 @@ head or the other region (the MLP's output elsewhere is small but not zero).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from talkinghead.errors import CheckpointError
+from talkinghead.models.loading import load_state_dict_strict, read_checkpoint
 
 # The implicit keypoints of each region, as LivePortrait's "eyes" / "lip" animation regions.
 EYE_KEYPOINTS: tuple[int, ...] = (11, 13, 15, 16, 18)
@@ -123,12 +128,59 @@ def retarget(
     return out
 
 
+# Entries of LivePortrait's stitching_retargeting_module.pth holding the two MLPs.
+EYE_ENTRY, LIP_ENTRY = "retarget_eye", "retarget_mouth"
+
+
+def retargeting_network_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], where: str
+) -> RetargetingNetwork:
+    """A `RetargetingNetwork` sized by its state dict (``mlp.{i}.weight`` shapes) and loaded
+    strictly; DDP ``module.`` prefixes are stripped. The release's sizes and tiny test
+    variants load alike, with no sizes file."""
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(f"{where}: does not hold a state_dict of tensors")
+    sd = {k.replace("module.", ""): v for k, v in state_dict.items()}
+    layers = sorted(
+        int(m.group(1)) for k in sd if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k))
+    )
+    if not layers or any(sd[f"mlp.{i}.weight"].ndim != 2 for i in layers):
+        raise CheckpointError(f"{where}: no mlp.N.weight matrices of a retargeting MLP")
+    shapes = [tuple(sd[f"mlp.{i}.weight"].shape) for i in layers]  # (out, in)
+    net = RetargetingNetwork(shapes[0][1], [out for out, _ in shapes[:-1]], shapes[-1][0])
+    load_state_dict_strict(net, sd, where, "retargeting MLP")
+    return net.eval()
+
+
+def load_retargeting_networks(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[RetargetingNetwork, RetargetingNetwork]:
+    """The eye and lip MLPs of LivePortrait's ``stitching_retargeting_module.pth``, in eval
+    mode on `device` (shared by every method that offers the eye/lip sliders)."""
+    container = read_checkpoint(path)
+    if not isinstance(container, Mapping) or not {EYE_ENTRY, LIP_ENTRY} <= set(container):
+        found = list(container)[:8] if isinstance(container, Mapping) else type(container).__name__
+        raise CheckpointError(
+            f"{path}: expected LivePortrait's retargeting entries {EYE_ENTRY} and {LIP_ENTRY}, "
+            f"found {found}"
+        )
+    eye = retargeting_network_from_state_dict(container[EYE_ENTRY], f"{path}[{EYE_ENTRY}]")
+    lip = retargeting_network_from_state_dict(container[LIP_ENTRY], f"{path}[{LIP_ENTRY}]")
+    return eye.to(device), lip.to(device)
+
+
 __all__ = [
+    "EYE_ENTRY",
     "EYE_KEYPOINTS",
+    "LIP_ENTRY",
     "LIP_KEYPOINTS",
     "RetargetingNetwork",
     "eye_retargeting_network",
     "lip_retargeting_network",
+    "load_retargeting_networks",
     "region_delta",
     "retarget",
+    "retargeting_network_from_state_dict",
 ]

@@ -283,3 +283,56 @@ def test_each_network_checkpoint_is_read_once(release, monkeypatch) -> None:
     assert models.registrar.model_identity == AvatarRegistrar.checkpoints_identity(
         ckpt.models["motion_extractor"], ckpt.models["appearance_extractor"]
     )
+
+
+def _audio_until_first_motion_frame(pipe, pcm: np.ndarray, **settings) -> float:
+    """Seconds of audio pushed (40 ms at a time) when the stream hands its first frame on."""
+    session = pipe.stream(PORTRAIT, seed=0, batch_size=1, **settings)
+    try:
+        for i in range(0, len(pcm), 640):
+            session.push(pcm[i : i + 640])
+            if session.frames_out:
+                return min(i + 640, len(pcm)) / 16000
+        raise AssertionError("no frame before the end of the audio")
+    finally:
+        session.abort()
+
+
+def test_low_latency_stream_first_frame_after_0_4_s_of_speech(pipe) -> None:
+    from talkinghead.audio.io import resample
+
+    data, sr = sf.read(SPEECH, dtype="float32")
+    pcm = resample(data[: sr * 3 // 2], sr, 16000)
+    # HuBERT emits 5 feature frames per 0.2 s once it has 80 ms of look-ahead.
+    low = _audio_until_first_motion_frame(pipe, pcm, online_fuse=5)
+    release = _audio_until_first_motion_frame(pipe, pcm)
+    assert low == pytest.approx(0.4 + 0.08) and release == pytest.approx(0.8 + 0.08)
+    assert not stage_threads()
+
+
+def test_low_latency_streaming_equals_offline(pipe, speech, tmp_path) -> None:
+    from talkinghead.audio.io import load_audio
+
+    pipe.generate(PORTRAIT, speech, str(tmp_path / "off") + "/", online=True, online_fuse=5)
+    offline = read_frames(tmp_path / "off")
+    pcm = load_audio(speech, 16000)
+    session = pipe.stream(PORTRAIT, seed=0, online_fuse=5)
+    streamed = []
+    for i in range(0, len(pcm), 1000):
+        streamed += session.push(pcm[i : i + 1000])
+    streamed += session.close()
+    assert len(streamed) == len(offline) == 13
+    for x, y in zip(streamed, offline, strict=True):
+        assert np.array_equal(x, y)
+    # And the setting changes the motion (a shorter cross-fade), so the check means something.
+    avatar = pipe.register(PORTRAIT, max_frames=1)
+    a, _ = pipe.motion(avatar, pcm, config=pipe.config.replace(online=True))
+    b, _ = pipe.motion(avatar, pcm, config=pipe.config.replace(online=True, online_fuse=5))
+    assert not np.array_equal(a, b)
+
+
+def test_bad_online_fuse_is_refused_before_any_work(pipe) -> None:
+    from talkinghead.errors import TalkingHeadError
+
+    with pytest.raises(TalkingHeadError, match="online_fuse"):
+        pipe.stream(PORTRAIT, online_fuse=71)

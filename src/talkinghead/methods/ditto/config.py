@@ -9,17 +9,91 @@ it, and so do the checks run before any model loads (`validation`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
-from talkinghead.errors import TalkingHeadError
+import numpy as np
+
+from talkinghead.errors import SettingsError, TalkingHeadError
 from talkinghead.face.types import CropConfig
 from talkinghead.methods.ditto.controls import ControlTimeline
 from talkinghead.methods.ditto.motion.clipwise import ClipwiseConfig
-from talkinghead.methods.ditto.motion.stitch import StitchConfig, StitchControl
+from talkinghead.methods.ditto.motion.stitch import (
+    IMAGE_D_KEYS,
+    VIDEO_D_KEYS,
+    StitchConfig,
+    StitchControl,
+)
 
 log = logging.getLogger(__name__)
+
+_SOURCE_INFO_KEYS = ("x_s_info_lst", "sc", "eye_open_lst", "eye_ball_lst")
+_MOTION_SHAPES = {"pitch": 66, "yaw": 66, "roll": 66, "t": 3, "exp": 63, "scale": 1, "kp": 63}
+
+
+@dataclass(frozen=True)
+class ConditionSource:
+    """Another source's registration that drives the conditions (the release's ``ch_info``).
+
+    What the release takes from it: the motion model's conditioning frame (``x_s_info``,
+    its first frame, {key: [1, size]}), the eye-openness / eye-ball / shape-code condition
+    blocks (``eye_open`` [F, 2], ``eye_ball`` [F, 6], ``sc`` [63]), and its ``scale``,
+    whose ratio to the animated source's scales the driven expression and head angles.
+    Built by `coerce` from an `Avatar`, or from the release's source-info dict.
+    """
+
+    x_s_info: dict[str, np.ndarray]
+    eye_open: np.ndarray
+    eye_ball: np.ndarray
+    sc: np.ndarray
+
+    @property
+    def scale(self) -> float:
+        return float(self.x_s_info["scale"].reshape(-1)[0])
+
+    @classmethod
+    def coerce(cls, value: Any) -> ConditionSource | str | os.PathLike[str] | None:
+        """An `Avatar`-like object or the release's ``ch_info`` dict -> `ConditionSource`;
+        a file path is kept as it is (the pipeline registers it); None stays None."""
+        if value is None or isinstance(value, ConditionSource | str | os.PathLike):
+            return value
+        if hasattr(value, "x_s_info_at") and hasattr(value, "eye_open"):  # an Avatar
+            return cls(
+                {k: np.asarray(v, np.float32) for k, v in value.x_s_info_at(0).items()},
+                np.asarray(value.eye_open, np.float32).reshape(-1, 2),
+                np.asarray(value.eye_ball, np.float32).reshape(-1, 6),
+                np.asarray(value.sc, np.float32).reshape(-1),
+            )
+        if not isinstance(value, Mapping):
+            raise SettingsError(
+                f"condition_source (the release's ch_info) must be a source file, an Avatar "
+                f"or the release's source-info dict, not {type(value).__name__}"
+            )
+        missing = [k for k in _SOURCE_INFO_KEYS if k not in value]
+        if missing or not value["x_s_info_lst"]:
+            raise SettingsError(
+                f"condition_source (the release's ch_info) lacks {', '.join(missing) or 'frames'}; "
+                f"it needs {', '.join(_SOURCE_INFO_KEYS)} as the release's avatar registration makes"
+            )
+        first = value["x_s_info_lst"][0]
+        info = {}
+        for key, size in _MOTION_SHAPES.items():
+            arr = np.asarray(first.get(key) if isinstance(first, Mapping) else None, np.float32)
+            if arr.size != size:
+                raise SettingsError(
+                    f"condition_source (ch_info): x_s_info_lst[0][{key!r}] must hold {size} "
+                    f"values, got shape {arr.shape}"
+                )
+            info[key] = arr.reshape(1, size)
+        return cls(
+            info,
+            np.concatenate([np.asarray(e, np.float32).reshape(-1, 2) for e in value["eye_open_lst"]]),
+            np.concatenate([np.asarray(e, np.float32).reshape(-1, 6) for e in value["eye_ball_lst"]]),
+            np.asarray(value["sc"], np.float32).reshape(-1),
+        )
 
 
 @dataclass(frozen=True)
@@ -31,7 +105,9 @@ class DittoConfig:
     ("auto" | "mediapipe" | "release"), ``source_smooth_k`` (moving average over a
     video source's motion, frames; release: smo_k_s).
     Motion: ``steps`` (DDIM), ``overlap`` (offline windows), ``online_overlap``
-    (streaming windows, the authors' 70), ``smooth_k``, ``fix_kp_cond`` (reset the
+    (streaming windows, the authors' 70), ``online_fuse`` (streaming cross-fade frames;
+    None: the release's 10; 5 is the low-latency setting, first frame after 0.4 s of speech
+    instead of 0.8 s, see `ClipwiseConfig.low_latency`), ``smooth_k``, ``fix_kp_cond`` (reset the
     conditioning frame to the source's every n windows), ``fix_kp_cond_dim`` ((start,
     end) dims that still follow the motion at a reset), ``emotion``
     (label, name, list, or [N, 8]), ``eye_f0_mode``.
@@ -45,6 +121,16 @@ class DittoConfig:
     None: on CUDA, where it keeps frames on the GPU, and cv2 on the CPU, where it is faster),
     ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
     motion settings offline too), ``cache`` (reuse registered avatars).
+    Release fields: ``condition_source`` (release: ch_info; another source whose
+    registration conditions the motion model and whose scale, over the source's, scales
+    the driven expression and angles; a file, an `Avatar` or the release's dict) and
+    ``driving_frames`` (release: N_d; the planned clip length: it limits a video
+    source's registered frames and, when streaming, the blink plan; offline the audio's
+    length plans the blinks, as the release's inference does).
+    Retargeting (LivePortrait's eye/lip MLPs on Ditto output): ``retargeting`` (path of
+    a ``stitching_retargeting_module.pth``), ``eye_open_retarget`` / ``lip_open_retarget``
+    (target close ratios, about 0 closed to 0.4 (eyes) / 0.8 (lips) wide open; None:
+    as generated).
     """
 
     max_size: int = 1920
@@ -55,6 +141,7 @@ class DittoConfig:
     steps: int = 50
     overlap: int = 10
     online_overlap: int = 70
+    online_fuse: int | None = None
     smooth_k: int = 3
     fix_kp_cond: int = 0
     fix_kp_cond_dim: tuple[int, int] | None = None
@@ -82,10 +169,28 @@ class DittoConfig:
     device_paste: bool | None = None
     online: bool = False
     cache: bool = True
+    condition_source: Any = field(default=None, compare=False)
+    driving_frames: int | None = None
+    retargeting: str | os.PathLike[str] | None = None
+    eye_open_retarget: float | None = None
+    lip_open_retarget: float | None = None
 
     def __post_init__(self) -> None:
         # Files and the release's ctrl_info dicts become a timeline once, here.
         object.__setattr__(self, "controls", ControlTimeline.coerce(self.controls))
+        object.__setattr__(
+            self, "condition_source", ConditionSource.coerce(self.condition_source)
+        )
+        if self.driving_frames is not None and (
+            isinstance(self.driving_frames, bool)
+            or not isinstance(self.driving_frames, int | np.integer)
+            or self.driving_frames < 1
+        ):
+            raise SettingsError(
+                f"driving_frames (the release's N_d) must be a frame count >= 1 or None "
+                f"(unknown), not {self.driving_frames!r}"
+            )
+        self._check_retargeting()
         if self.fix_kp_cond_dim is not None:
             dims = tuple(self.fix_kp_cond_dim)
             if len(dims) != 2 or not all(isinstance(d, int) for d in dims) or not (
@@ -102,6 +207,33 @@ class DittoConfig:
                 f"not {self.source_smooth_k!r}"
             )
 
+    def _check_retargeting(self) -> None:
+        for name in ("eye_open_retarget", "lip_open_retarget"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0.0 <= float(value) <= 1.5
+            ):
+                raise SettingsError(
+                    f"{name} must be a close ratio between 0 (closed) and 1.5, not {value!r}"
+                )
+            if self.retargeting is None:
+                raise SettingsError(
+                    f"{name} needs LivePortrait's retargeting MLPs: pass retargeting= "
+                    f"(--retargeting PATH) with its stitching_retargeting_module.pth"
+                )
+        if self.retargeting is not None and not Path(self.retargeting).is_file():
+            raise SettingsError(
+                f"{self.retargeting}: retargeting file not found; give the path of "
+                f"LivePortrait's stitching_retargeting_module.pth"
+            )
+
+    @property
+    def retargets(self) -> bool:
+        """Whether an eye-open or lip-open slider is set."""
+        return self.eye_open_retarget is not None or self.lip_open_retarget is not None
+
     def replace(self, **changes: Any) -> DittoConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -117,10 +249,34 @@ class DittoConfig:
             "fix_cond_keep": self.fix_kp_cond_dim,
         }
         if streaming or self.online:
-            return ClipwiseConfig.release_online(overlap=self.online_overlap, **common)
+            return ClipwiseConfig.release_online(
+                overlap=self.online_overlap, fuse_frames=self.online_fuse, **common
+            )
         return ClipwiseConfig(overlap=self.overlap, **common)
 
-    def stitch_config(self) -> StitchConfig:
+    def stitch_config(
+        self, source_scale: float | None = None, is_image: bool = True
+    ) -> StitchConfig:
+        """The stitcher's settings; with ``source_scale`` (the animated source's first-frame
+        scale) and a registered `condition_source`, the driven expression and angles are
+        weighted by condition scale / source scale, as the release does with ch_info."""
+        cfg = self._stitch_config()
+        cond = self.condition_source
+        if source_scale is None or not isinstance(cond, ConditionSource):
+            return cfg
+        ratio = cond.scale / float(source_scale)
+        if ratio == 1:
+            return cfg
+        keys = cfg.use_d_keys
+        if keys is None:
+            keys = IMAGE_D_KEYS if is_image else VIDEO_D_KEYS
+        weights = dict(keys) if isinstance(keys, Mapping) else dict.fromkeys(keys, 1.0)
+        scaled = {
+            k: w * ratio if k in ("exp", "pitch", "yaw", "roll") else w for k, w in weights.items()
+        }
+        return replace(cfg, use_d_keys=scaled)
+
+    def _stitch_config(self) -> StitchConfig:
         overall = StitchControl(
             **{
                 name: value
@@ -205,6 +361,10 @@ def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None)
             stitch["overall"] = StitchControl.coerce(value or None)
         elif key == "ctrl_info":
             changes["controls"] = ControlTimeline.from_ctrl_info(value) if value else None
+        elif key == "ch_info":
+            changes["condition_source"] = value
+        elif key == "N_d":
+            changes["driving_frames"] = int(value) if int(value) > 0 else None
         else:
             log.info("release setting %s=%r has no counterpart here; ignored", key, value)
     if changes.get("online") and "overlap" in changes:
@@ -216,4 +376,4 @@ def config_from_release(cfg: Mapping[str, Any], base: DittoConfig | None = None)
     return base.replace(**changes)
 
 
-__all__ = ["DittoConfig", "config_from_release"]
+__all__ = ["ConditionSource", "DittoConfig", "config_from_release"]

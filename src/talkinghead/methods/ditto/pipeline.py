@@ -57,7 +57,7 @@ from talkinghead.methods.ditto.checkpoints import (
     read_sidecar,
     resolve_checkpoints,
 )
-from talkinghead.methods.ditto.config import DittoConfig, config_from_release
+from talkinghead.methods.ditto.config import ConditionSource, DittoConfig, config_from_release
 from talkinghead.methods.ditto.motion import (
     ClipwiseGenerator,
     ConditionBuilder,
@@ -180,6 +180,7 @@ class DittoPipeline:
         # (runtime, device) -> (warp, decode) callables: compiled or exported once per pipeline.
         self._render_nets: dict[tuple[str, str], tuple[Callable, Callable]] = {}
         self._render_nets_lock = threading.Lock()
+        self._retargeting_nets: dict[tuple[str, str], tuple[nn.Module, nn.Module]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -406,12 +407,14 @@ class DittoPipeline:
                 f"the motion model expects {expected}-dim conditions, but "
                 f"{audio_dim}-dim speech features give {cond_cfg.dim}"
             )
+        # The release's ch_info: another registration supplies the eye and shape blocks.
+        cond_src = _condition_source(cfg) or avatar
         builder = ConditionBuilder(
             cond_cfg,
             emotion=cfg.emotion,
-            eye_open=avatar.eye_open,
-            eye_ball=avatar.eye_ball,
-            shape_code=avatar.sc,
+            eye_open=cond_src.eye_open,
+            eye_ball=cond_src.eye_ball,
+            shape_code=cond_src.sc,
         )
         if cfg.controls is not None and cfg.controls.conditions_controlled:
             return _TimelineConditions(builder, cfg.controls)  # type: ignore[return-value]
@@ -460,9 +463,11 @@ class DittoPipeline:
             prefix = builder(silence, start=-clip_cfg.overlap)
         if generator is None and cfg.seed is not None:
             generator = torch.Generator().manual_seed(cfg.seed)
+        cond_src = _condition_source(cfg)
+        first = cond_src.x_s_info if cond_src is not None else avatar.x_s_info_at(0)
         return ClipwiseGenerator(
             sample_window,
-            dict_to_motion(avatar.x_s_info_at(0))[0],
+            dict_to_motion(first)[0],
             clip_cfg,
             clip_range=cfg.motion_clip,
             prefix=prefix,
@@ -504,7 +509,32 @@ class DittoPipeline:
     # ------------------------------------------------------------------ rendering
 
     def _renderer(self, avatar: Avatar, cfg: DittoConfig, total: int | None, d0) -> _Renderer:
-        return _Renderer(self.models, avatar, cfg, total, d0, networks=self._render_networks)
+        retarget = self._retargeting(avatar, cfg) if cfg.retargets else None
+        return _Renderer(
+            self.models, avatar, cfg, total, d0, networks=self._render_networks, retarget=retarget
+        )
+
+    def _retargeting(self, avatar: Avatar, cfg: DittoConfig) -> _Retargeting:
+        """LivePortrait's eye/lip MLPs (loaded once per file) and the source's own ratios."""
+        from talkinghead.face.ratios import eye_close_ratio, lip_close_ratio
+        from talkinghead.models.retargeting import load_retargeting_networks
+
+        key = (str(Path(cfg.retargeting).resolve()), str(self.device))  # type: ignore[arg-type]
+        nets = self._retargeting_nets.get(key)
+        if nets is None:
+            nets = self._retargeting_nets[key] = load_retargeting_networks(
+                cfg.retargeting, self.device  # type: ignore[arg-type]
+            )
+        # The MLPs take the source face's close ratios (its first frame's), from landmarks
+        # the avatar does not keep: one more face analysis, only when a slider is set.
+        face = self.models.registrar.face_analyzer.analyze(avatar.frames[0])
+        return _Retargeting(
+            *nets,
+            torch.from_numpy(eye_close_ratio(face.landmarks)),
+            torch.from_numpy(lip_close_ratio(face.landmarks)),
+            cfg.eye_open_retarget,
+            cfg.lip_open_retarget,
+        )
 
     def _render_networks(
         self, runtime: str, example: tuple[torch.Tensor, ...]
@@ -574,6 +604,10 @@ class DittoPipeline:
         if n == 0:
             raise MediaError(f"{where}: the audio is empty")
         max_frames = cfg.max_source_frames if cfg.max_source_frames is not None else n
+        if cfg.max_source_frames is None and cfg.driving_frames is not None:
+            # The release registers N_d frames of a video source when template_n_frames is unset.
+            max_frames = min(n, cfg.driving_frames)
+        cfg = self._with_condition_source(cfg, max_frames, progress)
         avatar = self.register(source, max_frames=max_frames, config=cfg, progress=progress)
         result = GenerationResult(
             output=None,
@@ -670,7 +704,19 @@ class DittoPipeline:
     ) -> DittoStream:
         """A streaming session: `push(pcm_16k)` -> frames, `close()` -> the remaining frames."""
         cfg = self._settings(settings)
-        return DittoStream(self, self.register(source, config=cfg), cfg, generator=generator)
+        max_frames = cfg.max_source_frames if cfg.max_source_frames is not None else cfg.driving_frames
+        cfg = self._with_condition_source(cfg, max_frames, None)
+        avatar = self.register(source, max_frames=max_frames, config=cfg)
+        return DittoStream(self, avatar, cfg, generator=generator)
+
+    def _with_condition_source(
+        self, cfg: DittoConfig, max_frames: int | None, progress: Progress | None
+    ) -> DittoConfig:
+        """`cfg` with a condition source given as a file registered (as the source is)."""
+        if not isinstance(cfg.condition_source, (str, os.PathLike)):
+            return cfg
+        cond = self.register(cfg.condition_source, max_frames=max_frames, config=cfg, progress=progress)
+        return cfg.replace(condition_source=cond)
 
 
 @dataclass
@@ -725,6 +771,17 @@ def _collect_frames(
     return out[:count]
 
 
+def _condition_source(cfg: DittoConfig) -> ConditionSource | None:
+    cond = cfg.condition_source
+    if cond is None:
+        return None
+    if not isinstance(cond, ConditionSource):  # a file: generate/stream register it first
+        raise TalkingHeadError(
+            f"condition_source {cond!r} is not registered yet; pass it to generate() or stream()"
+        )
+    return cond
+
+
 class _TimelineConditions:
     """A `ConditionBuilder` whose emotion/eye-openness blocks follow a control timeline."""
 
@@ -733,6 +790,34 @@ class _TimelineConditions:
 
     def __call__(self, audio: torch.Tensor | np.ndarray, start: int = 0) -> torch.Tensor:
         return self.timeline.apply_to_conditions(self.builder(audio, start), start, self.config)
+
+
+@dataclass
+class _Retargeting:
+    """The eye-open / lip-open sliders on Ditto's keypoints (`models.retargeting.retarget`)."""
+
+    eye_network: nn.Module
+    lip_network: nn.Module
+    source_eye_ratio: torch.Tensor
+    source_lip_ratio: torch.Tensor
+    eye_open: float | None
+    lip_open: float | None
+
+    def __call__(self, kp_s: torch.Tensor, kp_d: torch.Tensor) -> torch.Tensor:
+        from talkinghead.models.retargeting import retarget
+
+        device = next(self.eye_network.parameters()).device
+        out = retarget(
+            kp_d.to(device),
+            kp_s.to(device),
+            eye_network=self.eye_network,
+            lip_network=self.lip_network,
+            source_eye_ratio=self.source_eye_ratio.to(device),
+            source_lip_ratio=self.source_lip_ratio.to(device),
+            eye_open=self.eye_open,
+            lip_open=self.lip_open,
+        )
+        return out.to(kp_d.device)
 
 
 class _Renderer:
@@ -746,17 +831,29 @@ class _Renderer:
         total,
         d0,
         networks: Callable[[str, tuple], tuple[Callable, Callable]] | None = None,
+        retarget: _Retargeting | None = None,
     ) -> None:
         self.models = models
+        self.retarget = retarget
         self.avatar = avatar
         self.cfg = cfg
         self.device = next(models.warp_network.parameters()).device
+        stitch_cfg = cfg.stitch_config(
+            source_scale=float(avatar.x_s_info["scale"][0, 0]), is_image=avatar.is_image
+        )
+        self.stitch_network = models.stitch_network if cfg.stitch.flag_stitching else None
+        if retarget is not None:
+            # Sliders go on the posed keypoints before the stitching network, as LivePortrait
+            # applies them, so the stitcher stops at posing and `warp` stitches afterwards.
+            stitch_cfg = dataclasses.replace(stitch_cfg, flag_stitching=False)
         self.stitcher = MotionStitcher(
-            models.stitch_network if cfg.stitch.flag_stitching else None, cfg.stitch_config()
+            self.stitch_network if retarget is None else None, stitch_cfg
         )
         x_s0 = {k: torch.from_numpy(v[:1]) for k, v in avatar.x_s_info.items()}
         d0_info = None if d0 is None else motion_to_dict(torch.as_tensor(d0)[None])
-        self.stitcher.setup(x_s0, avatar.is_image, num_frames=total, d0=d0_info)
+        # Blinks are planned over the clip's length; unknown (streaming): the release's N_d.
+        planned = total if total is not None else cfg.driving_frames
+        self.stitcher.setup(x_s0, avatar.is_image, num_frames=planned, d0=d0_info)
         self.total = total
         self.fades = fade_alphas(total, cfg.fade_in, cfg.fade_out) if total else None
         self.timeline = cfg.controls
@@ -797,6 +894,10 @@ class _Renderer:
         x_s_info = {k: torch.from_numpy(v[src_idx]) for k, v in self.avatar.x_s_info.items()}
         x_d = torch.from_numpy(np.ascontiguousarray(motion))
         x_s, x_d = self.stitcher(x_s_info, x_d, start, self._controls(start, b))
+        if self.retarget is not None:
+            x_d = self.retarget(x_s, x_d)
+            if self.stitch_network is not None:
+                x_d = self.stitch_network(x_s, x_d)
         if self.f_s_device is not None:
             f_s = self.f_s_device.expand(b, -1, -1, -1, -1)
         else:
@@ -901,7 +1002,9 @@ class DittoStream:
     never blocks on rendering: it returns the frames finished so far; `close`
     waits for the rest. Uses the release's online motion settings (windows with
     `online_overlap` frames of overlap after a prefix of silence), with which
-    the offline pipeline (``online=True``) produces the same motion.
+    the offline pipeline (``online=True``) produces the same motion. The first frame
+    needs 0.8 s of speech (plus HuBERT's 80 ms look-ahead); ``online_fuse=5`` (the
+    low-latency setting, `ClipwiseConfig.low_latency`) halves that to 0.4 s.
     """
 
     def __init__(

@@ -76,6 +76,13 @@ def check_ditto_config(cfg: DittoConfig) -> None:
         value = getattr(cfg, name)
         if not math.isfinite(value):
             raise SettingsError(f"{name} must be a finite number, got {value!r}")
+    if cfg.online_fuse is not None and (
+        not is_int(cfg.online_fuse) or not 0 <= cfg.online_fuse <= cfg.online_overlap
+    ):
+        raise SettingsError(
+            f"online_fuse must be a number of frames in [0, online_overlap="
+            f"{cfg.online_overlap}] (5: low latency), got {cfg.online_fuse!r}"
+        )
     if not is_int(cfg.batch_size) or cfg.batch_size < 1:
         raise SettingsError(f"batch_size must be at least 1, got {cfg.batch_size!r}")
     if cfg.max_size is not None and (not is_int(cfg.max_size) or cfg.max_size < MIN_MAX_SIZE):

@@ -549,3 +549,72 @@ def test_generate_reports_progress_per_window() -> None:
     )
     windows = cfg.num_windows(200)
     assert windows > 1 and calls == [(k, windows) for k in range(windows + 1)]
+
+
+# ---------------------------------------------------------------------------- low latency
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needed"),
+    [
+        (ClipwiseConfig.release_online(), 20),
+        (ClipwiseConfig.low_latency(), 10),
+        (ClipwiseConfig.release_online(overlap=75), 10),
+        (ClipwiseConfig.low_latency(overlap=75, fuse_frames=4), 5),
+        (ClipwiseConfig.release_online(overlap=30, final_smoothing=True), 50),
+    ],
+)
+def test_first_frame_leaves_after_the_documented_feature_count(cfg, needed):
+    """Feeding one row at a time, the first frame leaves exactly at `first_frame_features`."""
+    assert cfg.first_frame_features() == needed
+    gen = ClipwiseGenerator(AffineSampler(), _source(), cfg, prefix=_feats(cfg.overlap, seed=9))
+    feats = _feats(needed + 5)
+    for i in range(needed - 1):
+        assert gen.push(feats[i : i + 1]).shape == (0, D), i
+    assert gen.push(feats[needed - 1 : needed]).shape[0] > 0
+
+
+def test_low_latency_setting_first_frame_within_0_4_s_and_same_window_cost():
+    low, release = ClipwiseConfig.low_latency(), ClipwiseConfig.release_online()
+    assert low.fuse_length == 5 and low.overlap == release.overlap == 70
+    assert low.first_frame_features() / 25 <= 0.4 < release.first_frame_features() / 25
+    # The first 5 real frames leave with the 10th feature frame, then 10 per window.
+    gen = ClipwiseGenerator(AffineSampler(), _source(), low, prefix=_feats(70, seed=9))
+    feats = _feats(40)
+    assert gen.push(feats[:9]).shape == (0, D)
+    assert gen.push(feats[9:10]).shape == (5, D)
+    assert gen.push(feats[10:20]).shape == (10, D)
+    assert [low.num_windows(n) for n in (80, 200, 270)] == [
+        release.num_windows(n) for n in (80, 200, 270)
+    ]
+
+
+def test_low_latency_fuse_by_hand():
+    """A new window fades into only the last 5 frames: weights 0, 1/5, ..., 4/5."""
+    cfg = ClipwiseConfig.low_latency(smooth_kernel=1)
+    out = ClipwiseGenerator(ConstantSampler(), torch.zeros(D), cfg).generate(torch.zeros(90, C))
+    # Window 0 covers 0..79; window 1 (10..89) fades into 75..79, window 2 into 85..89.
+    assert torch.all(out[:75] == 0)
+    assert torch.allclose(out[75:80, 0], torch.arange(5.0) / 5)
+    assert torch.all(out[80:85] == 1)
+    assert torch.allclose(out[85:90, 0], 1 + torch.arange(5.0) / 5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 25])
+def test_low_latency_incremental_equals_offline(chunk):
+    cfg, prefix, feats = ClipwiseConfig.low_latency(), _feats(70, seed=9), _feats(137)
+    offline = ClipwiseGenerator(
+        NoisySampler(), _source(), cfg, prefix=prefix, generator=torch.Generator().manual_seed(3)
+    ).generate(feats)
+    gen = ClipwiseGenerator(
+        NoisySampler(), _source(), cfg, prefix=prefix, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(_stream(gen, feats, chunk), offline)
+
+
+def test_fuse_frames_validation():
+    with pytest.raises(ValueError, match="fuse_frames"):
+        ClipwiseConfig(overlap=10, fuse_frames=11)
+    with pytest.raises(ValueError, match="fuse_frames"):
+        ClipwiseConfig.low_latency(fuse_frames=-1)
+    assert ClipwiseConfig(overlap=10, fuse_frames=0).fuse_length == 0

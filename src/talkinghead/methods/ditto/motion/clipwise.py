@@ -24,6 +24,16 @@ overlap, ``"online"`` over only the last ``min(overlap, valid)`` overlap frames,
 which lets a streaming caller emit frames after ``valid`` new feature frames
 instead of ``overlap``.
 
+``fuse_frames`` shortens the cross-fade (not in the release). A stream emits a
+frame once no later window can fade into it, so with the release's online
+setting (overlap 70, 10-frame fade) the first window's 10 real frames all wait
+for the second window: 20 feature frames (0.8 s of speech) before the first
+frame. Fading a new window only into the last ``fuse_frames < valid`` frames
+lets the first ``valid - fuse_frames`` real frames leave after the first window:
+`ClipwiseConfig.low_latency` (overlap 70, 5-frame fade) needs 10 feature frames
+(0.4 s) at the release's window cost; the price is a shorter seam between
+windows (see docs/ditto.md for the measured jumps).
+
 `ClipwiseGenerator` runs this offline (`generate`) or incrementally
 (`push` / `flush`). Both paths run the same windows on the same data, so under
 the same `ClipwiseConfig` (and an equally seeded generator) they return the same
@@ -94,6 +104,8 @@ class ClipwiseConfig:
     # Stop after the first window that reaches past the end (release: streaming) instead of
     # starting windows until a window would start past the end (release: offline).
     single_padded_window: bool = False
+    # Cross-fade length in frames (None: the fuse mode's, above); at most `overlap`.
+    fuse_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.seq_frames < 1:
@@ -104,6 +116,10 @@ class ClipwiseConfig:
             raise ValueError(f"fuse must be 'offline' or 'online', got {self.fuse!r}")
         if self.fix_cond_every < 0:
             raise ValueError("fix_cond_every must be >= 0")
+        if self.fuse_frames is not None and not 0 <= self.fuse_frames <= self.overlap:
+            raise ValueError(
+                f"fuse_frames must be in [0, overlap={self.overlap}], got {self.fuse_frames}"
+            )
 
     @classmethod
     def release_online(cls, overlap: int = 70, **overrides: object) -> ClipwiseConfig:
@@ -116,6 +132,34 @@ class ClipwiseConfig:
         base = cls(overlap=overlap, fuse="online", final_smoothing=False, single_padded_window=True)
         return replace(base, **overrides)  # type: ignore[arg-type]
 
+    @classmethod
+    def low_latency(
+        cls, overlap: int = 70, fuse_frames: int = 5, **overrides: object
+    ) -> ClipwiseConfig:
+        """Online settings whose first frame needs ``seq_frames - overlap`` feature frames.
+
+        The release's online setting with each new window faded into only the last
+        ``fuse_frames`` frames, all still unsent: the first ``valid - fuse_frames`` real
+        frames are final after the first window (10 feature frames, 0.4 s, with the
+        defaults, against the release's 20), at the same window count.
+        """
+        return cls.release_online(overlap=overlap, fuse_frames=fuse_frames, **overrides)
+
+    def first_frame_features(self, prefix: int | None = None) -> int:
+        """Feature frames a stream needs before its first frame leaves `ClipwiseGenerator.push`.
+
+        ``prefix``: condition rows before the stream (default ``overlap``, the release's
+        online prefix). Window k settles the frames before ``k * valid + seq_frames -
+        fuse_length``, and the final smoothing (when on) holds a frame back until its right
+        neighbours are settled too.
+        """
+        prefix = self.overlap if prefix is None else prefix
+        lag = self.smooth_kernel // 2 if self.final_smoothing and self.smooth_kernel > 1 else 0
+        k = 0
+        while k * self.valid + self.seq_frames - self.fuse_length - lag <= prefix:
+            k += 1
+        return k * self.valid + self.seq_frames - prefix
+
     @property
     def valid(self) -> int:
         """New frames per window (release: valid_clip_len)."""
@@ -123,6 +167,9 @@ class ClipwiseConfig:
 
     @property
     def fuse_length(self) -> int:
+        """Frames a new window is cross-faded into."""
+        if self.fuse_frames is not None:
+            return self.fuse_frames
         if self.fuse == "online":
             return min(self.overlap, self.valid)
         return self.overlap
