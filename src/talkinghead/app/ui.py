@@ -14,6 +14,7 @@ import gradio as gr
 
 from talkinghead.app.generation import EMOTIONS, Generator, Request
 from talkinghead.errors import TalkingHeadError
+from talkinghead.methods.ditto.controls import POSE_CONTROLS
 
 TITLE = "talkinghead: a portrait speaks"
 # What the page's inputs are, in the order the button sends them (gradio_client uses it too).
@@ -23,12 +24,7 @@ INPUT_NAMES = (
     "audio",
     "method",
     "emotion",
-    "delta_pitch",
-    "delta_yaw",
-    "delta_roll",
-    "alpha_pitch",
-    "alpha_yaw",
-    "alpha_roll",
+    *POSE_CONTROLS,
     "crop_scale",
     "crop_vy",
     "steps",

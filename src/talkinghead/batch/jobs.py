@@ -27,20 +27,12 @@ from typing import Any
 
 from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.face.types import CropConfig
+from talkinghead.methods.ditto.controls import POSE_CONTROLS
 
 # What every job names, and what it may set (columns of a CSV file, keys of a JSON line).
 REQUIRED_COLUMNS = ("source", "audio", "output")
 INT_SETTINGS = ("seed", "steps", "fade_in", "fade_out", "max_size", "resolution", "fps")
-FLOAT_SETTINGS = (
-    "delta_pitch",
-    "delta_yaw",
-    "delta_roll",
-    "alpha_pitch",
-    "alpha_yaw",
-    "alpha_roll",
-    "crop_scale",
-    "crop_vy",
-)
+FLOAT_SETTINGS = (*POSE_CONTROLS, "crop_scale", "crop_vy")
 BOOL_SETTINGS = ("blink", "online", "stream")
 TEXT_SETTINGS = ("id", "method", "checkpoints", "emotion")
 SETTING_COLUMNS = TEXT_SETTINGS + INT_SETTINGS + FLOAT_SETTINGS + BOOL_SETTINGS

@@ -51,16 +51,16 @@ from talkinghead.timebase import FPS
 
 Interpolation = Literal["linear", "step", "none"]
 INTERPOLATIONS: tuple[str, ...] = ("linear", "step", "none")
-SCALAR_CONTROLS: tuple[str, ...] = (
+# Head-pose offsets (degrees) and scales: whole-clip settings (CLI, batch jobs, the app) and keys.
+POSE_CONTROLS: tuple[str, ...] = (
     "delta_pitch",
     "delta_yaw",
     "delta_roll",
     "alpha_pitch",
     "alpha_yaw",
     "alpha_roll",
-    "vad_alpha",
-    "fade_alpha",
 )
+SCALAR_CONTROLS: tuple[str, ...] = (*POSE_CONTROLS, "vad_alpha", "fade_alpha")
 VECTOR_CONTROLS: dict[str, int] = {"delta_exp": 3 * NUM_KEYPOINTS, "gaze": 2, "eye_open": 2}
 CONDITION_CONTROLS: tuple[str, ...] = ("emotion", "eye_open")
 CONTROLS: tuple[str, ...] = (*SCALAR_CONTROLS, *VECTOR_CONTROLS, "emotion", "fade_out_keys")
