@@ -126,6 +126,17 @@ def _array_to_mono(samples: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
+def _check_audio_file(path: Path) -> None:
+    """A `MediaError` naming the problem when `path` is not a non-empty regular file."""
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if not path.is_file():
+        what = "a folder, not an audio file" if path.is_dir() else "not a regular file"
+        raise MediaError(f"{path}: {what}; give a speech file (wav, mp3, ...)")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: the file is empty")
+
+
 def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:
     """Audio as float32 mono at its own sample rate: (samples [n], rate).
 
@@ -134,13 +145,7 @@ def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
-            raise MediaError(f"{path}: file not found")
-        if not path.is_file():
-            what = "a folder, not an audio file" if path.is_dir() else "not a regular file"
-            raise MediaError(f"{path}: {what}; give a speech file (wav, mp3, ...)")
-        if path.stat().st_size == 0:
-            raise MediaError(f"{path}: the file is empty")
+        _check_audio_file(path)
         decoded = _read_soundfile(path)
         x, sr = decoded if decoded is not None else _read_ffmpeg(path)
         if x.shape[0] == 0:
@@ -198,13 +203,7 @@ def probe_audio(source: AudioInput) -> float:
         mono, rate = read_audio(source)
         return len(mono) / rate
     path = Path(source)
-    if not path.exists():
-        raise MediaError(f"{path}: file not found")
-    if not path.is_file():
-        what = "a folder, not an audio file" if path.is_dir() else "not a regular file"
-        raise MediaError(f"{path}: {what}; give a speech file (wav, mp3, ...)")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path}: the file is empty")
+    _check_audio_file(path)
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
