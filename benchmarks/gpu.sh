@@ -17,6 +17,13 @@ for BATCH in 1 16; do
   timeout 120 $PY benchmarks/frame_path.py --device cuda --batch $BATCH --repeats 10 \
     --runtimes torch --fp16 --encode-frames 10 || echo "frame_path fp16 batch $BATCH failed: $?"
 done
+# End to end, stage by stage, full-size random-weight networks: fps, streaming latency, sessions.
+for FP16 in "" "--fp16"; do
+  timeout 420 $PY benchmarks/pipeline.py --full-random --device cuda $FP16 --seconds 10 \
+    --sessions 16 --stream-seconds 6 || echo "pipeline ${FP16:-fp32} failed: $?"
+done
+# fp16 and bf16 against fp32, network by network.
+timeout 180 $PY benchmarks/precision.py --device cuda || echo "precision failed: $?"
 # The device paste-back and runtime tests, GPU paths included.
 timeout 300 $PY -m pytest -q --import-mode=importlib -rs tests/face/test_device_paste.py \
   tests/methods/ditto/test_runtimes.py tests/media/test_writer.py || echo "tests failed: $?"

@@ -263,3 +263,24 @@ def test_transformers_encoder(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"nowhere"):
         TransformersHubertEncoder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "expected"),
+    [
+        ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        ("cuda", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),  # CPU onnxruntime
+        (
+            "cuda:0",
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+    ],
+)
+def test_onnx_providers_follow_the_device_and_the_install(monkeypatch, device, available, expected):
+    import onnxruntime
+
+    from talkinghead.audio.hubert import onnx_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+    assert onnx_providers(device) == expected

@@ -154,6 +154,27 @@ def test_info_lists_checkpoints(release, tmp_path) -> None:
     assert "decoder" in proc.stdout and "ok" in proc.stdout and "torch" in proc.stdout
 
 
+def test_info_says_what_runs_where(tmp_path) -> None:
+    import onnxruntime
+    import torch
+
+    from talkinghead.media.writer import hardware_encoder_works
+
+    proc = run(["info"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split(":")[0]: line for line in proc.stdout.splitlines() if ":" in line}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert lines["networks (torch)"] == f"networks (torch): {device}"
+    providers = onnxruntime.get_available_providers()
+    cuda_ep = "CUDAExecutionProvider" in providers
+    assert f"CUDA {'yes' if cuda_ep else 'no'}" in lines["onnxruntime providers"]
+    assert "CPU yes" in lines["onnxruntime providers"]
+    nvenc = hardware_encoder_works("h264_nvenc")
+    assert ("h264_nvenc" if nvenc else "libx264") in lines["video encoder"]
+    hubert_ep = "CUDAExecutionProvider" if device == "cuda" and cuda_ep else "CPUExecutionProvider"
+    assert lines["hubert (release ONNX)"].startswith(f"hubert (release ONNX): onnxruntime {hubert_ep}")
+
+
 def test_blink_needs_the_release_blink_clip(release, speech, tmp_path) -> None:
     # The tiny release has no config pkl, so no blink clip (DittoConfig.blink is tested
     # with the pipeline).

@@ -62,6 +62,16 @@ def _as_frames(out: np.ndarray) -> np.ndarray:
     return out
 
 
+def onnx_providers(device: str = "cpu") -> list[str]:
+    """onnxruntime providers HuBERT's ONNX model runs on for `device`, best first: CUDA only
+    with a CUDA device and onnxruntime-gpu installed (CPU onnxruntime has no CUDA provider)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider"] if str(device).startswith("cuda") else []
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
 class OnnxHubertEncoder:
     """The release's `hubert_streaming_fix_kv.onnx`: input `input_values` float32 [1, L],
     first output [T, D] (named `encoding_out` in the release's TensorRT build)."""
@@ -74,9 +84,7 @@ class OnnxHubertEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: HuBERT ONNX model not found")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = onnx_providers(device)
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files

@@ -362,6 +362,7 @@ def info(
     cuda = torch.cuda.is_available()
     typer.echo(f"cuda: {torch.cuda.get_device_name(0) if cuda else 'not available'}")
     typer.echo(f"threads: {torch.get_num_threads()} (cpu count {os.cpu_count()})")
+    _echo_what_runs_where("cuda" if cuda else "cpu")
     try:
         ckpt = resolve_checkpoints(checkpoints, download=False, strict=False)
     except TalkingHeadError as exc:
@@ -371,6 +372,34 @@ def info(
     typer.echo(f"checkpoints: {ckpt.root}")
     for kind, path in {**ckpt.models, **ckpt.aux_models, "config": ckpt.config}.items():
         typer.echo(f"  {kind:22} {'ok' if path.is_file() else 'missing'}  {path}")
+
+
+def _echo_what_runs_where(device: str) -> None:
+    """Where `--device auto` puts each part: networks, ONNX runtimes, encoder, HuBERT."""
+    from talkinghead.export.runtime import available_providers
+    from talkinghead.media.writer import hardware_encoder_works
+
+    typer.echo(f"networks (torch): {device}")
+    providers = available_providers()
+    if providers:
+        kinds = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
+        kinds["TensorRT"] = "TensorrtExecutionProvider"
+        flags = ", ".join(f"{k} {'yes' if v in providers else 'no'}" for k, v in kinds.items())
+        typer.echo(f"onnxruntime providers: {flags} ({', '.join(providers)})")
+    else:
+        typer.echo("onnxruntime providers: none (onnxruntime not installed)")
+    nvenc = hardware_encoder_works("h264_nvenc")
+    typer.echo(f"video encoder: {'h264_nvenc (NVENC)' if nvenc else 'libx264 (CPU; NVENC not available)'}")
+    if providers:
+        from talkinghead.audio.hubert import onnx_providers
+
+        hubert = onnx_providers(device)[0]
+        note = "" if device == "cpu" or hubert != "CPUExecutionProvider" else (
+            " (install onnxruntime-gpu for CUDA: see the README's gpu install)"
+        )
+        typer.echo(f"hubert (release ONNX): onnxruntime {hubert}{note}")
+    else:
+        typer.echo(f"hubert: transformers on {device} (release ONNX needs onnxruntime)")
 
 
 def register(app: typer.Typer) -> None:
