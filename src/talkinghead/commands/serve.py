@@ -108,6 +108,21 @@ def serve(
     ),
     jpeg_quality: int = typer.Option(80, min=10, max=100, help="Default JPEG quality."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    use_ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Deploy on Ray Serve (the ray extra): one replica per GPU, each with its own "
+        "pipeline and --max-sessions; a local Ray instance unless RAY_ADDRESS is set.",
+    ),
+    replicas: int | None = typer.Option(
+        None,
+        "--replicas",
+        min=1,
+        help="With --ray: replicas (default: one per GPU of the cluster; 1 without GPUs).",
+    ),
+    replica_cpus: float = typer.Option(
+        1.0, "--replica-cpus", min=0.0, help="With --ray: CPUs each replica reserves."
+    ),
 ) -> None:
     """Serve talking heads in real time: speech in over a WebSocket, JPEG frames out.
 
@@ -134,6 +149,16 @@ def serve(
                 normalise_origin(origin)
             except ValueError as exc:
                 raise SettingsError(f"--cors-origins: {exc}") from None
+    if (replicas is not None or replica_cpus != 1.0) and not use_ray:
+        raise SettingsError("--replicas and --replica-cpus need --ray")
+    if use_ray:
+        try:
+            import ray  # noqa: F401
+            from ray import serve as _  # noqa: F401
+        except ImportError:
+            raise SettingsError(
+                "--ray needs Ray Serve: pip install 'talkinghead[ray]'"
+            ) from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     def load_pipeline():
@@ -157,14 +182,22 @@ def serve(
         err_console.print(f"face backend: {pipe.face_backend}, device: {dev}", highlight=False)
         return pipe
 
-    # Load before listening, so a bad checkpoint is one error line, not a failed startup.
-    pipeline = load_pipeline()
+    if use_ray:
+        from talkinghead.methods.ditto.checkpoints import resolve_checkpoints
+
+        # Each replica loads its own pipeline; find (or download) the release once here,
+        # so missing weights are one error line before anything is deployed.
+        resolve_checkpoints(checkpoints, download=download)
+        pipeline = None
+    else:
+        # Load before listening, so a bad checkpoint is one error line, not a failed startup.
+        pipeline = load_pipeline()
     settings = ServeSettings(
         max_sessions=max_sessions,
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_avatars=max_avatars,
         max_avatar_frames=max_avatar_frames,
-        avatar_dir=avatar_dir,
+        avatar_dir=None if use_ray else avatar_dir,  # with --ray: the shared store
         use_cache=cache,
         max_pixels=round(max_pixels * 1e6),
         preload=tuple(avatar or ()),
@@ -180,10 +213,21 @@ def serve(
         token=token,
         docs=docs,
     )
+    if use_ray:
+        _serve_on_ray(load_pipeline, settings, host, port, replicas, replica_cpus, avatar_dir)
+        return
     app = create_app(pipeline, settings)
     # The token goes in the URL's fragment, which browsers never send to a server.
     page = f"http://{host}:{port}/" + (f"#token={token}" if token else "")
-    err_console.print(f"serving on {page} (WebSocket: /ws)", highlight=False)
+    from talkinghead.serve import webrtc
+
+    # WebRTC is optional (the webrtc extra): say which playback sessions can ask for.
+    rtc = (
+        "WebRTC: POST /webrtc/offer"
+        if webrtc.available()
+        else "no WebRTC: pip install 'talkinghead[webrtc]'"
+    )
+    err_console.print(f"serving on {page} (WebSocket: /ws; {rtc})", highlight=False)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"warning: listening on {host} without --token: anyone who can reach this "
@@ -191,6 +235,57 @@ def serve(
             highlight=False,
         )
     uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=WS_MAX_MESSAGE_BYTES)
+
+
+def _serve_on_ray(
+    load_pipeline,
+    settings,
+    host: str,
+    port: int,
+    replicas: int | None,
+    replica_cpus: float,
+    avatar_dir: Path | None,
+) -> None:
+    """Run the server as a Ray Serve deployment until Ctrl-C (see `serve.ray_serve`)."""
+    import contextlib
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    import ray
+    from ray import serve as ray_serve
+
+    from talkinghead.serve.ray_serve import RayServeOptions, build_ray_app, default_replicas
+
+    # Uploads every replica can read: --avatar-dir (kept), else a temporary folder.
+    shared = avatar_dir or Path(tempfile.mkdtemp(prefix="talkinghead-ray-avatars-"))
+    ray.init(include_dashboard=False)  # joins RAY_ADDRESS's cluster if set
+    try:
+        count = replicas or default_replicas()
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= count else 0.0
+        ray_serve.start(http_options={"host": host, "port": port})
+        app = build_ray_app(
+            load_pipeline,
+            settings,
+            RayServeOptions(replicas=count, gpus_per_replica=gpus, cpus_per_replica=replica_cpus),
+            shared_dir=shared,
+        )
+        ray_serve.run(app, name="talkinghead", route_prefix="/", blocking=False)
+        err_console.print(
+            f"serving on http://{host}:{port}/ (WebSocket: /ws) with {count} Ray Serve "
+            f"replica(s), {settings.max_sessions} session(s) each; Ctrl-C stops",
+            highlight=False,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+        if avatar_dir is None:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def stream_client(

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from talkinghead.errors import TalkingHeadError
 from talkinghead.media.source import DEFAULT_MAX_PIXELS
-from talkinghead.serve import protocol
+from talkinghead.serve import protocol, webrtc
 from talkinghead.serve.avatars import AvatarRegistry, UploadError
 from talkinghead.serve.metrics import ServeMetrics
 from talkinghead.serve.protocol import ProtocolError
@@ -118,6 +118,7 @@ class _State:
     registry: AvatarRegistry | None = None
     temp_dir: Path | None = None
     uploads_pending: int = 0
+    peers: dict[str, webrtc.WebRTCPeer] = field(default_factory=dict)  # by session id
     started: float = field(default_factory=time.time)
 
 
@@ -125,8 +126,16 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None = None) -> FastAPI:
-    """The server's app; ValueError for settings that cannot work (e.g. a malformed origin)."""
+def create_app(
+    pipeline: Any | Callable[[], Any],
+    settings: ServeSettings | None = None,
+    *,
+    registry_factory: Callable[..., AvatarRegistry] = AvatarRegistry,
+) -> FastAPI:
+    """The server's app; ValueError for settings that cannot work (e.g. a malformed origin).
+
+    `registry_factory`: the avatar registry's class (Ray Serve's replicas share theirs).
+    """
     settings = settings or ServeSettings()
     protocol.check_controls(settings.default_controls, settings.max_steps)
     policy = AccessPolicy.create(
@@ -149,7 +158,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
         # --avatar-dir, and the avatars registered from them. Gone at shutdown.
         state.temp_dir = Path(tempfile.mkdtemp(prefix="talkinghead-serve-"))
         try:
-            state.registry = AvatarRegistry(
+            state.registry = registry_factory(
                 state.pipeline,
                 settings.avatar_dir or state.temp_dir / "avatars",
                 derived_dir=state.temp_dir / "derived",
@@ -294,6 +303,38 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             raise HTTPException(404, f"no avatar {avatar_id!r}")
         return record
 
+    # ------------------------------------------------------------------ WebRTC
+
+    @app.post("/webrtc/offer")
+    async def webrtc_offer(request: Request) -> JSONResponse:
+        """{"session": ID from "ready", "sdp": ..., "type": "offer"} -> the SDP answer."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(
+                400, 'send JSON: {"session": ..., "sdp": ..., "type": "offer"}'
+            ) from None
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(k), str) for k in ("session", "sdp")
+        ):
+            raise HTTPException(400, 'send JSON: {"session": ..., "sdp": ..., "type": "offer"}')
+        if body.get("type", "offer") != "offer":
+            raise HTTPException(400, 'the description must be an "offer"')
+        peer = state.peers.get(body["session"])
+        if peer is None:
+            raise HTTPException(
+                404,
+                f"no WebRTC session {body['session']!r}: start one over /ws with "
+                '"controls": {"webrtc": true} and send the id from "ready"',
+            )
+        if peer.connected:
+            raise HTTPException(409, "this session already has a WebRTC connection")
+        try:
+            answer = await peer.answer(body["sdp"])
+        except ValueError as exc:  # aiortc: a malformed or unsupported offer
+            raise HTTPException(400, f"cannot accept the offer: {exc}") from None
+        return JSONResponse(answer)
+
     # ------------------------------------------------------------------ sessions
 
     @app.websocket("/ws")
@@ -318,6 +359,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 ws, ProtocolError("internal error (see the server's log)", "internal_error")
             )
         finally:
+            if holder and (peer := state.peers.pop(holder[0].id, None)) is not None:
+                await peer.close()
             if holder:
                 await state.sessions.finish(holder[0])  # releases, then joins its threads
                 log.info("session %s: %s, %s", holder[0].id, outcome, holder[0].summary())
@@ -343,8 +386,14 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                 "unauthorized",
             )
         controls = {**settings.default_controls, **msg.controls}
+        if controls.get("webrtc") and not webrtc.available():
+            raise ProtocolError(
+                "this server has no WebRTC: install the webrtc extra "
+                "(pip install 'talkinghead[webrtc]') or leave out the webrtc control"
+            )
         registry = _registry()
-        if registry.get(msg.avatar) is None:
+        # In a thread: a shared registry may register an avatar another replica took.
+        if await asyncio.to_thread(registry.get, msg.avatar) is None:
             raise ProtocolError(
                 f"no avatar {msg.avatar!r}; upload one with POST /avatars", "not_found"
             )
@@ -377,6 +426,15 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
             conversation=bool(controls.get("conversation", False)),
             name=f"session-{info.id}",
         ).start()
+        if controls.get("webrtc"):
+            # Created before "ready": the frames rendered before the browser's offer
+            # arrives wait for the video track.
+            state.peers[info.id] = webrtc.WebRTCPeer(
+                info.id,
+                info.worker.conversation,
+                # Room for all a client may render ahead of playback (its audio window).
+                max_frames=int((settings.audio_window_s + 1) * protocol.FPS),
+            )
         size = getattr(avatar, "frame_size", (0, 0))
         await ws.send_text(
             json.dumps(
@@ -393,6 +451,7 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                     "max_session_s": settings.max_session_s,
                     "max_idle_speech_s": settings.max_idle_speech_s,
                     "conversation": info.worker.conversation,
+                    "webrtc": info.id in state.peers,
                     "controls": controls,
                 }
             )
@@ -476,6 +535,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                             "too_large",
                         )
                     metrics.audio_seconds.inc(len(data) / 2 / protocol.SAMPLE_RATE)
+                    if (peer := state.peers.get(info.id)) is not None:
+                        peer.timeline.add_speech(data)  # what its audio track plays
                     await worker.inbox.put(data)
                     continue
                 msg = protocol.parse_text(message.get("text") or "", settings.max_steps)
@@ -521,16 +582,25 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
         assert worker is not None
         last_stats = time.monotonic()
         stats = bool(info.controls.get("stats", False))
+        peer = state.peers.get(info.id)
         while True:
             item = await worker.outbox.get()
             if stats and time.monotonic() - last_stats >= STATS_INTERVAL_S:
                 last_stats = time.monotonic()
                 await _send_stats(ws, info, send_lock)
             if isinstance(item, EventItem):
+                if peer is not None:
+                    peer.timeline.add_event(item.kind, item.fields)
                 async with send_lock:
                     await _send(ws.send_text(json.dumps({"type": item.kind, **item.fields})))
             elif isinstance(item, FrameItem):
-                payload = protocol.encode_frame(item.index, item.jpeg)
+                if peer is not None:
+                    # The picture goes to the video track; the socket gets the header
+                    # alone (the client's progress for its audio window).
+                    await peer.put_frame(item.index, item.jpeg)
+                    payload = protocol.encode_frame(item.index, b"")
+                else:
+                    payload = protocol.encode_frame(item.index, item.jpeg)
                 async with send_lock:
                     await _send(ws.send_bytes(payload))
                 if info.first_frame is None:
@@ -542,6 +612,8 @@ def create_app(pipeline: Any | Callable[[], Any], settings: ServeSettings | None
                     info.last_activity = time.monotonic()
                 metrics.frame_sent()
             elif isinstance(item, EndItem):
+                if peer is not None:  # "end" once the tracks have played every frame
+                    await peer.end(timeout=settings.idle_timeout_s + peer.max_frames / protocol.FPS)
                 # Free the slot first: a client that reconnects the moment it sees the
                 # end must find it free.
                 state.sessions.release(info)

@@ -129,6 +129,9 @@ CONTROLS: dict[str, Control] = {
     # {"type": "stats", "realtime_factor", ...} about once a second (opt-in: clients that
     # expect only frames between "ready" and "end" keep working).
     "stats": Control(bool),
+    # Frames and speech as WebRTC tracks (POST /webrtc/offer with the session id); the
+    # socket then carries each frame's header without the JPEG. Needs the webrtc extra.
+    "webrtc": Control(bool),
 }
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 

@@ -311,13 +311,99 @@ class SyncPlayer {
   }
 }
 
+// ------------------------------------------------------------------ WebRTC playback
+
+// The WebRTC mode: the server sends the frames and the speech as media tracks, paced
+// at 25 fps and in sync, and the <video> element plays them; the socket carries audio
+// up and, for each frame, its header alone (the audio window's progress).
+const ICE_GATHER_TIMEOUT_MS = 3000;
+
+class WebRTCPlayer {
+  constructor(video) {
+    this.video = video;
+    this.pc = null;
+    this.expectedFrames = null;
+    this.realtimeFactor = null;
+    this.timer = setInterval(() => this.showProgress(), 200);
+  }
+
+  async connect(sessionId) {
+    const pc = new RTCPeerConnection({ iceServers: [] }); // host candidates only
+    this.pc = pc;
+    window.talkingheadPeer = pc; // for the browser test's getStats()
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.ontrack = (event) => {
+      stream.addTrack(event.track);
+      if (this.video.srcObject !== stream) this.video.srcObject = stream;
+      this.video.play().catch((err) => showError(`video: ${err.message || err}`));
+    };
+    pc.onconnectionstatechange = () => setText("webrtc-state", pc.connectionState);
+    await pc.setLocalDescription(await pc.createOffer());
+    // The server takes one offer with every candidate in it (no trickle ICE).
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") { resolve(); return; }
+      const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+      pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, ICE_GATHER_TIMEOUT_MS);
+    });
+    const reply = await api("/webrtc/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session: sessionId, sdp: pc.localDescription.sdp, type: "offer" }),
+    });
+    const answer = await reply.json();
+    if (!reply.ok) throw new Error(`WebRTC offer refused: ${answer.detail || reply.status}`);
+    await pc.setRemoteDescription(answer);
+  }
+
+  shown() {
+    return this.video.getVideoPlaybackQuality().totalVideoFrames;
+  }
+
+  showProgress() {
+    setText("frames-shown", this.shown());
+    if (!this.video.paused && this.video.currentTime > 0 && $("playback").textContent === "–") {
+      setText("playback", "playing");
+    }
+  }
+
+  addAudio() {} // the speech comes back as the audio track
+  addFrame() {}
+
+  async finish(frames) {
+    // "end" comes once the server has sent every frame: wait for the last to be shown.
+    const deadline = performance.now() + 3000;
+    while (this.shown() < frames && performance.now() < deadline) await sleep(50);
+    this.showProgress();
+    // What arrived, from the connection's own statistics (kept for the page's tests).
+    const summary = { currentTime: this.video.currentTime, shown: this.shown() };
+    if (this.pc) {
+      (await this.pc.getStats()).forEach((report) => {
+        if (report.type === "inbound-rtp") summary[report.kind] = report;
+      });
+    }
+    window.talkingheadWebRTCStats = summary;
+    setText("playback", "finished");
+    this.stop();
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    if (this.pc) this.pc.close();
+  }
+}
+
 // ------------------------------------------------------------------ the session
 
 class Session {
   constructor(avatar, controls) {
     this.avatar = avatar;
     this.controls = controls;
-    this.player = new SyncPlayer($("canvas")); // created in the click: audio may start
+    this.webrtc = Boolean(controls.webrtc);
+    // Created in the click: audio may start.
+    this.player = this.webrtc ? new WebRTCPlayer($("video")) : new SyncPlayer($("canvas"));
     this.received = 0;
     this.firstAudioAt = null;
     this.closed = false;
@@ -345,6 +431,16 @@ class Session {
         const message = JSON.parse(event.data);
         if (message.type === "ready") {
           if (message.audio_window_s) this.window = message.audio_window_s;
+          if (this.webrtc) {
+            this.player.connect(message.session).then(() => {
+              setText("status", "streaming");
+              resolve(this);
+            }, (err) => {
+              showError(err.message || String(err));
+              ws.close(1000, "WebRTC failed");
+            });
+            return;
+          }
           setText("status", "streaming");
           resolve(this);
         } else if (message.type === "end") {
@@ -390,6 +486,7 @@ class Session {
     if (this.received === 1 && this.firstAudioAt !== null) {
       setText("latency", `${Math.round(performance.now() - this.firstAudioAt)} ms`);
     }
+    if (this.webrtc) return; // the picture comes over WebRTC
     const jpeg = new Blob([new Uint8Array(data, HEADER_BYTES)], { type: "image/jpeg" });
     const decoded = createImageBitmap(jpeg);
     this.decoding = this.decoding.then(async () => this.player.addFrame(index, await decoded));
@@ -438,7 +535,12 @@ let session = null;
 let stopCapture = null;
 
 function controls() {
-  return { emotion: $("emotion").value, stats: true }; // stats: the realtime factor
+  const webrtc = $("mode").value === "webrtc";
+  $("canvas").hidden = webrtc;
+  $("video").hidden = !webrtc;
+  // stats: the realtime factor
+  return webrtc ? { emotion: $("emotion").value, stats: true, webrtc: true }
+    : { emotion: $("emotion").value, stats: true };
 }
 
 function resetStats() {
@@ -447,6 +549,7 @@ function resetStats() {
   setText("realtime-factor", "–");
   setText("rebuffer", REBUFFER_FRAMES);
   setText("playback", "–");
+  setText("webrtc-state", "–");
   showError("");
 }
 
