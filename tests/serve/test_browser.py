@@ -265,3 +265,104 @@ def test_another_page_in_the_browser_cannot_drive_the_server(page, tmp_path) -> 
         assert results["ws"] == "refused"
         assert get_json(f"{srv.url}/avatars")["avatars"] == []  # the simple POST got 403
         assert pipe.registered == [] and pipe.streams == []
+
+
+def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(page, tmp_path) -> None:
+    """The page's conversation mode against the tiny Ditto release: idle, turn one (3 s)
+    interrupted after about 1 s, idle, turn two (1 s), idle, end. The frames the page
+    received are one unbroken timeline, and no speech/idle boundary moves the face more
+    than consecutive speaking frames do (the measure of test_conversation.py)."""
+    import base64
+    import itertools
+
+    import cv2
+
+    from _serve_helpers import speech_16k
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
+
+    release = build_tiny_release(tmp_path / "release")
+    pipe = DittoPipeline.from_pretrained(release, download=False, **TINY_SETTINGS)
+    turn_one, turn_two = tmp_path / "turn_one.wav", tmp_path / "turn_two.wav"
+    sf.write(turn_one, speech_16k(3.0), 16000)
+    sf.write(turn_two, speech_16k(1.0), 16000)
+    events = "window.talkingheadEvents || []"
+    frames = "(window.talkingheadFrames || []).length"
+    with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
+        page.goto(srv.url + "/")
+        page.set_input_files("#portrait-file", str(PORTRAIT))
+        page.wait_for_function(
+            "document.getElementById('upload-status').textContent.startsWith('registered')",
+            timeout=60_000,
+        )
+        page.evaluate("window.talkingheadKeepFrames = true")
+        page.check("#conversation")
+        page.set_input_files("#audio-file", str(turn_one))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        page.click("#speak")
+        # About 1 s (25 frames) into turn one's speech, interrupt it.
+        page.wait_for_function(
+            f"(() => {{ const s = ({events}).find((e) => e.type === 'speech');"
+            f" return s && {frames} >= s.frame + 25; }})()",
+            timeout=60_000,
+        )
+        page.click("#interrupt")
+        page.wait_for_function(
+            f"(() => {{ const i = ({events}).find((e) => e.type === 'interrupted');"
+            f" return i && {frames} >= i.frame + 10; }})()",
+            timeout=60_000,
+        )
+        page.set_input_files("#audio-file", str(turn_two))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        page.click("#speak")
+        # Turn two plays to its end: its speech, then idle again.
+        page.wait_for_function(
+            f"(() => {{ const kinds = ({events}).map((e) => e.type).join(' ');"
+            f" return kinds.endsWith('interrupted speech idle'); }})()",
+            timeout=60_000,
+        )
+        assert text(page, "#turns") == "2" and text(page, "#interrupts") == "1"
+        page.click("#end")
+        page.wait_for_function(
+            "document.getElementById('status').textContent === 'complete'", timeout=60_000
+        )
+        received = page.evaluate(
+            """async () => Promise.all(window.talkingheadFrames.map(async (f) => {
+                const bytes = new Uint8Array(await f.jpeg.arrayBuffer());
+                let s = ""; for (const b of bytes) s += String.fromCharCode(b);
+                return [f.index, f.timestamp, btoa(s)];
+            }))"""
+        )
+        marks = page.evaluate("window.talkingheadEvents")
+        assert text(page, "#error") == ""
+        assert get_json(f"{srv.url}/healthz")["sessions"] == 0
+    assert not page.errors
+    end = marks[-1]
+    kinds = [m["type"] for m in marks]
+    assert kinds[-1] == "end" and end["interrupts"] == 1
+    assert kinds[:-1] == ["speech", "interrupted", "speech", "idle"], kinds
+    # Continuous at the server: every index once, in order, 1/25 s apart on its clock.
+    indices = [index for index, _, _ in received]
+    assert indices == list(range(len(indices))) and end["frames"] == len(indices)
+    gaps = [b - a for (_, a, _), (_, b, _) in itertools.pairwise(received)]
+    assert max(gaps) <= 2 / 25 + 1e-9, max(gaps)
+    # Interrupted mid-way: less than the 3 s of turn one played.
+    spoken = marks[1]["at_s"] - marks[0]["at_s"]
+    assert 0.5 < spoken < 2.5, spoken
+    images = [
+        cv2.imdecode(np.frombuffer(base64.b64decode(j), np.uint8), cv2.IMREAD_GRAYSCALE).astype(
+            np.float32
+        )
+        for _, _, j in received
+    ]
+    step = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(images)]
+    speaking = np.zeros(len(images), bool)
+    stretches = [(m["frame"], m["type"]) for m in marks[:-1]]
+    for (frame, kind), nxt in zip(stretches, [*stretches[1:], (len(images), "")], strict=False):
+        if kind == "speech":
+            speaking[frame : nxt[0]] = True
+    speaking_steps = [s for i, s in enumerate(step) if speaking[i] and speaking[i + 1]]
+    boundaries = [f for f, _ in stretches if 0 < f < len(images)]
+    assert speaking_steps and len(boundaries) == 4
+    largest_speaking = max(speaking_steps)
+    for f in boundaries:
+        assert step[f - 1] <= largest_speaking, (f, step[f - 1], largest_speaking)

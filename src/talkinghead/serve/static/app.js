@@ -18,6 +18,16 @@
 // frames as the rest of the speech needs to play through at the server's realtime
 // factor (its "stats" messages): remaining x (1 - factor); without a factor, or for
 // the microphone (whose length is unknown), the wait doubles with every stall.
+//
+// Conversation mode (the "conversation" box): one session across turns. Each "speak"
+// sends the file as one more turn; the server fills the time between turns with idle
+// motion, and its "speech" / "idle" / "interrupted" events say where on its timeline the
+// page's audio plays (from "offset_s" of all speech sent, at "at_s") and where it stops.
+// "Interrupt" drops what the page has not sent yet and tells the server; "End" ends it.
+//
+// For tests: window.talkingheadFrames lists every frame received ({index, timestamp}, the
+// server's header); window.talkingheadEvents the conversation events and "end"; with
+// window.talkingheadKeepFrames set before a session, each frame's JPEG is kept too.
 "use strict";
 
 const FPS = 25;
@@ -192,10 +202,16 @@ class SyncPlayer {
     this.expectedFrames = null; // frames of the whole speech, when known (a file)
     this.stalls = 0;
     this.resumeAt = REBUFFER_FRAMES; // frames ahead of the clock needed to resume
+    this.conversation = false; // audio placed by the server's events, not by its offset
+    this.sent = []; // conversation: every chunk sent, {pcm, offset} in samples
+    this.stretch = null; // conversation: the speech playing now, {at, offset} in seconds
   }
 
   // Frames to buffer after a stall so that the rest plays without another one.
   rebufferTarget() {
+    // A conversation's server runs at most 0.4 s ahead of real time: a longer wait
+    // cannot build a bigger buffer, it only pauses longer.
+    if (this.conversation) return REBUFFER_FRAMES;
     const due = Math.max(this.due(), 0);
     const remaining = this.expectedFrames === null ? null : Math.max(this.expectedFrames - due, 0);
     let target = REBUFFER_FRAMES * 2 ** Math.max(this.stalls - 1, 0);
@@ -211,22 +227,56 @@ class SyncPlayer {
   addAudio(pcm) {
     const item = { pcm, offset: this.audioSamples };
     this.audioSamples += pcm.length;
-    if (this.t0 === null) this.pendingAudio.push(item);
+    if (this.conversation) {
+      // Played once the server says where: now, if this continues the speech playing.
+      this.sent.push(item);
+      if (this.stretch && this.t0 !== null) this.scheduleInStretch(item);
+    } else if (this.t0 === null) this.pendingAudio.push(item);
     else this.schedule(item);
   }
 
   schedule({ pcm, offset }) {
+    this.scheduleAt(pcm, this.t0 + offset / RATE);
+  }
+
+  // Plays `pcm` from audio-clock time `when`, or the part of it still to come.
+  scheduleAt(pcm, when) {
     const buffer = this.audio.createBuffer(1, pcm.length, RATE);
     buffer.copyToChannel(pcm, 0);
     const source = this.audio.createBufferSource();
     source.buffer = buffer;
     source.connect(this.audio.destination);
-    const when = this.t0 + offset / RATE;
     const now = this.audio.currentTime;
     if (when >= now) source.start(when);
     else if (now - when < buffer.duration) source.start(now, now - when);
     else return; // entirely in the past
     this.sources.push(source);
+  }
+
+  scheduleInStretch({ pcm, offset }) {
+    const { at, offset: from } = this.stretch;
+    const start = offset / RATE - from; // seconds into the stretch (negative: before it)
+    const skip = Math.max(Math.round(-start * RATE), 0);
+    if (skip >= pcm.length) return;
+    this.scheduleAt(pcm.subarray(skip), this.t0 + at + Math.max(start, 0));
+  }
+
+  // A conversation event, in order with the frames (t0 is known once frame 0 is in).
+  onEvent(message) {
+    if (!this.conversation) return;
+    if (message.type === "speech") {
+      this.stretch = { at: message.at_s, offset: message.offset_s };
+      if (this.t0 !== null) for (const item of this.sent) this.scheduleInStretch(item);
+    } else if (message.type === "idle" || message.type === "interrupted") {
+      this.stretch = null;
+      if (this.t0 === null) return;
+      const when = Math.max(this.t0 + message.at_s, this.audio.currentTime);
+      for (const source of this.sources) { try { source.stop(when); } catch (e) { /* done */ } }
+      this.sources = [];
+      // Bounded: the server holds at most seconds of speech, a minute back is never due.
+      const keepFrom = this.audioSamples - 60 * RATE;
+      this.sent = this.sent.filter((item) => item.offset + item.pcm.length > keepFrom);
+    }
   }
 
   addFrame(index, bitmap) {
@@ -248,6 +298,7 @@ class SyncPlayer {
     this.t0 = this.audio.currentTime + PREBUFFER_S;
     for (const item of this.pendingAudio) this.schedule(item);
     this.pendingAudio = [];
+    if (this.stretch) for (const item of this.sent) this.scheduleInStretch(item);
     setText("playback", "playing");
     requestAnimationFrame(() => this.tick());
   }
@@ -371,6 +422,7 @@ class WebRTCPlayer {
 
   addAudio() {} // the speech comes back as the audio track
   addFrame() {}
+  onEvent() {} // the track already follows the conversation's timeline
 
   async finish(frames) {
     // "end" comes once the server has sent every frame: wait for the last to be shown.
@@ -402,11 +454,20 @@ class Session {
     this.avatar = avatar;
     this.controls = controls;
     this.webrtc = Boolean(controls.webrtc);
+    this.conversation = Boolean(controls.conversation);
     // Created in the click: audio may start.
     this.player = this.webrtc ? new WebRTCPlayer($("video")) : new SyncPlayer($("canvas"));
+    this.player.conversation = this.conversation;
+    this.turn = 0; // bumped by an interrupt: the turns still being sent stop
+    this.turnsSent = 0;
+    this.interrupts = 0;
+    this.keepFrames = Boolean(window.talkingheadKeepFrames);
+    window.talkingheadFrames = [];
+    window.talkingheadEvents = [];
     this.received = 0;
     this.firstAudioAt = null;
     this.closed = false;
+    this.ending = false; // "end" sent: no more turns
     this.onClose = null;
     this.lastIndex = -1;
     this.decoding = Promise.resolve();
@@ -443,7 +504,14 @@ class Session {
           }
           setText("status", "streaming");
           resolve(this);
+        } else if (["speech", "idle", "interrupted"].includes(message.type)) {
+          window.talkingheadEvents.push(message);
+          setText("stretch", message.type === "speech" ? "speaking" : "idle");
+          if (message.type === "interrupted") setText("interrupts", ++this.interrupts);
+          // After the frames before it are in the player (its clock is theirs).
+          this.decoding = this.decoding.then(() => this.player.onEvent(message));
         } else if (message.type === "end") {
+          window.talkingheadEvents.push(message);
           setText("status", "complete");
           setText("frames-dropped", message.dropped);
           setText("frames-expected", message.expected_frames);
@@ -481,6 +549,9 @@ class Session {
     const index = view.getUint32(4, true);
     if (index <= this.lastIndex) showError(`frame ${index} out of order`);
     this.lastIndex = index;
+    const record = { index, timestamp: view.getFloat64(8, true) };
+    if (this.keepFrames) record.jpeg = new Blob([new Uint8Array(data, HEADER_BYTES)]);
+    window.talkingheadFrames.push(record);
     this.received += 1;
     setText("frames-received", this.received);
     if (this.received === 1 && this.firstAudioAt !== null) {
@@ -518,7 +589,26 @@ class Session {
     return true;
   }
 
+  // One turn of a conversation: sent after the turns before it, unless interrupted.
+  speakTurn(pcm) {
+    const turn = this.turn;
+    setText("turns", ++this.turnsSent);
+    this.sending = this.sending.then(async () => {
+      for (let i = 0; i < pcm.length && turn === this.turn; i += CHUNK) {
+        if (!(await this.sendNow(pcm.subarray(i, i + CHUNK)))) return false;
+      }
+      return true;
+    });
+    return this.sending;
+  }
+
+  interrupt() {
+    this.turn += 1; // what is not sent yet is dropped here; the server drops the rest
+    if (!this.closed) this.ws.send(JSON.stringify({ type: "interrupt" }));
+  }
+
   end() {
+    this.ending = true;
     this.sending = this.sending.then(() => {
       if (!this.closed) this.ws.send(JSON.stringify({ type: "end" }));
     });
@@ -539,12 +629,17 @@ function controls() {
   $("canvas").hidden = webrtc;
   $("video").hidden = !webrtc;
   // stats: the realtime factor
-  return webrtc ? { emotion: $("emotion").value, stats: true, webrtc: true }
-    : { emotion: $("emotion").value, stats: true };
+  const chosen = { emotion: $("emotion").value, stats: true };
+  if (webrtc) chosen.webrtc = true;
+  if ($("conversation").checked) chosen.conversation = true;
+  return chosen;
 }
 
 function resetStats() {
-  for (const id of ["frames-received", "frames-shown", "frames-dropped", "stalls"]) setText(id, 0);
+  for (const id of ["frames-received", "frames-shown", "frames-dropped", "stalls", "turns", "interrupts"]) {
+    setText(id, 0);
+  }
+  setText("stretch", "–");
   setText("latency", "–");
   setText("realtime-factor", "–");
   setText("rebuffer", REBUFFER_FRAMES);
@@ -571,6 +666,16 @@ async function startSession() {
 
 $("speak").addEventListener("click", async () => {
   const pcm = filePcm;
+  if ($("conversation").checked) {
+    // One more turn of the conversation, which starts with the first.
+    const live = session && !session.closed && session.conversation;
+    const s = live ? session : await startSession();
+    if (!s) return;
+    setText("frames-expected", "–"); // the timeline's length is known at the end
+    updateButtons();
+    await s.speakTurn(pcm);
+    return;
+  }
   setText("frames-expected", Math.ceil(pcm.length / SAMPLES_PER_FRAME));
   const s = await startSession();
   if (!s) return;
@@ -664,6 +769,10 @@ $("mic").addEventListener("click", async () => {
   updateButtons();
 });
 
+$("interrupt").addEventListener("click", () => { if (session) session.interrupt(); });
+$("end").addEventListener("click", () => { if (session) session.end(); updateButtons(); });
+$("conversation").addEventListener("change", () => updateButtons());
+
 $("stop").addEventListener("click", () => {
   if (stopCapture) stopCapture();
   else if (session) session.abort();
@@ -671,10 +780,14 @@ $("stop").addEventListener("click", () => {
 });
 
 function updateButtons() {
-  const live = session && !session.closed;
-  $("speak").disabled = !filePcm || !$("avatar").value || Boolean(live);
-  $("mic").disabled = !$("avatar").value || Boolean(live);
+  const live = Boolean(session && !session.closed);
+  const talking = live && session.conversation && !session.ending; // takes more turns
+  $("speak").disabled = !filePcm || !$("avatar").value || (live && !talking);
+  $("mic").disabled = !$("avatar").value || live || $("conversation").checked;
   $("stop").disabled = !live;
+  $("conversation").disabled = live;
+  $("interrupt").disabled = !talking;
+  $("end").disabled = !talking;
 }
 
 checkAccess()
