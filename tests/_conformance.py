@@ -30,8 +30,13 @@ def skip_missing(what: str) -> None:
     pytest.skip(f"{MISSING_FIXTURES}: {what} (set TALKINGHEAD_CONFORMANCE_DIR/TALKINGHEAD_MEDIA_DIR)")
 
 
+def conformance_path() -> Path:
+    """Where the conformance fixtures are looked for (they may be absent)."""
+    return Path(os.environ.get("TALKINGHEAD_CONFORMANCE_DIR", DEFAULT_DIR))
+
+
 def conformance_dir() -> Path | None:
-    path = Path(os.environ.get("TALKINGHEAD_CONFORMANCE_DIR", DEFAULT_DIR))
+    path = conformance_path()
     return path if (path / "weights.py").is_file() else None
 
 

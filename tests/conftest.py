@@ -7,7 +7,13 @@ import tempfile
 import pytest
 import torch
 
-from _conformance import DEFAULT_DIR, MEDIA_DIR, MISSING_FIXTURES, Conformance, conformance_dir
+from _conformance import (
+    MEDIA_DIR,
+    MISSING_FIXTURES,
+    Conformance,
+    conformance_dir,
+    conformance_path,
+)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +66,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [name for name, path in _fixture_dirs().items() if path is None]
     if missing:
         pytest.exit(
-            f"required test fixtures missing: {', '.join(missing)} (expected {DEFAULT_DIR} "
+            f"required test fixtures missing: {', '.join(missing)} (expected {conformance_path()} "
             f"and {MEDIA_DIR})",
             returncode=3,
         )
@@ -82,7 +88,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if skipped:
         terminalreporter.write_line(
             f"NOTE: {len(skipped)} conformance/media tests were SKIPPED because the shared test "
-            f"fixtures were not found (expected {DEFAULT_DIR} and {MEDIA_DIR}; put the project's "
+            f"fixtures were not found (expected {conformance_path()} and {MEDIA_DIR}; put the project's "
             "shared/ folder beside the clone, or set TALKINGHEAD_CONFORMANCE_DIR and "
             "TALKINGHEAD_MEDIA_DIR).",
             yellow=True,
