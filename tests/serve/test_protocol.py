@@ -267,6 +267,37 @@ def test_unknown_avatar_and_delete(idle, avatar_id) -> None:
     assert info.value.code == "not_found" and info.value.close_code == CLOSE_NOT_FOUND
 
 
+def _session_frames(url: str, avatar_id: str, before_audio: list[dict]) -> list[bytes]:
+    data = to_pcm16(speech_16k(0.4))
+    with connect(url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "avatar": avatar_id, "controls": {"seed": 0}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        for message in before_audio:
+            ws.send(json.dumps(message))
+        ws.send(data)
+        ws.send(json.dumps({"type": "end"}))
+        messages, close_code = recv_until_closed(ws)
+    assert close_code == 1000, messages[-1:]
+    assert not [m for m in messages if isinstance(m, str) and '"error"' in m]
+    return [jpeg for _, _, jpeg in (decode_frame(m) for m in messages if isinstance(m, bytes))]
+
+
+def test_a_timeline_message_steers_a_live_session(idle, avatar_id) -> None:
+    # Over a real socket with the tiny release: the same seed gives the same frames, and a
+    # head-yaw keyframe sent before the speech changes them (issue 20's live timeline).
+    plain = _session_frames(idle.ws_url, avatar_id, [])
+    wait_idle(idle.url)
+    again = _session_frames(idle.ws_url, avatar_id, [])
+    wait_idle(idle.url)
+    timeline = {"keyframes": [{"frame": 0, "delta_yaw": 30}]}
+    turned = _session_frames(
+        idle.ws_url, avatar_id, [{"type": "timeline", "timeline": timeline}]
+    )
+    assert len(plain) == len(again) == len(turned) == 10
+    assert plain == again
+    assert turned != plain
+
+
 def test_delete_removes_the_avatar(server, avatar_id) -> None:
     # Last in this module: the avatar is gone afterwards.
     wait_idle(server.url)
@@ -369,34 +400,3 @@ def test_serve_command_refuses_bad_options_before_loading(tmp_path, options, mes
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-
-
-def _session_frames(url: str, avatar_id: str, before_audio: list[dict]) -> list[bytes]:
-    data = to_pcm16(speech_16k(0.4))
-    with connect(url, max_size=None) as ws:
-        ws.send(json.dumps({"type": "start", "avatar": avatar_id, "controls": {"seed": 0}}))
-        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-        for message in before_audio:
-            ws.send(json.dumps(message))
-        ws.send(data)
-        ws.send(json.dumps({"type": "end"}))
-        messages, close_code = recv_until_closed(ws)
-    assert close_code == 1000, messages[-1:]
-    assert not [m for m in messages if isinstance(m, str) and '"error"' in m]
-    return [jpeg for _, _, jpeg in (decode_frame(m) for m in messages if isinstance(m, bytes))]
-
-
-def test_a_timeline_message_steers_a_live_session(idle, avatar_id) -> None:
-    # Over a real socket with the tiny release: the same seed gives the same frames, and a
-    # head-yaw keyframe sent before the speech changes them (issue 20's live timeline).
-    plain = _session_frames(idle.ws_url, avatar_id, [])
-    wait_idle(idle.url)
-    again = _session_frames(idle.ws_url, avatar_id, [])
-    wait_idle(idle.url)
-    timeline = {"keyframes": [{"frame": 0, "delta_yaw": 30}]}
-    turned = _session_frames(
-        idle.ws_url, avatar_id, [{"type": "timeline", "timeline": timeline}]
-    )
-    assert len(plain) == len(again) == len(turned) == 10
-    assert plain == again
-    assert turned != plain
