@@ -122,6 +122,21 @@ def save_official(net: nn.Module, kind: str, path: str | os.PathLike) -> None:
     save_atomically(obj, path)
 
 
+def read_payload(path: str | os.PathLike, fmt: str, *, missing: str, foreign: str) -> dict[str, Any]:
+    """The dict a `save_atomically` checkpoint of format `fmt` holds, read safely (weights only);
+    a `CheckpointError` ``"{path}: {missing}"`` / ``"{path}: {foreign}"`` when absent or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path}: {foreign}")
+    return payload
+
+
 def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` to a temporary sibling renamed into place, with the mode a plain open()
     would give: an interrupted save leaves the previous file or none, never half of one."""

@@ -27,7 +27,7 @@ from torch import nn
 from talkinghead.errors import CheckpointError
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
-from talkinghead.models.loading import save_atomically
+from talkinghead.models.loading import read_payload, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,12 @@ def save_component(
 def read_component(path: Path, kind: str) -> dict[str, Any]:
     """The payload `save_component` wrote, checked to be a DiffTalk `kind`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: DiffTalk {kind} checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a talkinghead DiffTalk checkpoint")
+    payload = read_payload(
+        path,
+        CHECKPOINT_FORMAT,
+        missing=f"DiffTalk {kind} checkpoint not found",
+        foreign="not a talkinghead DiffTalk checkpoint",
+    )
     if payload.get("kind") != kind:
         raise CheckpointError(f"{path}: holds a DiffTalk {payload.get('kind')!r}, not the {kind}")
     return payload

@@ -25,7 +25,7 @@ from talkinghead.errors import CheckpointError
 from talkinghead.methods.dithead.config import DataSettings
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
-from talkinghead.models.loading import save_atomically
+from talkinghead.models.loading import read_payload, save_atomically
 
 CHECKPOINT_FORMAT = "talkinghead.dithead"
 VQ_FILES = {"full": "vq_full.pt", "masked": "vq_masked.pt"}
@@ -60,14 +60,9 @@ def save_checkpoint(
 def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """The raw checkpoint dict; `CheckpointError` when missing or not a ``kind`` checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: DiT-Head checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a DiT-Head checkpoint")
+    payload = read_payload(
+        path, CHECKPOINT_FORMAT, missing="DiT-Head checkpoint not found", foreign="not a DiT-Head checkpoint"
+    )
     if payload.get("kind") != kind:
         raise CheckpointError(f"{path}: holds a {payload.get('kind')!r} network, not {kind!r}")
     return payload
