@@ -57,6 +57,7 @@ from talkinghead.serve.sessions import (
     SessionManager,
     SessionWorker,
 )
+from talkinghead.serve.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -481,8 +482,8 @@ def create_app(
 
     async def _receive(ws: WebSocket, timeout: float | None) -> dict[str, Any]:
         try:
-            message = await asyncio.wait_for(ws.receive(), timeout)
-        except asyncio.TimeoutError:
+            message = await within(ws.receive(), timeout)
+        except TimeoutError:
             raise ProtocolError(
                 f"no message for {timeout or 0:g} s; closing the idle session", "idle_timeout"
             ) from None
@@ -556,7 +557,7 @@ def create_app(
                     worker.interrupt()
                 elif isinstance(msg, protocol.Ping):
                     async with send_lock:
-                        await ws.send_text('{"type": "pong"}')
+                        await _send(ws.send_text('{"type": "pong"}'))
                 elif isinstance(msg, protocol.Timeline):
                     worker.set_timeline(msg.timeline, msg.relative)
         finally:
@@ -642,8 +643,8 @@ def create_app(
     async def _send(coro: Any) -> None:
         """A send that a client who stopped reading cannot block forever."""
         try:
-            await asyncio.wait_for(coro, settings.idle_timeout_s)
-        except asyncio.TimeoutError:
+            await within(coro, settings.idle_timeout_s)
+        except TimeoutError:
             raise ProtocolError("the client stopped reading", "idle_timeout") from None
 
     return app
@@ -691,7 +692,7 @@ async def _close_with_error(ws: WebSocket, error: ProtocolError) -> None:
     if ws.client_state != WebSocketState.CONNECTED:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.send_text(protocol.error_message(error.code, str(error))), 5)
+        await within(ws.send_text(protocol.error_message(error.code, str(error))), 5)
     with contextlib.suppress(Exception):
         reason = str(error).encode()[:120].decode(errors="ignore")
         await ws.close(error.close_code, reason=reason)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from talkinghead.serve.timeouts import within
 from talkinghead.timebase import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -272,12 +273,10 @@ class WebRTCPeer:
         self.progress.set()
         if self.pc is None:  # nobody ever connected: nothing to play
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.frames.put(None), timeout)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(self.played_all.wait(), self.audio_done.wait()), timeout
-            )
+        with contextlib.suppress(TimeoutError):
+            await within(self.frames.put(None), timeout)
+        with contextlib.suppress(TimeoutError):
+            await within(asyncio.gather(self.played_all.wait(), self.audio_done.wait()), timeout)
 
     async def close(self) -> None:
         self.ended = True
