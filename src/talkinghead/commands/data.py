@@ -113,6 +113,12 @@ def prepare_data(
     flip: bool | None = typer.Option(
         None, "--flip/--no-flip", help="ditto: also store every video mirrored (the release's augmentation; default on)."
     ),
+    landmarks: bool | None = typer.Option(
+        None,
+        "--landmarks/--no-landmarks",
+        help="ditto: also store MediaPipe's 478 landmarks per frame (MP_lmk_npy/), "
+        "for train-motion --use-lmk.",
+    ),
     option: list[str] = typer.Option(
         None, "--option", help="Other method option as KEY=VALUE (repeatable)."
     ),
@@ -132,6 +138,7 @@ def prepare_data(
         "flip": flip,
         "emotion_classifier": emotion_classifier,
         "crop_mode": crop_mode,
+        "landmarks": landmarks,
     }
     options.update({k: v for k, v in given.items() if v is not None})
     check_options(prepare, method, options)

@@ -158,9 +158,11 @@ def test_manifest_and_arrays_have_documented_shapes(prepared):
 
 def test_motion_matches_the_extractor_on_the_same_crop(prepared, videos):
     """Frame 0 of the 25 fps video, cropped with the clip's box (the default crop mode,
-    recorded in the manifest), gives the stored motion."""
+    recorded in the manifest: a square of whole pixels, black outside the frame, resized
+    to 512), gives the stored motion."""
+    import cv2
+
     from talkinghead.face import create_face_analyzer
-    from talkinghead.face.crop import warp_image
     from talkinghead.media.video import iter_video_frames
     from talkinghead.methods.ditto.motion.extraction import crop_to_network_input
     from talkinghead.methods.ditto.motion.format import dict_to_motion
@@ -169,9 +171,17 @@ def test_motion_matches_the_extractor_on_the_same_crop(prepared, videos):
     _, out, _ = prepared
     crop = json.loads((out / "manifest.json").read_text())["videos"]["talking"]["crop"]
     assert crop["mode"] == "clip"
+    x0, y0, x1, y1 = crop["box"]
+    assert x1 - x0 == y1 - y0 and all(isinstance(v, int) for v in crop["box"])
     frame = next(iter_video_frames(videos / "talking.mp4", fit=True))
     face = create_face_analyzer("mediapipe").analyze(frame)
-    clip_crop = warp_image(frame, np.linalg.inv(np.array(crop["M_c2o"])), 512)
+    pad = max(0, -x0, -y0, x1 - frame.shape[1], y1 - frame.shape[0])
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)))
+    square = padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+    shrink = x1 - x0 > 512
+    clip_crop = cv2.resize(
+        square, (512, 512), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    )
     net = tiny_networks()["motion_extractor"]
     x = torch.from_numpy(crop_to_network_input(clip_crop)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():

@@ -159,9 +159,12 @@ def test_clip_crop_keeps_translation_scale_and_roll(moving_face, tmp_path):
 
 
 def test_frame_crop_cancels_the_head_motion(moving_face, tmp_path):
-    crops, manifest = prepare(moving_face, tmp_path / "frame", "frame")
+    crops, manifest = prepare(moving_face, tmp_path / "frame", "frame", landmarks=True)
     assert manifest["settings"]["crop_mode"] == "frame"
     assert manifest["videos"]["face"]["crop"] == {"mode": "frame"}
+    # The landmarks come from the crop the motion does: here each frame's own.
+    lmk = np.load(tmp_path / "frame" / "MP_lmk_npy" / "face.npy")
+    assert lmk.shape == (N_FRAMES, 478, 3) and np.ptp(lmk[:, :, :2], axis=0).max() < 0.05
     centre = np.array([128.0, 128.0])
     for i, m in enumerate(crop_motion(crops)):
         roll, scale, shift = similarity_parts(m, centre)
@@ -169,19 +172,86 @@ def test_frame_crop_cancels_the_head_motion(moving_face, tmp_path):
         assert np.abs(shift).max() < 3.0, (i, shift)
 
 
-def test_clip_crop_transform_is_the_mean_box():
-    """Unit: a face that only moves gives the mean of its per-frame (unrotated) boxes."""
-    from talkinghead.face.crop import DEFAULT_CROP, crop_transform
-    from talkinghead.methods.ditto.motion.extraction import clip_crop_transform
+def test_clip_box_is_the_releases_mean_box_in_whole_pixels():
+    """By hand, with a 5-point face (eyes, nose, mouth corners; box = all points): upright, a
+    20 px square, so each frame's box is 2.2 x 20 = 44 px centred 0.1 x 44 above the points'
+    centre; the clip's box is the mean of those corners, rounded to whole pixels."""
+    from talkinghead.methods.ditto.motion.extraction import CLIP_CROP, clip_crop_box
 
-    rng = np.random.default_rng(0)
-    base = rng.uniform(100, 200, (203, 2))
-    frames = [base + np.array([10.0 * k, -4.0 * k]) for k in range(5)]
-    m_o2c, m_c2o = clip_crop_transform(frames, DEFAULT_CROP)
+    face = np.array([[90.0, 100], [110, 100], [100, 110], [92, 120], [108, 120]])
+    frames = [face + np.array([3.0 * k, -2.0 * k]) for k in range(5)]
+    # Per frame: centre (100 + 3k, 110 - 4.4 - 2k); the mean over k = 0..4: (106, 101.6).
+    assert (CLIP_CROP.scale, CLIP_CROP.vy_ratio, CLIP_CROP.rotate) == (2.2, -0.1, False)
+    assert clip_crop_box(frames) == (106 - 22, 102 - 22, 106 + 22, 102 + 22)
+    # A growing face: the sides 44, 48.4, 52.8 average to 48.4 -> half 24.2 -> 24.
+    growing = [(face - 100) * s + 100 for s in (1.0, 1.1, 1.2)]
+    x0, y0, x1, y1 = clip_crop_box(growing)
+    assert x1 - x0 == y1 - y0 == 48 and (x0 + x1) / 2 == 100
+    # A rolled face keeps its side: the box is measured in the face's own axes.
+    roll = np.radians(20)
+    rot = np.array([[np.cos(roll), -np.sin(roll)], [np.sin(roll), np.cos(roll)]])
+    x0, _, x1, _ = clip_crop_box([(face - 100) @ rot.T + 100])
+    assert x1 - x0 == 44
+
+
+def test_clip_crop_pads_with_black_and_maps_pixel_centres():
+    import cv2
+
+    from talkinghead.methods.ditto.motion.extraction import clip_box_transform, crop_clip_box
+
+    frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    box = (-20, 30, 140, 190)  # leaves the frame left and below
+    crop = crop_clip_box(frame, box, 64)
+    canvas = np.zeros((160, 160, 3), np.uint8)
+    canvas[:90, 20:] = frame[30:120, 0:140]
+    np.testing.assert_array_equal(crop, cv2.resize(canvas, (64, 64), interpolation=cv2.INTER_AREA))
+    assert crop.shape == (64, 64, 3) and (crop[-5:] == 0).all() and (crop[:, :5] == 0).all()
+    m_o2c, m_c2o = clip_box_transform(box, 64)
     np.testing.assert_allclose(m_o2c @ m_c2o, np.eye(3), atol=1e-12)
-    _, middle = crop_transform(frames[2], rotate=False)  # the mean of a linear drift
-    np.testing.assert_allclose(m_c2o @ [256, 256, 1], middle @ [256, 256, 1], atol=1e-9)
-    np.testing.assert_allclose(m_c2o[0, 0], middle[0, 0], rtol=1e-9)
+    # Crop pixel u shows frame pixel x0 + (u + 0.5) * side / dsize - 0.5 (the resize's centres).
+    np.testing.assert_allclose(m_c2o @ [0, 0, 1], [-20 + 1.25 - 0.5, 30 + 1.25 - 0.5, 1])
+    small = crop_clip_box(frame, (10, 10, 42, 42), 64)  # enlarged: bicubic
+    np.testing.assert_array_equal(
+        small, cv2.resize(frame[10:42, 10:42], (64, 64), interpolation=cv2.INTER_CUBIC)
+    )
+
+
+def test_landmarks_are_the_mesh_on_the_clip_crop_in_the_releases_layout(moving_face, tmp_path):
+    """prepare-data --landmarks: MP_lmk_npy [n, 478, 3], normalised, the mesh found on each
+    clip crop; a video finished without them is prepared again when they are asked for."""
+    from talkinghead.face import create_face_analyzer
+    from talkinghead.media.video import iter_video_frames
+    from talkinghead.methods.ditto.motion.extraction import crop_clip_box
+
+    out = tmp_path / "data"
+    prepare(moving_face, out, "clip")
+    assert not (out / "MP_lmk_npy").exists()
+    _, manifest = prepare(moving_face, out, "clip", landmarks=True)  # redone, not skipped
+    entry = manifest["videos"]["face"]
+    assert manifest["settings"]["landmarks"] is True and manifest["dims"]["lmk"] == [478, 3]
+    assert entry["files"]["lmk"] == "MP_lmk_npy/face.npy"
+    lmk = np.load(out / "MP_lmk_npy" / "face.npy")
+    assert lmk.shape == (N_FRAMES, 478, 3) and lmk.dtype == np.float32
+    assert (lmk[..., :2] > 0).all() and (lmk[..., :2] < 1).all()
+    assert np.ptp(lmk[:, :, :2], axis=0).max() > 0.05  # the head moves inside the one box
+    (listed,) = json.loads((out / "data_list.json").read_text())
+    assert listed["lmk"] == "MP_lmk_npy/face.npy"
+    info = json.loads((out / "data_info.json").read_text())
+    assert [Path(p).name for p in info["MP_lmk_npy_list"]] == ["face.npy"]
+    frame = next(iter_video_frames(moving_face / "face.mp4", fit=True))
+    crop = crop_clip_box(frame, tuple(entry["crop"]["box"]), 512)
+    mesh = create_face_analyzer("mediapipe").mesh(crop)
+    np.testing.assert_allclose(lmk[0], mesh, atol=1e-6)
+    # What train-motion --use-lmk reads: a few steps, the landmark block in the width.
+    from dataclasses import replace
+
+    from talkinghead.methods.ditto.train import PRESETS, train_motion
+
+    cfg = replace(PRESETS["tiny"], seq_frames=8, max_steps=2, use_lmk=True, tensorboard=False)
+    result = train_motion(out, tmp_path / "run", cfg)
+    assert result.step == 2
+    width = StandInSpeech.feat_dim + 8 + 2 + 6 + 63 + 478 * 3
+    assert json.loads(result.sidecar.read_text())["lmdm"]["audio_feat_dim"] == width
 
 
 # --- emotion labels ------------------------------------------------------------------------
@@ -319,3 +389,5 @@ def test_cli_crop_mode_and_hsemotion_errors(tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
     result = CliRunner().invoke(app, [*base, "--method", "dithead", "--crop-mode", "clip"])
     assert result.exit_code == 1 and "crop_mode" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--method", "dithead", "--landmarks"])
+    assert result.exit_code == 1 and "landmarks" in str(result.exception)

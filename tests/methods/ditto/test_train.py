@@ -26,9 +26,13 @@ AUD_DIM = 16
 TINY = PRESETS["tiny"]
 
 
-def write_dataset(root: Path, lengths=(40, 33), aud_dim: int = AUD_DIM, seed: int = 0) -> Path:
+def write_dataset(
+    root: Path, lengths=(40, 33), aud_dim: int = AUD_DIM, seed: int = 0, lmk: bool = False
+) -> Path:
     """Arrays in prepare-data's layout; the motion is a smooth function of the audio features,
-    so the condition determines x_0 and a small network can fit it."""
+    so the condition determines x_0 and a small network can fit it. With `lmk`, also
+    MediaPipe-shaped landmarks [n, 478, 3], and keypoints and landmarks that differ per
+    frame (so a condition row tells which frame it came from)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((aud_dim, 265)).astype(np.float32) / np.sqrt(aud_dim)
     base = rng.uniform(-1, 1, 265).astype(np.float32)
@@ -37,9 +41,10 @@ def write_dataset(root: Path, lengths=(40, 33), aud_dim: int = AUD_DIM, seed: in
         t = np.arange(n, dtype=np.float32)[:, None]
         freqs = rng.uniform(0.05, 0.3, aud_dim).astype(np.float32)
         aud = np.sin(t * freqs + rng.uniform(0, 6, aud_dim)).astype(np.float32)
-        mtn = np.concatenate(
-            [np.tanh(aud @ w) * 0.7 + base, np.tile(rng.standard_normal(63), (n, 1)) * 0.3], 1
-        ).astype(np.float32)
+        kp = np.tile(rng.standard_normal(63), (n, 1)) * 0.3
+        if lmk:
+            kp = kp + 0.01 * t
+        mtn = np.concatenate([np.tanh(aud @ w) * 0.7 + base, kp], 1).astype(np.float32)
         arrays = {
             "aud": aud,
             "mtn": mtn,
@@ -48,6 +53,9 @@ def write_dataset(root: Path, lengths=(40, 33), aud_dim: int = AUD_DIM, seed: in
             "eye_ball": 0.01 * np.cos(t / 5 + np.arange(6)).astype(np.float32),
             "sc": mtn[0, 265:],
         }
+        if lmk:
+            mesh = rng.uniform(0.2, 0.8, (478, 3)).astype(np.float32)
+            arrays["lmk"] = mesh[None] + 0.001 * t[:, :, None].astype(np.float32)
         name = f"video{i}"
         entry = {"frame_num": n, "name": name}
         for kind, arr in arrays.items():
@@ -411,3 +419,113 @@ def test_two_process_accelerate_launch_resume_is_exact(data, tmp_path):
     b = _decoder_state(tmp_path / "straight" / "export" / "lmdm_v0.4_hubert.pth")
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+# --- the release's use_reg_loss, use_lmk and use_cond_end ------------------------------------
+
+LMK_DIM = 478 * 3
+
+
+@pytest.fixture(scope="module")
+def lmk_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("lmk_data"), lmk=True)
+
+
+def test_reg_loss_is_the_releases_l1_pull_on_every_part_but_the_scale():
+    """By hand: R = 1e-4 * mean |pred| per part (scale none); P/V/A/L vanish as pred == target."""
+    pred = torch.zeros(2, 4, 265)
+    pred[:, :, 0] = 7.0  # scale: not regularised
+    pred[0, :, 1:67] = 0.5  # pitch: mean |.| over both samples = (0.5 + 1.5) / 2 = 1
+    pred[1, :, 1:67] = -1.5
+    pred[:, :, 202:] = -3.0  # exp: mean |.| = 3; yaw, roll and t stay 0
+    cfg = quick(use_reg_loss=True)
+    total, terms = motion_loss(pred, pred.clone(), pred[:, 0].clone(), cfg)
+    assert {k for k in terms if k.endswith("_R")} == {f"{p}_R" for p in ("pitch", "yaw", "roll", "t", "exp")}
+    assert float(terms["pitch_R"]) == pytest.approx(1e-4)
+    assert float(terms["exp_R"]) == pytest.approx(3e-4)
+    assert float(terms["yaw_R"]) == float(terms["t_R"]) == 0.0
+    assert float(total) == pytest.approx(4e-4)
+    # Neither the part weights, the dimension weights nor the loss type touch it (as there).
+    other = replace(cfg, part_weights={"pitch": 0.0, "exp": 5.0}, loss_type="l1")
+    weighted, _ = motion_loss(pred, pred.clone(), pred[:, 0].clone(), other, torch.full((265,), 3.0))
+    assert float(weighted) == pytest.approx(4e-4)
+    _, plain = motion_loss(pred, pred.clone(), pred[:, 0].clone(), quick())
+    assert not any(k.endswith("_R") for k in plain)
+
+
+def test_lmk_and_cond_end_follow_the_releases_layout(lmk_data, tmp_path):
+    cfg = quick(use_lmk=True, use_cond_end=True)
+    ds = MotionWindowDataset(load_data_list(lmk_data, cfg), cfg)
+    assert [k for k, _ in ds.blocks] == ["aud", "emo", "eye_open", "eye_ball", "sc", "lmk"]
+    assert ds.cond_dim == AUD_DIM + 8 + 2 + 6 + 63 + LMK_DIM
+    mtn = np.load(lmk_data / "mtn_npy" / "video0.npy")
+    lmk = np.load(lmk_data / "lmk_npy" / "video0.npy")
+    L, n = cfg.seq_frames, 40
+    for index, end in ((0, 1 + L), (n - L - 1, n - 1)):  # the last window ends the video
+        f = index + 1
+        x0, cond_frame, cond, cond_end = ds[index]
+        np.testing.assert_array_equal(x0, mtn[f : f + L, :265])
+        np.testing.assert_array_equal(cond_frame, mtn[f - 1, :265])
+        np.testing.assert_array_equal(cond_end, mtn[end, :265])
+        sc, lm = cond[:, -LMK_DIM - 63 : -LMK_DIM].numpy(), cond[:, -LMK_DIM:].numpy()
+        assert (sc == sc[0]).all() and (lm == lm[0]).all()
+        # One random frame r gives both the shape code and the landmarks (flattened x, y, z).
+        r = int(np.argmin(np.abs(mtn[:, 265:] - sc[0]).sum(1)))
+        np.testing.assert_array_equal(sc[0], mtn[r, 265:])
+        np.testing.assert_array_equal(lm[0], lmk[r].reshape(-1))
+    # The end frame is normalised like the other motion frames.
+    mv = np.stack([np.full(265, 0.5, np.float32), np.full(265, 4.0, np.float32)])
+    np.save(tmp_path / "mv.npy", mv)
+    normed = replace(cfg, mtn_mean_var_npy=str(tmp_path / "mv.npy"))
+    end = MotionWindowDataset(load_data_list(lmk_data, normed), normed)[0][3]
+    np.testing.assert_allclose(end.numpy(), (mtn[1 + L, :265] - 0.5) / 2.0, rtol=1e-6)
+    # Off (the default): three items, no landmark block.
+    assert len(MotionWindowDataset(load_data_list(lmk_data, quick()), quick())[0]) == 3
+
+
+def test_use_lmk_without_landmarks_in_the_data_is_a_clear_error(data):
+    with pytest.raises(TalkingHeadError, match=r"entry 0 lacks lmk .*prepare-data --landmarks"):
+        load_data_list(data, quick(use_lmk=True))
+
+
+def test_cli_trains_with_lmk_cond_end_and_reg_loss_and_records_them(lmk_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-motion", str(lmk_data), str(out), "--preset", "tiny", "--no-tensorboard",
+            "--seq-frames", "12", "--log-every", "1"]
+    result = invoke([*args, "--max-steps", "3", "--use-lmk", "--use-cond-end", "--use-reg-loss"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["use_lmk"] and recorded["use_cond_end"] and recorded["use_reg_loss"]
+    assert recorded["audio_feat_dim"] == AUD_DIM + 8 + 2 + 6 + 63 + LMK_DIM
+    sidecar = json.loads((out / "export" / "talkinghead.json").read_text())["lmdm"]
+    assert sidecar["audio_feat_dim"] == recorded["audio_feat_dim"]
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all(np.isfinite(x["loss/total"]) and x["loss/exp_R"] > 0 for x in lines)
+    assert not any("loss/scale_R" in x for x in lines)
+    # The landmark block widens the network: resuming without it is refused.
+    again = invoke([*args, "--max-steps", "4", "--use-cond-end"])
+    assert again.exit_code == 1 and "use_lmk: True -> False" in str(again.exception)
+
+
+def test_generate_refuses_a_use_lmk_model_naming_the_option(lmk_data, tmp_path, monkeypatch):
+    from _tiny_release import build_tiny_release
+    from talkinghead.errors import CheckpointError
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait, speech = media / "ditto_example_face.jpg", media / "ditto_example_speech.wav"
+    if not (portrait.is_file() and speech.is_file()):
+        skip_missing(f"{media}")
+    pytest.importorskip("mediapipe")
+    root = build_tiny_release(tmp_path / "release")
+    train_motion(lmk_data, tmp_path / "run", quick(max_steps=1, use_lmk=True))
+    install_checkpoint(tmp_path / "run", root)
+    monkeypatch.setenv("TALKINGHEAD_CACHE", str(tmp_path / "cache"))
+    video = tmp_path / "out.mp4"
+    result = invoke(["generate", "--checkpoints", str(root), "-s", str(portrait), "-a", str(speech),
+                     "-o", str(video), "--steps", "1", "--max-size", "256"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, CheckpointError), result.output
+    message = str(result.exception)
+    assert "use_lmk" in message and "--use-lmk" in message and "\n" not in message
+    assert not video.exists()

@@ -41,6 +41,23 @@ def train_motion(
     use_emo: bool | None = typer.Option(None, "--use-emo/--no-use-emo"),
     use_eye_open: bool | None = typer.Option(None, "--use-eye-open/--no-use-eye-open"),
     use_eye_ball: bool | None = typer.Option(None, "--use-eye-ball/--no-use-eye-ball"),
+    use_lmk: bool | None = typer.Option(
+        None,
+        "--use-lmk/--no-use-lmk",
+        help="Add a random frame's 478x3 MediaPipe landmarks to the condition (+1434; data "
+        "from prepare-data --landmarks). generate cannot use such a model.",
+    ),
+    use_cond_end: bool | None = typer.Option(
+        None,
+        "--use-cond-end/--no-use-cond-end",
+        help="Also load each window's clip-end frame, as the release does (no network input "
+        "takes it there or here).",
+    ),
+    use_reg_loss: bool | None = typer.Option(
+        None,
+        "--use-reg-loss/--no-use-reg-loss",
+        help="Add 1e-4 x mean |prediction| per motion part but the scale (the release's).",
+    ),
     audio_feat_dim: int | None = typer.Option(
         None, "--audio-feat-dim", help="Condition size (0: from the data)."
     ),
@@ -119,6 +136,9 @@ def train_motion(
         "use_emo": use_emo,
         "use_eye_open": use_eye_open,
         "use_eye_ball": use_eye_ball,
+        "use_lmk": use_lmk,
+        "use_cond_end": use_cond_end,
+        "use_reg_loss": use_reg_loss,
         "motion_feat_dim": motion_feat_dim,
         "seq_frames": seq_frames,
         "data_preload": data_preload,
@@ -175,6 +195,8 @@ def train_motion(
         typer.echo(f"checkpoint: {result.checkpoint}")
         if result.sidecar is not None:
             typer.echo(f"network config (sidecar): {result.sidecar}")
+        if config.use_lmk:
+            typer.echo("note: generate does not build the use_lmk condition and refuses this model")
         if install_to is not None:
             target = install_checkpoint(out_dir, install_to)
             typer.echo(f"installed as {target}")

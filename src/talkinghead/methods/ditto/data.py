@@ -6,14 +6,15 @@ runs it). Each should be a 25 fps clip with its speech and one face in every fra
 other frame rates are resampled to 25 fps (nearest frame in time) with a warning. Per
 video and per 25 fps frame:
 
-* the face is tracked (`talkinghead.face`) and cropped (512, the release's scale 2.3 /
-  vy -0.125); the crop, shrunk to 256, goes through the motion extractor: the 265-dim
-  motion (`talkinghead.methods.ditto.motion.format`) plus the 63 canonical keypoints,
-  per frame (no temporal smoothing: the targets are the raw motion). The crop is
+* the face is tracked (`talkinghead.face`) and cropped to 512; the crop, shrunk to 256,
+  goes through the motion extractor: the 265-dim motion
+  (`talkinghead.methods.ditto.motion.format`) plus the 63 canonical keypoints, per frame
+  (no temporal smoothing: the targets are the raw motion). The crop is
   ``crop_mode="clip"`` (default, the release's rule): ONE axis-aligned box for the whole
-  clip, the mean of the per-frame boxes (`motion.extraction.clip_crop_transform`), so
-  head translation, scale and roll stay in the motion; or ``"frame"``: avatar
-  registration's per-frame, roll-aligned crop, which cancels them;
+  clip, the mean of the per-frame boxes at the release's training-crop scale 2.2 / vy
+  -0.1, in whole pixels (`motion.extraction.clip_crop_box`), so head translation, scale
+  and roll stay in the motion; or ``"frame"``: avatar registration's per-frame,
+  roll-aligned crop (scale 2.3 / vy -0.125), which cancels them;
 * eye openness [2] and eye-ball offsets [6] come from the face backend, per frame;
 * emotion [8] (`talkinghead.methods.ditto.motion.conditions.EMOTIONS` order) comes from a
   pluggable classifier (`talkinghead.methods.ditto.emotion`; ``"hsemotion:PATH"`` for
@@ -23,7 +24,10 @@ video and per 25 fps frame:
   every frame gets the stated default: Neutral, as the 8-way soft vector the inference
   pipeline uses (`emotion_vector("Neutral")`, 0.9976 on Neutral);
 * speech features [D] (HuBERT, 1024 dims for the release) at 25 fps from the
-  audio track resampled to 16 kHz (`talkinghead.audio.hubert`).
+  audio track resampled to 16 kHz (`talkinghead.audio.hubert`);
+* with ``landmarks=True`` only: MediaPipe's 478 face-mesh landmarks [478, 3] found on
+  the 512 crop the motion comes from, normalised (x / 512, y / 512, z in the mesh's
+  units), the release's ``MP_lmk_npy`` (the input of training's `use_lmk`).
 
 Every array of a video is cut to the shortest of them (video frames vs
 ceil(audio seconds * 25) feature rows), so `frame_num` rows each.
@@ -34,16 +38,19 @@ Output layout (folder and key names follow the release's training branch)::
       manifest.json           status of every video, settings and array dims (below)
       data_list.json          the release's training list: one entry per finished video
                               {"name", "frame_num", "mtn", "aud", "emo", "eye_open",
-                              "eye_ball", "sc"} (paths relative to OUT_DIR)
+                              "eye_ball", "sc", + "lmk" with landmarks} (paths relative
+                              to OUT_DIR)
       data_info.json          the release's per-kind path lists (absolute paths):
                               fps25_video_list, hubert_aud_npy_list, LP_npy_list,
-                              eye_open_npy_list, eye_ball_npy_list, emo_npy_list, sc_npy_list
+                              eye_open_npy_list, eye_ball_npy_list, emo_npy_list, sc_npy_list,
+                              MP_lmk_npy_list (when every video has landmarks)
       hubert_aud_npy/NAME.npy float32 [frame_num, D]    speech features
       LP_npy/NAME.npy         float32 [frame_num, 328]  motion (265) + canonical keypoints (63)
       eye_open_npy/NAME.npy   float32 [frame_num, 2]
       eye_ball_npy/NAME.npy   float32 [frame_num, 6]    [xL, xR, yL, yR, zL, zR]
       emo_npy/NAME.npy        float32 [frame_num, 8]
       sc_npy/NAME.npy         float32 [63]              shape code: frame 0's keypoints
+      MP_lmk_npy/NAME.npy     float32 [frame_num, 478, 3]  (landmarks=True) mesh on the crop
 
 NAME is the video's path relative to VIDEOS_DIR without its suffix (``a/b.mp4`` ->
 ``a/b``; with `flip`, the mirrored copy is ``NAME_flip``). `manifest.json`::
@@ -54,7 +61,8 @@ NAME is the video's path relative to VIDEOS_DIR without its suffix (``a/b.mp4`` 
      "settings": {"face_backend", "motion_extractor", "hubert", "emotion", ...},
      "videos": {NAME: {"status": "ok", "source", "frame_num", "fps", "resampled_from",
                        "audio_seconds", "num_faces", "files": {kind: path},
-                       # the crop: {"mode": "clip", "M_c2o": 3x3 crop -> frame} or {"mode": "frame"}
+                       # the crop: {"mode": "clip", "box": [x0, y0, x1, y1],
+                       #            "M_c2o": 3x3 crop -> frame} or {"mode": "frame"}
                        "crop": {...}},
                 NAME: {"status": "failed", "source", "error"}}}
 
@@ -110,7 +118,9 @@ ARRAY_KINDS: dict[str, tuple[str, str]] = {
     "eye_ball": ("eye_ball_npy", "eye_ball_npy_list"),
     "emo": ("emo_npy", "emo_npy_list"),
     "sc": ("sc_npy", "sc_npy_list"),
+    "lmk": ("MP_lmk_npy", "MP_lmk_npy_list"),
 }
+OPTIONAL_KINDS = ("lmk",)  # written only when asked for (``landmarks=True``)
 MOTION_WITH_KP_DIM = 328  # 265 motion + 63 canonical keypoints, the release's LP_npy rows
 
 ProgressCallback = Callable[[int, int], None]
@@ -234,8 +244,19 @@ def _build_speech_encoder(hubert: str, device: str):
     return TransformersHubertEncoder(hubert, device=device)
 
 
-def _files(name: str) -> dict[str, str]:
-    return {k: f"{folder}/{name}.npy" for k, (folder, _) in ARRAY_KINDS.items()}
+def array_kinds(landmarks: bool) -> tuple[str, ...]:
+    """The data_list keys a run writes per video."""
+    return tuple(k for k in ARRAY_KINDS if landmarks or k not in OPTIONAL_KINDS)
+
+
+def _files(name: str, kinds: tuple[str, ...]) -> dict[str, str]:
+    return {k: f"{ARRAY_KINDS[k][0]}/{name}.npy" for k in kinds}
+
+
+def _mesh_landmarker(face_analyzer: Any) -> Callable[[np.ndarray], np.ndarray | None] | None:
+    """The face backend's 478-point mesh (crop -> [478, 3] normalised, or None), if it has one:
+    the release backend's `landmark478`, the mediapipe backend's `mesh`."""
+    return getattr(face_analyzer, "landmark478", None) or getattr(face_analyzer, "mesh", None)
 
 
 # --- per-video work ---------------------------------------------------------------------------
@@ -259,6 +280,7 @@ class _WorkerSpec:
     flip: bool
     max_side: int | None
     crop_mode: str = "clip"
+    landmarks: bool = False
 
 
 class DittoVideoWorker:
@@ -295,6 +317,12 @@ class DittoVideoWorker:
         else:
             self.face = create_face_analyzer(spec.face_backend, spec.aux_dir)
         self.emotion_classifier = resolve_emotion_classifier(spec.emotion_classifier)
+        self.mesh = _mesh_landmarker(self.face) if spec.landmarks else None
+        if spec.landmarks and self.mesh is None:
+            raise TalkingHeadError(
+                f"face backend {getattr(self.face, 'name', type(self.face).__name__)!r} has no "
+                "478-point face mesh for landmarks; use --face-backend mediapipe or release"
+            )
 
     def close(self) -> None:
         """Release the face analyser's native resources, unless the caller owns it."""
@@ -310,7 +338,7 @@ class DittoVideoWorker:
         out_dir = Path(self.spec.out_dir)
         results = []
         for name, variant in zip(job.outputs, self.process(job.video), strict=True):
-            files = _files(name)
+            files = _files(name, tuple(variant["arrays"]))
             for kind, arr in variant["arrays"].items():
                 _save_npy(out_dir / files[kind], arr)
             entry = {
@@ -353,6 +381,19 @@ class DittoVideoWorker:
 
     def _emotion_labelled(self, i: int) -> bool:
         return self.emotion_classifier is not None and i % self.spec.emotion_stride == 0
+
+    def _crop_landmarks(self, crop: np.ndarray, where: str, i: int) -> np.ndarray:
+        """MediaPipe's 478 landmarks [478, 3] on a crop, normalised, as the release stores them."""
+        from talkinghead.errors import NoFaceError
+
+        assert self.mesh is not None
+        lmk = self.mesh(crop)
+        if lmk is None:
+            raise NoFaceError(
+                f"{where} (frame {i}): no face mesh found in the {crop.shape[0]} crop "
+                "for the landmarks; cut the clip where the face leaves the crop"
+            )
+        return np.asarray(lmk, np.float32).reshape(478, 3)
 
     def _emotion_crop(self, frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         size = int(getattr(self.emotion_classifier, "input_size", EMOTION_INPUT_SIZE))
@@ -410,7 +451,7 @@ class DittoVideoWorker:
             batch_size=self.spec.batch_size,
             where=where,
         )
-        motion, eye_open, eye_ball = [], [], []
+        motion, eye_open, eye_ball, lmk = [], [], [], []
         emo_crops: list[tuple[int, np.ndarray]] = []
         num_faces = 1
         for batch in batches:
@@ -420,6 +461,8 @@ class DittoVideoWorker:
             eye_open.append(batch.eye_open)
             eye_ball.append(batch.eye_ball)
             for i, face in enumerate(batch.faces, batch.start):
+                if self.mesh is not None:
+                    lmk.append(self._crop_landmarks(face.crop, where, i))
                 if i in held:
                     emo_crops.append((i, self._emotion_crop(held.pop(i), face.landmarks)))
             if len(emo_crops) >= self.spec.batch_size:
@@ -427,22 +470,27 @@ class DittoVideoWorker:
         self._classify(emo_crops, emo_known)
         if not motion:
             raise MediaError(f"{where}: the video has no decodable frames")
-        return {
+        track = {
             "mtn": np.concatenate(motion).astype(np.float32),
             "eye_open": np.concatenate(eye_open),
             "eye_ball": np.concatenate(eye_ball),
             "num_faces": num_faces,
             "crop": {"mode": "frame"},
         }
+        if self.mesh is not None:
+            track["lmk"] = np.stack(lmk)
+        return track
 
     def _track_clip(
         self, video: Path, flip: bool, frames: Any, where: str, emo_known: dict[int, np.ndarray]
     ) -> dict[str, Any]:
         """The release's crop: the face tracked through the clip, then every frame cropped
         with the clip's one box (two decoding passes, so memory stays per frame)."""
-        from talkinghead.face.crop import DEFAULT_CROP, warp_image
         from talkinghead.methods.ditto.motion.extraction import (
-            clip_crop_transform,
+            CLIP_CROP,
+            clip_box_transform,
+            clip_crop_box,
+            crop_clip_box,
             extract_motion_batches,
             track_faces,
         )
@@ -464,12 +512,20 @@ class DittoVideoWorker:
         self._classify(emo_crops, emo_known)
         if not landmarks:
             raise MediaError(f"{where}: the video has no decodable frames")
-        config = getattr(self.face, "crop_config", DEFAULT_CROP)
-        m_o2c, m_c2o = clip_crop_transform(landmarks, config)
-        _, _, frames = self._open_frames(video, flip, warn=False)
-        crops = (warp_image(f, m_o2c, config.dsize) for f in frames)
+        box = clip_crop_box(landmarks, CLIP_CROP)
+        _, m_c2o = clip_box_transform(box, CLIP_CROP.dsize)
+        lmk: list[np.ndarray] = []
+
+        def crops() -> Any:
+            _, _, frames = self._open_frames(video, flip, warn=False)
+            for i, frame in enumerate(frames):
+                crop = crop_clip_box(frame, box, CLIP_CROP.dsize)
+                if self.mesh is not None:  # the release runs the mesh on its cropped video
+                    lmk.append(self._crop_landmarks(crop, where, i))
+                yield crop
+
         batches = extract_motion_batches(
-            crops, self.motion_extractor, device=self.device, batch_size=self.spec.batch_size
+            crops(), self.motion_extractor, device=self.device, batch_size=self.spec.batch_size
         )
         mtn = np.concatenate([dict_to_motion(m, include_kp=True) for m in batches])
         if mtn.shape[0] != len(landmarks):
@@ -477,13 +533,16 @@ class DittoVideoWorker:
                 f"{where}: {mtn.shape[0]} frames decoded on the second pass, "
                 f"{len(landmarks)} on the first; re-encode the video"
             )
-        return {
+        track = {
             "mtn": mtn.astype(np.float32),
             "eye_open": np.stack(eye_open),
             "eye_ball": np.stack(eye_ball),
             "num_faces": num_faces,
-            "crop": {"mode": "clip", "M_c2o": m_c2o.tolist()},
+            "crop": {"mode": "clip", "box": list(box), "M_c2o": m_c2o.tolist()},
         }
+        if self.mesh is not None:
+            track["lmk"] = np.stack(lmk)
+        return track
 
     # -- one video ------------------------------------------------------------------------
 
@@ -510,6 +569,7 @@ class DittoVideoWorker:
                         "eye_ball": track["eye_ball"][:n],
                         "emo": track["emo"][:n],
                         "sc": mtn[0, -63:],
+                        **({"lmk": track["lmk"][:n]} if "lmk" in track else {}),
                     },
                     "frame_num": n,
                     "fps": track["fps"],
@@ -542,8 +602,9 @@ def _load_manifest(path: Path) -> dict[str, Any]:
 class DittoLayout:
     """OUT_DIR in the release's layout: manifest.json, data_list.json, data_info.json."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, kinds: tuple[str, ...] = array_kinds(False)) -> None:
         self.out_dir = out_dir
+        self.kinds = kinds  # arrays every finished video must have (landmarks: + lmk)
         self.manifest_path = out_dir / MANIFEST_NAME
         old = _load_manifest(self.manifest_path)
         self.entries: dict[str, Any] = dict(old.get("videos", {}))
@@ -559,10 +620,12 @@ class DittoLayout:
 
     def _complete(self, name: str) -> bool:
         entry = self.entries.get(name)
+        files = entry.get("files", {}) if entry else {}
         return bool(
             entry
             and entry.get("status") == "ok"
-            and all((self.out_dir / p).is_file() for p in entry.get("files", {}).values())
+            and all(k in files for k in self.kinds)  # e.g. landmarks asked for later
+            and all((self.out_dir / p).is_file() for p in files.values())
         )
 
     def finished(self, job: PrepareJob) -> list[VideoResult] | None:
@@ -582,9 +645,10 @@ class DittoLayout:
         dims = self.manifest["dims"]
         for r in results:
             got = {k: list(v) for k, v in r.entry["dims"].items()}
-            if not dims:
-                dims = self.manifest["dims"] = got
-            elif got != dims:
+            # A kind new to the dataset (landmarks asked for later) joins its dims.
+            if all(dims.get(k, v) == v for k, v in got.items()):
+                dims.update(got)
+            else:
                 refused = f"array dims {got} differ from the dataset's {dims}"
                 for bad in results:
                     self.entries[bad.name] = {
@@ -604,6 +668,8 @@ class DittoLayout:
         write_json(self.out_dir / DATA_LIST_NAME, data_list)
         info: dict[str, list[str]] = {"fps25_video_list": [e["source"] for e in ok.values()]}
         for kind, (_, list_name) in ARRAY_KINDS.items():
+            if not all(kind in e["files"] for e in ok.values()):
+                continue  # the release's lists run in parallel: all videos or none
             info[list_name] = [
                 str((self.out_dir / e["files"][kind]).resolve()) for e in ok.values()
             ]
@@ -681,6 +747,7 @@ def prepare_dataset(
     flip: bool = True,
     max_side: int | None = 1920,
     crop_mode: str = "clip",
+    landmarks: bool = False,
 ) -> PrepareReport:
     """Process every video under `videos_dir` into `out_dir` (layout: module docstring).
 
@@ -697,9 +764,12 @@ def prepare_dataset(
     emotion_stride: label every n-th 25 fps frame (5: the release's 5 fps); the others
                   take the nearest labelled frame's probabilities
     crop_mode:    "clip" (default, the release's): one axis-aligned box for the whole clip,
-                  the mean of the per-frame boxes, so head translation, scale and roll
-                  stay in the motion targets; "frame": a roll-aligned crop per frame
-                  (avatar registration's), which removes them
+                  the mean of the per-frame boxes (scale 2.2, vy -0.1, whole pixels), so
+                  head translation, scale and roll stay in the motion targets; "frame": a
+                  roll-aligned crop per frame (avatar registration's), which removes them
+    landmarks:    also write MediaPipe's 478 landmarks per frame on that crop
+                  (``MP_lmk_npy/``, data_list key ``lmk``), what training's `use_lmk`
+                  reads; a finished video without them is prepared again
     networks:     `PrepareNetworks` (or a dict with its fields) to use instead of files
     progress:     called with (videos done, total) at the start and after each video
     flip:         also store each video mirrored left-right (``NAME_flip``), the release's
@@ -718,8 +788,14 @@ def prepare_dataset(
         raise ValueError("an injected face_analyzer only works with workers=1")
     videos = video_names(find_videos(videos_dir, exclude=out_dir), videos_dir)
 
+    injected = None if networks is None else networks.face_analyzer
+    if landmarks and injected is not None and _mesh_landmarker(injected) is None:
+        raise TalkingHeadError(
+            "landmarks: the given face analyser has no 478-point face mesh "
+            "(`landmark478` or `mesh`); use the mediapipe or release backend"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    layout = DittoLayout(out_dir)
+    layout = DittoLayout(out_dir, array_kinds(landmarks))
     jobs = [
         PrepareJob(video, name, (name, f"{name}_flip") if flip else (name,))
         for name, video in videos.items()
@@ -732,6 +808,7 @@ def prepare_dataset(
         "flip": flip,
         "max_side": max_side,
         "crop_mode": crop_mode,
+        "landmarks": landmarks,
     }
     make_worker = None
     if run.todo:
@@ -761,6 +838,7 @@ def prepare_dataset(
             flip=flip,
             max_side=max_side,
             crop_mode=crop_mode,
+            landmarks=landmarks,
         )
         make_worker = functools.partial(DittoVideoWorker, spec)
     layout.manifest["settings"].update(settings)
@@ -771,11 +849,13 @@ __all__ = [
     "ARRAY_KINDS",
     "CROP_MODES",
     "FORMAT",
+    "OPTIONAL_KINDS",
     "DittoLayout",
     "DittoVideoWorker",
     "EmotionClassifier",
     "PrepareNetworks",
     "PrepareReport",
+    "array_kinds",
     "face_box_crop",
     "interpolate_rows",
     "nearest_rows",

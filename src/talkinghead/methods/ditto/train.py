@@ -13,8 +13,12 @@ One training sample, as in the release's training branch:
 * the per-frame condition, concatenated in this order (the inference pipeline's,
   `talkinghead.methods.ditto.motion.conditions`): HuBERT ``aud[f:f+L]``, the window's mean emotion
   repeated (`use_emo`), ``eye_open`` and ``eye_ball`` per frame (`use_eye_open`,
-  `use_eye_ball`), and the canonical keypoints ``mtn[r, 265:328]`` of a random frame r
-  of the video as the shape code (`use_sc`). ``audio_feat_dim`` must equal the sum.
+  `use_eye_ball`), the canonical keypoints ``mtn[r, 265:328]`` of a random frame r
+  of the video as the shape code (`use_sc`), and that same frame's MediaPipe landmarks
+  ``lmk[r]`` (478 x 3, flattened; `use_lmk`). ``audio_feat_dim`` must equal the sum;
+* with `use_cond_end`, also the clip-end frame ``mtn[f+L]`` (``mtn[f+L-1]`` for the
+  video's last window), as the release's dataset builds it; its trainer feeds it to no
+  network input, and neither does this one.
 
 Every window of every video (f = 1 .. frame_num - L) is visited once per epoch, in an
 order shuffled per epoch from the seed.
@@ -29,7 +33,10 @@ motion's parts (scale, pitch, yaw, roll, t, exp; each part's mean, times its wei
 * V, A: the first and second temporal differences (velocity, acceleration), which keep
   the motion smooth,
 * L (`use_last_frame_loss`): the first predicted frame against the conditioning frame,
-  which keeps consecutive windows continuous.
+  which keeps consecutive windows continuous,
+* R (`use_reg_loss`): ``REG_WEIGHT`` (1e-4) times the mean absolute prediction, for
+  every part but the scale, weighted neither by the part nor by `dim_ws_npy` (the
+  release's regulariser).
 
 The optimiser is AdamW (lr 1e-4, weight decay 0.02) or, with ``optimizer="adan"``, the
 release's Adan (from `pytorch-optimizer`). Gradients are clipped (`grad_clip`), an
@@ -95,6 +102,10 @@ TRAINER_STATE = "trainer.json"
 EXPORT_DIR = "export"
 PRELOAD_NAME = "data_preload.npz"
 SC_DIM = 63
+LMK_SHAPE = (478, 3)  # MediaPipe's face mesh with irises, normalised x, y, z
+# The release's regulariser: weight per part of mean |x_0 prediction|; the scale has none.
+REG_WEIGHT = 1e-4
+UNREGULARISED_PARTS = ("scale",)
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -108,7 +119,9 @@ class MotionTrainConfig:
 
     The `use_*` flags, `audio_feat_dim`, `motion_feat_dim`, `seq_frames`, `batch_size`,
     `epochs`, `save_ckpt_freq`, `lr` and `data_preload` are the release's options (its
-    README enables every `use_*` flag, which the released network was trained with).
+    README enables `use_sc`, `use_last_frame(_loss)`, `use_emo` and `use_eye_*`, which
+    the released network was trained with; `use_lmk`, `use_cond_end` and `use_reg_loss`
+    are off there and here).
     """
 
     # condition layout and data
@@ -118,6 +131,8 @@ class MotionTrainConfig:
     use_emo: bool = True
     use_eye_open: bool = True
     use_eye_ball: bool = True
+    use_lmk: bool = False  # + a random frame's 478x3 MediaPipe landmarks (data key "lmk")
+    use_cond_end: bool = False  # items also carry the clip-end frame (unused by the network)
     audio_feat_dim: int | None = 1103  # None: from the data and the flags
     motion_feat_dim: int = 265
     seq_frames: int = 80
@@ -143,6 +158,7 @@ class MotionTrainConfig:
     velocity_weight: float = 1.0
     acceleration_weight: float = 1.0
     last_frame_weight: float = 1.0
+    use_reg_loss: bool = False  # + REG_WEIGHT * mean |prediction| per part but the scale
     part_weights: Mapping[str, float] = field(default_factory=dict)  # motion field -> weight
     # Release options: [2, motion_feat_dim] mean/variance the targets are normalised by
     # (x - mean) / sqrt(var), and [motion_feat_dim] per-dimension loss weights.
@@ -225,6 +241,7 @@ STRUCTURAL_FIELDS = (
     "use_emo",
     "use_eye_open",
     "use_eye_ball",
+    "use_lmk",
     "audio_feat_dim",
     "motion_feat_dim",
     "seq_frames",
@@ -306,6 +323,8 @@ def _keys(cfg: MotionTrainConfig) -> list[str]:
         keys.append("eye_open")
     if cfg.use_eye_ball:
         keys.append("eye_ball")
+    if cfg.use_lmk:
+        keys.append("lmk")
     return keys
 
 
@@ -334,7 +353,12 @@ def load_data_list(data: str | os.PathLike, cfg: MotionTrainConfig) -> list[Vide
     for i, e in enumerate(entries):
         missing = [k for k in (*keys, "frame_num") if k not in e]
         if missing:
-            raise TalkingHeadError(f"{path}: entry {i} lacks {', '.join(missing)}")
+            hint = (
+                " (use_lmk needs MediaPipe landmarks: run `talkinghead prepare-data --landmarks`)"
+                if "lmk" in missing
+                else ""
+            )
+            raise TalkingHeadError(f"{path}: entry {i} lacks {', '.join(missing)}{hint}")
         paths = {k: Path(e[k]) if Path(e[k]).is_absolute() else path.parent / e[k] for k in keys}
         n = int(e["frame_num"])
         if n < cfg.seq_frames + 1:  # a window needs the frame before it
@@ -385,7 +409,8 @@ def preload(videos: Sequence[VideoArrays], cfg: MotionTrainConfig, path: Path) -
 
 
 class MotionWindowDataset(torch.utils.data.Dataset):
-    """Every (video, start frame) window; items are (x_0 [L, D], cond_frame [D], cond [L, C])."""
+    """Every (video, start frame) window; items are (x_0 [L, D], cond_frame [D], cond [L, C]),
+    plus the clip-end frame [D] with `use_cond_end`."""
 
     def __init__(self, videos: Sequence[VideoArrays], cfg: MotionTrainConfig) -> None:
         self.videos = list(videos)
@@ -404,6 +429,11 @@ class MotionWindowDataset(torch.utils.data.Dataset):
                 f"{first.paths['mtn']}: motion rows have {mtn_dim} values, need {need} "
                 f"(motion_feat_dim {cfg.motion_feat_dim}{' + 63 keypoints for use_sc' if cfg.use_sc else ''})"
             )
+        if cfg.use_lmk and first.shape("lmk")[1:] != LMK_SHAPE:
+            raise TalkingHeadError(
+                f"{first.paths['lmk']}: landmarks of shape {first.shape('lmk')}, expected "
+                f"[frames, {LMK_SHAPE[0]}, {LMK_SHAPE[1]}] (MediaPipe's face mesh with irises)"
+            )
         self.blocks = self._blocks(first)
         self.cond_dim = sum(n for _, n in self.blocks)
         self.mtn_mean_std = load_mean_std(cfg.mtn_mean_var_npy, cfg.motion_feat_dim)
@@ -418,6 +448,8 @@ class MotionWindowDataset(torch.utils.data.Dataset):
             blocks.append(("eye_ball", int(np.prod(v.shape("eye_ball")[1:]))))
         if cfg.use_sc:
             blocks.append(("sc", SC_DIM))
+        if cfg.use_lmk:
+            blocks.append(("lmk", int(np.prod(LMK_SHAPE))))
         return blocks
 
     def describe_condition(self) -> str:
@@ -426,7 +458,7 @@ class MotionWindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.windows.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
         # `EpochShuffle` passes epoch * len + window; plain indices are epoch 0.
         epoch, index = divmod(int(index), len(self))
@@ -438,9 +470,13 @@ class MotionWindowDataset(torch.utils.data.Dataset):
         x0 = v.rows("mtn", f, f + L)[:, :D]
         ref = f - 1 if cfg.use_last_frame else int(rng.integers(v.frame_num))
         cond_frame = v.rows("mtn", ref, ref + 1)[0, :D]
-        if self.mtn_mean_std is not None:  # the release normalises targets and the cond frame
+        frames = [x0, cond_frame]
+        if cfg.use_cond_end:  # the frame after the window; the last window ends the video
+            end = f + L if f + L < v.frame_num else f + L - 1
+            frames.append(v.rows("mtn", end, end + 1)[0, :D])
+        if self.mtn_mean_std is not None:  # the release normalises every motion frame
             mean, std = self.mtn_mean_std
-            x0, cond_frame = (x0 - mean) / std, (cond_frame - mean) / std
+            frames = [(m - mean) / std for m in frames]
         parts = [v.rows("aud", f, f + L)]
         if cfg.use_emo:
             emo = v.rows("emo", f, f + L).mean(0)
@@ -449,16 +485,17 @@ class MotionWindowDataset(torch.utils.data.Dataset):
             parts.append(v.rows("eye_open", f, f + L))
         if cfg.use_eye_ball:
             parts.append(v.rows("eye_ball", f, f + L).reshape(L, -1))
-        if cfg.use_sc:
-            r = int(rng.integers(v.frame_num))
-            sc = v.rows("mtn", r, r + 1)[0, D : D + SC_DIM]
-            parts.append(np.broadcast_to(sc, (L, SC_DIM)))
+        if cfg.use_sc or cfg.use_lmk:
+            r = int(rng.integers(v.frame_num))  # one frame gives both, as in the release
+            if cfg.use_sc:
+                sc = v.rows("mtn", r, r + 1)[0, D : D + SC_DIM]
+                parts.append(np.broadcast_to(sc, (L, SC_DIM)))
+            if cfg.use_lmk:
+                lmk = v.rows("lmk", r, r + 1).reshape(-1)
+                parts.append(np.broadcast_to(lmk, (L, lmk.shape[0])))
         cond = np.concatenate(parts, axis=1)
-        return (
-            torch.from_numpy(np.ascontiguousarray(x0, np.float32)),
-            torch.from_numpy(np.ascontiguousarray(cond_frame, np.float32)),
-            torch.from_numpy(cond),
-        )
+        motion = [torch.from_numpy(np.ascontiguousarray(m, np.float32)) for m in frames]
+        return (motion[0], motion[1], torch.from_numpy(cond), *motion[2:])
 
 
 def load_mean_std(path: str | None, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -545,9 +582,12 @@ def motion_loss(
     cfg: MotionTrainConfig,
     dim_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum over motion parts of the P/V/A(/L) terms; also the terms by name.
+    """Weighted sum over motion parts of the P/V/A(/L/R) terms; also the terms by name.
 
     `dim_weights` [D] (``dim_ws_npy``) scales each dimension's error before the means.
+    R (`use_reg_loss`) is ``REG_WEIGHT * mean(|pred|)`` of each part but the scale, as the
+    release adds it: an L1 pull of the prediction towards zero, whatever the loss type,
+    and left out of the part and dimension weights.
     """
     base = nn.functional.mse_loss if cfg.loss_type == "l2" else nn.functional.l1_loss
     terms: dict[str, torch.Tensor] = {}
@@ -573,6 +613,10 @@ def motion_loss(
         for k, v in part.items():
             terms[f"{name}_{k}"] = v * w
             total = total + v * w
+        if cfg.use_reg_loss and name not in UNREGULARISED_PARTS:
+            reg = p.abs().mean() * REG_WEIGHT
+            terms[f"{name}_R"] = reg
+            total = total + reg
     return total, terms
 
 
@@ -750,13 +794,19 @@ def train_motion(
         with accelerator.main_process_first():
             preload(videos, cfg, preload_path)
     dataset = MotionWindowDataset(videos, cfg)
+    if cfg.use_cond_end and main:
+        log.warning(
+            "use_cond_end: every window also yields its clip-end frame, as the release's "
+            "dataset does; its trainer feeds that frame to no network input, nor does this one"
+        )
     audio_feat_dim = cfg.audio_feat_dim
     if audio_feat_dim is None:
         audio_feat_dim = dataset.cond_dim
     elif audio_feat_dim != dataset.cond_dim:
         raise TalkingHeadError(
             f"audio_feat_dim {audio_feat_dim} does not match the data's condition: "
-            f"{dataset.describe_condition()}"
+            f"{dataset.describe_condition()}; pass --audio-feat-dim {dataset.cond_dim} "
+            "(or 0: from the data)"
         )
     # Recorded as run: the precision accelerate chose (launch flag / config) when none was given.
     cfg = replace(
@@ -869,7 +919,9 @@ def train_motion(
             loader.set_epoch(epoch)  # accelerate's loader passes it on to the sampler
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
             batch_index = skip
-            for x0, cond_frame, cond in batches:
+            # With use_cond_end the items also carry the clip-end frame; as in the release,
+            # the network has no input for it.
+            for x0, cond_frame, cond, *_ in batches:
                 b = x0.shape[0]
                 t = torch.randint(0, alphas_cumprod.shape[0], (b,), device=x0.device)
                 a = alphas_cumprod[t].view(b, 1, 1)

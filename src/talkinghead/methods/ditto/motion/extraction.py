@@ -9,8 +9,8 @@ canonical keypoints) and, when given, the appearance extractor (the feature volu
 f_s), a batch of frames at a time. The motion is per frame, as the network gives it:
 registration smooths a video's motion afterwards, the training data keeps it raw.
 
-Training data can also crop a whole clip with one box (`clip_crop_transform`, then
-`extract_motion_batches` on the crops): the release's rule, which keeps head
+Training data can also crop a whole clip with one box (`clip_crop_box`, `crop_clip_box`,
+then `extract_motion_batches` on the crops): the release's rule, which keeps head
 translation, scale and roll in the motion instead of cancelling them per frame.
 """
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import NoFaceError
-from talkinghead.face.crop import DEFAULT_CROP, crop_transform
+from talkinghead.face.crop import crop_transform
 from talkinghead.face.types import CropConfig, FaceAnalyzer, FaceCrop
 from talkinghead.models.motion_extractor import OUTPUT_KEYS
 
@@ -110,21 +110,30 @@ def track_faces(
         yield frame, face
 
 
-def clip_crop_transform(
-    landmarks: Sequence[np.ndarray], config: CropConfig = DEFAULT_CROP
-) -> tuple[np.ndarray, np.ndarray]:
-    """One crop for a whole clip from its per-frame landmarks [K, 2]: (M_o2c, M_c2o), 3x3.
+# The release's training crop (its prepare_data crop script): LivePortrait's settings for
+# cropping driving videos, scale 2.2 / vy -0.1, not the source crop's 2.3 / -0.125.
+CLIP_CROP = CropConfig(dsize=512, scale=2.2, vx_ratio=0.0, vy_ratio=-0.1, rotate=False)
 
-    Each frame's box is the release's crop box (`talkinghead.face.crop.crop_transform`:
-    the landmarks' square box in the face's own axes, times ``config.scale``, moved by
-    ``vx_ratio`` / ``vy_ratio``) but not rotated; the clip's box has the mean centre and
-    the mean side of those boxes, and is axis-aligned. Measuring each box in the face's
-    axes keeps its side independent of the roll, so a tilting head does not widen it.
+
+def clip_crop_box(
+    landmarks: Sequence[np.ndarray], config: CropConfig = CLIP_CROP
+) -> tuple[int, int, int, int]:
+    """One square box ``(x0, y0, x1, y1)`` in whole pixels for a whole clip, from its
+    per-frame landmarks [K, 2], as the release's training data preparation computes it:
+
+    1. per frame, the crop box of `talkinghead.face.crop.crop_transform` (the landmarks'
+       square box in the face's own axes, times ``config.scale``, its centre moved by
+       ``vx_ratio`` / ``vy_ratio`` of the side along those axes), kept axis-aligned;
+    2. the mean of those boxes' corners, and no other smoothing;
+    3. made whole pixels: the rounded centre plus and minus the rounded half side
+       (Python's round, halves to even, as there).
+
+    Measuring each box in the face's axes keeps its side independent of the roll, so a
+    tilting head does not widen it.
     """
     if len(landmarks) == 0:
-        raise ValueError("clip_crop_transform needs the landmarks of at least one frame")
-    half = config.dsize / 2
-    centres, sides = [], []
+        raise ValueError("clip_crop_box needs the landmarks of at least one frame")
+    corners = []
     for pts in landmarks:
         _, m_c2o = crop_transform(
             pts,
@@ -134,14 +143,44 @@ def clip_crop_transform(
             vy_ratio=config.vy_ratio,
             rotate=False,
         )
-        centres.append(m_c2o[:2, :2] @ np.full(2, half) + m_c2o[:2, 2])
-        sides.append(m_c2o[0, 0] * config.dsize)
-    centre = np.mean(centres, axis=0)
-    side = float(np.mean(sides))
-    s = config.dsize / side
-    m_o2c = np.array([[s, 0.0, half - s * centre[0]], [0.0, s, half - s * centre[1]], [0, 0, 1]])
-    m_c2o = np.array([[1 / s, 0.0, centre[0] - half / s], [0.0, 1 / s, centre[1] - half / s], [0, 0, 1]])
+        side = m_c2o[0, 0] * config.dsize
+        left, top = m_c2o[0, 2], m_c2o[1, 2]  # where crop pixel (0, 0) lies in the frame
+        corners.append((left, top, left + side, top + side))
+    x0, y0, x1, y1 = (float(v) for v in np.mean(corners, axis=0))
+    cx, cy = round((x0 + x1) / 2), round((y0 + y1) / 2)
+    half = max(round((x1 - x0) / 2), 1)
+    return cx - half, cy - half, cx + half, cy + half
+
+
+def clip_box_transform(
+    box: tuple[int, int, int, int], dsize: int = CLIP_CROP.dsize
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M_o2c, M_c2o), 3x3, of `crop_clip_box`: crop pixel u shows frame pixel
+    ``x0 + (u + 0.5) * side / dsize - 0.5`` (pixel centres, as resizing maps them)."""
+    x0, y0, x1, _ = box
+    k = (x1 - x0) / dsize
+    ox, oy = x0 + 0.5 * k - 0.5, y0 + 0.5 * k - 0.5
+    m_c2o = np.array([[k, 0.0, ox], [0.0, k, oy], [0.0, 0.0, 1.0]])
+    m_o2c = np.array([[1 / k, 0.0, -ox / k], [0.0, 1 / k, -oy / k], [0.0, 0.0, 1.0]])
     return m_o2c, m_c2o
+
+
+def crop_clip_box(
+    frame: np.ndarray, box: tuple[int, int, int, int], dsize: int = CLIP_CROP.dsize
+) -> np.ndarray:
+    """The frame inside `box`, black where the box leaves it, resized to dsize x dsize.
+
+    The release crops, pads and scales with ffmpeg (bicubic); here area interpolation
+    shrinks (filtered, as ffmpeg's scaler is) and bicubic enlarges.
+    """
+    x0, y0, x1, y1 = box
+    h, w = frame.shape[:2]
+    canvas = np.zeros((y1 - y0, x1 - x0, *frame.shape[2:]), frame.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0:sy1, sx0:sx1]
+    interpolation = cv2.INTER_AREA if x1 - x0 > dsize else cv2.INTER_CUBIC
+    return cv2.resize(canvas, (dsize, dsize), interpolation=interpolation)
 
 
 def extract_motion_batches(
@@ -209,9 +248,12 @@ def _batch(
 
 
 __all__ = [
+    "CLIP_CROP",
     "NETWORK_INPUT_SIZE",
     "SourceBatch",
-    "clip_crop_transform",
+    "clip_box_transform",
+    "clip_crop_box",
+    "crop_clip_box",
     "crop_to_network_input",
     "extract_motion_batches",
     "extract_source_batches",
