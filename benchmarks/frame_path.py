@@ -1,5 +1,6 @@
 """Ditto's frame path, stage by stage: warp, decode (per runtime), paste-back (cv2 on the
-host vs torch on the device), encode (NVENC or x264), in ms per frame.
+host vs torch on the device), RGB -> YUV 4:2:0 on the device, encode (NVENC or x264; from
+RGB, or from the device's 4:2:0 planes), in ms per frame.
 
 Run by hand, e.g.::
 
@@ -28,6 +29,7 @@ from talkinghead.export.runtime import runtime_network
 from talkinghead.face import PasteBack
 from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.writer import VideoWriter
+from talkinghead.media.yuv import rgb_to_yuv420
 from talkinghead.models import OFFICIAL_NETWORKS
 
 
@@ -73,7 +75,7 @@ def main() -> None:
         feature = warp(f_s, kp_s[:1], kp_d[:1])
     cache = Path(tempfile.mkdtemp())
     reference = None
-    for runtime in args.runtimes.split(","):
+    for runtime in filter(None, args.runtimes.split(",")):  # "": host-side stages only
         w = runtime_network(
             warp, "warp_network", runtime, (f_s, kp_s[:1], kp_d[:1]), cache_dir=cache
         )
@@ -130,20 +132,34 @@ def main() -> None:
             frame=size,
             ms_per_frame=round(s * 1e3 / b, 2),
         )
-        out = Path(tempfile.mkdtemp()) / "enc.mp4"
-        writer = VideoWriter(out, fps=25, preset="veryfast")
-        t = time.perf_counter()
-        for i in range(args.encode_frames):
-            writer.write(np.roll(frame, i * 3, axis=1))
-        writer.close()
-        wall = time.perf_counter() - t
+        pasted = dev(ft, ct, M)
+        s = timed(lambda p=pasted: rgb_to_yuv420(p).cpu(), args.repeats, device)
         emit(
-            stage="encode",
-            encoder=writer.encoder,
+            stage="rgb->yuv420",
+            path=f"torch {device.type} (incl. download, 1.5 B/px)",
             frame=size,
-            ms_per_frame=round(writer.encode_seconds * 1e3 / args.encode_frames, 2),
-            wall_ms_per_frame=round(wall * 1e3 / args.encode_frames, 2),
+            ms_per_frame=round(s * 1e3 / b, 2),
         )
+        planes = rgb_to_yuv420(torch.from_numpy(frame)[None])[0].numpy()
+        for given in ("rgb", "yuv420"):
+            out = Path(tempfile.mkdtemp()) / "enc.mp4"
+            writer = VideoWriter(out, fps=25, preset="veryfast")
+            t = time.perf_counter()
+            for i in range(args.encode_frames):
+                if given == "rgb":  # libswscale converts in the writer
+                    writer.write(np.roll(frame, i * 3, axis=1))
+                else:
+                    writer.write_yuv420(np.roll(planes, i * 2, axis=1), (h, w_))
+            writer.close()
+            wall = time.perf_counter() - t
+            emit(
+                stage="encode",
+                encoder=writer.encoder,
+                given=given,
+                frame=size,
+                ms_per_frame=round(writer.encode_seconds * 1e3 / args.encode_frames, 2),
+                wall_ms_per_frame=round(wall * 1e3 / args.encode_frames, 2),
+            )
 
 
 if __name__ == "__main__":

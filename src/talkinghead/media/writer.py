@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -138,8 +138,34 @@ class FrameWriter:
         else:
             self.abort()
 
+    @property
+    def accepts_yuv420(self) -> bool:
+        """Whether `write_yuv420` takes frames already converted (see media/yuv.py)."""
+        return False
+
+    def write_yuv420(self, planes: np.ndarray, size: tuple[int, int]) -> None:
+        """Write one frame given as I420 planes [H' * 3 // 2, W'] (`rgb_to_yuv420`'s
+        layout, H' x W' the even size of `size`), `size` (H, W) the RGB frame's."""
+        if not self.accepts_yuv420:
+            raise TypeError(f"{type(self).__name__} takes RGB frames, not YUV 4:2:0")
+        if self._finished:
+            raise RuntimeError(f"{type(self).__name__} is already closed")
+        size = (int(size[0]), int(size[1]))
+        if self.frame_size is not None and size != self.frame_size:
+            raise ValueError(f"frame size changed from {self.frame_size} to {size} (H, W)")
+        self.frame_size = size
+        try:
+            self._write_yuv420(np.ascontiguousarray(planes), size)
+        except BaseException:
+            self.abort()
+            raise
+        self.frames_written += 1
+
     # -- subclass hooks --
     def _write(self, frame: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _write_yuv420(self, planes: np.ndarray, size: tuple[int, int]) -> None:
         raise NotImplementedError
 
     def _close(self) -> Path | None:
@@ -346,6 +372,9 @@ class VideoWriter(FrameWriter):
         yuv = rgb.reformat(
             format=self.pix_fmt, dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
         )
+        self._encode_frame(yuv, began)
+
+    def _encode_frame(self, yuv: Any, began: float) -> None:
         yuv.pts = self.frames_written
         # Not the stream's time base: the muxer changes that when it writes the header.
         yuv.time_base = 1 / self.fps
@@ -353,6 +382,25 @@ class VideoWriter(FrameWriter):
         self.encode_seconds += time.perf_counter() - began
         # Keep the audio level with the video so the muxer can interleave as it goes.
         self._encode_audio_until(self.frames_written + 1)
+
+    @property
+    def accepts_yuv420(self) -> bool:
+        return self.pix_fmt == "yuv420p"
+
+    def _write_yuv420(self, planes: np.ndarray, size: tuple[int, int]) -> None:
+        import av
+
+        if self._container is None:
+            self._open(*size)
+        began = time.perf_counter()
+        ph, pw = self._padded_size
+        if planes.dtype != np.uint8 or planes.shape != (ph * 3 // 2, pw):
+            raise ValueError(
+                f"expected uint8 I420 planes {(ph * 3 // 2, pw)} for {size} frames, "
+                f"got {planes.dtype} {planes.shape}"
+            )
+        yuv = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        self._encode_frame(yuv, began)
 
     def _encode_audio_until(self, n_frames: int, *, final: bool = False) -> None:
         if self._audio_stream is None:

@@ -50,6 +50,7 @@ from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.face import FaceAnalyzer, PasteBack, create_face_analyzer
 from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.source import SourceInput, source_media
+from talkinghead.media.yuv import rgb_to_yuv420
 from talkinghead.methods.ditto.avatar import Avatar, AvatarCache, AvatarRegistrar
 from talkinghead.methods.ditto.checkpoints import (
     ReleaseCheckpoints,
@@ -403,9 +404,16 @@ class DittoPipeline:
         audio_dim = self.features.feat_dim
         cond_cfg = ConditionConfig(audio_dim=audio_dim, eye_first_frame=cfg.eye_f0_mode)
         if expected is not None and cond_cfg.dim != expected:
+            # train-motion --use-lmk adds 478 x 3 source landmarks, a block we do not build.
+            hint = (
+                "; it was trained with use_lmk (MediaPipe landmarks), which generate does not "
+                "support: train it without --use-lmk"
+                if expected - cond_cfg.dim == 478 * 3
+                else ""
+            )
             raise CheckpointError(
                 f"the motion model expects {expected}-dim conditions, but "
-                f"{audio_dim}-dim speech features give {cond_cfg.dim}"
+                f"{audio_dim}-dim speech features give {cond_cfg.dim}{hint}"
             )
         # The release's ch_info: another registration supplies the eye and shape blocks.
         cond_src = _condition_source(cfg) or avatar
@@ -865,6 +873,7 @@ class _Renderer:
         on_device = cfg.device_paste if cfg.device_paste is not None else self.device.type == "cuda"
         # On the device, crops stay there as uint8 and only uint8 frames come back.
         self.device_paster = DevicePasteBack() if on_device else None
+        self.yuv_out = False  # set by `stages` for a writer that takes 4:2:0 planes
         self._source_frames: dict[int, torch.Tensor] = {}
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.autocast = cfg.fp16 and self.device.type == "cuda"
@@ -968,15 +977,26 @@ class _Renderer:
         frames = self.device_paster(
             self._device_frames(src_idx), crops, np.asarray(self.avatar.M_c2o)[src_idx]
         )
+        if self.yuv_out:  # converted where rendered: half the bytes cross to the host
+            frames = rgb_to_yuv420(frames)
         return list(self._download(frames))
 
     def stages(self, writer=None, progress: Progress | None = None) -> list[Stage]:
         counts = {"render": 0}
         lock = threading.Lock()
         total = self.total
+        # A video writer on the device path gets 4:2:0 planes made on the device.
+        self.yuv_out = self.device_paster is not None and bool(
+            getattr(writer, "accepts_yuv420", False)
+        )
+        size = self.avatar.frame_size
 
         def write(frames: list[np.ndarray]) -> list[Any]:
-            writer.write_batch(frames)
+            if self.yuv_out:
+                for planes in frames:
+                    writer.write_yuv420(planes, size)
+            else:
+                writer.write_batch(frames)
             with lock:
                 counts["render"] += len(frames)
             if progress:
