@@ -32,3 +32,28 @@ def test_split_holdout():
     assert len(held) == 2 and sorted(train + held) == list(range(10))
     assert split_holdout(list(range(10)), 2, seed=1) == (train, held)
     assert split_holdout([1], 3) == ([1], [])  # never the whole set
+
+
+def test_choose_holdout_defaults_resume_and_refusals():
+    import pytest
+
+    from talkinghead.errors import SettingsError
+    from talkinghead.training.samples import choose_holdout, resolve_sample_every
+
+    names = ["a", "b", "c"]
+    assert resolve_sample_every(None, "tiny") == 0 and resolve_sample_every(None, "dit-l/2") == 5000
+    assert resolve_sample_every(7, "tiny") == 7
+    (held,) = choose_holdout(names, None, sampling=True, seed=3)  # one by default when sampling
+    assert held == split_holdout(names, 1, seed=3)[1][0]
+    assert choose_holdout(names, None, sampling=False) == []
+    assert choose_holdout(["a"], None, sampling=True) == []  # nothing left to train on
+    assert choose_holdout(names, 2, sampling=False, seed=1) == split_holdout(names, 2, seed=1)[1]
+    # A resume keeps what its checkpoint held out, and refuses another explicit split.
+    assert choose_holdout(names, None, sampling=True, recorded=["c", "a"]) == ["a", "c"]
+    assert choose_holdout(names, None, sampling=True, recorded=[]) == []
+    with pytest.raises(SettingsError, match="resume with --holdout 0"):
+        choose_holdout(names, 1, sampling=True, recorded=[])
+    with pytest.raises(SettingsError, match="leaves no clip to train on"):
+        choose_holdout(names, 3, sampling=True)
+    with pytest.raises(SettingsError, match=">= 0"):
+        choose_holdout(names, -1, sampling=True)

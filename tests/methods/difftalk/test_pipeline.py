@@ -305,6 +305,32 @@ def test_two_process_accelerate_launch_resume_is_exact(trained, prepared, tmp_pa
         )  # fmt: skip
 
 
+def test_two_process_autoencoder_resume_is_exact(prepared, tmp_path):
+    """The autoencoder stage under `accelerate launch` with 2 CPU processes, the PatchGAN on
+    from step 1 (its gradients are averaged by hand): 2 steps + resume to 4 == 4 straight,
+    the discriminator's weights included."""
+    from _accelerate_launch import launch
+
+    base = ["train-difftalk", "--stage", "autoencoder", str(prepared[0])]
+    opts = ["--preset", "tiny-f4", "--batch-size", "1", "--lr", "1e-3", "--disc-start", "1",
+            "--log-every", "1"]  # fmt: skip
+    for out, steps, extra in (("split", 2, []), ("split", 4, ["--resume"]), ("straight", 4, [])):
+        run = launch([*base, str(tmp_path / out), *opts, "--steps", str(steps), *extra],
+                     timeout=240)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "split" / "state_autoencoder" / "rank_state_1.pt").is_file()
+    payloads = [
+        torch.load(tmp_path / d / "autoencoder.pt", map_location="cpu", weights_only=True)
+        for d in ("straight", "split")
+    ]
+    for part in ("state_dict", "discriminator"):
+        a, b = (p[part] if part == "state_dict" else p["train_state"][part] for p in payloads)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    log_file = tmp_path / "split" / "log_autoencoder" / "train_log.jsonl"
+    log = [json.loads(x) for x in log_file.read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and "d" in log[-1]  # the GAN was on
+
+
 # ---------------------------------------------------------------------------- generation
 
 

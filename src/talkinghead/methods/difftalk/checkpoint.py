@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
+from talkinghead.filemode import write_text_atomically
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, DiffTalkAutoencoderConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig
 from talkinghead.models.loading import read_payload, save_atomically
@@ -103,9 +104,7 @@ def write_manifest(directory: Path, resolution: int, data: Mapping[str, Any]) ->
         "ldm": LDM_FILE,
         "data": dict(data),
     }
-    path = Path(directory) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+    return write_text_atomically(Path(directory) / MANIFEST_NAME, json.dumps(manifest, indent=1))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`talkinghead train-difftalk`: DiffTalk's two training stages (autoencoder, then ldm)."""
+"""`talkinghead train-difftalk`: DiffTalk's two training stages (autoencoder, then ldm);
+`talkinghead convert-difftalk`: CompVis-layout checkpoints into DiffTalk's layout."""
 
 from __future__ import annotations
 
@@ -55,6 +56,24 @@ def train_difftalk(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the stage's checkpoint in OUT_DIR, starting again."
     ),
+    sample_every: int = typer.Option(
+        None,
+        "--sample-every",
+        help="Render a validation sample of a held-out clip every N steps into "
+        "OUT_DIR/samples/<stage>/ (0: off; default: off for the tiny presets, else 5000).",
+    ),
+    holdout: int = typer.Option(
+        None,
+        "--holdout",
+        help="Clips kept out of training for the samples (default: 1 when sampling with "
+        ">= 2 clips, else 0; a resume keeps its checkpoint's).",
+    ),
+    sample_seconds: float = typer.Option(
+        None, "--sample-seconds", help="Length of a sample (default 2 s, at most the clip)."
+    ),
+    sample_steps: int = typer.Option(
+        None, "--sample-steps", help="ldm stage: DDIM steps of a sample (default 50)."
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation, batches and noise."),
     device: str = typer.Option(
         "auto",
@@ -79,6 +98,12 @@ def train_difftalk(
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every)):
         if value is not None and value < 1:
             raise SettingsError(f"{name} must be >= 1, not {value}")
+    for name, value, least in (("--sample-every", sample_every, 0), ("--holdout", holdout, 0),
+                               ("--sample-steps", sample_steps, 1)):  # fmt: skip
+        if value is not None and value < least:
+            raise SettingsError(f"{name} must be >= {least}, not {value}")
+    if sample_seconds is not None and not sample_seconds > 0:
+        raise SettingsError(f"--sample-seconds must be positive, not {sample_seconds}")
     from talkinghead.training.distributed import MIXED_PRECISIONS
 
     if mixed_precision is not None and mixed_precision not in MIXED_PRECISIONS:
@@ -110,6 +135,9 @@ def train_difftalk(
             mixed_precision=mixed_precision,
             resume=resume,
             overwrite=overwrite,
+            sample_every=sample_every,
+            holdout=holdout,
+            sample_seconds=sample_seconds,
         ).items()
         if v is not None
     }
@@ -143,13 +171,83 @@ def train_difftalk(
                 data_dir, out_dir, cfg, progress=progress, perceptual_dir=perceptual
             )
         else:
+            if sample_steps is not None:
+                options["sample_steps"] = sample_steps
             cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
             result = train_ldm(data_dir, out_dir, cfg, autoencoder=autoencoder, progress=progress)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     if main:
-        typer.echo(f"{stage.value}: {result.checkpoint} ({result.steps} steps{last})")
+        samples = result.samples
+        shown = f"; {len(samples)} samples in {samples[0].parent}" if samples else ""
+        typer.echo(f"{stage.value}: {result.checkpoint} ({result.steps} steps{last}){shown}")
+
+
+def convert_difftalk(
+    checkpoint: Path = typer.Argument(
+        ...,
+        help="A CompVis-layout .ckpt: sstzal/DiffTalk's latent diffusion, or a VQ first "
+        "stage (e.g. CompVis vq-f4).",
+    ),
+    out_dir: Path = typer.Argument(
+        ...,
+        help="Checkpoint directory to write (autoencoder.pt; ldm.pt and difftalk.json too "
+        "for a latent-diffusion checkpoint).",
+    ),
+    autoencoder_preset: str = typer.Option(
+        None,
+        "--autoencoder-preset",
+        help="The autoencoder the weights must fit: f4 | f8 | tiny-f4 | tiny-f8 (default: the "
+        "sizes read from the checkpoint).",
+    ),
+    unet_preset: str = typer.Option(
+        None,
+        "--unet-preset",
+        help="The UNet the weights must fit: release | tiny (default: read from the checkpoint).",
+    ),
+    head_channels: int = typer.Option(
+        None,
+        "--head-channels",
+        help="Channels per attention head; not stored in the weights (default 32, the release's).",
+    ),
+    resolution: int = typer.Option(
+        None,
+        help="Image size of the model (default 64 x the first stage's downsampling: "
+        "256 for f4, 512 for f8).",
+    ),
+    ema: bool = typer.Option(
+        True, "--ema/--no-ema", help="The UNet's EMA weights (model_ema.*) when the file has them."
+    ),
+    audio_model: str = typer.Option(
+        None,
+        "--audio-model",
+        help="CTC audio model recorded for generation (default: facebook/wav2vec2-base-960h "
+        "when E_A reads its 32 features).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the checkpoint files already in OUT_DIR."
+    ),
+) -> None:
+    """Convert a CompVis-layout checkpoint (DiffTalk release, VQ first stage) to DiffTalk's layout."""
+    from talkinghead.methods.difftalk.convert import convert_compvis_checkpoint
+
+    report = convert_compvis_checkpoint(
+        checkpoint, out_dir, autoencoder=autoencoder_preset, unet=unet_preset,
+        head_channels=head_channels, resolution=resolution, ema=ema, audio_model=audio_model,
+        overwrite=overwrite,
+    )  # fmt: skip
+    for path in report.files:
+        typer.echo(str(path))
+    if report.kind == "ldm":
+        typer.echo(f"UNet weights: {'EMA' if report.ema else 'raw (no EMA used)'}")
+    if report.ignored:
+        left = ", ".join(f"{k} ({n})" for k, n in report.ignored.items())
+        err_console.print(f"left out of the checkpoint: {left}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    """The registry's ``commands`` entry point: adds ``train-difftalk`` to `app`."""
+    """The registry's ``commands`` entry point: adds ``train-difftalk`` and
+    ``convert-difftalk`` to `app`."""
     app.command("train-difftalk")(train_difftalk)
+    app.command("convert-difftalk")(convert_difftalk)

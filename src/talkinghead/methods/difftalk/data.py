@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -349,6 +349,7 @@ class _Clip:
     frames_dir: Path
     landmarks: np.ndarray  # [F, 478, 2]
     audio: np.ndarray  # [F, 16, C]
+    fps: float = float(FPS)
 
     @property
     def num_frames(self) -> int:
@@ -390,9 +391,20 @@ class DiffTalkDataset:
                     d / "frames",
                     np.load(d / "landmarks.npy"),
                     np.load(d / "audio.npy"),
+                    float(entry.get("fps") or FPS),
                 )
             )
         self.index = [(c, i) for c, clip in enumerate(self.clips) for i in range(clip.num_frames)]
+
+    def hold_out(self, names: Collection[str]) -> list[_Clip]:
+        """Take the clips named `names` out of the training examples; returns them. Call it
+        before any frame is read (the frame cache and `index` count the clips that stay)."""
+        held = [c for c in self.clips if c.name in names]
+        self.clips = [c for c in self.clips if c.name not in names]
+        self.index = [(c, i) for c, clip in enumerate(self.clips) for i in range(clip.num_frames)]
+        if self.cache is not None:
+            self.cache.clear()
+        return held
 
     @property
     def feature_dim(self) -> int:
@@ -412,14 +424,19 @@ class DiffTalkDataset:
     def frame(self, clip: int, i: int) -> np.ndarray:
         if self.cache is not None and (clip, i) in self.cache:
             return self.cache[(clip, i)]
-        path = self.clips[clip].frames_dir / f"{i:06d}.jpg"
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise MediaError(f"{path}: cannot read the frame")
-        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        rgb = self.clip_frame(self.clips[clip], i)
         if self.cache is not None:
             self.cache[(clip, i)] = rgb
         return rgb
+
+    @staticmethod
+    def clip_frame(clip: _Clip, i: int) -> np.ndarray:
+        """Frame `i` of `clip` (a training or a held-out one), RGB uint8, uncached."""
+        path = clip.frames_dir / f"{i:06d}.jpg"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise MediaError(f"{path}: cannot read the frame")
+        return np.ascontiguousarray(bgr[..., ::-1])
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         import torch

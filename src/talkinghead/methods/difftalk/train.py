@@ -16,8 +16,18 @@ mouth-masked version are computed once when the dataset is small enough
 
 Resume and overwrite: a stage whose checkpoint exists is refused unless ``resume`` (continue
 from its step, optimiser, EMA, discriminator and random state: bit for bit the run that was
-not interrupted, since batches are a function of the step) or ``overwrite`` (start again).
-A resumed stage that already reached ``steps`` is refused too: raise ``steps``.
+not interrupted, since batches are a function of the step) or ``overwrite`` (start again),
+as DiT-Head does (`talkinghead.training.stage_output`). A resumed stage that already
+reached ``steps`` is refused too: raise ``steps``.
+
+Validation samples (`talkinghead.training.samples`): ``holdout`` clips are kept out of
+training, and every ``sample_every`` steps the main process renders the first
+``sample_seconds`` of the first held-out clip to ``OUT_DIR/samples/<stage>/step_N.mp4``
+at the clip's frame rate, truth on the left, the model on the right: the autoencoder's
+reconstruction, or for the LDM a lip-synced video from the clip's audio windows and
+crops through the inference's own progressive `DiffTalkGenerator` (``sample_steps``
+DDIM steps, the EMA weights, noise from ``seed``). The held-out clips' names are stored
+in the checkpoints next to the training config; a resumed run keeps them.
 
 At scale: both stages run on `accelerate` (`talkinghead.training.distributed`), one
 process per GPU and node under ``accelerate launch``, mixed precision from its config
@@ -40,19 +50,21 @@ import logging
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from talkinghead.audio.ctc import neighbour_windows
 from talkinghead.diffusion import DiffusionSchedule
 from talkinghead.diffusion.latent_inpainting import difftalk_schedule
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.methods.difftalk.checkpoint import (
     AUTOENCODER_FILE,
     LDM_FILE,
+    DiffTalkModels,
     load_autoencoder,
     read_component,
     save_component,
@@ -64,6 +76,11 @@ from talkinghead.methods.difftalk.features import (
     landmark_condition,
     masked_frame,
     to_tensor_image,
+)
+from talkinghead.methods.difftalk.generation import (
+    DiffTalkConfig,
+    DiffTalkGenerator,
+    SourceFaces,
 )
 from talkinghead.models.difftalk_autoencoder import (
     DiffTalkAutoencoder,
@@ -80,6 +97,17 @@ from talkinghead.training.distributed import (
 )
 from talkinghead.training.ema import EMA
 from talkinghead.training.loss_log import LossLog
+from talkinghead.training.samples import (
+    DEFAULT_SAMPLE_SECONDS,
+    DEFAULT_SAMPLE_STEPS,
+    PeriodicSamples,
+    Render,
+    choose_holdout,
+    resolve_sample_every,
+    side_by_side,
+    write_sample_video,
+)
+from talkinghead.training.stage_output import continue_existing
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +138,9 @@ class AutoencoderTrainConfig:
     disc_start: int = 10_000
     resume: bool = False
     overwrite: bool = False
+    sample_every: int | None = None  # None: 0 (off) for the tiny presets, else 5000
+    holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,10 @@ class LdmTrainConfig:
     unet_overrides: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False
+    sample_every: int | None = None  # None: 0 (off) for the tiny preset, else 5000
+    holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS
+    sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
 
 
 @dataclass
@@ -143,6 +178,8 @@ class TrainResult:
     checkpoint: Path
     losses: list[float]
     steps: int
+    holdout: list[str] = field(default_factory=list)  # clips kept out of training
+    samples: list[Path] = field(default_factory=list)  # validation samples written
 
 
 def batch_at(step: int, n: int, batch_size: int, seed: int) -> tuple[int, np.ndarray]:
@@ -157,14 +194,8 @@ def batch_at(step: int, n: int, batch_size: int, seed: int) -> tuple[int, np.nda
 def start_state(path: Path, kind: str, steps: int, resume: bool, overwrite: bool) -> dict | None:
     """The checkpoint payload to continue from (None: start afresh); refuses to replace a
     stage's checkpoint unless asked. Called before any data or model is loaded."""
-    if not path.is_file():
+    if not continue_existing(path, kind, resume=resume, overwrite=overwrite):
         return None
-    if overwrite:
-        return None
-    if not resume:
-        raise TalkingHeadError(
-            f"{path} exists: pass --resume to continue that {kind} run or --overwrite to replace it"
-        )
     payload = read_component(path, kind)
     if "train_state" not in payload:
         raise CheckpointError(f"{path}: holds no training state to resume (use --overwrite)")
@@ -265,6 +296,104 @@ def _average_gradients(accelerator, module: torch.nn.Module) -> None:
             p.grad.copy_(accelerator.reduce(p.grad, "mean"))
 
 
+# ---------------------------------------------------------------------------- samples
+
+
+def _hold_out(data: DiffTalkDataset, cfg: Any, resumed: dict | None) -> tuple[Any, list]:
+    """(config with its sampling settings resolved, the held-out clips), taken out of `data`;
+    a resumed run keeps the clips its checkpoint was trained without."""
+    every = resolve_sample_every(cfg.sample_every, cfg.preset)
+    recorded = None if resumed is None else list(resumed.get("holdout_clips", []))
+    names = [c.name for c in data.clips]
+    chosen = choose_holdout(
+        names, cfg.holdout, sampling=every > 0, seed=cfg.seed, recorded=recorded
+    )
+    held = data.hold_out(chosen)
+    return replace(cfg, sample_every=every, holdout=len(held)), held
+
+
+def _samples(
+    out_dir: Path, stage: str, cfg: Any, data: DiffTalkDataset, held: list, accelerator,
+    resumed: bool, make_render: Callable[[Any], Render],
+) -> PeriodicSamples:  # fmt: skip
+    """The stage's samples, from the first held-out clip (a training clip if none is)."""
+    render = None
+    if cfg.sample_every:
+        if not held and accelerator.is_main_process:
+            log.warning("no clip is held out: the validation samples show a training clip")
+        render = make_render(held[0] if held else data.clips[0])
+    samples = PeriodicSamples(out_dir, render, every=cfg.sample_every, subdir=stage)
+    if accelerator.is_main_process and not resumed:
+        samples.reset()
+    return samples
+
+
+def _sample_crops(clip, seconds: float) -> np.ndarray:
+    """The clip's first `seconds` of crops [n, R, R, 3] (at least one frame)."""
+    n = max(1, min(clip.num_frames, round(seconds * clip.fps)))
+    return np.stack([DiffTalkDataset.clip_frame(clip, i) for i in range(n)])
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    x = (images.detach().float().clamp(-1, 1) + 1) * 127.5
+    return x.round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _autoencoder_render(model: DiffTalkAutoencoder, seconds: float, device):
+    def make(clip) -> Render:
+        def render(step: int, path: Path) -> None:
+            crops = _sample_crops(clip, seconds)
+            batches = []
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    for i in range(0, len(crops), 16):
+                        x = torch.stack([to_tensor_image(c) for c in crops[i : i + 16]])
+                        batches.append(_to_uint8(model(x.to(device))[0]))
+            finally:
+                model.train(was_training)
+            rec = np.concatenate(batches)
+            write_sample_video(path, map(side_by_side, crops, rec), clip.fps)
+
+        return render
+
+    return make
+
+
+def _ldm_render(
+    ldm: DiffTalkLDM, ema: EMA | None, ae: DiffTalkAutoencoder, resolution: int,
+    settings: dict[str, Any], cfg: LdmTrainConfig, device, out_dir: Path,
+):  # fmt: skip
+    def make(clip) -> Render:
+        def render(step: int, path: Path) -> None:
+            crops = _sample_crops(clip, cfg.sample_seconds)
+            n = len(crops)
+            # The crops are the frames: identity crop transforms, nothing to track.
+            source = SourceFaces(
+                list(crops), crops, clip.landmarks[:n], np.tile(np.eye(3), (n, 1, 1)),
+                fps=clip.fps, is_image=False,
+            )  # fmt: skip
+            windows = neighbour_windows(clip.audio, cfg.smooth_radius)[:n]
+            weights = ema.averaged(ldm) if ema is not None else ldm
+            was_training = weights.training
+            weights.eval()
+            try:
+                models = DiffTalkModels(ae, weights, resolution, settings, out_dir)
+                config = DiffTalkConfig(steps=cfg.sample_steps)
+                generator = DiffTalkGenerator(models, config, device)
+                frames = generator.frames_from_windows(source, windows, seed=cfg.seed)
+                pairs = zip(crops, frames, strict=True)
+                write_sample_video(path, (side_by_side(c, r.frame) for c, r in pairs), clip.fps)
+            finally:
+                weights.train(was_training)
+
+        return render
+
+    return make
+
+
 # ---------------------------------------------------------------------------- stage 1
 
 
@@ -287,6 +416,7 @@ def train_autoencoder(
     resumed = start_state(path, "autoencoder", cfg.steps, cfg.resume, cfg.overwrite)
     perceptual = load_lpips(perceptual_dir) if perceptual_dir is not None else None
     data = DiffTalkDataset(data_dir, seed=cfg.seed, cache=cfg.cache_frames)
+    cfg, held = _hold_out(data, cfg, resumed)
     try:
         ae_cfg = model_config or autoencoder_preset(cfg.preset, resolution=data.resolution)
     except ValueError as e:
@@ -330,7 +460,12 @@ def train_autoencoder(
     last_layer = raw_model.vq.decoder.conv_out.weight  # the adaptive GAN weight's reference
     logger = _loss_log(out_dir, "autoencoder", cfg, accelerator, resumed is not None)
     losses: list[float] = []
-    extra = {"train": asdict(cfg), "data": data.manifest_settings()}
+    holdout = [c.name for c in held]
+    extra = {"train": asdict(cfg), "data": data.manifest_settings(), "holdout_clips": holdout}
+    samples = _samples(
+        out_dir, "autoencoder", cfg, data, held, accelerator, resumed is not None,
+        _autoencoder_render(raw_model, cfg.sample_seconds, device),
+    )  # fmt: skip
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
@@ -378,10 +513,11 @@ def train_autoencoder(
                 progress("autoencoder", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
+            samples.maybe_on_main(step, accelerator)
     finally:
         logger.close()
     accelerator.end_training()
-    return TrainResult(path, losses, cfg.steps)
+    return TrainResult(path, losses, cfg.steps, holdout, samples.written)
 
 
 # ---------------------------------------------------------------------------- stage 2
@@ -511,6 +647,7 @@ def train_ldm(
         smooth_radius=cfg.smooth_radius,
         seed=cfg.seed,
     )
+    cfg, held = _hold_out(data, cfg, resumed)
     if ae.config.resolution != data.resolution:
         raise TalkingHeadError(
             f"{ae_path}: the autoencoder is for {ae.config.resolution} px; the data is {data.resolution} px"
@@ -568,6 +705,11 @@ def train_ldm(
     settings = data.manifest_settings()
     settings.update(smooth_radius=cfg.smooth_radius, min_reference_gap=cfg.min_reference_gap)
     losses: list[float] = []
+    holdout = [c.name for c in held]
+    samples = _samples(
+        out_dir, "ldm", cfg, data, held, accelerator, resumed is not None,
+        _ldm_render(ldm, ema, ae, data.resolution, settings, cfg, device, out_dir),
+    )  # fmt: skip
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
@@ -591,6 +733,7 @@ def train_ldm(
                 train={k: v for k, v in asdict(cfg).items() if k != "unet_overrides"},
                 data=settings,
                 autoencoder=str(ae_path),
+                holdout_clips=holdout,
             )
             write_manifest(out_dir, data.resolution, settings)
         accelerator.wait_for_everyone()
@@ -617,6 +760,7 @@ def train_ldm(
                 progress("ldm", step, cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
+            samples.maybe_on_main(step, accelerator)
     finally:
         logger.close()
     if accelerator.is_main_process and ae_path.parent.resolve() != out_dir.resolve():
@@ -624,7 +768,7 @@ def train_ldm(
         shutil.copyfile(ae_path, out_dir / AUTOENCODER_FILE)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(path, losses, cfg.steps)
+    return TrainResult(path, losses, cfg.steps, holdout, samples.written)
 
 
 __all__ = [

@@ -64,7 +64,28 @@ def train_dithead(
         "(default 100; 0: off): OUT_DIR/log_<stage>/train_log.jsonl and TensorBoard.",
     ),
     save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    sample_every: int = typer.Option(
+        None,
+        "--sample-every",
+        help="Render a validation sample of a held-out clip every N steps into "
+        "OUT_DIR/samples/<stage>/ (0: off; default: off for the tiny preset, else 5000).",
+    ),
+    holdout: int = typer.Option(
+        None,
+        "--holdout",
+        help="Clips kept out of training for the samples (default: 1 when sampling with "
+        ">= 2 clips, else 0; a resume keeps its checkpoint's).",
+    ),
+    sample_seconds: float = typer.Option(
+        None, "--sample-seconds", help="Length of a sample (default 2 s, at most the clip)."
+    ),
+    sample_steps: int = typer.Option(
+        None, "--sample-steps", help="dit stage: DDIM steps of a sample (default 50)."
+    ),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT_DIR."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the stage's checkpoint in OUT_DIR, starting again."
+    ),
 ) -> None:
     """Train DiT-Head: `--stage vq` (full- and masked-face VQGANs), then `--stage dit`."""
     from talkinghead.validation import check_not_an_input
@@ -92,6 +113,22 @@ def train_dithead(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if log_every is not None and log_every < 0:
         raise TalkingHeadError(f"--log-every must be >= 0, not {log_every}")
+    for name, value, least in (("--sample-every", sample_every, 0), ("--holdout", holdout, 0),
+                               ("--sample-steps", sample_steps, 1)):  # fmt: skip
+        if value is not None and value < least:
+            raise TalkingHeadError(f"{name} must be >= {least}, not {value}")
+    if sample_seconds is not None and not sample_seconds > 0:
+        raise TalkingHeadError(f"--sample-seconds must be positive, not {sample_seconds}")
+    from talkinghead.methods.dithead.checkpoint import DIT_FILE, VQ_FILES
+    from talkinghead.training.stage_output import continue_existing
+
+    # Every checkpoint the stage writes, before any training: `--which both` must not train
+    # the full-face VQGAN and then refuse the masked one.
+    outputs = {"dit": DIT_FILE} if stage == "dit" else {
+        f"vq-{w}": VQ_FILES[w] for w in (("full", "masked") if which == "both" else (which,))
+    }  # fmt: skip
+    for name, file in outputs.items():
+        continue_existing(out_dir / file, name, resume=resume, overwrite=overwrite)
     from talkinghead.training.distributed import MIXED_PRECISIONS, is_main_process
 
     if mixed_precision is not None and mixed_precision not in MIXED_PRECISIONS:
@@ -101,7 +138,8 @@ def train_dithead(
     main = is_main_process()  # one progress bar and summary under `accelerate launch`
     common = dict(
         steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, log_every=log_every,
-        mixed_precision=mixed_precision,
+        mixed_precision=mixed_precision, overwrite=overwrite, sample_every=sample_every,
+        holdout=holdout, sample_seconds=sample_seconds,
     )  # fmt: skip
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
     with Progress(
@@ -134,6 +172,7 @@ def train_dithead(
                 DiTTrainConfig(preset=preset or "dit-l/2", device=device, seed=seed, resume=resume),
                 ema_decay=ema_decay,
                 ema_warmup=ema_warmup,
+                sample_steps=sample_steps,
                 **common,
             )
             result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)
@@ -143,9 +182,13 @@ def train_dithead(
 def _summary(name: str, result, main: bool = True) -> None:
     if not main:
         return
+    samples = (
+        f"; {len(result.samples)} samples in {result.samples[0].parent}" if result.samples else ""
+    )
     typer.echo(
         f"{name}: eval loss {result.initial_loss:.4g} -> {result.final_loss:.4g} "
         f"in {result.seconds:.0f}s; wrote {', '.join(str(p) for p in result.checkpoints)}"
+        f"{samples}"
     )
 
 

@@ -21,7 +21,19 @@ process's run), and at every checkpoint each rank writes them and torch's RNG to
 every rank.
 
 Checkpoints land in the output directory, which is then the ``--checkpoints``
-folder of generation; their format is `talkinghead.methods.dithead.checkpoint`.
+folder of generation; their format is `talkinghead.methods.dithead.checkpoint`. A stage
+whose checkpoint exists is refused unless ``resume`` (continue it) or ``overwrite``
+(start again) is set (`talkinghead.training.stage_output`).
+
+Validation samples (`talkinghead.training.samples`): ``holdout`` clips are kept out of
+training, and every ``sample_every`` steps the main process renders the first
+``sample_seconds`` of the first held-out clip to ``OUT_DIR/samples/<stage>/step_N.mp4``,
+truth on the left, the model on the right: the VQGAN's reconstruction of its (masked)
+crops, or for the DiT a lip-synced video from the clip's audio features and masked
+crops through the inference's own `DiTHeadGenerator` (evolving, ``sample_steps`` DDIM
+steps, the EMA weights, the reference the clip's last frame, noise from ``seed``). The
+held-out clips' names and the training config are stored in each checkpoint; a resumed
+run keeps the clips its checkpoint held out.
 The DiT checkpoint's ``latent_scale`` is one over the standard deviation of the
 full-face latents, measured when training starts (latent diffusion's "scale by
 std"), so the diffusion sees unit-variance latents whatever the VQGAN.
@@ -33,10 +45,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from talkinghead.diffusion import DiffusionSchedule
@@ -48,11 +61,20 @@ from talkinghead.methods.dithead.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from talkinghead.methods.dithead.config import check_audio_dim
-from talkinghead.methods.dithead.data import PreparedDataset, SampleDrawer, load_prepared
+from talkinghead.methods.dithead.config import DataSettings, check_audio_dim
+from talkinghead.methods.dithead.data import Clip, PreparedDataset, SampleDrawer, load_prepared
+from talkinghead.methods.dithead.features import (
+    apply_mask,
+    audio_windows,
+    from_tensor_image,
+    lower_face_mask,
+    to_tensor_image,
+)
+from talkinghead.methods.dithead.generation import DiTHeadGenerator, DiTHeadModels, SourceFace
 from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
+from talkinghead.timebase import FPS
 from talkinghead.training.distributed import (
     build_accelerator_for_device,
     load_rank_state,
@@ -60,6 +82,17 @@ from talkinghead.training.distributed import (
 )
 from talkinghead.training.ema import EMA
 from talkinghead.training.loss_log import LossLog
+from talkinghead.training.samples import (
+    DEFAULT_SAMPLE_SECONDS,
+    DEFAULT_SAMPLE_STEPS,
+    PeriodicSamples,
+    Render,
+    choose_holdout,
+    resolve_sample_every,
+    side_by_side,
+    write_sample_video,
+)
+from talkinghead.training.stage_output import continue_existing
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +113,8 @@ class TrainResult:
     initial_loss: float = math.nan  # evaluation loss on a fixed batch, before training
     final_loss: float = math.nan  # ... and after
     seconds: float = 0.0
+    holdout: list[str] = field(default_factory=list)  # clips kept out of training
+    samples: list[Path] = field(default_factory=list)  # validation samples written
 
 
 def _accelerator(config: Any):
@@ -140,6 +175,125 @@ def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, accelerator.reduce(t, "mean").tolist(), strict=True))
 
 
+# --------------------------------------------------------------------------- samples
+
+
+def _hold_out(
+    data: PreparedDataset, config: Any, payload: dict[str, Any] | None
+) -> tuple[Any, PreparedDataset, list[Clip]]:
+    """(config with its sampling settings resolved, the training clips, the held-out ones);
+    a resumed run (`payload`) keeps the clips its checkpoint was trained without."""
+    every = resolve_sample_every(config.sample_every, config.preset)
+    recorded = None if payload is None else list(payload.get("holdout_clips", []))
+    names = [c.name for c in data.clips]
+    held = set(
+        choose_holdout(
+            names, config.holdout, sampling=every > 0, seed=config.seed, recorded=recorded
+        )
+    )
+    config = replace(config, sample_every=every, holdout=len(held))
+    train = replace(data, clips=[c for c in data.clips if c.name not in held])
+    return config, train, [c for c in data.clips if c.name in held]
+
+
+def _sample_clip(train: PreparedDataset, held: list[Clip], every: int, main: bool) -> Clip | None:
+    if not every:
+        return None
+    if not held:
+        if main:
+            log.warning("no clip is held out: the validation samples show a training clip")
+        return train.clips[0]
+    return held[0]
+
+
+def _sample_length(clip: Clip, seconds: float) -> int:
+    return max(1, min(len(clip), round(seconds * FPS)))
+
+
+def _samples(
+    out_dir: Path, stage: str, config: Any, render: Render | None, accelerator, resumed: bool
+) -> PeriodicSamples:
+    samples = PeriodicSamples(out_dir, render, every=config.sample_every, subdir=stage)
+    if accelerator.is_main_process and not resumed:
+        samples.reset()
+    return samples
+
+
+def _vq_render(
+    vq: VQModel, clip: Clip, settings: DataSettings, masked: bool, seconds: float, device
+) -> Render:
+    """Sample: the clip's first frames (masked for the masked VQGAN) | their reconstruction."""
+
+    def render(step: int, path: Path) -> None:
+        n = _sample_length(clip, seconds)
+        crops = np.stack([np.asarray(clip.frames[i]) for i in range(n)])
+        if masked:
+            size = settings.crop.size
+            crops = np.stack(
+                [apply_mask(c, lower_face_mask(clip.landmarks[i], size, settings.mask))
+                 for i, c in enumerate(crops)]
+            )  # fmt: skip
+        was_training = vq.training
+        vq.eval()
+        try:
+            with torch.no_grad():
+                rec = np.concatenate(
+                    [from_tensor_image(vq(to_tensor_image(crops[i : i + 16]).to(device))[0])
+                     for i in range(0, n, 16)]
+                )  # fmt: skip
+        finally:
+            vq.train(was_training)
+        write_sample_video(path, map(side_by_side, crops, rec), FPS)
+
+    return render
+
+
+def _dit_render(
+    dit: DiTHead,
+    ema: EMA | None,
+    encoder: LatentEncoder,
+    clip: Clip,
+    settings: DataSettings,
+    config: DiTTrainConfig,
+    device,
+    out_dir: Path,
+) -> Render:
+    """Sample: the clip's first frames | the DiT's lip sync of them from the clip's audio
+    features, by the inference's evolving generator with the EMA weights."""
+
+    def render(step: int, path: Path) -> None:
+        n = _sample_length(clip, config.sample_seconds)
+        size = settings.crop.size
+        # The sample's frames, then the first reference: the clip's last frame, the one
+        # farthest from the first (training draws references >= min_ref_distance away).
+        indices = [*range(n), len(clip) - 1] if len(clip) > n else list(range(n))
+        faces = []
+        for i in indices:
+            crop = np.asarray(clip.frames[i])
+            mask = lower_face_mask(clip.landmarks[i], size, settings.mask)
+            faces.append(SourceFace(crop, crop, mask, np.eye(3)))
+        windows = audio_windows(clip.audio, settings.audio.window)[:n]
+        weights = ema.averaged(dit) if ema is not None else dit
+        was_training = weights.training
+        weights.eval()
+        try:
+            models = DiTHeadModels(
+                encoder.full, encoder.masked, weights, settings, encoder.scale,
+                config.n_timestep, out_dir,
+            )  # fmt: skip
+            generator = DiTHeadGenerator(models, steps=config.sample_steps, device=str(device))
+            frames = generator.frames(
+                faces, windows, generator=torch.Generator().manual_seed(config.seed),
+                reference=len(faces) - 1,
+            )  # fmt: skip
+            pairs = zip(faces[:n], frames, strict=True)
+            write_sample_video(path, (side_by_side(f.crop, out) for f, out in pairs), FPS)
+        finally:
+            weights.train(was_training)
+
+    return render
+
+
 # --------------------------------------------------------------------------- stage 1
 
 
@@ -160,6 +314,10 @@ class VQTrainConfig:
     log_every: int = 100
     eval_batch: int = 8
     resume: bool = False
+    overwrite: bool = False  # replace an existing checkpoint of the stage
+    sample_every: int | None = None  # None: 0 (off) for the tiny preset, else 5000
+    holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS
 
 
 def _vq_eval(vq: VQModel, images: torch.Tensor) -> float:
@@ -185,14 +343,16 @@ def train_vq(
     """
     if which not in VQ_FILES:
         raise TalkingHeadError(f"unknown VQGAN {which!r}; expected 'full' or 'masked'")
+    out = Path(out_dir) / VQ_FILES[which]
+    stage = f"vq-{which}"
+    resuming = continue_existing(out, stage, resume=config.resume, overwrite=config.overwrite)
     start_time = time.monotonic()
     accelerator = _accelerator(config)  # a bad --device fails before the data loads
     rank, world = accelerator.process_index, accelerator.num_processes
-    data = load_prepared(data_dir)
+    payload = read_checkpoint(out, "vq") if resuming else None
+    config, data, held = _hold_out(load_prepared(data_dir), config, payload)
     device = accelerator.device
     torch.manual_seed(config.seed)
-    out = Path(out_dir) / VQ_FILES[which]
-    stage = f"vq-{which}"
     overrides = {"resolution": data.size, **config.model}
     vq = VQModel(VQGANConfig.from_preset(config.preset, **overrides)).to(device)
     vq.latent_shape(data.size, data.size)  # fails early on sizes f does not divide
@@ -207,8 +367,7 @@ def train_vq(
     masked = which == "masked"
     drawer = SampleDrawer(data, seed=_rank_seed(config.seed, rank), augment=config.augment)
     step = 0
-    if config.resume and out.is_file():
-        payload = read_checkpoint(out, "vq")
+    if payload is not None:
         vq.load_state_dict(payload["state_dict"])
         state = payload.get("train_state") or {}
         if state:
@@ -224,7 +383,15 @@ def train_vq(
         .images(config.eval_batch, masked)
         .to(device)
     )
-    result = TrainResult(checkpoints=[out], initial_loss=_vq_eval(raw_vq, eval_images))
+    result = TrainResult(
+        checkpoints=[out], initial_loss=_vq_eval(raw_vq, eval_images),
+        holdout=[c.name for c in held],
+    )  # fmt: skip
+    clip = _sample_clip(data, held, config.sample_every, accelerator.is_main_process)
+    render = None if clip is None else _vq_render(
+        raw_vq, clip, data.settings, masked, config.sample_seconds, device
+    )  # fmt: skip
+    samples = _samples(Path(out_dir), stage, config, render, accelerator, payload is not None)
 
     def save(at: int) -> None:
         accelerator.wait_for_everyone()
@@ -237,7 +404,7 @@ def train_vq(
             }
             save_checkpoint(
                 out, "vq", raw_vq, data=data.settings, step=at, which=which,
-                train_state=train_state,
+                train_state=train_state, train=asdict(config), holdout_clips=result.holdout,
             )  # fmt: skip
         accelerator.wait_for_everyone()
 
@@ -271,12 +438,14 @@ def train_vq(
             loss_log.add(step, logs, samples=config.batch_size * world)
         if config.save_every and step % config.save_every == 0:
             save(step)
+        samples.maybe_on_main(step, accelerator)
         if progress and accelerator.is_main_process:
             progress(stage, step, config.steps)
     if loss_log is not None:
         loss_log.close()
     vq.eval()
     save(step)
+    result.samples = samples.written
     result.final_loss = _vq_eval(raw_vq, eval_images)
     result.seconds = time.monotonic() - start_time
     accelerator.end_training()
@@ -322,6 +491,11 @@ class DiTTrainConfig:
     log_every: int = 100
     eval_batch: int = 8
     resume: bool = False
+    overwrite: bool = False  # replace an existing checkpoint of the stage
+    sample_every: int | None = None  # None: 0 (off) for the tiny preset, else 5000
+    holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS
+    sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
 
 
 @dataclass
@@ -384,12 +558,15 @@ def train_dit(
     ``vq_dir`` holds ``vq_full.pt`` and ``vq_masked.pt`` (default: ``out_dir``). The
     evaluation loss is the epsilon MSE on a fixed batch with fixed timesteps and noise.
     """
-    start_time = time.monotonic()
     out_dir = Path(out_dir)
+    out = out_dir / DIT_FILE
+    resuming = continue_existing(out, "dit", resume=config.resume, overwrite=config.overwrite)
+    start_time = time.monotonic()
     vq_dir = Path(vq_dir) if vq_dir is not None else out_dir
     accelerator = _accelerator(config)  # a bad --device fails before the models load
     rank, world = accelerator.process_index, accelerator.num_processes
-    data = load_prepared(data_dir)
+    payload = read_checkpoint(out, "dit") if resuming else None
+    config, data, held = _hold_out(load_prepared(data_dir), config, payload)
     device = accelerator.device
     torch.manual_seed(config.seed)
     vq_full, vq_masked, _ = load_vq_pair(vq_dir, device)
@@ -404,7 +581,6 @@ def train_dit(
     check_audio_dim(data.settings, dit_cfg.audio_dim)
     dit = DiTHead(dit_cfg).to(device)
     schedule = DiffusionSchedule.adm_linear(config.n_timestep)
-    out = out_dir / DIT_FILE
 
     drawer = SampleDrawer(data, seed=_rank_seed(config.seed, rank), augment=config.augment)
     gen = torch.Generator().manual_seed(_rank_seed(config.seed, rank))
@@ -414,8 +590,7 @@ def train_dit(
     opt = torch.optim.AdamW(
         dit.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
-    if config.resume and out.is_file():
-        payload = read_checkpoint(out, "dit")
+    if payload is not None:
         state = payload.get("train_state") or {}
         dit.load_state_dict(state.get("model", payload["state_dict"]))
         if ema is not None and "ema" in state:
@@ -441,8 +616,14 @@ def train_dit(
     eval_t = schedule.sample_timesteps(config.eval_batch, eval_gen).to(device)
     eval_noise = torch.randn(eval_lat.target.shape, generator=eval_gen).to(device)
     result = TrainResult(
-        checkpoints=[out], initial_loss=_dit_eval(dit, schedule, eval_lat, eval_t, eval_noise)
-    )
+        checkpoints=[out], initial_loss=_dit_eval(dit, schedule, eval_lat, eval_t, eval_noise),
+        holdout=[c.name for c in held],
+    )  # fmt: skip
+    clip = _sample_clip(data, held, config.sample_every, accelerator.is_main_process)
+    render = None if clip is None else _dit_render(
+        dit, ema, encoder, clip, data.settings, config, device, out_dir
+    )  # fmt: skip
+    samples = _samples(out_dir, "dit", config, render, accelerator, payload is not None)
 
     def save(at: int) -> None:
         accelerator.wait_for_everyone()
@@ -462,6 +643,8 @@ def train_dit(
                 latent_scale=scale,
                 n_timestep=config.n_timestep,
                 train_state=train_state,
+                train=asdict(config),
+                holdout_clips=result.holdout,
             )
         accelerator.wait_for_everyone()
 
@@ -490,12 +673,14 @@ def train_dit(
             loss_log.add(step, logs, samples=config.batch_size * world)
         if config.save_every and step % config.save_every == 0:
             save(step)
+        samples.maybe_on_main(step, accelerator)
         if progress and accelerator.is_main_process:
             progress("dit", step, config.steps)
     if loss_log is not None:
         loss_log.close()
     dit.eval()
     save(step)
+    result.samples = samples.written
     final = ema.averaged(dit) if ema is not None else dit
     result.final_loss = _dit_eval(final, schedule, eval_lat, eval_t, eval_noise)
     result.seconds = time.monotonic() - start_time
