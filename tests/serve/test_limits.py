@@ -40,6 +40,9 @@ from talkinghead.serve.protocol import (
     CLOSE_BUSY,
     CLOSE_IDLE_TIMEOUT,
     FRAME_HEADER_BYTES,
+    MAX_OFFER_BYTES,
+    MAX_TEXT_BYTES,
+    Offer,
     ProtocolError,
     check_controls,
     decode_frame,
@@ -404,6 +407,23 @@ def test_controls_are_validated() -> None:
     for text in ("", "{", "[]", '{"type": 1}', '{"type": "start", "avatar": 3}', "x" * 20000):
         with pytest.raises(ProtocolError):
             parse_text(text)
+
+
+def test_offer_messages_are_parsed() -> None:
+    sdp = "v=0\r\n" + "a=x\r\n" * 4000  # larger than other messages may be
+    text = json.dumps({"type": "offer", "sdp": sdp})
+    assert MAX_TEXT_BYTES < len(text) < MAX_OFFER_BYTES
+    assert parse_text(text) == Offer(sdp)
+    for bad in (
+        {"type": "offer"},
+        {"type": "offer", "sdp": ""},
+        {"type": "offer", "sdp": 3},
+        {"type": "offer", "sdp": "v=0", "session": "abc"},  # the socket names its session
+        {"type": "offer", "sdp": "v=0" + " " * MAX_OFFER_BYTES},
+        {"type": "ping", "pad": "x" * MAX_TEXT_BYTES},  # only an offer may be that long
+    ):
+        with pytest.raises(ProtocolError):
+            parse_text(json.dumps(bad))
 
 
 def test_audio_inbox_applies_backpressure() -> None:

@@ -1,8 +1,10 @@
 """`talkinghead serve --ray`: two replicas of the server on a local Ray instance (CPU),
-the tiny Ditto release, sessions pinned per replica and the busy rule per replica."""
+the tiny Ditto release, sessions pinned per replica and the busy rule per replica, WebRTC
+signalled on the session's socket through the proxy."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -18,12 +20,14 @@ from websockets.sync.client import connect
 from _conformance import skip_missing
 from _serve_helpers import PORTRAIT, TINY_SETTINGS, get_json, speech_16k, upload_bytes
 from _tiny_release import build_tiny_release
+from _webrtc_client import webrtc_session, with_loopback_ice
 from talkinghead.serve import ServeSettings
 from talkinghead.serve.client import to_pcm16
 from talkinghead.serve.protocol import CLOSE_BUSY, decode_frame
 from talkinghead.timebase import num_frames
 
 ray = pytest.importorskip("ray")
+pytest.importorskip("ray.cloudpickle")
 serve = pytest.importorskip("ray.serve")
 
 STARTUP_S = 240.0  # two replicas loading the tiny release on two shared CPU cores
@@ -39,16 +43,23 @@ def _free_port() -> int:
 def ray_server(tmp_path_factory):
     if not PORTRAIT.is_file():
         skip_missing(f"{PORTRAIT}")
+    import _webrtc_client
     from talkinghead.methods.ditto.pipeline import DittoPipeline
     from talkinghead.serve.ray_serve import RayServeOptions, build_ray_app
 
     release = build_tiny_release(tmp_path_factory.mktemp("release"))
     port = _free_port()
+    # The replicas unpickle the helper by value: the tests folder is not on their path.
+    ray.cloudpickle.register_pickle_by_value(_webrtc_client)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # WebRTC in the replicas stays on 127.0.0.1, like the test's own client.
         factory = functools.partial(
-            DittoPipeline.from_pretrained, release, download=False, **TINY_SETTINGS
+            with_loopback_ice,
+            functools.partial(
+                DittoPipeline.from_pretrained, release, download=False, **TINY_SETTINGS
+            ),
         )
         app = build_ray_app(
             factory,
@@ -159,6 +170,46 @@ def test_avatar_deleted_on_one_replica_is_gone_on_all(ray_server: str) -> None:
     # Every replica now answers 404 for it, whichever the router picks.
     for _ in range(4):
         assert http("GET", f"{base}/avatars/{record['id']}")[0] == 404
+
+
+def test_webrtc_sessions_on_both_replicas_through_the_proxy(ray_server: str, loopback_ice) -> None:
+    """The offer travels on the session's socket, so it reaches the replica holding the
+    session whichever replica the proxy would give a separate request. One session on each
+    replica: an aiortc client gets its video frames and speech; the other never offers
+    and still gets every frame header and "end"."""
+    pytest.importorskip("aiortc")
+    base = ray_server
+    ws_url = base.replace("http", "ws", 1) + "/ws"
+    status, record = upload_bytes(base, PORTRAIT.read_bytes())
+    assert status in (200, 201), record
+    speech = speech_16k(0.7)[4800:]  # 0.4 s of voice (the example opens with silence): 10 frames
+    expected = num_frames(len(speech))
+    with contextlib.ExitStack() as stack:
+        # The offer-less session first: it holds one replica, the WebRTC one gets the other.
+        ws = stack.enter_context(connect(ws_url, open_timeout=60, max_size=None))
+        controls = {"webrtc": True, "lossless": True}
+        ws.send(json.dumps({"type": "start", "avatar": record["id"], "controls": controls}))
+        ready = json.loads(ws.recv(timeout=120))
+        assert ready["type"] == "ready" and ready["webrtc"] is True, ready
+        offerless: dict = {}
+        speaker = threading.Thread(target=_speak, args=(ws, to_pcm16(speech), offerless))
+        speaker.start()
+        try:
+            played = asyncio.run(webrtc_session(ws_url, record["id"], speech))
+        finally:
+            speaker.join(300)
+    assert played["ready"]["session"] != ready["session"]
+    assert [decode_frame(h) for h in played["headers"]] == [
+        (i, i / 25, b"") for i in range(expected)
+    ]
+    assert played["end"]["type"] == "end" and played["end"]["frames"] == expected
+    pts = [p - played["video"][0][0] for p, _ in played["video"]]
+    # Every frame, in order (aiortc's receiver keeps the last in its jitter buffer).
+    assert pts == [3600 * i for i in range(expected - 1)], pts
+    assert max(float(abs(pcm).max()) for _, _, pcm in played["audio"]) > 3000  # the speech
+    assert "error" not in offerless, offerless
+    assert offerless["indices"] == list(range(expected))
+    assert offerless["end"]["frames"] == expected
 
 
 def test_shared_store_is_not_left_half_written(tmp_path: Path) -> None:

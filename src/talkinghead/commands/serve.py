@@ -223,7 +223,7 @@ def serve(
 
     # WebRTC is optional (the webrtc extra): say which playback sessions can ask for.
     rtc = (
-        "WebRTC: POST /webrtc/offer"
+        "WebRTC: an offer message on /ws"
         if webrtc.available()
         else "no WebRTC: pip install 'talkinghead[webrtc]'"
     )

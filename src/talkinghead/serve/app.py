@@ -65,6 +65,8 @@ STATIC_DIR = Path(__file__).with_name("static")
 # Room for the multipart envelope around a file of exactly `max_upload_bytes`.
 MULTIPART_SLACK = 64 * 1024
 STATS_INTERVAL_S = 1.0  # how often a session's client hears its realtime factor
+# Answering a WebRTC offer gathers host candidates only (no STUN): well under a second.
+OFFER_ANSWER_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,11 @@ def create_app(
 
     @app.post("/webrtc/offer")
     async def webrtc_offer(request: Request) -> JSONResponse:
-        """{"session": ID from "ready", "sdp": ..., "type": "offer"} -> the SDP answer."""
+        """{"session": ID from "ready", "sdp": ..., "type": "offer"} -> the SDP answer.
+
+        For a single server; the session's own socket takes the offer too ("offer"
+        message), which behind Ray Serve's proxy is the only way to reach its replica.
+        """
         try:
             body = await request.json()
         except ValueError:
@@ -326,14 +332,18 @@ def create_app(
             raise HTTPException(
                 404,
                 f"no WebRTC session {body['session']!r}: start one over /ws with "
-                '"controls": {"webrtc": true} and send the id from "ready"',
+                '"controls": {"webrtc": true} and send the id from "ready" (or send '
+                '{"type": "offer", "sdp": ...} on the session\'s socket, which works '
+                "behind any proxy)",
             )
         if peer.connected:
             raise HTTPException(409, "this session already has a WebRTC connection")
         try:
-            answer = await peer.answer(body["sdp"])
-        except ValueError as exc:  # aiortc: a malformed or unsupported offer
+            answer = await within(peer.answer(body["sdp"]), OFFER_ANSWER_TIMEOUT_S)
+        except ValueError as exc:  # a malformed or unsupported offer
             raise HTTPException(400, f"cannot accept the offer: {exc}") from None
+        except TimeoutError:
+            raise HTTPException(504, "the offer was not answered in time") from None
         return JSONResponse(answer)
 
     # ------------------------------------------------------------------ sessions
@@ -560,9 +570,34 @@ def create_app(
                         await _send(ws.send_text('{"type": "pong"}'))
                 elif isinstance(msg, protocol.Timeline):
                     worker.set_timeline(msg.timeline, msg.relative)
+                elif isinstance(msg, protocol.Offer):
+                    await _answer_offer(ws, info, msg.sdp, send_lock)
         finally:
             if pending is not None:
                 pending.cancel()
+
+    async def _answer_offer(
+        ws: WebSocket, info: SessionInfo, sdp: str, send_lock: asyncio.Lock
+    ) -> None:
+        """The session's WebRTC offer, answered on its socket: {"type": "answer", "sdp"}."""
+        peer = state.peers.get(info.id)
+        if peer is None:
+            raise ProtocolError(
+                '"offer" needs a WebRTC session: start it with "controls": {"webrtc": true}'
+            )
+        if peer.connected:
+            raise ProtocolError('a second "offer": this session already has a WebRTC connection')
+        try:
+            answer = await within(peer.answer(sdp), OFFER_ANSWER_TIMEOUT_S)
+        except ValueError as exc:
+            raise ProtocolError(f"cannot accept the offer: {exc}") from None
+        except TimeoutError:
+            raise ProtocolError(
+                f"the WebRTC offer was not answered within {OFFER_ANSWER_TIMEOUT_S:g} s",
+                "internal_error",
+            ) from None
+        async with send_lock:
+            await _send(ws.send_text(json.dumps({"type": "answer", "sdp": answer["sdp"]})))
 
     def _check_speech_idle(info: SessionInfo) -> None:
         """Close a session that has had no speech for `max_idle_speech_s` (pings or not)."""

@@ -11,6 +11,8 @@ Client -> server
     text   {"type": "ping"}                                      keeps an idle session open
     text   {"type": "timeline", "timeline": {...}, "relative": false}   per-frame controls
            from now on (a control timeline or the release's ctrl_info; null clears it)
+    text   {"type": "offer", "sdp": SDP}                         sessions with the webrtc
+           control: the WebRTC offer, once, answered on this socket
 
 Server -> client
     text   {"type": "ready", ...}          the session is running; send audio
@@ -22,6 +24,7 @@ Server -> client
            where on the session's timeline speech (from "offset_s" of the client's
            audio) or idle motion begins
     text   {"type": "stats", "realtime_factor", ...}   about once a second (controls.stats)
+    text   {"type": "answer", "sdp": SDP}  the answer to the client's "offer"
 
 `docs/serving.md` has the whole protocol with examples.
 """
@@ -129,8 +132,9 @@ CONTROLS: dict[str, Control] = {
     # {"type": "stats", "realtime_factor", ...} about once a second (opt-in: clients that
     # expect only frames between "ready" and "end" keep working).
     "stats": Control(bool),
-    # Frames and speech as WebRTC tracks (POST /webrtc/offer with the session id); the
-    # socket then carries each frame's header without the JPEG. Needs the webrtc extra.
+    # Frames and speech as WebRTC tracks (an "offer" message on the session's socket, or
+    # POST /webrtc/offer with the session id); the socket then carries each frame's header
+    # without the JPEG. Needs the webrtc extra.
     "webrtc": Control(bool),
 }
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
@@ -226,15 +230,24 @@ class Timeline:
     relative: bool = False
 
 
+@dataclass(frozen=True)
+class Offer:
+    """A WebRTC session's SDP offer (ICE gathered: every candidate in it)."""
+
+    sdp: str
+
+
 MAX_TEXT_BYTES = 16 * 1024
+# A browser's offer lists every codec it has (Chromium 156's: 6.9 KB as JSON); room to spare.
+MAX_OFFER_BYTES = 64 * 1024
 
 
 def parse_text(
     text: str, max_steps: int | None = None
-) -> Start | End | Ping | Interrupt | Timeline:
+) -> Start | End | Ping | Interrupt | Timeline | Offer:
     """A client's text message; raises `ProtocolError` for anything the protocol does not allow."""
-    if len(text) > MAX_TEXT_BYTES:
-        raise ProtocolError(f"text message of {len(text)} characters (at most {MAX_TEXT_BYTES})")
+    if len(text) > MAX_OFFER_BYTES:  # the largest message: checked before parsing
+        raise ProtocolError(f"text message of {len(text)} characters (at most {MAX_OFFER_BYTES})")
     try:
         msg = json.loads(text)
     except ValueError:
@@ -242,6 +255,10 @@ def parse_text(
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError('text messages must be JSON objects with a "type"')
     kind = msg["type"]
+    if kind == "offer":
+        return _parse_offer(msg)
+    if len(text) > MAX_TEXT_BYTES:
+        raise ProtocolError(f"text message of {len(text)} characters (at most {MAX_TEXT_BYTES})")
     if kind == "start":
         avatar = msg.get("avatar")
         if not isinstance(avatar, str) or not avatar:
@@ -262,8 +279,18 @@ def parse_text(
     if kind == "timeline":
         return _parse_timeline(msg)
     raise ProtocolError(
-        f"unknown message type {kind!r} (expected start, end, interrupt, ping or timeline)"
+        f"unknown message type {kind!r} (expected start, end, interrupt, ping, timeline or offer)"
     )
+
+
+def _parse_offer(msg: dict[str, Any]) -> Offer:
+    extra = set(msg) - {"type", "sdp"}
+    if extra:
+        raise ProtocolError(f'unknown field(s) in "offer": {", ".join(sorted(extra))}')
+    sdp = msg.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ProtocolError('"offer" needs "sdp": the RTCPeerConnection\'s local description')
+    return Offer(sdp)
 
 
 def _parse_timeline(msg: dict[str, Any]) -> Timeline:

@@ -5,8 +5,10 @@ A WebSocket session started with ``"controls": {"webrtc": true}`` gets a `WebRTC
 the session's frames go to its video track instead of the socket (the socket then gets
 each frame's 16-byte header with no JPEG, so a client still knows how far rendering
 has got and keeps its audio window), and the speech the client sends is kept on the
-session's timeline for the audio track. The browser sends an SDP offer to
-``POST /webrtc/offer`` with the session id from "ready" and gets the answer.
+session's timeline for the audio track. The client sends its SDP offer on the session's
+own socket (``{"type": "offer", "sdp": ...}``, answered there), so it reaches the process
+holding the session even behind a proxy with several replicas (Ray Serve); a single
+server also takes it at ``POST /webrtc/offer`` with the session id from "ready".
 
 Sync: frame i shows audio time i/25. The video track stamps frame i with pts i x 3600
 on the 90 kHz clock, the audio track stamps 20 ms frame k with pts k x 960 at 48 kHz
@@ -160,6 +162,9 @@ def _tracks() -> tuple[type, type]:
                 self.stop()
                 raise MediaStreamError
             index, jpeg = item
+            if self.peer.video_origin is None:  # where the audio track starts too
+                self.peer.video_origin = index / FPS
+                self.peer.progress.set()
             image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             frame.pts = index * VIDEO_PTS_STEP
@@ -179,9 +184,19 @@ def _tracks() -> tuple[type, type]:
             self.resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
             self.fifo = av.AudioFifo()
             self.source_samples = 0  # 16 kHz samples given to the resampler
+            self.started = False
 
         async def recv(self) -> av.AudioFrame:
             peer = self.peer
+            if not self.started:
+                # From the video's first frame: frames older than the queue were dropped
+                # for a client that offered late.
+                while peer.video_origin is None and not peer.ended:
+                    await peer.progress.wait()
+                    peer.progress.clear()
+                self.started = True
+                self.index = round((peer.video_origin or 0.0) / AUDIO_FRAME_S)
+                self.source_samples = self.index * (SAMPLE_RATE // 50)
             media_s = self.index * AUDIO_FRAME_S
             # Released only once the video covering it exists (or the session ended).
             while peer.frames_rendered / FPS < media_s + AUDIO_FRAME_S and not peer.ended:
@@ -225,6 +240,7 @@ class WebRTCPeer:
         self.played_all = asyncio.Event()  # the video track has sent every frame
         self.audio_done = asyncio.Event()  # the audio track has sent the speech under them
         self.frames_rendered = 0  # index of the newest frame + 1
+        self.video_origin: float | None = None  # media time of the first frame played
         self.frames_played = 0
         self.frames_sent = 0
         self.audio_frames_sent = 0
@@ -236,13 +252,29 @@ class WebRTCPeer:
         return self.pc is not None
 
     async def answer(self, sdp: str, kind: str = "offer") -> dict[str, str]:
-        """Accept the browser's offer; returns the answer (ICE gathered: no trickle)."""
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        """Accept the browser's offer; returns the answer (ICE gathered: no trickle).
 
-        video_cls, audio_cls = _tracks()
+        ValueError for an offer that cannot be accepted (malformed, or without video); the
+        peer then has no connection and takes another offer.
+        """
+        if self.pc is not None:
+            raise RuntimeError("this session already has a WebRTC connection")
+        from aiortc import RTCConfiguration, RTCPeerConnection
+
         # No STUN/TURN: host candidates only, nothing outside this machine is contacted.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc = pc
+        self.pc = pc  # taken now: a second offer arriving meanwhile is refused
+        try:
+            return await self._accept(pc, sdp, kind)
+        except BaseException:
+            self.pc = None
+            await pc.close()
+            raise
+
+    async def _accept(self, pc: Any, sdp: str, kind: str) -> dict[str, str]:
+        from aiortc import RTCSessionDescription
+
+        video_cls, audio_cls = _tracks()
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -251,7 +283,13 @@ class WebRTCPeer:
                 self.played_all.set()
                 self.audio_done.set()
 
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as exc:  # aiortc's parser also fails with AssertionError, KeyError...
+            raise ValueError(f"malformed offer ({type(exc).__name__}: {exc})") from None
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            # aiortc accepts any text as an offer; without a video section nothing plays.
+            raise ValueError("the offer has no video section: add a recvonly video transceiver")
         video, audio = video_cls(self), audio_cls(self)
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
@@ -262,7 +300,13 @@ class WebRTCPeer:
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
     async def put_frame(self, index: int, jpeg: bytes) -> None:
-        """A rendered frame for the video track (waits while it holds `max_frames`)."""
+        """A rendered frame for the video track (waits while it holds `max_frames`).
+
+        Before a connection, the newest `max_frames` are kept instead: a client that never
+        sends its offer (or is still sending it) does not stall its session.
+        """
+        if self.pc is None and self.frames.full():
+            self.frames.get_nowait()
         await self.frames.put((index, jpeg))
         self.frames_rendered = index + 1
         self.progress.set()

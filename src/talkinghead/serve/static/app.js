@@ -366,7 +366,9 @@ class SyncPlayer {
 
 // The WebRTC mode: the server sends the frames and the speech as media tracks, paced
 // at 25 fps and in sync, and the <video> element plays them; the socket carries audio
-// up and, for each frame, its header alone (the audio window's progress).
+// up and, for each frame, its header alone (the audio window's progress). The offer and
+// the answer travel on the session's own socket, which reaches the process holding the
+// session behind any proxy (Ray Serve's replicas).
 const ICE_GATHER_TIMEOUT_MS = 3000;
 
 class WebRTCPlayer {
@@ -378,7 +380,8 @@ class WebRTCPlayer {
     this.timer = setInterval(() => this.showProgress(), 200);
   }
 
-  async connect(sessionId) {
+  // `exchange(sdp)`: sends the offer, resolves to the server's answer {sdp}.
+  async connect(exchange) {
     const pc = new RTCPeerConnection({ iceServers: [] }); // host candidates only
     this.pc = pc;
     window.talkingheadPeer = pc; // for the browser test's getStats()
@@ -399,14 +402,8 @@ class WebRTCPlayer {
       pc.addEventListener("icegatheringstatechange", done);
       setTimeout(resolve, ICE_GATHER_TIMEOUT_MS);
     });
-    const reply = await api("/webrtc/offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ session: sessionId, sdp: pc.localDescription.sdp, type: "offer" }),
-    });
-    const answer = await reply.json();
-    if (!reply.ok) throw new Error(`WebRTC offer refused: ${answer.detail || reply.status}`);
-    await pc.setRemoteDescription(answer);
+    const answer = await exchange(pc.localDescription.sdp);
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   }
 
   shown() {
@@ -425,8 +422,9 @@ class WebRTCPlayer {
   onEvent() {} // the track already follows the conversation's timeline
 
   async finish(frames) {
-    // "end" comes once the server has sent every frame: wait for the last to be shown.
-    const deadline = performance.now() + 3000;
+    // "end" comes once the server has sent every frame: wait for the last to be shown
+    // (closing the connection earlier cuts them off; a busy machine decodes late).
+    const deadline = performance.now() + 10000;
     while (this.shown() < frames && performance.now() < deadline) await sleep(50);
     this.showProgress();
     // What arrived, from the connection's own statistics (kept for the page's tests).
@@ -474,6 +472,15 @@ class Session {
     this.sending = Promise.resolve(true);
     this.samplesSent = 0;
     this.window = Infinity; // seconds of audio ahead of the newest frame (from "ready")
+    this.answerWaiter = null; // the WebRTC offer waiting for its answer
+  }
+
+  // The WebRTC offer on this socket; resolves to the server's {"type": "answer", "sdp"}.
+  exchangeOffer(sdp) {
+    return new Promise((resolve, reject) => {
+      this.answerWaiter = { resolve, reject };
+      this.ws.send(JSON.stringify({ type: "offer", sdp }));
+    });
   }
 
   open() {
@@ -493,17 +500,21 @@ class Session {
         if (message.type === "ready") {
           if (message.audio_window_s) this.window = message.audio_window_s;
           if (this.webrtc) {
-            this.player.connect(message.session).then(() => {
+            this.player.connect((sdp) => this.exchangeOffer(sdp)).then(() => {
               setText("status", "streaming");
               resolve(this);
             }, (err) => {
-              showError(err.message || String(err));
+              // The server's own error message, when it sent one, says more.
+              if (!$("error").textContent) showError(err.message || String(err));
               ws.close(1000, "WebRTC failed");
             });
             return;
           }
           setText("status", "streaming");
           resolve(this);
+        } else if (message.type === "answer") {
+          if (this.answerWaiter) this.answerWaiter.resolve(message);
+          this.answerWaiter = null;
         } else if (["speech", "idle", "interrupted"].includes(message.type)) {
           window.talkingheadEvents.push(message);
           setText("stretch", message.type === "speech" ? "speaking" : "idle");
@@ -528,6 +539,10 @@ class Session {
       };
       ws.onclose = (event) => {
         this.closed = true;
+        if (this.answerWaiter) {
+          this.answerWaiter.reject(new Error(`closed before the WebRTC answer (${event.code})`));
+          this.answerWaiter = null;
+        }
         if (event.code !== 1000 && $("status").textContent !== "complete") {
           setText("status", `closed (${event.code})`);
           if (!$("error").textContent) showError(`connection closed: ${event.code} ${event.reason}`);
