@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,12 @@ from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.source import SourceInput, source_media
 from talkinghead.media.yuv import rgb_to_yuv420
 from talkinghead.methods.ditto.avatar import Avatar, AvatarCache, AvatarRegistrar
+from talkinghead.methods.ditto.batching import (
+    BatchClient,
+    BatchingConfig,
+    SharedBatcher,
+    render_stages,
+)
 from talkinghead.methods.ditto.checkpoints import (
     ReleaseCheckpoints,
     load_release_config,
@@ -165,6 +172,7 @@ class DittoPipeline:
         *,
         motion_sampler: WindowSampler | None = None,
         motion_denoiser: MotionDenoiser | None = None,
+        shared_batching: bool | BatchingConfig | Mapping[str, Any] | None = None,
     ) -> None:
         if motion_sampler is not None and motion_denoiser is not None:
             raise TalkingHeadError("pass motion_sampler or motion_denoiser, not both")
@@ -182,6 +190,9 @@ class DittoPipeline:
         self._render_nets: dict[tuple[str, str], tuple[Callable, Callable]] = {}
         self._render_nets_lock = threading.Lock()
         self._retargeting_nets: dict[tuple[str, str], tuple[nn.Module, nn.Module]] = {}
+        # One worker batching the motion windows and renders of all this pipeline's streams.
+        batching = BatchingConfig.coerce(shared_batching)
+        self.batcher = SharedBatcher(batching, self._render_networks) if batching else None
 
     @property
     def device(self) -> torch.device:
@@ -263,6 +274,7 @@ class DittoPipeline:
         face_analyzer: FaceAnalyzer | None = None,
         motion_sampler: WindowSampler | None = None,
         motion_denoiser: MotionDenoiser | None = None,
+        shared_batching: bool | BatchingConfig | Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> DittoPipeline:
         """Load the release (a local directory in its layout, or the model hub).
@@ -274,11 +286,15 @@ class DittoPipeline:
         release's ``hubert_streaming_fix_kv.onnx`` is absent. ``face_analyzer``: one
         already built (e.g. by the CLI's face check) instead of ``face_backend``'s.
         ``motion_sampler`` / ``motion_denoiser``: another motion model (see the class doc).
+        ``shared_batching``: True (or a `BatchingConfig`, or a dict of its fields) runs the
+        motion windows and renders of every stream on one worker that batches them across
+        streams (`talkinghead.methods.ditto.batching`).
         ``settings`` override `DittoConfig` fields; ``device="auto"`` picks CUDA if present.
         Settings are checked before anything is resolved or downloaded.
         """
         cfg = (config or DittoConfig()).replace(**settings)
         check_ditto_config(cfg)
+        BatchingConfig.coerce(shared_batching)  # bad values fail before anything is resolved
         settings = {**settings, "device": resolve_device(cfg.device)}
         cfg = cfg.replace(device=settings["device"])
         # Face and HuBERT models and the config pkl are optional (offline fallbacks exist).
@@ -330,7 +346,13 @@ class DittoPipeline:
             registrar=registrar,
             identity=str(ckpt.root),
         )
-        return cls(models, cfg, motion_sampler=motion_sampler, motion_denoiser=motion_denoiser)
+        return cls(
+            models,
+            cfg,
+            motion_sampler=motion_sampler,
+            motion_denoiser=motion_denoiser,
+            shared_batching=shared_batching,
+        )
 
     @property
     def face_backend(self) -> str:
@@ -428,8 +450,14 @@ class DittoPipeline:
             return _TimelineConditions(builder, cfg.controls)  # type: ignore[return-value]
         return builder
 
-    def _window_sampler(self, cfg: DittoConfig) -> tuple[WindowSampler, int]:
-        """The window sampler this call runs, and its window length (see the class doc)."""
+    def _window_sampler(
+        self, cfg: DittoConfig, client: BatchClient | None = None
+    ) -> tuple[WindowSampler, int]:
+        """The window sampler this call runs, and its window length (see the class doc).
+
+        With a shared-batching ``client`` the pipeline's DDIM windows go to the shared worker
+        (a ``motion_sampler`` samples its windows itself, with its generator, so it does not).
+        """
         lmdm = self.models.lmdm
         lmdm_frames = getattr(getattr(lmdm, "config", None), "seq_frames", 80)
         if self.motion_sampler is not None:
@@ -443,6 +471,20 @@ class DittoPipeline:
         model = self.motion_denoiser if self.motion_denoiser is not None else lmdm
         params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         device = params.device if params is not None else torch.device("cpu")
+        if client is not None:
+
+            def sample_shared(cond_frame, cond, generator):
+                return client.sample_window(
+                    model,
+                    sampler,
+                    cond_frame,
+                    cond,
+                    generator,
+                    device=device,
+                    graphs=cfg.runtime == "compile",  # CUDA graphs for the LMDM step
+                )
+
+            return sample_shared, int(getattr(model, "seq_frames", lmdm_frames))
 
         def sample_window(cond_frame, cond, generator):
             return sampler(model, cond_frame.to(device), cond.to(device), generator=generator).cpu()
@@ -456,8 +498,9 @@ class DittoPipeline:
         streaming: bool,
         builder: ConditionBuilder,
         generator: torch.Generator | None = None,
+        client: BatchClient | None = None,
     ) -> ClipwiseGenerator:
-        sample_window, seq_frames = self._window_sampler(cfg)
+        sample_window, seq_frames = self._window_sampler(cfg, client)
         try:
             clip_cfg = cfg.clipwise(streaming, seq_frames)
         except ValueError as exc:  # e.g. an overlap that does not fit a short-window model
@@ -897,6 +940,17 @@ class _Renderer:
 
     @torch.inference_mode()
     def warp(self, item: tuple[int, np.ndarray]) -> list[tuple[int, torch.Tensor]]:
+        start, f_s, x_s, x_d = self.prepare(item)
+        warp, _ = self._render_nets((f_s[:1], x_s[:1], x_d[:1]))
+        with torch.autocast("cuda", torch.float16, enabled=self.autocast):
+            out = warp(f_s, x_s, x_d)
+        return [(start, out)]
+
+    @torch.inference_mode()
+    def prepare(
+        self, item: tuple[int, np.ndarray]
+    ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A motion batch -> the warp's inputs on the device: (start, f_s, x_s, x_d)."""
         start, motion = item
         b = len(motion)
         src_idx = self.avatar.frame_indices(start + b)[start:]
@@ -911,11 +965,7 @@ class _Renderer:
             f_s = self.f_s_device.expand(b, -1, -1, -1, -1)
         else:
             f_s = self.f_s[src_idx].to(self.device)
-        x_s, x_d = x_s.to(self.device), x_d.to(self.device)
-        warp, _ = self._render_nets((f_s[:1], x_s[:1], x_d[:1]))
-        with torch.autocast("cuda", torch.float16, enabled=self.autocast):
-            out = warp(f_s, x_s, x_d)
-        return [(start, out)]
+        return start, f_s, x_s.to(self.device), x_d.to(self.device)
 
     def _render_nets(self, example: tuple[torch.Tensor, ...]) -> tuple[Callable, Callable]:
         if self._nets is None:
@@ -932,13 +982,19 @@ class _Renderer:
         _, decode = self._render_nets(())
         with torch.autocast("cuda", torch.float16, enabled=self.autocast):
             image = decode(feature)
+        return [(start, self.crops(image))]
+
+    @torch.inference_mode()
+    def crops(self, image: torch.Tensor) -> Any:
+        """Decoded images [B, 3, H, W] -> uint8 crops [B, H, W, 3] (host numpy, or on the
+        device for the device paste-back)."""
         # Rounded to uint8 where it was rendered (x + 0.5 truncated: round half up, as
         # PasteBack rounds a float render): a quarter of float32's bytes to move.
         crops = image.float().clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8)
         crops = crops.permute(0, 2, 3, 1)
         if self.device_paster is None:
-            return [(start, crops.cpu().numpy())]
-        return [(start, crops.contiguous())]
+            return crops.cpu().numpy()
+        return crops.contiguous()
 
     def _device_frames(self, src_idx: Sequence[int]) -> torch.Tensor:
         """The source frames under this batch, uint8 [B, H, W, 3] on the device (an image
@@ -1039,9 +1095,24 @@ class DittoStream:
         self.cfg = cfg
         self.features = pipe.features.stream()
         self.builder = pipe._conditions(avatar, cfg)
-        self.motion = pipe._motion_generator(
-            avatar, cfg, streaming=True, builder=self.builder, generator=generator
-        )
+        # With shared batching: this stream's handle on the pipeline's worker, closed at the
+        # end (close, abort, or when the stream is dropped).
+        self._client = pipe.batcher.connect() if pipe.batcher is not None else None
+        if self._client is not None:
+            weakref.finalize(self, self._client.close_later)
+        try:
+            self.motion = pipe._motion_generator(
+                avatar,
+                cfg,
+                streaming=True,
+                builder=self.builder,
+                generator=generator,
+                client=self._client,
+            )
+        except BaseException:
+            if self._client is not None:
+                self._client.close()
+            raise
         self.frames_in = 0  # feature frames received
         self.frames_out = 0
         self._renderer: _Renderer | None = None
@@ -1054,7 +1125,11 @@ class DittoStream:
         self._renderer = self.pipe._renderer(
             self.avatar, self.cfg, None, None if d0 is None else d0.numpy()
         )
-        self._runner = StageRunner(self._renderer.stages(), maxsize=4).start()
+        if self._client is None:
+            stages = self._renderer.stages()
+        else:  # warp + decode on the shared worker, batched with other streams'
+            stages = render_stages(self._renderer, self._client)
+        self._runner = StageRunner(stages, maxsize=4).start()
         return self._runner
 
     def _feed(self, motion: torch.Tensor, final: bool) -> None:
@@ -1121,16 +1196,20 @@ class DittoStream:
         if self._closed:
             return
         self._closed = True
-        feats = self.features.flush()
-        if len(feats):
-            cond = self.builder(feats, start=self.frames_in)
-            self.frames_in += len(feats)
-            self._feed(self.motion.push(cond), final=False)
-        self._feed(self.motion.flush(), final=True)
-        if self._runner is not None:
-            self._runner.close()
-            for batch in self._runner.results():
-                yield from batch
+        try:
+            feats = self.features.flush()
+            if len(feats):
+                cond = self.builder(feats, start=self.frames_in)
+                self.frames_in += len(feats)
+                self._feed(self.motion.push(cond), final=False)
+            self._feed(self.motion.flush(), final=True)
+            if self._runner is not None:
+                self._runner.close()
+                for batch in self._runner.results():
+                    yield from batch
+        finally:
+            if self._client is not None:
+                self._client.close()
 
     def close(self) -> list[np.ndarray]:
         """End of speech: flush everything and return the remaining frames."""
@@ -1140,6 +1219,9 @@ class DittoStream:
         self._closed = True
         if self._runner is not None:
             self._runner.abort()
+        if self._client is not None:
+            self._client.close()  # drops its waiting requests and wakes its stages
+        if self._runner is not None:
             self._runner.join()
 
     def frames(self, chunks: Sequence[np.ndarray] | Iterator[np.ndarray]) -> Iterator[np.ndarray]:
