@@ -347,7 +347,9 @@ def serve_command(release: Path, tmp_path: Path, *options: str, stop=signal.SIGI
 
 
 def test_serve_command_starts_serves_and_stops(release, tmp_path) -> None:
-    with serve_command(release, tmp_path, "--max-sessions", "3") as (url, proc, temp, cache):
+    # Sessions through the shared batching worker (one per server process).
+    options = ("--max-sessions", "3", "--shared-batching", "--max-batch", "4")
+    with serve_command(release, tmp_path, *options) as (url, proc, temp, cache):
         health = get_json(f"{url}/healthz")
         assert health["max_sessions"] == 3 and health["avatars"] == 1
         assert health["token_required"] is False
@@ -388,6 +390,8 @@ def test_serve_command_with_token_cache_and_docs_stops_on_sigterm(release, tmp_p
         (("--cors-origins", "app.example.com"), "--cors-origins: 'app.example.com' is not"),
         (("--token", " "), "--token is empty"),
         (("--avatar", "."), "is a folder"),
+        (("--max-batch", "4"), "--max-batch and --gather-ms need --shared-batching"),
+        (("--runtime", "fast"), "runtime must be one of"),
     ],
 )
 def test_serve_command_refuses_bad_options_before_loading(tmp_path, options, message) -> None:

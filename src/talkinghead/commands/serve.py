@@ -62,6 +62,27 @@ def serve(
     ),
     max_steps: int = typer.Option(50, min=1, help="Most DDIM steps a session may ask for."),
     batch_size: int = typer.Option(4, min=1, help="Frames per warp/decode batch."),
+    shared_batching: bool = typer.Option(
+        False,
+        "--shared-batching/--no-shared-batching",
+        help="One device worker batches the motion windows and frames of all sessions "
+        "(for a GPU; each session gets its own frames, docs/ditto.md).",
+    ),
+    max_batch: int = typer.Option(
+        8, "--max-batch", min=1, help="With --shared-batching: most sessions in one call."
+    ),
+    gather_ms: float = typer.Option(
+        2.0,
+        "--gather-ms",
+        min=0.0,
+        max=1000.0,
+        help="With --shared-batching: how long a call waits for other sessions, ms.",
+    ),
+    runtime: str = typer.Option(
+        "torch",
+        "--runtime",
+        help="torch, compile (CUDA graphs on a GPU), onnx or tensorrt (see generate --runtime).",
+    ),
     max_size: int = typer.Option(1920, min=64, help="Longest side of an avatar, pixels."),
     face_backend: str = typer.Option("auto", help="auto, mediapipe or release."),
     avatar: list[Path] = typer.Option(
@@ -151,14 +172,18 @@ def serve(
                 raise SettingsError(f"--cors-origins: {exc}") from None
     if (replicas is not None or replica_cpus != 1.0) and not use_ray:
         raise SettingsError("--replicas and --replica-cpus need --ray")
+    from talkinghead.methods.ditto.validation import check_render_runtime
+
+    check_render_runtime(runtime, device)
+    if (max_batch != 8 or gather_ms != 2.0) and not shared_batching:
+        raise SettingsError("--max-batch and --gather-ms need --shared-batching")
+    batching = {"max_batch": max_batch, "gather_ms": gather_ms} if shared_batching else None
     if use_ray:
         try:
             import ray  # noqa: F401
             from ray import serve as _  # noqa: F401
         except ImportError:
-            raise SettingsError(
-                "--ray needs Ray Serve: pip install 'talkinghead[ray]'"
-            ) from None
+            raise SettingsError("--ray needs Ray Serve: pip install 'talkinghead[ray]'") from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     def load_pipeline():
@@ -178,6 +203,8 @@ def serve(
             batch_size=batch_size,
             max_size=max_size,
             face_backend=face_backend,
+            runtime=runtime,
+            shared_batching=batching,
         )
         err_console.print(f"face backend: {pipe.face_backend}, device: {dev}", highlight=False)
         return pipe
