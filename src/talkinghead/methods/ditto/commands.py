@@ -98,6 +98,26 @@ def train_motion(
     max_open_files: int | None = typer.Option(
         None, "--max-open-files", min=1, help="Memory-mapped arrays open at once."
     ),
+    sample_every: int | None = typer.Option(
+        None,
+        "--sample-every",
+        min=0,
+        help="Sample motion for a held-out video every N steps into OUT_DIR/samples "
+        "(0: never; default 5000, off for the tiny preset).",
+    ),
+    holdout: int | None = typer.Option(
+        None,
+        "--holdout",
+        min=0,
+        help="Videos kept out of training for the samples (default 1 when sampling and the "
+        "data has 2 or more; a resume keeps its own).",
+    ),
+    sample_seconds: float | None = typer.Option(
+        None, "--sample-seconds", min=0.04, help="Seconds from a video's start per sample (2)."
+    ),
+    sample_steps: int | None = typer.Option(
+        None, "--sample-steps", min=1, help="DDIM steps of a sample (50)."
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a run in OUT_DIR."),
     install_to: Path | None = typer.Option(
         None,
@@ -158,6 +178,10 @@ def train_motion(
         "ema_warmup": ema_warmup,
         "log_every": log_every,
         "max_open_files": max_open_files,
+        "sample_every": sample_every,
+        "holdout": holdout,
+        "sample_seconds": sample_seconds,
+        "sample_steps": sample_steps,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if audio_feat_dim is not None:
@@ -191,6 +215,10 @@ def train_motion(
     if result.start_step:
         typer.echo(f"resumed at step {result.start_step}")
     typer.echo(f"trained to step {result.step} ({result.epoch} epochs) in {out_dir}")
+    if result.holdout:
+        typer.echo(f"held out of training: {', '.join(result.holdout)}")
+    if result.samples:
+        typer.echo(f"validation samples: {len(result.samples)} in {result.samples[-1].parent}")
     if result.checkpoint is not None:
         typer.echo(f"checkpoint: {result.checkpoint}")
         if result.sidecar is not None:

@@ -58,9 +58,17 @@ Output directory::
       ckpts/lmdm_e0050_s00001234.pth   exported weights (EMA), the release's container
       export/lmdm_v0.4_hubert.pth      the latest export, named as the release's file
       export/talkinghead.json          {"lmdm": {...}} when the network differs from the release's
+      samples/step_00001234.npz        validation samples (`sample_every`): the sampled and the true
+                                 motion of a held-out video's start, per-part L1 errors
 
 Running again with the same OUT_DIR resumes from the latest state (optimiser, EMA, step,
 RNG and the position in the epoch).
+
+Validation samples (`talkinghead.training.samples`): `holdout` videos are kept out of
+training (listed as ``holdout_videos`` in train_config.json; a resume keeps them) and
+every `sample_every` steps the main process samples the motion of the first
+`sample_seconds` of the first one from its stored conditions with the EMA weights, through
+the method's clip-wise DDIM windows (`sample_motion`), off the training RNG streams.
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
+from talkinghead.timebase import FPS
 from talkinghead.training.arrays import NpyPool
 from talkinghead.training.distributed import (
     build_accelerator,
@@ -91,7 +100,14 @@ from talkinghead.training.distributed import (
     save_rank_state,
 )
 from talkinghead.training.ema import EMA
-from talkinghead.training.loss_log import LossLog
+from talkinghead.training.loss_log import LossLog, format_line
+from talkinghead.training.samples import (
+    DEFAULT_SAMPLE_SECONDS,
+    DEFAULT_SAMPLE_STEPS,
+    PeriodicSamples,
+    choose_holdout,
+    resolve_sample_every,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +197,13 @@ class MotionTrainConfig:
     max_steps: int = 0  # stop after this many steps in all (0: run every epoch)
     tensorboard: bool = True
 
+    # validation samples (`talkinghead.training.samples`)
+    preset: str = "release"  # the preset these defaults came from (sets sample_every's)
+    sample_every: int | None = None  # None: 0 (off) for the tiny preset, else 5000
+    holdout: int | None = None  # videos kept out; None: 1 when sampling and >= 2 videos
+    sample_seconds: float = DEFAULT_SAMPLE_SECONDS  # motion sampled from a video's start
+    sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
+
     def __post_init__(self) -> None:
         if self.loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be 'l1' or 'l2', got {self.loss_type!r}")
@@ -194,6 +217,8 @@ class MotionTrainConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.sample_seconds > 0:
+            raise ValueError(f"sample_seconds must be > 0, got {self.sample_seconds}")
         for name in (
             "seq_frames",
             "batch_size",
@@ -202,6 +227,7 @@ class MotionTrainConfig:
             "log_every",
             "keep_states",
             "max_open_files",
+            "sample_steps",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -258,6 +284,7 @@ PRESETS: dict[str, MotionTrainConfig] = {
     # A few-second CPU run: a small network on short windows (tests, smoke runs). 16 frames:
     # generation overlaps consecutive windows by 10 frames, so windows must be longer.
     "tiny": MotionTrainConfig(
+        preset="tiny",
         audio_feat_dim=None,
         seq_frames=16,
         latent_dim=32,
@@ -474,9 +501,31 @@ class MotionWindowDataset(torch.utils.data.Dataset):
         if cfg.use_cond_end:  # the frame after the window; the last window ends the video
             end = f + L if f + L < v.frame_num else f + L - 1
             frames.append(v.rows("mtn", end, end + 1)[0, :D])
-        if self.mtn_mean_std is not None:  # the release normalises every motion frame
-            mean, std = self.mtn_mean_std
-            frames = [(m - mean) / std for m in frames]
+        frames = [self.normalise(m) for m in frames]
+        # One random frame gives both the shape code and the landmarks, as in the release.
+        r = int(rng.integers(v.frame_num)) if cfg.use_sc or cfg.use_lmk else 0
+        cond = self.condition(v, f, L, r)
+        motion = [torch.from_numpy(np.ascontiguousarray(m, np.float32)) for m in frames]
+        return (motion[0], motion[1], torch.from_numpy(cond), *motion[2:])
+
+    def normalise(self, motion: np.ndarray) -> np.ndarray:
+        """Motion in the network's space: the release normalises every motion frame."""
+        if self.mtn_mean_std is None:
+            return motion
+        mean, std = self.mtn_mean_std
+        return (motion - mean) / std
+
+    def denormalise(self, motion: np.ndarray) -> np.ndarray:
+        """Network-space motion back in the data's space (`normalise` undone)."""
+        if self.mtn_mean_std is None:
+            return motion
+        mean, std = self.mtn_mean_std
+        return motion * std + mean
+
+    def condition(self, v: VideoArrays, f: int, length: int, shape_frame: int) -> np.ndarray:
+        """[length, cond_dim]: the condition of frames [f, f + length) of `v`, with the shape
+        code and landmarks of frame `shape_frame`."""
+        cfg, L, D = self.cfg, length, self.cfg.motion_feat_dim
         parts = [v.rows("aud", f, f + L)]
         if cfg.use_emo:
             emo = v.rows("emo", f, f + L).mean(0)
@@ -485,17 +534,14 @@ class MotionWindowDataset(torch.utils.data.Dataset):
             parts.append(v.rows("eye_open", f, f + L))
         if cfg.use_eye_ball:
             parts.append(v.rows("eye_ball", f, f + L).reshape(L, -1))
-        if cfg.use_sc or cfg.use_lmk:
-            r = int(rng.integers(v.frame_num))  # one frame gives both, as in the release
-            if cfg.use_sc:
-                sc = v.rows("mtn", r, r + 1)[0, D : D + SC_DIM]
-                parts.append(np.broadcast_to(sc, (L, SC_DIM)))
-            if cfg.use_lmk:
-                lmk = v.rows("lmk", r, r + 1).reshape(-1)
-                parts.append(np.broadcast_to(lmk, (L, lmk.shape[0])))
-        cond = np.concatenate(parts, axis=1)
-        motion = [torch.from_numpy(np.ascontiguousarray(m, np.float32)) for m in frames]
-        return (motion[0], motion[1], torch.from_numpy(cond), *motion[2:])
+        r = shape_frame
+        if cfg.use_sc:
+            sc = v.rows("mtn", r, r + 1)[0, D : D + SC_DIM]
+            parts.append(np.broadcast_to(sc, (L, SC_DIM)))
+        if cfg.use_lmk:
+            lmk = v.rows("lmk", r, r + 1).reshape(-1)
+            parts.append(np.broadcast_to(lmk, (L, lmk.shape[0])))
+        return np.concatenate(parts, axis=1)
 
 
 def load_mean_std(path: str | None, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -703,6 +749,117 @@ def _state_dirs(out_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / TRAINER_STATE).is_file())
 
 
+# --- validation samples ---------------------------------------------------------------------
+
+SAMPLE_SUFFIX = ".npz"
+
+
+def sample_length(video: VideoArrays, seconds: float) -> int:
+    """Frames of a sample: the first `seconds` of the video (all of a shorter one)."""
+    return max(1, min(video.frame_num, round(seconds * FPS)))
+
+
+def sample_motion(
+    net: nn.Module,
+    dataset: MotionWindowDataset,
+    video: VideoArrays,
+    frames: int,
+    *,
+    steps: int = DEFAULT_SAMPLE_STEPS,
+    seed: int = 0,
+) -> np.ndarray:
+    """[frames, D] motion for the first `frames` frames of `video`, sampled by `net` (an
+    `LMDM`) from the video's stored conditions the way generate samples: clip-wise DDIM
+    windows (`ClipwiseGenerator`), the first one conditioned on the video's first frame,
+    as generate conditions on the source's. The noise comes from `seed` alone."""
+    from talkinghead.diffusion import DDIMSampler
+    from talkinghead.methods.ditto.motion.clipwise import ClipwiseConfig, ClipwiseGenerator
+
+    D = dataset.cfg.motion_feat_dim
+    device = next(net.parameters()).device
+    # The shape code and landmarks of the first frame, the one generate would animate.
+    cond = torch.from_numpy(np.ascontiguousarray(dataset.condition(video, 0, frames, 0)))
+    source = dataset.normalise(video.rows("mtn", 0, 1)[0, :D])
+    ddim = DDIMSampler(num_steps=steps)
+
+    def window(cond_frame: torch.Tensor, cond: torch.Tensor, generator) -> torch.Tensor:
+        return ddim(net, cond_frame.to(device), cond.to(device), generator=generator).cpu()
+
+    L = int(net.seq_frames)
+    # The release's offline schedule; a short-window (tiny) model needs a shorter overlap.
+    clipwise = ClipwiseConfig(seq_frames=L, overlap=min(ClipwiseConfig().overlap, L - 1))
+    generator = ClipwiseGenerator(window, source, clipwise)
+    motion = generator.generate(cond, generator=torch.Generator().manual_seed(seed))
+    return dataset.denormalise(motion.numpy().astype(np.float32))
+
+
+def sample_errors(sampled: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Mean absolute error per motion part (``l1_<part>``) and over all of it (``l1``)."""
+    diff = np.abs(sampled - true)
+    errors = {"l1": float(diff.mean())}
+    errors.update(
+        (f"l1_{name}", float(diff[:, sl].mean())) for name, sl in motion_parts(diff.shape[1])
+    )
+    return errors
+
+
+def _motion_render(
+    build_net: Callable[[], nn.Module],
+    weights: Callable[[], Mapping[str, torch.Tensor]],
+    dataset: MotionWindowDataset,
+    video: VideoArrays,
+    cfg: MotionTrainConfig,
+    device: torch.device,
+    errors_out: dict[str, float],
+) -> Callable[[int, Path], None]:
+    """A `PeriodicSamples` render: the sampled and the true motion of `video`'s first
+    `sample_seconds`, and their per-part L1 errors (also left in `errors_out`), as .npz."""
+    net: nn.Module | None = None
+
+    def render(step: int, path: Path) -> None:
+        nonlocal net
+        errors_out.clear()
+        frames = sample_length(video, cfg.sample_seconds)
+        # Off the training RNG streams: a run with samples trains exactly as one without.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if net is None:
+                net = build_net().to(device).eval()
+            net.model.load_state_dict(weights())
+            sampled = sample_motion(
+                net, dataset, video, frames, steps=cfg.sample_steps, seed=cfg.seed
+            )
+        true = video.rows("mtn", 0, frames)[:, : cfg.motion_feat_dim]
+        errors = sample_errors(sampled, true)
+        parts = [k.removeprefix("l1_") for k in errors if k != "l1"]
+        np.savez(
+            path,
+            motion=sampled,
+            true_motion=true,
+            parts=np.array(parts),
+            l1=np.array([errors[f"l1_{p}"] for p in parts], np.float32),
+            video=np.array(video.name),
+            step=np.array(step),
+        )
+        errors_out.update(errors)
+
+    return render
+
+
+def _log_sample(logger: LossLog, step: int, errors: Mapping[str, float]) -> None:
+    """A ``sample/...`` line of its own: train_log.jsonl, TensorBoard and the console."""
+    values = {f"sample/{k}": v for k, v in errors.items()}
+    if not logger.enabled or not values:
+        return
+    with open(logger.path, "a") as f:
+        f.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
+    if logger.tb is not None:
+        for k, v in values.items():
+            logger.tb.add_scalar(k, v, step)
+        logger.tb.flush()
+    if logger.echo is not None:
+        logger.echo(format_line(step, values, logger.total_steps))
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -731,6 +888,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # per step, this run only
     seconds: float = 0.0
     is_main_process: bool = True  # False on the other processes of a distributed run
+    holdout: list[str] = field(default_factory=list)  # videos kept out of training
+    samples: list[Path] = field(default_factory=list)  # validation samples written (this run)
 
 
 def _check_resume(out_dir: Path, cfg: MotionTrainConfig) -> None:
@@ -778,6 +937,21 @@ def train_motion(
         raise TalkingHeadError(f"{out_dir}: holds a training run; resume it or use another OUT_DIR")
     videos = load_data_list(data, cfg)
     data_list = find_data_list(data)
+    # Held-out videos: sampled, never trained on; a resume keeps the ones it recorded.
+    sample_every = resolve_sample_every(cfg.sample_every, cfg.preset)
+    recorded = None
+    if states and (out_dir / CONFIG_NAME).is_file():
+        recorded = list(json.loads((out_dir / CONFIG_NAME).read_text()).get("holdout_videos", []))
+    held = choose_holdout(
+        [v.name for v in videos],
+        cfg.holdout,
+        sampling=sample_every > 0,
+        seed=cfg.seed,
+        recorded=recorded,
+    )
+    held_videos = [v for v in videos if v.name in held]
+    train_videos = [v for v in videos if v.name not in held]
+    cfg = replace(cfg, sample_every=sample_every, holdout=len(held))
 
     try:
         accelerator = build_accelerator(cfg.mixed_precision)
@@ -793,7 +967,7 @@ def train_motion(
         )
         with accelerator.main_process_first():
             preload(videos, cfg, preload_path)
-    dataset = MotionWindowDataset(videos, cfg)
+    dataset = MotionWindowDataset(train_videos, cfg)
     if cfg.use_cond_end and main:
         log.warning(
             "use_cond_end: every window also yields its clip-end frame, as the release's "
@@ -858,7 +1032,8 @@ def train_motion(
     start_step = step
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=1))
+        record = {**cfg.to_json(), "holdout_videos": held}
+        (out_dir / CONFIG_NAME).write_text(json.dumps(record, indent=1))
     per_epoch = len(loader)
     total = cfg.epochs * per_epoch
     if cfg.max_steps:
@@ -871,8 +1046,39 @@ def train_motion(
         echo=echo,
         total_steps=total,
     )
-    result = TrainResult(out_dir, start_step, step, epoch, None, None, is_main_process=main)
+    result = TrainResult(
+        out_dir, start_step, step, epoch, None, None, is_main_process=main, holdout=held
+    )
     world = accelerator.num_processes
+
+    sample_video = None
+    if sample_every:
+        sample_video = held_videos[0] if held_videos else train_videos[0]
+        if not held_videos and main:
+            log.warning("no video is held out: the validation samples show a training video")
+    sample_values: dict[str, float] = {}
+    render = None
+    if sample_video is not None:
+        unwrapped = accelerator.unwrap_model(decoder)
+
+        def sample_weights() -> Mapping[str, torch.Tensor]:
+            return ema.averaged_state_dict(unwrapped) if ema is not None else unwrapped.state_dict()
+
+        def build_sample_net() -> nn.Module:
+            return LMDM(**lmdm_kwargs)
+
+        render = _motion_render(
+            build_sample_net,
+            sample_weights,
+            dataset,
+            sample_video,
+            cfg,
+            accelerator.device,
+            sample_values,
+        )
+    samples = PeriodicSamples(out_dir, render, every=sample_every, suffix=SAMPLE_SUFFIX)
+    if main and not states:
+        samples.reset()  # a fresh run: the samples of the run it replaces go
 
     def save(epoch_done: int, batch: int) -> None:
         accelerator.wait_for_everyone()
@@ -953,6 +1159,8 @@ def train_motion(
                 logger.add(step, values, samples=b * world)
                 if progress is not None and main:
                     progress(step, total, value)
+                if samples.maybe_on_main(step, accelerator) is not None:
+                    _log_sample(logger, step, sample_values)
                 stop = bool(cfg.max_steps) and step >= cfg.max_steps
                 if stop:
                     break
@@ -973,6 +1181,7 @@ def train_motion(
     finally:
         logger.close()
     result.step, result.epoch = step, epoch
+    result.samples = samples.written
     if result.checkpoint is None:  # nothing left to train: point at the earlier export
         export = out_dir / EXPORT_DIR / "lmdm_v0.4_hubert.pth"
         result.checkpoint = export if export.is_file() else None
