@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -149,3 +150,105 @@ def test_two_process_run_samples_on_the_main_process_only(data, tmp_path):
         "step_00000004.npz",
     ]
     assert [r["step"] for r in read_log(out) if "sample/l1" in r] == [2, 4]  # one line each
+
+
+# --- video samples (--sample-renderer) --------------------------------------------------------
+
+MEDIA = Path(__file__).resolve().parents[3].parent / "shared" / "media"
+
+
+@pytest.fixture(scope="module")
+def rendered_data(tmp_path_factory) -> Path:
+    """The tiny data, each video's recorded source (manifest.json, as prepare-data writes
+    it) a 1 s clip of the example portrait speaking the example speech."""
+    from PIL import Image
+
+    from talkinghead.audio.io import load_audio
+    from talkinghead.media.writer import VideoWriter
+
+    portrait, speech = MEDIA / "ditto_example_face.jpg", MEDIA / "ditto_example_speech.wav"
+    if not (portrait.is_file() and speech.is_file()):
+        pytest.skip(f"{MEDIA}: shared media missing")
+    pytest.importorskip("mediapipe")  # generate's face backend without the release's models
+    root = write_dataset(tmp_path_factory.mktemp("motion_video_data"))
+    face = np.asarray(Image.open(portrait).convert("RGB").resize((256, 256)))
+    clip = root / "clips" / "speaker.mp4"
+    clip.parent.mkdir()
+    with VideoWriter(clip, fps=25, audio=(load_audio(speech)[:16000], 16000)) as writer:
+        for _ in range(25):
+            writer.write(face)
+    videos = {f"video{i}": {"status": "ok", "source": str(clip)} for i in range(2)}
+    (root / "manifest.json").write_text(json.dumps({"videos": videos}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def renderer(tmp_path_factory) -> Path:
+    from _tiny_release import build_tiny_release
+
+    return build_tiny_release(tmp_path_factory.mktemp("renderer"))
+
+
+def _frames_and_audio(path: Path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        audio = len(container.streams.audio)
+        return sum(1 for _ in container.decode(video=0)), audio
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_sample_renderer_renders_a_video_of_the_held_out_clip(rendered_data, renderer, tmp_path):
+    before = _tree_bytes(renderer)
+    cfg = sampling(max_steps=2, sample_seconds=0.4, sample_steps=2, sample_renderer=str(renderer))
+    run = train_motion(rendered_data, tmp_path / "run", cfg)
+    assert [p.name for p in run.samples] == ["step_00000002.mp4", "step_00000002.npz"]
+    frames, audio_streams = _frames_and_audio(tmp_path / "run" / "samples" / "step_00000002.mp4")
+    assert frames == 10 and audio_streams == 1  # ceil(0.4 s x 25 fps), with its speech
+    # Temporaries gone; the renderer's own files untouched by the temporary install.
+    assert not list((tmp_path / "run").glob(".sample_render_*"))
+    assert not list((tmp_path / "run" / "samples").glob(".*"))
+    assert _tree_bytes(renderer) == before
+
+
+def test_a_failing_render_is_logged_and_training_goes_on(rendered_data, renderer, tmp_path, caplog):
+    broken = tmp_path / "broken"
+    shutil.copytree(renderer, broken)
+    (broken / "ditto_pytorch" / "models" / "decoder.pth").write_bytes(b"not a checkpoint")
+    cfg = sampling(max_steps=2, sample_seconds=0.4, sample_steps=2, sample_renderer=str(broken))
+    with caplog.at_level(logging.WARNING):
+        run = train_motion(rendered_data, tmp_path / "run", cfg)
+    assert run.step == 2 and run.checkpoint is not None
+    assert [p.name for p in run.samples] == ["step_00000002.npz"]  # the motion sample stays
+    assert not list((tmp_path / "run" / "samples").glob("*.mp4"))
+    assert "generate exited with status 1" in caplog.text
+    assert "generate's stderr" in caplog.text and "decoder.pth" in caplog.text
+    assert not list((tmp_path / "run").glob(".sample_render_*"))
+
+
+def test_cli_refuses_a_broken_renderer_up_front(rendered_data, tmp_path):
+    from talkinghead.errors import CheckpointError, TalkingHeadError
+
+    not_a_release = tmp_path / "not_a_release"
+    not_a_release.mkdir()
+    out = tmp_path / "run"
+    for folder, match in ((not_a_release, "not a Ditto release folder"),
+                          (tmp_path / "missing", "folder not found")):  # fmt: skip
+        result = invoke(["train-motion", str(rendered_data), str(out), "--preset", "tiny",
+                         "--no-tensorboard", "--max-steps", "2", "--sample-every", "2",
+                         "--sample-renderer", str(folder)])  # fmt: skip
+        assert result.exit_code == 1 and isinstance(result.exception, CheckpointError)
+        message = str(result.exception)
+        assert match in message and "--sample-renderer" in message and "\n" not in message
+    assert not (out / "state").exists()  # refused before training
+    # Data without recorded sources (no manifest.json): refused up front as well.
+    from _tiny_release import make_release
+
+    release = make_release(tmp_path / "names_only")  # the file names are what is checked
+    no_sources = write_dataset(tmp_path / "no_manifest")
+    with pytest.raises(TalkingHeadError, match="records no source video"):
+        train_motion(no_sources, tmp_path / "run2", sampling(sample_renderer=str(release)))
+    assert not (tmp_path / "run2").exists()

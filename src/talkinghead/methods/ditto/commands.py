@@ -118,6 +118,12 @@ def train_motion(
     sample_steps: int | None = typer.Option(
         None, "--sample-steps", min=1, help="DDIM steps of a sample (50)."
     ),
+    sample_renderer: Path | None = typer.Option(
+        None,
+        "--sample-renderer",
+        help="A Ditto release folder (as generate's --checkpoints): each sample is also "
+        "rendered as OUT_DIR/samples/step_N.mp4 by generate with the EMA weights.",
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a run in OUT_DIR."),
     install_to: Path | None = typer.Option(
         None,
@@ -137,7 +143,11 @@ def train_motion(
         raise TalkingHeadError(f"{data_dir}: data not found (run `talkinghead prepare-data`)")
     from talkinghead.validation import check_not_an_input
 
-    inputs = {"DATA_DIR": data_dir, "--init-checkpoint": init_checkpoint}
+    inputs = {
+        "DATA_DIR": data_dir,
+        "--init-checkpoint": init_checkpoint,
+        "--sample-renderer": sample_renderer,
+    }
     for flag, path in (("--mtn-mean-var-npy", mtn_mean_var_npy), ("--dim-ws-npy", dim_ws_npy)):
         if path is not None and not path.is_file():
             raise TalkingHeadError(f"{flag} {path}: file not found")
@@ -182,6 +192,7 @@ def train_motion(
         "holdout": holdout,
         "sample_seconds": sample_seconds,
         "sample_steps": sample_steps,
+        "sample_renderer": None if sample_renderer is None else str(sample_renderer),
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if audio_feat_dim is not None:

@@ -60,6 +60,7 @@ Output directory::
       export/talkinghead.json          {"lmdm": {...}} when the network differs from the release's
       samples/step_00001234.npz        validation samples (`sample_every`): the sampled and the true
                                  motion of a held-out video's start, per-part L1 errors
+      samples/step_00001234.mp4        with `sample_renderer`: that start rendered by `generate`
 
 Running again with the same OUT_DIR resumes from the latest state (optimiser, EMA, step,
 RNG and the position in the epoch).
@@ -69,6 +70,10 @@ training (listed as ``holdout_videos`` in train_config.json; a resume keeps them
 every `sample_every` steps the main process samples the motion of the first
 `sample_seconds` of the first one from its stored conditions with the EMA weights, through
 the method's clip-wise DDIM windows (`sample_motion`), off the training RNG streams.
+With `sample_renderer` (a release folder), each sample is also a video (`_video_render`):
+``python -m talkinghead generate`` in a subprocess, so training never imports the
+pipeline, on a temporary release holding the EMA weights, with the held-out video's
+first frame as the source and its first `sample_seconds` of speech.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -91,7 +99,7 @@ from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
-from talkinghead.timebase import FPS
+from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.arrays import NpyPool
 from talkinghead.training.distributed import (
     build_accelerator,
@@ -203,6 +211,7 @@ class MotionTrainConfig:
     holdout: int | None = None  # videos kept out; None: 1 when sampling and >= 2 videos
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS  # motion sampled from a video's start
     sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
+    sample_renderer: str | None = None  # a Ditto release folder: samples also rendered as .mp4
 
     def __post_init__(self) -> None:
         if self.loss_type not in ("l1", "l2"):
@@ -860,6 +869,147 @@ def _log_sample(logger: LossLog, step: int, errors: Mapping[str, float]) -> None
         logger.echo(format_line(step, values, logger.total_steps))
 
 
+# --- video samples (`sample_renderer`) ------------------------------------------------------
+
+SAMPLE_VIDEO_SUFFIX = ".mp4"
+# Under `accelerate launch` the other ranks wait at a barrier while the main one renders;
+# this stays well inside the 30 min collective timeout. A 2 s preview takes seconds on a
+# GPU, a minute or two on a CPU.
+SAMPLE_RENDER_TIMEOUT = 600.0
+RENDER_LOG_CHARS = 4000  # tail of generate's stderr kept in the log when it fails
+LMDM_CHECKPOINT = "lmdm_v0.4_hubert.pth"  # the release's file name (the registry's)
+
+
+def check_sample_renderer(path: str | os.PathLike) -> Path:
+    """The root of the release folder `sample_renderer` names (as `generate --checkpoints`
+    takes), or a one-line `CheckpointError`."""
+    from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
+
+    given = Path(path).expanduser()
+    if not given.is_dir():
+        raise CheckpointError(
+            f"--sample-renderer {given}: folder not found; give a Ditto release folder "
+            "(the one `generate --checkpoints` takes)"
+        )
+    ckpt = ReleaseCheckpoints.from_root(given)
+    missing = [p.name for p in ckpt.models.values() if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"--sample-renderer {given}: not a Ditto release folder (missing "
+            f"{', '.join(missing)} under ditto_pytorch/models); give the folder "
+            "`generate --checkpoints` takes"
+        )
+    return ckpt.root
+
+
+def sample_source_video(data_list: Path, name: str) -> Path:
+    """The original video of prepared video `name`: ``videos.NAME.source`` of the
+    manifest.json prepare-data wrote beside `data_list`; a one-line error without one."""
+    from talkinghead.methods.ditto.data import MANIFEST_NAME
+
+    manifest = data_list.parent / MANIFEST_NAME
+    try:
+        source = json.loads(manifest.read_text())["videos"][name]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TalkingHeadError(
+            f"--sample-renderer: {manifest} records no source video for {name!r}; "
+            "use data from `talkinghead prepare-data` or drop --sample-renderer"
+        ) from None
+    path = Path(source)
+    if not path.is_file():
+        raise TalkingHeadError(
+            f"--sample-renderer: {path} (the source of {name!r}) not found; "
+            "put the video back or drop --sample-renderer"
+        )
+    return path
+
+
+def _link_release(release: Path, into: Path) -> Path:
+    """`into`: the release as symlinks, but for the motion model and the sidecar, which
+    the install writes (through a symlink it would overwrite the release's own files).
+    Returns `into`'s models folder."""
+    from talkinghead.methods.ditto.checkpoints import PYTORCH_DIR
+
+    models = into / PYTORCH_DIR / "models"
+    models.mkdir(parents=True)
+    own = {release / PYTORCH_DIR, release / PYTORCH_DIR / "models"}
+    own |= {release / PYTORCH_DIR / "models" / n for n in (LMDM_CHECKPOINT, SIDECAR_NAME)}
+    for folder in (release, release / PYTORCH_DIR, release / PYTORCH_DIR / "models"):
+        for entry in folder.iterdir():
+            if entry not in own:
+                (into / entry.relative_to(release)).symlink_to(entry.resolve())
+    sidecar = release / PYTORCH_DIR / "models" / SIDECAR_NAME
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, models / SIDECAR_NAME)  # the other networks' sizes
+    return models
+
+
+def _video_render(
+    weights: Callable[[], Mapping[str, torch.Tensor]],
+    lmdm_kwargs: Mapping[str, Any],
+    renderer: Path,
+    source_video: Path,
+    cfg: MotionTrainConfig,
+    device: torch.device,
+    work_dir: Path,
+) -> Callable[[int, Path], None]:
+    """A `PeriodicSamples` render: `generate` (a subprocess) on a temporary release
+    holding the current weights, the first frame of `source_video` as the source (the
+    frame the motion samples are conditioned on) and its first `sample_seconds` of
+    speech. The temporary files live in `work_dir` and go afterwards."""
+
+    def render(step: int, path: Path) -> None:
+        import soundfile
+        from PIL import Image
+
+        from talkinghead.audio.io import load_audio
+        from talkinghead.media.video import iter_video_frames
+
+        with tempfile.TemporaryDirectory(prefix=".sample_render_", dir=work_dir) as tmp_name:
+            tmp = Path(tmp_name)
+            release = tmp / "release"
+            _link_release(renderer, release)
+            export = tmp / EXPORT_DIR
+            export.mkdir()
+            export_checkpoint(weights(), lmdm_kwargs, export / LMDM_CHECKPOINT)
+            write_sidecar(export, lmdm_kwargs)
+            install_checkpoint(export, release)
+            frame = next(iter(iter_video_frames(source_video, max_frames=1)))
+            Image.fromarray(frame).save(tmp / "source.png")
+            speech = load_audio(source_video, SAMPLE_RATE)
+            speech = speech[: max(1, round(cfg.sample_seconds * SAMPLE_RATE))]
+            soundfile.write(tmp / "speech.wav", speech, SAMPLE_RATE)
+            command = [
+                sys.executable, "-m", "talkinghead", "generate",
+                "--checkpoints", str(release),
+                "--source", str(tmp / "source.png"),
+                "--audio", str(tmp / "speech.wav"),
+                "--output", str(path),
+                "--seed", "0",
+                "--steps", str(cfg.sample_steps),
+                "--device", str(device),
+                "--no-download", "--no-cache", "--quiet",
+            ]  # fmt: skip
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, timeout=SAMPLE_RENDER_TIMEOUT
+                )
+            except subprocess.TimeoutExpired as exc:
+                stderr = exc.stderr or ""
+                if isinstance(stderr, bytes):
+                    stderr = stderr.decode(errors="replace")
+                log.warning("step %d: generate's stderr:\n%s", step, stderr[-RENDER_LOG_CHARS:])
+                raise RuntimeError(f"generate ran past {SAMPLE_RENDER_TIMEOUT:.0f} s") from None
+            if done.returncode != 0:
+                log.warning(
+                    "step %d: generate's stderr:\n%s", step, done.stderr[-RENDER_LOG_CHARS:]
+                )
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"generate exited with status {done.returncode}: {last}")
+
+    return render
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -952,6 +1102,13 @@ def train_motion(
     held_videos = [v for v in videos if v.name in held]
     train_videos = [v for v in videos if v.name not in held]
     cfg = replace(cfg, sample_every=sample_every, holdout=len(held))
+    # The video samples' renderer and source, checked before anything is trained.
+    renderer = source_video = None
+    if cfg.sample_renderer and sample_every:
+        renderer = check_sample_renderer(cfg.sample_renderer)
+        source_video = sample_source_video(data_list, (held_videos or train_videos)[0].name)
+    elif cfg.sample_renderer:
+        log.warning("--sample-renderer is unused: sampling is off (--sample-every 0)")
 
     try:
         accelerator = build_accelerator(cfg.mixed_precision)
@@ -1079,6 +1236,20 @@ def train_motion(
     samples = PeriodicSamples(out_dir, render, every=sample_every, suffix=SAMPLE_SUFFIX)
     if main and not states:
         samples.reset()  # a fresh run: the samples of the run it replaces go
+    video_render = None
+    if render is not None and renderer is not None and source_video is not None:
+        video_render = _video_render(
+            sample_weights,
+            lmdm_kwargs,
+            renderer,
+            source_video,
+            cfg,
+            accelerator.device,
+            out_dir,
+        )
+    video_samples = PeriodicSamples(
+        out_dir, video_render, every=sample_every, suffix=SAMPLE_VIDEO_SUFFIX
+    )
 
     def save(epoch_done: int, batch: int) -> None:
         accelerator.wait_for_everyone()
@@ -1161,6 +1332,7 @@ def train_motion(
                     progress(step, total, value)
                 if samples.maybe_on_main(step, accelerator) is not None:
                     _log_sample(logger, step, sample_values)
+                video_samples.maybe_on_main(step, accelerator)
                 stop = bool(cfg.max_steps) and step >= cfg.max_steps
                 if stop:
                     break
@@ -1181,7 +1353,7 @@ def train_motion(
     finally:
         logger.close()
     result.step, result.epoch = step, epoch
-    result.samples = samples.written
+    result.samples = sorted(samples.written + video_samples.written, key=lambda p: p.name)
     if result.checkpoint is None:  # nothing left to train: point at the earlier export
         export = out_dir / EXPORT_DIR / "lmdm_v0.4_hubert.pth"
         result.checkpoint = export if export.is_file() else None
