@@ -63,6 +63,24 @@ def resolve_sample_every(sample_every: int | None, preset: str) -> int:
     return int(sample_every)
 
 
+def check_sample_options(
+    sample_every: int | None,
+    holdout: int | None,
+    sample_seconds: float | None,
+    sample_steps: int | None,
+) -> None:
+    """The trainers' sample options as given on the command line (None: the default)."""
+    for name, value, least in (
+        ("--sample-every", sample_every, 0),
+        ("--holdout", holdout, 0),
+        ("--sample-steps", sample_steps, 1),
+    ):
+        if value is not None and value < least:
+            raise SettingsError(f"{name} must be >= {least}, not {value}")
+    if sample_seconds is not None and not sample_seconds > 0:
+        raise SettingsError(f"--sample-seconds must be positive, not {sample_seconds}")
+
+
 def _listed(names: Sequence[str]) -> str:
     return ", ".join(names) if names else "no clip"
 

@@ -98,12 +98,9 @@ def train_difftalk(
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every)):
         if value is not None and value < 1:
             raise SettingsError(f"{name} must be >= 1, not {value}")
-    for name, value, least in (("--sample-every", sample_every, 0), ("--holdout", holdout, 0),
-                               ("--sample-steps", sample_steps, 1)):  # fmt: skip
-        if value is not None and value < least:
-            raise SettingsError(f"{name} must be >= {least}, not {value}")
-    if sample_seconds is not None and not sample_seconds > 0:
-        raise SettingsError(f"--sample-seconds must be positive, not {sample_seconds}")
+    from talkinghead.training.samples import check_sample_options
+
+    check_sample_options(sample_every, holdout, sample_seconds, sample_steps)
     from talkinghead.training.distributed import MIXED_PRECISIONS
 
     if mixed_precision is not None and mixed_precision not in MIXED_PRECISIONS:

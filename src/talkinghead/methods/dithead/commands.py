@@ -113,12 +113,9 @@ def train_dithead(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if log_every is not None and log_every < 0:
         raise TalkingHeadError(f"--log-every must be >= 0, not {log_every}")
-    for name, value, least in (("--sample-every", sample_every, 0), ("--holdout", holdout, 0),
-                               ("--sample-steps", sample_steps, 1)):  # fmt: skip
-        if value is not None and value < least:
-            raise TalkingHeadError(f"{name} must be >= {least}, not {value}")
-    if sample_seconds is not None and not sample_seconds > 0:
-        raise TalkingHeadError(f"--sample-seconds must be positive, not {sample_seconds}")
+    from talkinghead.training.samples import check_sample_options
+
+    check_sample_options(sample_every, holdout, sample_seconds, sample_steps)
     from talkinghead.methods.dithead.checkpoint import DIT_FILE, VQ_FILES
     from talkinghead.training.stage_output import continue_existing
 
