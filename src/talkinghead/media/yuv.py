@@ -9,6 +9,8 @@ torch tensors on the device; it is a 3x3 matrix and a 2x2 mean.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -16,8 +18,10 @@ KR, KB = 0.2126, 0.0722  # BT.709 luma weights of red and blue
 KG = 1.0 - KR - KB
 
 
+@functools.lru_cache(maxsize=8)
 def _matrix(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3x3, offset) taking RGB in 0-255 to limited-range Y, Cb, Cr."""
+    """(3x3, offset) taking RGB in 0-255 to limited-range Y, Cb, Cr; made once per device,
+    not uploaded again for every batch."""
     y = torch.tensor([KR, KG, KB], dtype=torch.float64)
     cb = (torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) - y) / (2 * (1 - KB))
     cr = (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) - y) / (2 * (1 - KR))
