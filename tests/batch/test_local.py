@@ -73,7 +73,10 @@ def test_two_workers_make_the_good_videos_and_record_the_bad_jobs(release, tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p, _ in batch.good.values())
     # Two workers ran, each loading the models once; a registered portrait is reused.
     assert len({r.worker for r in report.done}) == 2
-    assert sum(1 for e in killer.events if e.kind == "ready") == 3  # two, and the replacement
+    # A new process took the dead one's place; its ready comes unless the batch ended first.
+    replaced = [e.message for e in killer.events if e.kind == "replaced"]
+    assert replaced == [f"replaces {killer.killed}"]
+    assert sum(1 for e in killer.events if e.kind == "ready") in (2, 3)
     timings = report.record("two").timings
     assert {"register", "motion", "render", "total"} <= set(timings)
 

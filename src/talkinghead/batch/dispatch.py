@@ -32,7 +32,9 @@ class BatchEvent:
     kind: ``ready`` (a worker loaded its models: `seconds`), ``started`` (a job began on
     `worker`), ``progress`` (a job's `stage` at `done` of `total`), ``finished`` (a job
     ended: `ok`, `message` the reason of a failure), ``died`` (a worker died: `message`),
-    ``setup_failed`` (a worker could not load its models: `message`).
+    ``setup_failed`` (a worker could not load its models: `message`), ``replaced`` (a
+    replacement `worker` was started for a dead one, named in `message`; its ``ready``
+    follows unless the batch ends first).
     """
 
     kind: str

@@ -2,7 +2,9 @@
 
 Each worker is a spawned process (a forked child of a process that already ran torch
 or mediapipe threads can hang) that loads its pipeline once and then runs the jobs it
-is handed, one at a time, reporting progress and outcomes on one shared queue. Devices
+is handed, one at a time, reporting progress and outcomes on a pipe of its own (a
+worker killed while it writes breaks only its own pipe; with one shared queue its
+unreleased lock would stop every other worker's messages). Devices
 are given out round-robin (``--devices cuda:0,cuda:1``: workers 0, 2, ... on the first
 GPU). A worker that dies (killed, out of memory, a native crash) is replaced by a new
 process on the same device, up to `max_restarts` times per slot, and its job retried.
@@ -13,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue as queue_module
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +34,24 @@ POLL_S = 0.2  # how often the pool looks for dead workers while no message arriv
 STOP_TIMEOUT_S = 10.0
 
 
+class _EventSender:
+    """The worker's end of its event pipe; progress comes from the renderer's stage threads."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def put(self, message: tuple) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+
 def serve_local_jobs(
-    slot: int, name: str, device: str, settings: WorkerSettings, tasks: Any, events: Any
+    slot: int, name: str, device: str, settings: WorkerSettings, tasks: Any, connection: Any
 ) -> None:
     """A worker process: load once, then run jobs from `tasks` until it sends None."""
     quiet_logs(settings.verbose, silence_native=not settings.verbose)
+    events = _EventSender(connection)
     try:
         worker = JobWorker(settings, device, name)
     except Exception as exc:  # reported, instead of a process that silently ends
@@ -66,6 +82,7 @@ class _Slot:
     device: str
     process: Any = None
     tasks: Any = None
+    events: Any = None  # the driver's (reading) end of this process's event pipe
     name: str = ""
     ready: bool = False
     busy: bool = False
@@ -105,9 +122,10 @@ class LocalPool:
     def _device(self, index: int) -> str:
         return self.devices[index % len(self.devices)]
 
-    def _start(self, slot: _Slot, events: Any) -> None:
+    def _start(self, slot: _Slot) -> None:
         slot.name = f"w{slot.index}" + (f".{slot.restarts}" if slot.restarts else "")
         slot.tasks = self._ctx.Queue()
+        slot.events, sender = self._ctx.Pipe(duplex=False)
         slot.process = self._ctx.Process(
             target=serve_local_jobs,
             args=(
@@ -116,34 +134,46 @@ class LocalPool:
                 slot.device,
                 self._settings_for(slot.device),
                 slot.tasks,
-                events,
+                sender,
             ),
             name=f"talkinghead-batch-{slot.name}",
             daemon=True,
         )
         slot.ready = slot.busy = False
         slot.process.start()
+        sender.close()  # the child's copy is the only writer: its death is the pipe's EOF
+
+    def _receive(self, slot: _Slot) -> tuple | None:
+        """One message from `slot`'s process, None when none is waiting or its pipe broke
+        (a process killed mid-message: `_check_alive` then sees the death)."""
+        if slot.events is None:
+            return None
+        try:
+            return slot.events.recv() if slot.events.poll() else None
+        except (EOFError, OSError):
+            slot.events.close()
+            slot.events = None
+            return None
 
     def run(self, dispatch: Dispatch, report: BatchReport) -> None:
         """Run every job of `dispatch`; returns when none is left (or no worker is)."""
-        events = self._ctx.Queue()
         slots = [_Slot(i, self._device(i)) for i in range(self.workers)]
         records: dict[str, WorkerRecord] = {}
         try:
             for slot in slots:
-                self._start(slot, events)
+                self._start(slot)
             checked = time.monotonic()
             while dispatch.pending and not all(s.closed for s in slots):
-                try:
-                    message = events.get(timeout=POLL_S)
-                except queue_module.Empty:
-                    message = None
-                if message is not None:
-                    self._handle(message, slots, dispatch, report, records)
-                    self._fill(slots, dispatch)
+                readable = [s.events for s in slots if s.events is not None and not s.closed]
+                ready = multiprocessing.connection.wait(readable, timeout=POLL_S)
+                for slot in [s for s in slots if s.events is not None and s.events in ready]:
+                    message = self._receive(slot)
+                    if message is not None:
+                        self._handle(message, slots, dispatch, report, records)
+                        self._fill(slots, dispatch)
                 # Also while messages keep coming: other workers' progress must not hide a death.
-                if message is None or time.monotonic() - checked >= POLL_S:
-                    self._check_alive(slots, events, dispatch, report, records)
+                if not ready or time.monotonic() - checked >= POLL_S:
+                    self._check_alive(slots, dispatch, report, records)
                     checked = time.monotonic()
             if dispatch.pending:
                 why = "; ".join(sorted({r.error for r in records.values() if r.error})) or (
@@ -200,7 +230,6 @@ class LocalPool:
     def _check_alive(
         self,
         slots: list[_Slot],
-        events: Any,
         dispatch: Dispatch,
         report: BatchReport,
         records: dict[str, WorkerRecord],
@@ -209,11 +238,8 @@ class LocalPool:
             if slot.closed or slot.process.is_alive():
                 continue
             # What it sent before it died counts (a job it finished, its ready message).
-            while True:
-                try:
-                    self._handle(events.get_nowait(), slots, dispatch, report, records)
-                except queue_module.Empty:
-                    break
+            while (message := self._receive(slot)) is not None:
+                self._handle(message, slots, dispatch, report, records)
             if slot.closed:
                 continue
             why = _exit_reason(slot.process.exitcode)
@@ -222,14 +248,22 @@ class LocalPool:
             else:  # died while loading: counts as a worker that could not start
                 report.workers.append(WorkerRecord(slot.name, slot.device, error=why, died=True))
             dispatch.worker_died(slot.index, why)
+            if slot.events is not None:
+                slot.events.close()
             if slot.restarts < self.max_restarts:
                 slot.restarts += 1
-                self._start(slot, events)
+                old = slot.name
+                self._start(slot)
+                dispatch.emit(BatchEvent("replaced", slot.name, message=f"replaces {old}"))
             else:
                 slot.closed = True
         self._fill(slots, dispatch)
 
     def _stop(self, slots: list[_Slot]) -> None:
+        for slot in slots:
+            if slot.events is not None:
+                slot.events.close()
+                slot.events = None
         for slot in slots:
             if slot.process is not None and slot.process.is_alive() and slot.tasks is not None:
                 with contextlib.suppress(OSError, ValueError):

@@ -188,7 +188,9 @@ class RayRunner:
             dispatch.worker_died(actor.index, why)
             if actor.restarts < self.max_restarts:
                 actor.restarts += 1
+                old = actor.name
                 start(actor)
+                dispatch.emit(BatchEvent("replaced", actor.name, message=f"replaces {old}"))
             else:
                 actor.closed = True
 
