@@ -81,6 +81,16 @@ def test_generate_writes_a_video(release, speech, tmp_path) -> None:
     assert "10 frames" in proc.stdout
 
 
+@pytest.fixture
+def run_here(tmp_path, monkeypatch, capsys):
+    """`run` in this process, for the refusals: they stop before any model loads, so a
+    second Python's start-up buys them nothing."""
+    from _cli_in_process import run_cli
+
+    env = {"TALKINGHEAD_CACHE": str(tmp_path / "cache")}
+    return lambda args: run_cli(args, monkeypatch, capsys, env)
+
+
 def _assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -88,8 +98,8 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> No
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_source(tmp_path, speech) -> None:
-    proc = run(
+def test_missing_source(tmp_path, speech, run_here) -> None:
+    proc = run_here(
         [
             "generate",
             "--source",
@@ -98,16 +108,15 @@ def test_missing_source(tmp_path, speech) -> None:
             str(speech),
             "--output",
             str(tmp_path / "o.mp4"),
-        ],
-        tmp_path,
+        ]
     )
     _assert_one_line_error(proc, "source file not found")
 
 
-def test_picture_without_a_face(release, speech, tmp_path) -> None:
+def test_picture_without_a_face(release, speech, tmp_path, run_here) -> None:
     flat = tmp_path / "wall.png"
     Image.new("RGB", (320, 240), (200, 190, 180)).save(flat)
-    proc = run(
+    proc = run_here(
         [
             "generate",
             "--checkpoints",
@@ -119,17 +128,16 @@ def test_picture_without_a_face(release, speech, tmp_path) -> None:
             "--output",
             str(tmp_path / "o.mp4"),
             "--quiet",
-        ],
-        tmp_path,
+        ]
     )
     _assert_one_line_error(proc, "no face")
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_unreadable_audio(release, tmp_path) -> None:
+def test_unreadable_audio(release, tmp_path, run_here) -> None:
     junk = tmp_path / "speech.wav"
     junk.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    proc = run(
+    proc = run_here(
         [
             "generate",
             "--checkpoints",
@@ -141,8 +149,7 @@ def test_unreadable_audio(release, tmp_path) -> None:
             "--output",
             str(tmp_path / "o.mp4"),
             "--quiet",
-        ],
-        tmp_path,
+        ]
     )
     _assert_one_line_error(proc, "speech.wav")
     assert not (tmp_path / "o.mp4").exists()
@@ -168,6 +175,9 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     providers = onnxruntime.get_available_providers()
     cuda_ep = "CUDAExecutionProvider" in providers
     assert f"CUDA {'yes' if cuda_ep else 'no'}" in lines["onnxruntime providers"]
+    decoder = "onnx" if device == "cpu" else "torch"
+    chosen = lines["renderer runtime (--runtime auto)"]
+    assert chosen.endswith(f": warp torch, decoder {decoder}")
     assert "CPU yes" in lines["onnxruntime providers"]
     nvenc = hardware_encoder_works("h264_nvenc")
     assert ("h264_nvenc" if nvenc else "libx264") in lines["video encoder"]
@@ -175,11 +185,11 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     assert lines["hubert (release ONNX)"].startswith(f"hubert (release ONNX): onnxruntime {hubert_ep}")
 
 
-def test_blink_needs_the_release_blink_clip(release, speech, tmp_path) -> None:
+def test_blink_needs_the_release_blink_clip(release, speech, tmp_path, run_here) -> None:
     # The tiny release has no config pkl, so no blink clip (DittoConfig.blink is tested
     # with the pipeline).
     args = ["generate", "--checkpoints", str(release), "-s", str(PORTRAIT), "-a", str(speech)]
-    proc = run([*args, "-o", str(tmp_path / "o.mp4"), "--blink", "--quiet"], tmp_path)
+    proc = run_here([*args, "-o", str(tmp_path / "o.mp4"), "--blink", "--quiet"])
     _assert_one_line_error(proc, "blink clip")
     assert not (tmp_path / "o.mp4").exists()
 

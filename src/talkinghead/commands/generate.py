@@ -178,7 +178,9 @@ def generate(
     fp16: bool = typer.Option(False, help="Half-precision rendering (CUDA)."),
     batch_size: int = typer.Option(4, help="Frames per warp/decode batch."),
     runtime: str = typer.Option(
-        "torch", help="Ditto renderer runtime: torch, compile, onnx or tensorrt (CUDA)."
+        "auto",
+        help="Ditto renderer runtime: auto (on CPU the decoder on onnxruntime), torch, "
+        "compile, onnx or tensorrt (CUDA).",
     ),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse registered avatars."),
     resolution: int = typer.Option(256, help="DiffTalk: 256 or 512."),
@@ -376,10 +378,15 @@ def info(
 
 def _echo_what_runs_where(device: str) -> None:
     """Where `--device auto` puts each part: networks, ONNX runtimes, encoder, HuBERT."""
-    from talkinghead.export.runtime import available_providers
+    from talkinghead.export.runtime import available_providers, resolve_runtime
     from talkinghead.media.writer import hardware_encoder_works
 
     typer.echo(f"networks (torch): {device}")
+    chosen = ", ".join(
+        f"{name} {resolve_runtime('auto', kind, device)}"
+        for name, kind in (("warp", "warp_network"), ("decoder", "decoder"))
+    )
+    typer.echo(f"renderer runtime (--runtime auto): {chosen}")
     providers = available_providers()
     if providers:
         kinds = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}

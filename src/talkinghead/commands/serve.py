@@ -79,9 +79,10 @@ def serve(
         help="With --shared-batching: how long a call waits for other sessions, ms.",
     ),
     runtime: str = typer.Option(
-        "torch",
+        "auto",
         "--runtime",
-        help="torch, compile (CUDA graphs on a GPU), onnx or tensorrt (see generate --runtime).",
+        help="auto, torch, compile (CUDA graphs on a GPU), onnx or tensorrt (see generate "
+        "--runtime).",
     ),
     max_size: int = typer.Option(1920, min=64, help="Longest side of an avatar, pixels."),
     face_backend: str = typer.Option("auto", help="auto, mediapipe or release."),

@@ -1,7 +1,8 @@
 """How the renderer networks (warp and decoder) run: PyTorch, torch.compile, ONNX Runtime.
 
-``torch``: the modules as they are. ``compile``: ``torch.compile`` of each (on CUDA in
-"reduce-overhead" mode, i.e. CUDA graphs; on CPU inductor's C++ kernels).
+``auto`` (the default): each network on the fastest runtime measured on its device that
+stays within 1e-3 of torch fp32 (`resolve_runtime`). ``torch``: the modules as they are. ``compile``: ``torch.compile`` of each (on CUDA in
+"reduce-overhead" mode, i.e. CUDA graphs; on CPU inductor's C++ kernels, weights frozen).
 ``onnx``: our own export (`talkinghead.export.onnx.export_onnx`, cached on disk by
 the weights' hash) run by onnxruntime, with its CUDA provider when it is installed and
 the networks are on CUDA. ``tensorrt``: onnxruntime's TensorRT provider over the same
@@ -9,7 +10,7 @@ export, with an engine cache next to it (needs an onnxruntime-gpu build with Ten
 
 Every runtime takes and returns torch tensors on the networks' device, so the
 renderer does not care which one runs. Each is tested to give the frames of torch fp32
-within a stated tolerance (tests/export/test_runtime.py).
+within a stated tolerance (tests/methods/ditto/test_runtimes.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import nn
 
 from talkinghead.errors import TalkingHeadError
 
-RUNTIMES = ("torch", "compile", "onnx", "tensorrt")
+RUNTIMES = ("auto", "torch", "compile", "onnx", "tensorrt")
+RENDER_NETWORKS = ("warp_network", "decoder")
 CACHE_DIR_ENV = "TALKINGHEAD_CACHE"
 
 
@@ -67,6 +69,27 @@ def check_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
                 f"not among {providers or 'no providers'}); use --runtime compile or onnx"
             )
     return runtime
+
+
+def resolve_runtime(runtime: str, kind: str, device: str | torch.device = "cpu") -> str:
+    """The runtime network `kind` ("warp_network" or "decoder") runs on under `runtime`.
+
+    Only "auto" is resolved: on CPU the decoder on ONNX Runtime (1.5-2x its PyTorch time at
+    8e-7 error) and the warp in PyTorch (oneDNN's 3-D convolutions run near the CPU's peak;
+    onnxruntime's take 1.5x longer), measured by benchmarks/cpu_runtimes.py; without
+    onnxruntime, PyTorch. On CUDA PyTorch: the GPU runtimes are unmeasured, so none is
+    chosen for the user.
+    """
+    if runtime != "auto":
+        return runtime
+    if torch.device(device).type == "cpu" and kind == "decoder" and available_providers():
+        return "onnx"
+    return "torch"
+
+
+def runs_in_torch(runtime: str, device: str | torch.device = "cpu") -> bool:
+    """True when `runtime` leaves both renderer networks as the PyTorch modules."""
+    return all(resolve_runtime(runtime, kind, device) == "torch" for kind in RENDER_NETWORKS)
 
 
 def weights_digest(net: nn.Module) -> str:
@@ -177,12 +200,15 @@ def runtime_network(
     """
     device = next(net.parameters()).device
     check_runtime(runtime, device)
+    runtime = resolve_runtime(runtime, kind, device)
     if runtime == "torch":
         return net
     if runtime == "compile":
         # CUDA graphs on the GPU remove the per-kernel launch cost that dominates at batch 4-16.
         if device.type != "cuda":
-            return torch.compile(net, dynamic=False)
+            # Freezing folds the (fixed) weights into the graph, prepacked for oneDNN with the
+            # following add/activation fused: the decoder 1.4x faster than eager; unfrozen, ~1x.
+            return torch.compile(net, dynamic=False, options={"freezing": True})
         compiled = torch.compile(net, mode="reduce-overhead", dynamic=False)
 
         def run_graph(*inputs: torch.Tensor) -> torch.Tensor:
@@ -196,11 +222,14 @@ def runtime_network(
 
 
 __all__ = [
+    "RENDER_NETWORKS",
     "RUNTIMES",
     "OnnxRuntimeNetwork",
     "available_providers",
     "check_runtime",
     "default_cache_dir",
+    "resolve_runtime",
+    "runs_in_torch",
     "runtime_network",
     "weights_digest",
 ]

@@ -236,7 +236,12 @@ def test_retargeting_sliders_change_only_their_keypoints_of_ditto_output(
     warp = pipe.models.warp_network
     pipe.models.warp_network = recorder
     try:
-        common = {"stitch": StitchConfig(flag_stitching=False), "retargeting": retargeting_file}
+        # runtime torch: the pipeline looks the (recording) module up for every batch
+        common = {
+            "stitch": StitchConfig(flag_stitching=False),
+            "retargeting": retargeting_file,
+            "runtime": "torch",
+        }
         plain = pipe.generate(avatar, (audio, 16000), **common).frames
         kp_plain = torch.cat(recorder.kp_d)
         recorder.kp_d.clear()
@@ -274,22 +279,21 @@ def test_dataclass_replace_keeps_condition_source(avatar) -> None:
     ],
 )
 def test_cli_retargeting_errors_are_one_line_before_any_model(
-    args, needle, retargeting_file, tmp_path
+    args, needle, retargeting_file, tmp_path, monkeypatch, capsys
 ) -> None:
-    import os
-    import subprocess
-    import sys
+    from _cli_in_process import run_cli
 
     if not PORTRAIT.is_file():
         skip_missing(f"{MEDIA_DIR}")
     args = [a.replace("{lp}", str(retargeting_file)) for a in args]
     out = tmp_path / "out.mp4"
-    env = {**os.environ, "TALKINGHEAD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "talkinghead", "generate", "-s", str(PORTRAIT), "-a", str(SPEECH),
-         "-o", str(out), *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    # In this process (the refusal comes before any model); the hub stays offline here too.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    env = {"TALKINGHEAD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = run_cli(
+        ["generate", "-s", str(PORTRAIT), "-a", str(SPEECH), "-o", str(out), *args],
+        monkeypatch, capsys, env,
+    )  # fmt: skip
     assert proc.returncode != 0
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

@@ -12,7 +12,8 @@ import torch
 from _conformance import MEDIA_DIR, skip_missing
 from _tiny_release import build_tiny_release
 from talkinghead.errors import SettingsError
-from talkinghead.export.runtime import available_providers
+from talkinghead.export.runtime import OnnxRuntimeNetwork, available_providers, resolve_runtime
+from talkinghead.methods.ditto.config import DittoConfig
 from talkinghead.methods.ditto.pipeline import DittoPipeline
 
 PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
@@ -67,6 +68,29 @@ def test_onnx_runtime_gives_torch_frames(pipe, audio, reference, tmp_path, monke
     _close_to(frames, reference, MAX_LEVELS)
     exported = sorted(p.name.split("-")[0] for p in (tmp_path / "runtimes").glob("*.onnx"))
     assert exported == ["decoder", "warp_network"]  # our own export, cached by weights hash
+
+
+@pytest.mark.skipif(not available_providers(), reason="onnxruntime not installed")
+def test_auto_runtime_is_the_default_and_runs_the_decoder_on_onnxruntime_on_cpu(
+    pipe, audio, reference
+) -> None:
+    assert DittoConfig().runtime == "auto"
+    assert resolve_runtime("auto", "decoder", "cpu") == "onnx"
+    assert resolve_runtime("auto", "warp_network", "cpu") == "torch"
+    assert resolve_runtime("auto", "decoder", "cuda") == "torch"  # GPU runtimes unmeasured
+    frames = pipe.generate(PORTRAIT, audio, runtime="auto").frames
+    _close_to(frames, reference, MAX_LEVELS)
+    warp, decode = pipe._render_networks("auto", ())  # built by the run above
+    assert warp is pipe.models.warp_network and isinstance(decode, OnnxRuntimeNetwork)
+
+
+def test_auto_runtime_without_onnxruntime_is_torch(monkeypatch) -> None:
+    import talkinghead.export.runtime as runtime
+
+    monkeypatch.setattr(runtime, "available_providers", lambda: [])
+    assert runtime.resolve_runtime("auto", "decoder", "cpu") == "torch"
+    assert runtime.runs_in_torch("auto", "cpu")
+    assert not runtime.runs_in_torch("onnx", "cpu")
 
 
 def test_compile_runtime_gives_torch_frames(pipe, audio, reference) -> None:

@@ -48,6 +48,7 @@ from talkinghead.audio.io import AudioInput, audio_name, read_audio, to_sample_r
 from talkinghead.diffusion import DDIMSampler
 from talkinghead.diffusion.ddim import Denoiser
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.export.runtime import runs_in_torch, runtime_network
 from talkinghead.face import FaceAnalyzer, PasteBack, create_face_analyzer
 from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.source import SourceInput, source_media
@@ -593,11 +594,9 @@ class DittoPipeline:
         """Warp and decode as `runtime` runs them (`talkinghead.export.runtime`), built on first
         use from `example` warp inputs (batch 1) and kept for the pipeline's life."""
         warp, decoder = self.models.warp_network, self.models.decoder
-        if runtime == "torch":
-            return warp, decoder
-        from talkinghead.export.runtime import runtime_network
-
         device = next(warp.parameters()).device
+        if runs_in_torch(runtime, device):
+            return warp, decoder
         key = (runtime, str(device))
         with self._render_nets_lock:
             if key not in self._render_nets:
@@ -969,7 +968,7 @@ class _Renderer:
 
     def _render_nets(self, example: tuple[torch.Tensor, ...]) -> tuple[Callable, Callable]:
         if self._nets is None:
-            if self._networks is None or self.cfg.runtime == "torch":
+            if self._networks is None or runs_in_torch(self.cfg.runtime, self.device):
                 self._nets = (self.models.warp_network, self.models.decoder)
             else:
                 example = tuple(x.contiguous() for x in example)
