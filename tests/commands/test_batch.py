@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from _batch_helpers import check_video, speech_clip
+from _cli_in_process import run_cli
 from _conformance import PORTRAIT, skip_missing
 from _tiny_release import build_tiny_release
 
@@ -26,6 +27,12 @@ def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
         env=env,
         timeout=300,
     )
+
+
+def run_here(args: list[str], tmp_path: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`run` in this process: for the refusals, which stop before any worker or model."""
+    env = {"TALKINGHEAD_CACHE": str(tmp_path / "cache")}
+    return run_cli(["batch", *args], monkeypatch, capsys, env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -47,26 +54,34 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> Non
         ("source,audio,output\na.png,a.wav,o.mp4\n", ["--devices", "tpu:0"], "unknown device"),
     ],
 )
-def test_bad_options_and_job_files_are_one_line(content, options, needle, tmp_path) -> None:
+def test_bad_options_and_job_files_are_one_line(
+    content, options, needle, tmp_path, monkeypatch, capsys
+) -> None:
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(content)
-    proc = run([str(jobs), "--checkpoints", str(tmp_path / "no-release"), *options], tmp_path)
+    args = [str(jobs), "--checkpoints", str(tmp_path / "no-release"), *options]
+    proc = run_here(args, tmp_path, monkeypatch, capsys)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "jobs.report.json").exists()  # nothing ran
 
 
-def test_a_missing_job_file(tmp_path) -> None:
-    assert_one_line_error(run([str(tmp_path / "nope.csv")], tmp_path), "job file not found")
+def test_a_missing_job_file(tmp_path, monkeypatch, capsys) -> None:
+    proc = run_here([str(tmp_path / "nope.csv")], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(proc, "job file not found")
 
 
-def test_missing_checkpoints_stop_the_batch_before_any_worker(tmp_path) -> None:
+def test_missing_checkpoints_stop_the_batch_before_any_worker(
+    tmp_path, monkeypatch, capsys
+) -> None:
     if not PORTRAIT.is_file():
         skip_missing(str(PORTRAIT))
     speech_clip(tmp_path / "a.wav", 0.3)
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(f"source,audio,output\n{PORTRAIT},a.wav,o.mp4\n")
-    proc = run([str(jobs), "--checkpoints", str(tmp_path / "none"), "--quiet"], tmp_path)
-    assert_one_line_error(proc, "checkpoint directory not found")
+    args = [str(jobs), "--checkpoints", str(tmp_path / "none"), "--quiet"]
+    assert_one_line_error(
+        run_here(args, tmp_path, monkeypatch, capsys), "checkpoint directory not found"
+    )
 
 
 def test_a_batch_runs_reports_and_resumes(tmp_path) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -55,15 +52,11 @@ def test_missing_folder_is_an_empty_cache(tmp_path):
     assert not (tmp_path / "nowhere").exists()  # looking creates nothing
 
 
-def test_bad_limit_is_one_line_error(tmp_path):
-    env = {**os.environ, "TALKINGHEAD_CACHE": str(tmp_path), "TALKINGHEAD_CACHE_MAX_MB": "lots"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "talkinghead", "cache", "info"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def test_bad_limit_is_one_line_error(tmp_path, monkeypatch, capsys):
+    from _cli_in_process import run_cli
+
+    env = {"TALKINGHEAD_CACHE": str(tmp_path), "TALKINGHEAD_CACHE_MAX_MB": "lots"}
+    proc = run_cli(["cache", "info"], monkeypatch, capsys, env)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: TALKINGHEAD_CACHE_MAX_MB='lots' is not a size in MiB; "

@@ -267,11 +267,13 @@ def test_another_page_in_the_browser_cannot_drive_the_server(page, tmp_path) -> 
         assert pipe.registered == [] and pipe.streams == []
 
 
-def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(page, tmp_path) -> None:
+def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(
+    page, tmp_path, two_turns_with_an_interrupt
+) -> None:
     """The page's conversation mode against the tiny Ditto release: idle, turn one (3 s)
-    interrupted after about 1 s, idle, turn two (1 s), idle, end. The frames the page
-    received are one unbroken timeline, and no speech/idle boundary moves the face more
-    than consecutive speaking frames do (the measure of test_conversation.py)."""
+    interrupted once the page has 15 of its frames, idle, turn two (0.6 s), idle, end. The
+    frames the page received are one unbroken timeline, and no speech/idle boundary moves
+    the face more than consecutive speaking frames do (the measure of test_conversation.py)."""
     import base64
     import itertools
 
@@ -284,9 +286,7 @@ def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(page,
     pipe = DittoPipeline.from_pretrained(release, download=False, **TINY_SETTINGS)
     turn_one, turn_two = tmp_path / "turn_one.wav", tmp_path / "turn_two.wav"
     sf.write(turn_one, speech_16k(3.0), 16000)
-    sf.write(turn_two, speech_16k(1.0), 16000)
-    events = "window.talkingheadEvents || []"
-    frames = "(window.talkingheadFrames || []).length"
+    sf.write(turn_two, speech_16k(0.6), 16000)
     with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
         page.goto(srv.url + "/")
         page.set_input_files("#portrait-file", str(PORTRAIT))
@@ -296,29 +296,10 @@ def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(page,
         )
         page.evaluate("window.talkingheadKeepFrames = true")
         page.check("#conversation")
-        page.set_input_files("#audio-file", str(turn_one))
-        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
-        page.click("#speak")
-        # About 1 s (25 frames) into turn one's speech, interrupt it.
-        page.wait_for_function(
-            f"(() => {{ const s = ({events}).find((e) => e.type === 'speech');"
-            f" return s && {frames} >= s.frame + 25; }})()",
-            timeout=60_000,
-        )
-        page.click("#interrupt")
-        page.wait_for_function(
-            f"(() => {{ const i = ({events}).find((e) => e.type === 'interrupted');"
-            f" return i && {frames} >= i.frame + 10; }})()",
-            timeout=60_000,
-        )
-        page.set_input_files("#audio-file", str(turn_two))
-        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
-        page.click("#speak")
-        # Turn two plays to its end: its speech, then idle again.
-        page.wait_for_function(
-            f"(() => {{ const kinds = ({events}).map((e) => e.type).join(' ');"
-            f" return kinds.endsWith('interrupted speech idle'); }})()",
-            timeout=60_000,
+        # Interrupted once the page has 15 frames of turn one's speech: at least 0.6 s of
+        # it played, well short of its 3 s.
+        two_turns_with_an_interrupt(
+            page, turn_one, turn_two, interrupt_after=15, idle_after=5, timeout_ms=60_000
         )
         assert text(page, "#turns") == "2" and text(page, "#interrupts") == "1"
         page.click("#end")

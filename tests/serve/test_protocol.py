@@ -394,13 +394,14 @@ def test_serve_command_with_token_cache_and_docs_stops_on_sigterm(release, tmp_p
         (("--runtime", "fast"), "runtime must be one of"),
     ],
 )
-def test_serve_command_refuses_bad_options_before_loading(tmp_path, options, message) -> None:
+def test_serve_command_refuses_bad_options_before_loading(
+    tmp_path, options, message, monkeypatch, capsys
+) -> None:
+    from _cli_in_process import run_cli
+
     missing = tmp_path / "no-checkpoints"  # loading would fail too: the option must come first
-    proc = subprocess.run(
-        [sys.executable, "-m", "talkinghead", "serve", "--checkpoints", str(missing),
-         "--no-download", *options],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    args = ["serve", "--checkpoints", str(missing), "--no-download", *options]
+    proc = run_cli(args, monkeypatch, capsys)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr

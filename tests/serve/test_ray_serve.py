@@ -142,7 +142,7 @@ def _sessions(stack: contextlib.ExitStack, base: str, ws_url: str, avatar: str) 
         third.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_BUSY
 
-    pcm = to_pcm16(speech_16k(1.0))
+    pcm = to_pcm16(speech_16k(0.5))  # 13 frames from each replica
     results: list[dict] = [{}, {}]
     threads = [
         threading.Thread(target=_speak, args=(ws, pcm, r))

@@ -362,10 +362,10 @@ CAPTURE_VIDEO_FRAMES = """() => {
 
 
 def test_page_holds_a_webrtc_conversation_with_an_interrupt_in_chromium(
-    webrtc_page, tmp_path, loopback_ice
+    webrtc_page, tmp_path, loopback_ice, two_turns_with_an_interrupt
 ) -> None:
     """The page in WebRTC mode and conversation mode against the tiny Ditto release: idle,
-    turn one (3 s) interrupted about 1 s in, idle, turn two (1 s), idle, end. The server's
+    turn one (3 s) interrupted 15 frames in, idle, turn two (0.6 s), idle, end. The server's
     frame timeline is unbroken (every header index once, 1/25 s apart), the <video> element
     receives every frame once, in order, and no speech/idle boundary moves the face more
     than consecutive speaking frames do (the measure of test_conversation.py, on the frames
@@ -388,9 +388,7 @@ def test_page_holds_a_webrtc_conversation_with_an_interrupt_in_chromium(
     pipe = DittoPipeline.from_pretrained(release, download=False, **TINY_SETTINGS)
     turn_one, turn_two = tmp_path / "turn_one.wav", tmp_path / "turn_two.wav"
     sf.write(turn_one, speech_16k(3.0), 16000)
-    sf.write(turn_two, speech_16k(1.0), 16000)
-    events = "window.talkingheadEvents || []"
-    frames = "(window.talkingheadFrames || []).length"
+    sf.write(turn_two, speech_16k(0.6), 16000)
     with BackgroundServer(create_app(pipe, ServeSettings(max_sessions=1))) as srv:
         page.goto(srv.url + "/")
         page.set_input_files("#portrait-file", str(PORTRAIT))
@@ -401,28 +399,8 @@ def test_page_holds_a_webrtc_conversation_with_an_interrupt_in_chromium(
         page.select_option("#mode", "webrtc")
         page.check("#conversation")
         page.evaluate(CAPTURE_VIDEO_FRAMES)
-        page.set_input_files("#audio-file", str(turn_one))
-        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
-        page.click("#speak")
-        # About 1 s (25 frames) into turn one's speech, interrupt it.
-        page.wait_for_function(
-            f"(() => {{ const s = ({events}).find((e) => e.type === 'speech');"
-            f" return s && {frames} >= s.frame + 25; }})()",
-            timeout=120_000,
-        )
-        page.click("#interrupt")
-        page.wait_for_function(
-            f"(() => {{ const i = ({events}).find((e) => e.type === 'interrupted');"
-            f" return i && {frames} >= i.frame + 10; }})()",
-            timeout=120_000,
-        )
-        page.set_input_files("#audio-file", str(turn_two))
-        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
-        page.click("#speak")
-        page.wait_for_function(
-            f"(() => {{ const kinds = ({events}).map((e) => e.type).join(' ');"
-            f" return kinds.endsWith('interrupted speech idle'); }})()",
-            timeout=120_000,
+        two_turns_with_an_interrupt(
+            page, turn_one, turn_two, interrupt_after=15, idle_after=5, timeout_ms=120_000
         )
         page.click("#end")
         page.wait_for_function(

@@ -278,55 +278,64 @@ def test_ldm_resume_is_exact_including_the_ema(trained, prepared, tmp_path):
     assert again.losses == whole.losses[:1]
 
 
-def test_two_process_accelerate_launch_resume_is_exact(trained, prepared, tmp_path):
-    """`accelerate launch` with 2 CPU processes (gloo): 2 steps + resume to 4 == 4 straight,
-    EMA included; the loss line is the mean over both ranks."""
-    from _accelerate_launch import launch
+@pytest.fixture(scope="module")
+def two_process_runs(trained, prepared, tmp_path_factory):
+    """Both stages under `accelerate launch` with 2 CPU processes (gloo), in one launch:
+    2 steps, then 4 straight, then the 2-step runs resumed to 4 (the straight runs come
+    between each split and its resume). The autoencoder's PatchGAN is on from step 1."""
+    from _accelerate_launch import launch_commands
 
-    ae = trained[0] / "autoencoder.pt"
-    base = ["train-difftalk", "--stage", "ldm", str(prepared[0])]
-    opts = ["--preset", "tiny", "--batch-size", "1", "--lr", "1e-3", "--autoencoder", str(ae),
-            "--log-every", "1"]  # fmt: skip
-    for out, steps, extra in (("split", 2, []), ("split", 4, ["--resume"]), ("straight", 4, [])):
-        run = launch([*base, str(tmp_path / out), *opts, "--steps", str(steps), *extra],
-                     timeout=240)  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:]
-    assert (tmp_path / "split" / "state_ldm" / "rank_state_1.pt").is_file()
-    a, b = _weights(tmp_path / "straight" / "ldm.pt"), _weights(tmp_path / "split" / "ldm.pt")
+    work = tmp_path_factory.mktemp("difftalk_two_process")
+    stages = {  # the ldm stage writes its autoencoder next to it: a folder per stage
+        "ldm": ["--preset", "tiny", "--autoencoder", str(trained[0] / "autoencoder.pt")],
+        "autoencoder": ["--preset", "tiny-f4", "--disc-start", "1"],
+    }
+    opts = ["--batch-size", "1", "--lr", "1e-3", "--log-every", "1"]
+    order = (("split", 2, []), ("straight", 4, []), ("split", 4, ["--resume"]))
+    runs = [
+        ["train-difftalk", str(prepared[0]), str(work / stage / out), "--stage", stage,
+         *opts, *stage_opts, "--steps", str(steps), *extra]
+        for out, steps, extra in order
+        for stage, stage_opts in stages.items()
+    ]  # fmt: skip
+    run = launch_commands(runs, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return work
+
+
+def test_two_process_accelerate_launch_resume_is_exact(two_process_runs, trained, prepared):
+    """The ldm stage in 2 processes: 2 steps + resume to 4 == 4 straight, EMA included; the
+    loss line is the mean over both ranks."""
+    work = two_process_runs / "ldm"
+    assert (work / "split" / "state_ldm" / "rank_state_1.pt").is_file()
+    a, b = _weights(work / "straight" / "ldm.pt"), _weights(work / "split" / "ldm.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    log = [json.loads(x) for x in (tmp_path / "split" / "log_ldm" / "train_log.jsonl").read_text().splitlines()]
+    log_file = work / "split" / "log_ldm" / "train_log.jsonl"
+    log = [json.loads(x) for x in log_file.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     # a resume with another number of processes is refused, not silently inexact
     with pytest.raises(TalkingHeadError, match="saved by 2 processes"):
         train_ldm(
-            prepared[0], tmp_path / "split",
+            prepared[0], work / "split",
             LdmTrainConfig(preset="tiny", steps=5, batch_size=1, resume=True, device="cpu"),
-            autoencoder=ae,
+            autoencoder=trained[0] / "autoencoder.pt",
         )  # fmt: skip
 
 
-def test_two_process_autoencoder_resume_is_exact(prepared, tmp_path):
-    """The autoencoder stage under `accelerate launch` with 2 CPU processes, the PatchGAN on
-    from step 1 (its gradients are averaged by hand): 2 steps + resume to 4 == 4 straight,
-    the discriminator's weights included."""
-    from _accelerate_launch import launch
-
-    base = ["train-difftalk", "--stage", "autoencoder", str(prepared[0])]
-    opts = ["--preset", "tiny-f4", "--batch-size", "1", "--lr", "1e-3", "--disc-start", "1",
-            "--log-every", "1"]  # fmt: skip
-    for out, steps, extra in (("split", 2, []), ("split", 4, ["--resume"]), ("straight", 4, [])):
-        run = launch([*base, str(tmp_path / out), *opts, "--steps", str(steps), *extra],
-                     timeout=240)  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:]
-    assert (tmp_path / "split" / "state_autoencoder" / "rank_state_1.pt").is_file()
+def test_two_process_autoencoder_resume_is_exact(two_process_runs):
+    """The autoencoder stage in 2 processes, the PatchGAN on from step 1 (its gradients are
+    averaged by hand): 2 steps + resume to 4 == 4 straight, the discriminator's weights
+    included."""
+    work = two_process_runs / "autoencoder"
+    assert (work / "split" / "state_autoencoder" / "rank_state_1.pt").is_file()
     payloads = [
-        torch.load(tmp_path / d / "autoencoder.pt", map_location="cpu", weights_only=True)
+        torch.load(work / d / "autoencoder.pt", map_location="cpu", weights_only=True)
         for d in ("straight", "split")
     ]
     for part in ("state_dict", "discriminator"):
         a, b = (p[part] if part == "state_dict" else p["train_state"][part] for p in payloads)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    log_file = tmp_path / "split" / "log_autoencoder" / "train_log.jsonl"
+    log_file = work / "split" / "log_autoencoder" / "train_log.jsonl"
     log = [json.loads(x) for x in log_file.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "d" in log[-1]  # the GAN was on
 

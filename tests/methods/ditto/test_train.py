@@ -405,15 +405,18 @@ def test_cli_release_options_and_loss_lines(data, tmp_path):
 
 
 def test_two_process_accelerate_launch_resume_is_exact(data, tmp_path):
-    """`accelerate launch` with 2 CPU processes (gloo): 3 steps + resume to 6 == 6 straight."""
-    from _accelerate_launch import launch
+    """`accelerate launch` with 2 CPU processes (gloo): 3 steps + resume to 6 == 6 straight
+    (one launch; the straight run comes between the split one and its resume)."""
+    from _accelerate_launch import launch_commands
 
     base = ["train-motion", str(data), "--preset", "tiny", "--no-tensorboard",
             "--batch-size", "4", "--save-every-steps", "3"]
-    for out, steps in (("split", 3), ("split", 6), ("straight", 6)):
-        run = launch([*base[:2], str(tmp_path / out), *base[2:], "--max-steps", str(steps)],
-                     mixed_precision="no", timeout=240)
-        assert run.returncode == 0, run.stderr[-3000:]
+    runs = [
+        [*base[:2], str(tmp_path / out), *base[2:], "--max-steps", str(steps)]
+        for out, steps in (("split", 3), ("straight", 6), ("split", 6))
+    ]
+    run = launch_commands(runs, mixed_precision="no", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "split" / "state" / "step_00000006" / "rank_state_1.pt").is_file()
     a = _decoder_state(tmp_path / "split" / "export" / "lmdm_v0.4_hubert.pth")
     b = _decoder_state(tmp_path / "straight" / "export" / "lmdm_v0.4_hubert.pth")

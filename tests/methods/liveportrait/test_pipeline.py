@@ -109,7 +109,11 @@ def test_api_errors(release, media, tmp_path):
         (["-o", "{tmp}/out.avi"], "cannot tell what to write"),
     ],
 )
-def test_cli_errors_are_one_line_before_any_model_loads(release, media, tmp_path, change, needle):
+def test_cli_errors_are_one_line_before_any_model_loads(
+    release, media, tmp_path, change, needle, monkeypatch, capsys
+):
+    from _cli_in_process import run_cli
+
     portrait, driving = media
     args = {"--source": str(portrait), "--driving": str(driving), "-o": str(tmp_path / "o.mp4"),
             "--checkpoints": str(release)}
@@ -118,7 +122,7 @@ def test_cli_errors_are_one_line_before_any_model_loads(release, media, tmp_path
         args[key] = value.format(portrait=portrait, tmp=tmp_path)
     else:
         args[key] = value
-    proc = run(["animate", *[x for kv in args.items() for x in kv]], tmp_path)
+    proc = run_cli(["animate", *[x for kv in args.items() for x in kv]], monkeypatch, capsys)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
