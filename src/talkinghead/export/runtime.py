@@ -74,7 +74,7 @@ def check_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
 def resolve_runtime(runtime: str, kind: str, device: str | torch.device = "cpu") -> str:
     """The runtime network `kind` ("warp_network" or "decoder") runs on under `runtime`.
 
-    Only "auto" is resolved: on CPU the decoder on ONNX Runtime (1.5-2x its PyTorch time at
+    Only "auto" is resolved: on CPU the decoder on ONNX Runtime (1.5-1.8x faster than PyTorch, at
     8e-7 error) and the warp in PyTorch (oneDNN's 3-D convolutions run near the CPU's peak;
     onnxruntime's take 1.5x longer), measured by benchmarks/cpu_runtimes.py; without
     onnxruntime, PyTorch. On CUDA PyTorch: the GPU runtimes are unmeasured, so none is
