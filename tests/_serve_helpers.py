@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,3 +198,41 @@ def metric_value(text: str, name: str) -> float:
         if line.split(" ")[0] == name:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+# The page's conversation as the browser and WebRTC tests drive it (window.talkingheadEvents:
+# the server's events; window.talkingheadFrames: the frame headers the page received).
+EVENTS = "window.talkingheadEvents || []"
+FRAMES_RECEIVED = "(window.talkingheadFrames || []).length"
+
+
+def two_turns_with_an_interrupt(
+    page, turn_one: Path, turn_two: Path, *, interrupt_after: int, idle_after: int, timeout_ms: int
+) -> None:
+    """The page-driving steps of the browser and WebRTC conversation tests. On a page in
+    conversation mode with its portrait registered: turn one, interrupted
+    `interrupt_after` frames into its speech; `idle_after` idle frames; turn two, played to
+    its end and back to idle. The caller ends the conversation."""
+
+    def speak(wav: Path) -> None:
+        page.set_input_files("#audio-file", str(wav))
+        page.wait_for_function("!document.getElementById('speak').disabled", timeout=30_000)
+        page.click("#speak")
+
+    def wait_frames_after(kind: str, frames: int) -> None:
+        page.wait_for_function(
+            f"(() => {{ const e = ({EVENTS}).find((e) => e.type === '{kind}');"
+            f" return e && {FRAMES_RECEIVED} >= e.frame + {frames}; }})()",
+            timeout=timeout_ms,
+        )
+
+    speak(turn_one)
+    wait_frames_after("speech", interrupt_after)
+    page.click("#interrupt")
+    wait_frames_after("interrupted", idle_after)
+    speak(turn_two)
+    page.wait_for_function(
+        f"(() => {{ const kinds = ({EVENTS}).map((e) => e.type).join(' ');"
+        f" return kinds.endsWith('interrupted speech idle'); }})()",
+        timeout=timeout_ms,
+    )

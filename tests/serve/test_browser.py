@@ -17,7 +17,14 @@ import pytest
 import soundfile as sf
 
 from _conformance import skip_missing
-from _serve_helpers import PORTRAIT, SPEECH, TINY_SETTINGS, FakePipeline, get_json
+from _serve_helpers import (
+    PORTRAIT,
+    SPEECH,
+    TINY_SETTINGS,
+    FakePipeline,
+    get_json,
+    two_turns_with_an_interrupt,
+)
 from _tiny_release import build_tiny_release
 from talkinghead.serve import ServeSettings, create_app
 from talkinghead.serve.background import BackgroundServer
@@ -267,9 +274,7 @@ def test_another_page_in_the_browser_cannot_drive_the_server(page, tmp_path) -> 
         assert pipe.registered == [] and pipe.streams == []
 
 
-def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(
-    page, tmp_path, two_turns_with_an_interrupt
-) -> None:
+def test_a_two_turn_conversation_with_an_interrupt_plays_continuous_frames(page, tmp_path) -> None:
     """The page's conversation mode against the tiny Ditto release: idle, turn one (3 s)
     interrupted once the page has 15 of its frames, idle, turn two (0.6 s), idle, end. The
     frames the page received are one unbroken timeline, and no speech/idle boundary moves

@@ -19,7 +19,13 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from _serve_helpers import PORTRAIT, FakePipeline, http, upload_bytes
+from _serve_helpers import (
+    PORTRAIT,
+    FakePipeline,
+    http,
+    two_turns_with_an_interrupt,
+    upload_bytes,
+)
 from _webrtc_client import speech_with_onset, webrtc_session
 from talkinghead.serve import ServeSettings, create_app
 from talkinghead.serve.background import BackgroundServer
@@ -362,7 +368,7 @@ CAPTURE_VIDEO_FRAMES = """() => {
 
 
 def test_page_holds_a_webrtc_conversation_with_an_interrupt_in_chromium(
-    webrtc_page, tmp_path, loopback_ice, two_turns_with_an_interrupt
+    webrtc_page, tmp_path, loopback_ice
 ) -> None:
     """The page in WebRTC mode and conversation mode against the tiny Ditto release: idle,
     turn one (3 s) interrupted 15 frames in, idle, turn two (0.6 s), idle, end. The server's

@@ -378,13 +378,13 @@ def info(
 
 def _echo_what_runs_where(device: str) -> None:
     """Where `--device auto` puts each part: networks, ONNX runtimes, encoder, HuBERT."""
-    from talkinghead.export.runtime import available_providers, resolve_runtime
+    from talkinghead.export.runtime import RENDER_NETWORKS, available_providers, resolve_runtime
     from talkinghead.media.writer import hardware_encoder_works
 
     typer.echo(f"networks (torch): {device}")
     chosen = ", ".join(
-        f"{name} {resolve_runtime('auto', kind, device)}"
-        for name, kind in (("warp", "warp_network"), ("decoder", "decoder"))
+        f"{kind.removesuffix('_network')} {resolve_runtime('auto', kind, device)}"
+        for kind in RENDER_NETWORKS
     )
     typer.echo(f"renderer runtime (--runtime auto): {chosen}")
     providers = available_providers()

@@ -1,8 +1,9 @@
 """How the renderer networks (warp and decoder) run: PyTorch, torch.compile, ONNX Runtime.
 
 ``auto`` (the default): each network on the fastest runtime measured on its device that
-stays within 1e-3 of torch fp32 (`resolve_runtime`). ``torch``: the modules as they are. ``compile``: ``torch.compile`` of each (on CUDA in
-"reduce-overhead" mode, i.e. CUDA graphs; on CPU inductor's C++ kernels, weights frozen).
+stays within 1e-3 of torch fp32 (`resolve_runtime`). ``torch``: the modules as they are.
+``compile``: ``torch.compile`` of each (on CUDA in "reduce-overhead" mode, i.e. CUDA
+graphs; on CPU inductor's C++ kernels, weights frozen).
 ``onnx``: our own export (`talkinghead.export.onnx.export_onnx`, cached on disk by
 the weights' hash) run by onnxruntime, with its CUDA provider when it is installed and
 the networks are on CUDA. ``tensorrt``: onnxruntime's TensorRT provider over the same

@@ -99,6 +99,7 @@ from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
 from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
+from talkinghead.models.registry import OFFICIAL_NETWORKS
 from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.arrays import NpyPool
 from talkinghead.training.distributed import (
@@ -124,6 +125,7 @@ LOG_NAME = "train_log.jsonl"
 STATE_DIR = "state"
 TRAINER_STATE = "trainer.json"
 EXPORT_DIR = "export"
+LMDM_CHECKPOINT = OFFICIAL_NETWORKS["lmdm"].checkpoint_name  # the export is named as the release's
 PRELOAD_NAME = "data_preload.npz"
 SC_DIM = 63
 LMK_SHAPE = (478, 3)  # MediaPipe's face mesh with irises, normalised x, y, z
@@ -714,9 +716,7 @@ def install_checkpoint(
     as ``.orig``) and sets or clears the ``lmdm`` entry of the sidecar there, keeping the
     other networks' entries.
     """
-    from talkinghead.models.registry import OFFICIAL_NETWORKS
-
-    name = OFFICIAL_NETWORKS["lmdm"].checkpoint_name
+    name = LMDM_CHECKPOINT
     src = Path(run_or_checkpoint)
     sidecar_src = None
     if src.is_dir():
@@ -877,7 +877,6 @@ SAMPLE_VIDEO_SUFFIX = ".mp4"
 # GPU, a minute or two on a CPU.
 SAMPLE_RENDER_TIMEOUT = 600.0
 RENDER_LOG_CHARS = 4000  # tail of generate's stderr kept in the log when it fails
-LMDM_CHECKPOINT = "lmdm_v0.4_hubert.pth"  # the release's file name (the registry's)
 
 
 def check_sample_renderer(path: str | os.PathLike) -> Path:
@@ -1276,7 +1275,7 @@ def train_motion(
             export = out_dir / EXPORT_DIR
             export.mkdir(exist_ok=True)
             result.checkpoint = export_checkpoint(
-                state_dict, lmdm_kwargs, export / "lmdm_v0.4_hubert.pth"
+                state_dict, lmdm_kwargs, export / LMDM_CHECKPOINT
             )
             result.sidecar = write_sidecar(export, lmdm_kwargs)
             log.info("step %d: saved %s", step, ckpt)
@@ -1355,7 +1354,7 @@ def train_motion(
     result.step, result.epoch = step, epoch
     result.samples = sorted(samples.written + video_samples.written, key=lambda p: p.name)
     if result.checkpoint is None:  # nothing left to train: point at the earlier export
-        export = out_dir / EXPORT_DIR / "lmdm_v0.4_hubert.pth"
+        export = out_dir / EXPORT_DIR / LMDM_CHECKPOINT
         result.checkpoint = export if export.is_file() else None
         sidecar = out_dir / EXPORT_DIR / SIDECAR_NAME
         result.sidecar = sidecar if sidecar.is_file() else None
