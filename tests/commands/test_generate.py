@@ -177,7 +177,8 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     assert f"CUDA {'yes' if cuda_ep else 'no'}" in lines["onnxruntime providers"]
     decoder = "onnx" if device == "cpu" else "torch"
     chosen = lines["renderer runtime (--runtime auto)"]
-    assert chosen.endswith(f": warp torch, decoder {decoder}")
+    forms = " (polyphase inference forms)" if device == "cpu" else ""
+    assert chosen.endswith(f": warp torch, decoder {decoder}{forms}")
     assert "CPU yes" in lines["onnxruntime providers"]
     nvenc = hardware_encoder_works("h264_nvenc")
     assert ("h264_nvenc" if nvenc else "libx264") in lines["video encoder"]

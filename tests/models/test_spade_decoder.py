@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from talkinghead.models import load_official, save_official
-from talkinghead.models.spade_decoder import SPADEDecoder, SpectralNormConv2d
+from talkinghead.models.spade_decoder import (
+    PolyphaseSPADEDecoder,
+    SPADEDecoder,
+    SpectralNormConv2d,
+    polyphase_decoder,
+)
+from talkinghead.models.upsampled_conv import UpsampledConv
 
 TINY = {
     "block_expansion": 4,
@@ -184,3 +190,23 @@ def test_without_pixel_shuffle():
     assert "conv_img.weight" in net.state_dict()
     with torch.no_grad():
         assert net(torch.randn(1, 16, 4, 4)).shape == (1, 3, 16, 16)
+
+
+def test_polyphase_decoder_gives_the_decoder_output() -> None:
+    net = _tiny()
+    fast = polyphase_decoder(net)
+    assert isinstance(fast, PolyphaseSPADEDecoder)
+    assert isinstance(net.up_1.norm_0.mlp_shared, nn.Sequential)  # the original is untouched
+    assert isinstance(fast.up_1.norm_0.mlp_shared, UpsampledConv)
+    feature = torch.randn(3, 16, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(feature), net(feature), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.conformance
+@pytest.mark.slow
+def test_polyphase_decoder_with_release_weights(official):
+    net, _ = official
+    feature = torch.randn(2, 256, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(polyphase_decoder(net)(feature), net(feature), atol=1e-5, rtol=0)

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from talkinghead.models import load_official, save_official
-from talkinghead.models.liveportrait_blocks import make_coordinate_grid
-from talkinghead.models.warping_network import DenseMotionConfig, WarpingNetwork
+from talkinghead.models.liveportrait_blocks import PolyphaseUpBlock3d, make_coordinate_grid
+from talkinghead.models.warping_network import (
+    DenseMotionConfig,
+    WarpingNetwork,
+    is_polyphase,
+    polyphase_warp,
+)
 
 TINY_DENSE = DenseMotionConfig(
     block_expansion=8, max_features=32, num_blocks=3, reshape_depth=8, compress=2
@@ -171,3 +176,31 @@ def test_dense_motion_config_accepts_a_mapping():
 def test_inconsistent_reshape_is_rejected():
     with pytest.raises(ValueError, match="max_features"):
         WarpingNetwork(max_features=256)
+
+
+def test_polyphase_warp_gives_the_warp_output():
+    net = tiny_network()
+    fast = polyphase_warp(net)
+    assert is_polyphase(fast) and not is_polyphase(net)
+    blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
+    assert all(isinstance(b, PolyphaseUpBlock3d) for b in blocks)  # 3 levels: all of them
+    assert fast.third.conv.weight is net.third.conv.weight  # weights shared, not copied
+    feature, kp_s, kp_d = tiny_inputs(3, seed=2)
+    broadcast = feature[:1].expand(3, -1, -1, -1, -1)  # an image source's volume
+    with torch.no_grad():
+        for f in (feature, broadcast):
+            torch.testing.assert_close(fast(f, kp_s, kp_d), net(f, kp_s, kp_d), atol=1e-5, rtol=0)
+
+
+@pytest.mark.conformance
+@pytest.mark.slow
+def test_polyphase_warp_with_release_weights(conformance):
+    net = load_official("warp_network", conformance.checkpoint("warp_network"))
+    fast = polyphase_warp(net)
+    blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
+    assert [isinstance(b, PolyphaseUpBlock3d) for b in blocks] == [False, False, True, True, True]
+    gen = torch.Generator().manual_seed(0)
+    kp = torch.rand(1, 21, 3, generator=gen) - 0.5
+    inputs = (torch.randn(1, 32, 16, 32, 32, generator=gen) * 0.4, kp, kp + 0.03)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*inputs), net(*inputs), atol=1e-5, rtol=0)

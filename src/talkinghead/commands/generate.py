@@ -179,8 +179,9 @@ def generate(
     batch_size: int = typer.Option(4, help="Frames per warp/decode batch."),
     runtime: str = typer.Option(
         "auto",
-        help="Ditto renderer runtime: auto (on CPU the decoder on onnxruntime), torch, "
-        "compile, onnx or tensorrt (CUDA).",
+        help="Ditto renderer runtime: auto (on CPU the decoder on onnxruntime, both networks "
+        "in polyphase form), torch (the release's arithmetic exactly), compile, onnx or "
+        "tensorrt (CUDA).",
     ),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse registered avatars."),
     resolution: int = typer.Option(256, help="DiffTalk: 256 or 512."),
@@ -378,7 +379,12 @@ def info(
 
 def _echo_what_runs_where(device: str) -> None:
     """Where `--device auto` puts each part: networks, ONNX runtimes, encoder, HuBERT."""
-    from talkinghead.export.runtime import RENDER_NETWORKS, available_providers, resolve_runtime
+    from talkinghead.export.runtime import (
+        RENDER_NETWORKS,
+        available_providers,
+        resolve_runtime,
+        uses_inference_forms,
+    )
     from talkinghead.media.writer import hardware_encoder_works
 
     typer.echo(f"networks (torch): {device}")
@@ -386,7 +392,8 @@ def _echo_what_runs_where(device: str) -> None:
         f"{kind.removesuffix('_network')} {resolve_runtime('auto', kind, device)}"
         for kind in RENDER_NETWORKS
     )
-    typer.echo(f"renderer runtime (--runtime auto): {chosen}")
+    forms = " (polyphase inference forms)" if uses_inference_forms("auto", device) else ""
+    typer.echo(f"renderer runtime (--runtime auto): {chosen}{forms}")
     providers = available_providers()
     if providers:
         kinds = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from talkinghead.models.upsampled_conv import UpsampledConv
+
 
 class SameBlock2d(nn.Module):
     """Conv2d -> BatchNorm2d -> ReLU (or leaky ReLU, slope 0.01), resolution preserved."""
@@ -95,6 +97,19 @@ class UpBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
         return F.relu(self.norm(self.conv(out)), inplace=True)
+
+
+class PolyphaseUpBlock3d(nn.Module):
+    """An `UpBlock3d` for inference with its conv at the input's resolution (`UpsampledConv`):
+    2.25x fewer multiply-adds, the same values within float rounding. Shares `block`'s norm."""
+
+    def __init__(self, block: UpBlock3d) -> None:
+        super().__init__()
+        self.conv = UpsampledConv(block.conv, 2)
+        self.norm = block.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)), inplace=True)
 
 
 def _level_features(block_expansion: int, max_features: int, level: int) -> int:

@@ -15,6 +15,7 @@ from talkinghead.errors import SettingsError
 from talkinghead.export.runtime import OnnxRuntimeNetwork, available_providers, resolve_runtime
 from talkinghead.methods.ditto.config import DittoConfig
 from talkinghead.methods.ditto.pipeline import DittoPipeline
+from talkinghead.models.warping_network import is_polyphase
 
 PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
 SPEECH = MEDIA_DIR / "ditto_example_speech.wav"
@@ -81,7 +82,8 @@ def test_auto_runtime_is_the_default_and_runs_the_decoder_on_onnxruntime_on_cpu(
     frames = pipe.generate(PORTRAIT, audio, runtime="auto").frames
     _close_to(frames, reference, MAX_LEVELS)
     warp, decode = pipe._render_networks("auto", ())  # built by the run above
-    assert warp is pipe.models.warp_network and isinstance(decode, OnnxRuntimeNetwork)
+    assert isinstance(decode, OnnxRuntimeNetwork)
+    assert is_polyphase(warp) and not is_polyphase(pipe.models.warp_network)  # inference form
 
 
 def test_auto_runtime_without_onnxruntime_is_torch(monkeypatch) -> None:
@@ -89,8 +91,9 @@ def test_auto_runtime_without_onnxruntime_is_torch(monkeypatch) -> None:
 
     monkeypatch.setattr(runtime, "available_providers", lambda: [])
     assert runtime.resolve_runtime("auto", "decoder", "cpu") == "torch"
-    assert runtime.runs_in_torch("auto", "cpu")
-    assert not runtime.runs_in_torch("onnx", "cpu")
+    # PyTorch, running the networks' inference forms: not the modules themselves.
+    assert not runtime.runs_in_torch("auto", "cpu") and runtime.uses_inference_forms("auto")
+    assert runtime.runs_in_torch("torch", "cpu")
 
 
 def test_compile_runtime_gives_torch_frames(pipe, audio, reference) -> None:

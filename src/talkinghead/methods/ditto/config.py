@@ -117,8 +117,9 @@ class DittoConfig:
     (a `ControlTimeline`, a JSON/YAML file, or the release's ``ctrl_info``; per frame).
     Runtime: ``seed``, ``device``, ``fp16`` (autocast the renderer on CUDA), ``runtime``
     (how warp and decoder run: "auto" (each on its fastest runtime within 1e-3 of fp32:
-    on CPU the decoder on ONNX Runtime when installed), "torch", "compile", "onnx",
-    "tensorrt"; see `talkinghead.export.runtime`), ``device_paste`` (paste-back in torch on the device;
+    on CPU the decoder on ONNX Runtime when installed, both in their polyphase inference
+    forms), "torch" (the release's arithmetic exactly), "compile", "onnx", "tensorrt"; see
+    `talkinghead.export.runtime`), ``device_paste`` (paste-back in torch on the device;
     None: on CUDA, where it keeps frames on the GPU, and cv2 on the CPU, where it is faster),
     ``batch_size`` (frames per warp/decode batch), ``online`` (use the streaming
     motion settings offline too), ``cache`` (reuse registered avatars).

@@ -1,0 +1,42 @@
+"""UpsampledConv: a conv of a nearest-upsampled input, computed at the input's resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from talkinghead.models.upsampled_conv import UpsampledConv
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_2d_is_the_conv_of_the_upsampled_input(scale: int, bias: bool) -> None:
+    torch.manual_seed(scale)
+    conv = nn.Conv2d(6, 5, kernel_size=3, padding=1, bias=bias)
+    x = torch.randn(2, 6, 5, 7)  # not square: rows and columns are handled apart
+    with torch.no_grad():
+        expected = conv(F.interpolate(x, scale_factor=scale, mode="nearest")).relu()
+        got = UpsampledConv(conv, scale, activation=nn.ReLU())(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("depth_kernel", "depth_padding"), [(3, 1), (1, 0)])
+def test_3d_upsamples_only_the_last_two_axes(depth_kernel: int, depth_padding: int) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv3d(4, 3, kernel_size=(depth_kernel, 3, 3), padding=(depth_padding, 1, 1))
+    x = torch.randn(2, 4, 3, 4, 6)
+    with torch.no_grad():
+        expected = conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        got = UpsampledConv(conv, 2)(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_refuses_what_it_cannot_rewrite() -> None:
+    with pytest.raises(ValueError, match="scale >= 2"):
+        UpsampledConv(nn.Conv2d(2, 2, 3, padding=1), 1)
+    with pytest.raises(ValueError, match="3x3"):
+        UpsampledConv(nn.Conv2d(2, 2, 5, padding=2), 2)
+    with pytest.raises(ValueError, match="3x3"):
+        UpsampledConv(nn.Conv2d(2, 2, 3, padding=1, stride=2), 2)
