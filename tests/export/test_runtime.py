@@ -16,7 +16,7 @@ from talkinghead.export.runtime import (
 )
 from talkinghead.models import load_official
 from talkinghead.models.spade_decoder import PolyphaseSPADEDecoder, SPADEDecoder
-from talkinghead.models.warping_network import is_polyphase
+from talkinghead.models.warping_network import is_inference_form
 
 
 def test_every_runtime_but_torch_runs_the_inference_forms() -> None:
@@ -33,7 +33,7 @@ def test_auto_warp_on_cpu_is_the_polyphase_module_and_torch_the_module_itself(tm
     warp = OFFICIAL_NETWORKS["warp_network"].factory()().eval()
     assert runtime_network(warp, "warp_network", "torch", ()) is warp
     fast = runtime_network(warp, "warp_network", "auto", (), cache_dir=tmp_path)
-    assert is_polyphase(fast) and not is_polyphase(warp)
+    assert is_inference_form(fast) and not is_inference_form(warp)
     assert not list(tmp_path.iterdir())  # PyTorch: nothing exported
     decoder = SPADEDecoder(block_expansion=4, max_features=16, out_channels=8, spade_hidden=8)
     assert inference_form(decoder).fc.weight is decoder.fc.weight

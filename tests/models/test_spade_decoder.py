@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from talkinghead.models import load_official, save_official
+from talkinghead.models.conv_forms import UpsampledConv
 from talkinghead.models.spade_decoder import (
     PolyphaseSPADEDecoder,
     SPADEDecoder,
     SpectralNormConv2d,
     polyphase_decoder,
 )
-from talkinghead.models.upsampled_conv import UpsampledConv
 
 TINY = {
     "block_expansion": 4,

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from talkinghead.models import load_official, save_official
+from talkinghead.models.conv_forms import TapsFirstConv2d
 from talkinghead.models.liveportrait_blocks import PolyphaseUpBlock3d, make_coordinate_grid
 from talkinghead.models.warping_network import (
     DenseMotionConfig,
     WarpingNetwork,
-    is_polyphase,
-    polyphase_warp,
+    is_inference_form,
+    warp_inference_form,
 )
 
 TINY_DENSE = DenseMotionConfig(
@@ -178,12 +179,13 @@ def test_inconsistent_reshape_is_rejected():
         WarpingNetwork(max_features=256)
 
 
-def test_polyphase_warp_gives_the_warp_output():
+def test_warp_inference_form_gives_the_warp_output():
     net = tiny_network()
-    fast = polyphase_warp(net)
-    assert is_polyphase(fast) and not is_polyphase(net)
+    fast = warp_inference_form(net)
+    assert is_inference_form(fast) and not is_inference_form(net)
     blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
     assert all(isinstance(b, PolyphaseUpBlock3d) for b in blocks)  # 3 levels: all of them
+    assert isinstance(fast.dense_motion_network.occlusion, TapsFirstConv2d)
     assert fast.third.conv.weight is net.third.conv.weight  # weights shared, not copied
     feature, kp_s, kp_d = tiny_inputs(3, seed=2)
     broadcast = feature[:1].expand(3, -1, -1, -1, -1)  # an image source's volume
@@ -194,11 +196,12 @@ def test_polyphase_warp_gives_the_warp_output():
 
 @pytest.mark.conformance
 @pytest.mark.slow
-def test_polyphase_warp_with_release_weights(conformance):
+def test_warp_inference_form_with_release_weights(conformance):
     net = load_official("warp_network", conformance.checkpoint("warp_network"))
-    fast = polyphase_warp(net)
+    fast = warp_inference_form(net)
     blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
     assert [isinstance(b, PolyphaseUpBlock3d) for b in blocks] == [False, False, True, True, True]
+    assert isinstance(fast.dense_motion_network.occlusion, TapsFirstConv2d)
     gen = torch.Generator().manual_seed(0)
     kp = torch.rand(1, 21, 3, generator=gen) - 0.5
     inputs = (torch.randn(1, 32, 16, 32, 32, generator=gen) * 0.4, kp, kp + 0.03)

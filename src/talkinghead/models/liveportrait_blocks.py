@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkinghead.models.upsampled_conv import UpsampledConv
+from talkinghead.models.conv_forms import UpsampledConv
 
 
 class SameBlock2d(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkinghead.models.upsampled_conv import UpsampledConv, structural_copy
+from talkinghead.models.conv_forms import UpsampledConv, structural_copy
 
 _LEAKY_SLOPE = 0.2
 

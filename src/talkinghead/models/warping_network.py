@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from talkinghead.models.conv_forms import TapsFirstConv2d, structural_copy
 from talkinghead.models.liveportrait_blocks import (
     Hourglass,
     PolyphaseUpBlock3d,
@@ -24,7 +25,6 @@ from talkinghead.models.liveportrait_blocks import (
     kp2gaussian,
     make_coordinate_grid,
 )
-from talkinghead.models.upsampled_conv import structural_copy
 
 
 @dataclass(frozen=True)
@@ -212,17 +212,24 @@ class WarpingNetwork(nn.Module):
 POLYPHASE_UP_BLOCKS = 3
 
 
-def is_polyphase(net: WarpingNetwork) -> bool:
-    """True for a warp built by `polyphase_warp`."""
-    return any(isinstance(m, PolyphaseUpBlock3d) for m in net.modules())
+def is_inference_form(net: WarpingNetwork) -> bool:
+    """True for a warp built by `warp_inference_form`."""
+    return any(isinstance(m, PolyphaseUpBlock3d | TapsFirstConv2d) for m in net.modules())
 
 
-def polyphase_warp(net: WarpingNetwork) -> WarpingNetwork:
-    """`net` for inference (eval mode, sharing its weights) with its last hourglass up blocks
-    as `PolyphaseUpBlock3d`: the same values within float rounding (about 1e-6), 6% faster on
-    CPU. The summed convs are computed from the weights as they are now; `net` is unchanged."""
+def warp_inference_form(net: WarpingNetwork) -> WarpingNetwork:
+    """`net` for inference (eval mode, sharing its weights): the last hourglass up blocks as
+    `PolyphaseUpBlock3d` and the occlusion head as a `TapsFirstConv2d`. The same values within
+    float rounding (about 1e-6), 10% faster on CPU. The rewritten convs are built from the
+    weights as they are now; `net` is unchanged."""
     fast = structural_copy(net).eval()
-    blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
+    dense = fast.dense_motion_network
+    blocks = dense.hourglass.decoder.up_blocks
     for i in range(max(0, len(blocks) - POLYPHASE_UP_BLOCKS), len(blocks)):
         blocks[i] = PolyphaseUpBlock3d(blocks[i])
+    if (
+        dense.occlusion is not None
+        and dense.occlusion.out_channels * 4 <= dense.occlusion.in_channels
+    ):
+        dense.occlusion = TapsFirstConv2d(dense.occlusion)
     return fast

@@ -15,7 +15,7 @@ from talkinghead.errors import SettingsError
 from talkinghead.export.runtime import OnnxRuntimeNetwork, available_providers, resolve_runtime
 from talkinghead.methods.ditto.config import DittoConfig
 from talkinghead.methods.ditto.pipeline import DittoPipeline
-from talkinghead.models.warping_network import is_polyphase
+from talkinghead.models.warping_network import is_inference_form
 
 PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
 SPEECH = MEDIA_DIR / "ditto_example_speech.wav"
@@ -83,7 +83,9 @@ def test_auto_runtime_is_the_default_and_runs_the_decoder_on_onnxruntime_on_cpu(
     _close_to(frames, reference, MAX_LEVELS)
     warp, decode = pipe._render_networks("auto", ())  # built by the run above
     assert isinstance(decode, OnnxRuntimeNetwork)
-    assert is_polyphase(warp) and not is_polyphase(pipe.models.warp_network)  # inference form
+    assert is_inference_form(warp) and not is_inference_form(
+        pipe.models.warp_network
+    )  # inference form
 
 
 def test_auto_runtime_without_onnxruntime_is_torch(monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""UpsampledConv: a conv of a nearest-upsampled input, computed at the input's resolution."""
+"""Inference forms of convolutions give the convolutions' values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkinghead.models.upsampled_conv import UpsampledConv
+from talkinghead.models.conv_forms import TapsFirstConv2d, UpsampledConv
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4, 5])
@@ -40,3 +40,17 @@ def test_refuses_what_it_cannot_rewrite() -> None:
         UpsampledConv(nn.Conv2d(2, 2, 5, padding=2), 2)
     with pytest.raises(ValueError, match="3x3"):
         UpsampledConv(nn.Conv2d(2, 2, 3, padding=1, stride=2), 2)
+
+
+@pytest.mark.parametrize(("out_channels", "kernel", "bias"), [(1, 7, True), (3, 3, False)])
+def test_taps_first_is_the_conv(out_channels: int, kernel: int, bias: bool) -> None:
+    torch.manual_seed(kernel)
+    conv = nn.Conv2d(12, out_channels, kernel, padding=kernel // 2, bias=bias)
+    x = torch.randn(2, 12, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(TapsFirstConv2d(conv)(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_taps_first_refuses_other_padding() -> None:
+    with pytest.raises(ValueError, match="same"):
+        TapsFirstConv2d(nn.Conv2d(4, 1, 7, padding=0))
