@@ -14,6 +14,7 @@ copied) and given our networks' weights (the parameter names are the same), so b
 the same numbers; the official ones run in float32 (the release's wrappers autocast to
 float16 even on CPU, where one decoder frame takes over 10 minutes: RELEASE_BEHAVIOUR.md).
 Every runtime's largest difference from the official (or our torch) output is printed.
+``forms`` (a pseudo-runtime) times the networks' inference forms in PyTorch.
 Weights do not change the speed: without ``--checkpoints`` they are random.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from talkinghead.export.runtime import runtime_network
+from talkinghead.export.runtime import inference_form, runtime_network
 from talkinghead.models import OFFICIAL_NETWORKS, load_official
 
 KINDS = ("warp_network", "decoder")
@@ -86,7 +87,10 @@ def main() -> None:
             runs["official"] = lambda net=official, x=x: net(*x)
         for runtime in args.runtimes.split(","):
             start = time.perf_counter()
-            net = runtime_network(ours, kind, runtime, x)
+            if runtime == "forms":
+                net = inference_form(ours)
+            else:
+                net = runtime_network(ours, kind, runtime, x)
             runs[runtime] = lambda net=net, x=x: net(*x)
             with torch.inference_mode():
                 runs[runtime]()  # export / compilation, reported apart from the timing

@@ -8,7 +8,9 @@ Run by hand, e.g.::
     python benchmarks/frame_path.py --device cuda --runtimes torch,compile,onnx --fp16
 
 Full-size networks with random weights (weights do not change the speed); medians over
---repeats runs after a warm-up. Prints one JSON line per figure.
+--repeats runs after a warm-up. Prints one JSON line per figure. Besides the runtimes,
+``forms`` runs the networks' inference forms in PyTorch (what ``auto`` runs on CPU), to
+tell whether they pay on this device.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from talkinghead.export.onnx import example_inputs
-from talkinghead.export.runtime import runtime_network
+from talkinghead.export.runtime import inference_form, runtime_network
 from talkinghead.face import PasteBack
 from talkinghead.face.device_paste import DevicePasteBack
 from talkinghead.media.writer import VideoWriter
@@ -76,10 +78,13 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp())
     reference = None
     for runtime in filter(None, args.runtimes.split(",")):  # "": host-side stages only
-        w = runtime_network(
-            warp, "warp_network", runtime, (f_s, kp_s[:1], kp_d[:1]), cache_dir=cache
-        )
-        d = runtime_network(decoder, "decoder", runtime, (feature,), cache_dir=cache)
+        if runtime == "forms":
+            w, d = inference_form(warp), inference_form(decoder)
+        else:
+            w = runtime_network(
+                warp, "warp_network", runtime, (f_s, kp_s[:1], kp_d[:1]), cache_dir=cache
+            )
+            d = runtime_network(decoder, "decoder", runtime, (feature,), cache_dir=cache)
         amp = args.fp16 and device.type == "cuda"
 
         def run_warp(w=w, amp=amp):

@@ -13,7 +13,7 @@ print({"cuda": torch.cuda.is_available(), "gpu": torch.cuda.get_device_name(0) i
 PYEOF
 for BATCH in 1 16; do
   timeout 240 $PY benchmarks/frame_path.py --device cuda --batch $BATCH --repeats 10 \
-    --runtimes torch,compile,onnx --encode-frames 100 || echo "frame_path batch $BATCH failed: $?"
+    --runtimes torch,forms,compile,onnx --encode-frames 100 || echo "frame_path batch $BATCH failed: $?"
   timeout 120 $PY benchmarks/frame_path.py --device cuda --batch $BATCH --repeats 10 \
     --runtimes torch --fp16 --encode-frames 10 || echo "frame_path fp16 batch $BATCH failed: $?"
 done

@@ -1,12 +1,15 @@
 """How the renderer networks (warp and decoder) run: PyTorch, torch.compile, ONNX Runtime.
 
 ``auto`` (the default): each network on the fastest runtime measured on its device that
-stays within 1e-3 of torch fp32 (`resolve_runtime`). ``torch``: the modules as they are.
+stays within 1e-3 of torch fp32 (`resolve_runtime`). ``torch``: the modules as they are,
+the release's arithmetic exactly. Every other runtime (``auto`` on CPU only) runs, traces
+or exports the networks' `inference_form` instead: the same functions within about 1e-6,
+with fewer multiply-adds.
 ``compile``: ``torch.compile`` of each (on CUDA in "reduce-overhead" mode, i.e. CUDA
 graphs; on CPU inductor's C++ kernels, weights frozen).
-``onnx``: our own export (`talkinghead.export.onnx.export_onnx` of `export_form`, cached
-on disk by the weights' hash) run by onnxruntime, with its CUDA provider when it is installed and
-the networks are on CUDA. ``tensorrt``: onnxruntime's TensorRT provider over the same
+``onnx``: our own export (`talkinghead.export.onnx.export_onnx`, cached on disk by the
+weights' hash) run by onnxruntime, with its CUDA provider when it is installed and the
+networks are on CUDA. ``tensorrt``: onnxruntime's TensorRT provider over the same
 export, with an engine cache next to it (needs an onnxruntime-gpu build with TensorRT).
 
 Every runtime takes and returns torch tensors on the networks' device, so the
@@ -164,11 +167,11 @@ def inference_form(net: nn.Module) -> nn.Module:
     """`net` as the runtimes other than ``torch`` run it: the same function within float
     rounding (about 1e-6), with fewer multiply-adds, sharing `net`'s weights.
 
-    Convolutions rewritten (`talkinghead.models.conv_forms`): in the decoder, the label-map convs of the upsampled
-    blocks at the map's own resolution (12% fewer multiply-adds; 8% faster in PyTorch and
-    onnxruntime on CPU); in the warp, the last hourglass up blocks likewise and the occlusion
-    head as a 1x1 conv then a shifted sum (together 10% faster on CPU). Other networks as
-    they are.
+    Convolutions rewritten (`talkinghead.models.conv_forms`): in the decoder, the label-map
+    convs of the upsampled blocks at the map's own resolution (12% fewer multiply-adds; 8%
+    faster in PyTorch and onnxruntime on CPU); in the warp, the last hourglass up blocks
+    likewise and the occlusion head as a 1x1 conv then a shifted sum (together 10% faster
+    on CPU). Other networks as they are.
     """
     if not has_inference_form(net):
         return net

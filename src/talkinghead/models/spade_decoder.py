@@ -292,8 +292,8 @@ class SPADEDecoder(nn.Module):
 class PolyphaseSPADEDecoder(SPADEDecoder):
     """A `SPADEDecoder` for inference whose upsampled blocks convolve the label map at its
     own resolution (`UpsampledConv`): the same function within float rounding (about
-    1e-6), with 12% fewer multiply-adds. Built by `polyphase_decoder`; used by the ONNX
-    runtimes, while ``--runtime torch`` keeps the release's arithmetic exactly.
+    1e-6), with 12% fewer multiply-adds. Built by `polyphase_decoder`; run by every runtime
+    but ``--runtime torch``, which keeps the release's arithmetic exactly.
     """
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
