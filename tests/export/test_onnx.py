@@ -102,3 +102,25 @@ def test_onnx_network_rejects_missing_file(tmp_path) -> None:
 
     with pytest.raises(CheckpointError, match="not found"):
         OnnxNetwork(tmp_path / "none.onnx")
+
+
+def test_two_exports_of_one_file_at_once_both_succeed(tmp_path, monkeypatch) -> None:
+    """Batch workers export the same cached graph at the same time: the one that finishes
+    second must not find its temporary file taken (they once shared one name)."""
+    from talkinghead.models.spade_decoder import SPADEDecoder
+
+    net = SPADEDecoder(block_expansion=4, max_features=16, out_channels=8, spade_hidden=8)
+    target = tmp_path / "decoder.onnx"
+    real_export = torch.onnx.export
+    raced = []
+
+    def export_while_another_finishes(*args, **kwargs):
+        real_export(*args, **kwargs)
+        if not raced:  # the other worker writes and renames the same file meanwhile
+            raced.append(True)
+            export_onnx(net, "decoder", target, inputs=(torch.randn(1, 16, 4, 4),))
+
+    monkeypatch.setattr(torch.onnx, "export", export_while_another_finishes)
+    assert export_onnx(net, "decoder", target, inputs=(torch.randn(1, 16, 4, 4),)) == target
+    assert raced and [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]
+    assert OnnxNetwork(target)(torch.randn(2, 16, 4, 4)).shape == (2, 3, 32, 32)

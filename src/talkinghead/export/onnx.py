@@ -8,6 +8,7 @@ relies on a custom 3-D grid-sample TensorRT plugin instead.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
+from talkinghead.filemode import set_default_mode
 from talkinghead.models.motion_extractor import OUTPUT_KEYS
 
 # Names as in the release's ditto_onnx/ files (the appearance extractor's output is "pred").
@@ -97,7 +99,12 @@ def export_onnx(
     args = tuple(inputs) if inputs is not None else example_inputs(kind, net=net)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # A temporary name of its own: batch workers export the same cached graph at once, and
+    # with one shared name one's rename (or clean-up) took the file from under the other.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    set_default_mode(fd)  # mkstemp's 0600 would outlive the rename
+    os.close(fd)
+    tmp = Path(tmp_name)
     dynamic_axes = (
         {name: {0: "batch"} for name in (*input_names, *output_names)} if dynamic_batch else None
     )
