@@ -27,7 +27,7 @@ def test_every_runtime_but_torch_runs_the_inference_forms() -> None:
     assert runs_in_torch("auto", "cuda")  # on the GPU auto is plain torch: nothing measured
 
 
-def test_auto_warp_on_cpu_is_the_polyphase_module_and_torch_the_module_itself(tmp_path) -> None:
+def test_auto_warp_on_cpu_is_its_inference_form_and_torch_the_module_itself(tmp_path) -> None:
     from talkinghead.models import OFFICIAL_NETWORKS
 
     warp = OFFICIAL_NETWORKS["warp_network"].factory()().eval()
