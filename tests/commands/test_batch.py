@@ -70,6 +70,24 @@ def test_a_missing_job_file(tmp_path, monkeypatch, capsys) -> None:
     assert_one_line_error(proc, "job file not found")
 
 
+def test_a_bad_job_file_is_refused_before_torch_is_imported(tmp_path) -> None:
+    """The job file is checked first: its error must not wait for torch (seconds) to import."""
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("source,audio,output,emotio\na.png,a.wav,o.mp4,Happy\n")
+    code = (
+        "import sys\n"
+        "from talkinghead.cli import main\n"
+        f"sys.argv = ['talkinghead', 'batch', {str(jobs)!r}, '--checkpoints', 'no-release']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    status = e.code\n"
+        "print('torch' in sys.modules, status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.stdout.split() == ["False", "1"], proc.stdout + proc.stderr
+    assert "unknown column(s) emotio" in proc.stderr
+
+
 def test_missing_checkpoints_stop_the_batch_before_any_worker(
     tmp_path, monkeypatch, capsys
 ) -> None:

@@ -14,7 +14,7 @@ import gradio as gr
 
 from talkinghead.app.generation import EMOTIONS, Generator, Request
 from talkinghead.errors import TalkingHeadError
-from talkinghead.methods.ditto.controls import POSE_CONTROLS
+from talkinghead.methods.ditto.pose_controls import POSE_CONTROLS
 
 TITLE = "talkinghead: a portrait speaks"
 # What the page's inputs are, in the order the button sends them (gradio_client uses it too).

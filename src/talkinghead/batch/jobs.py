@@ -27,7 +27,7 @@ from typing import Any
 
 from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.face.types import CropConfig
-from talkinghead.methods.ditto.controls import POSE_CONTROLS
+from talkinghead.methods.ditto.pose_controls import POSE_CONTROLS
 
 # What every job names, and what it may set (columns of a CSV file, keys of a JSON line).
 REQUIRED_COLUMNS = ("source", "audio", "output")

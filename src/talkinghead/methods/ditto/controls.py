@@ -47,19 +47,11 @@ from talkinghead.methods.ditto.motion.stitch import (
     StitchControl,
     gaze_offsets,
 )
+from talkinghead.methods.ditto.pose_controls import POSE_CONTROLS
 from talkinghead.timebase import FPS
 
 Interpolation = Literal["linear", "step", "none"]
 INTERPOLATIONS: tuple[str, ...] = ("linear", "step", "none")
-# Head-pose offsets (degrees) and scales: whole-clip settings (CLI, batch jobs, the app) and keys.
-POSE_CONTROLS: tuple[str, ...] = (
-    "delta_pitch",
-    "delta_yaw",
-    "delta_roll",
-    "alpha_pitch",
-    "alpha_yaw",
-    "alpha_roll",
-)
 SCALAR_CONTROLS: tuple[str, ...] = (*POSE_CONTROLS, "vad_alpha", "fade_alpha")
 VECTOR_CONTROLS: dict[str, int] = {"delta_exp": 3 * NUM_KEYPOINTS, "gaze": 2, "eye_open": 2}
 CONDITION_CONTROLS: tuple[str, ...] = ("emotion", "eye_open")
