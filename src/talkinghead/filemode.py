@@ -5,8 +5,8 @@ creates files 0600 and ``mkdtemp`` directories 0700 (private on purpose), and a
 rename keeps the mode, so without a fix every published video, frames folder or
 checkpoint would be readable by its owner only. `set_default_mode` gives the temp
 file the mode a normal ``open()`` gets under the current umask (0666 & ~umask;
-directories 0777 & ~umask) before it is published. `write_text_atomically` does both for
-a small text file (a JSON or CSV report).
+directories 0777 & ~umask) before it is published; `temporary_sibling` makes such a name
+with that mode. `write_text_atomically` does both for a small text file (a JSON or CSV report).
 """
 
 from __future__ import annotations
@@ -55,17 +55,37 @@ def set_default_mode(target: str | os.PathLike[str] | int, *, directory: bool = 
             os.chmod(target, mode)
 
 
+def temporary_sibling(
+    target: str | os.PathLike[str], suffix: str, *, directory: bool = False
+) -> Path:
+    """A fresh hidden name next to `target` (``.<name>.<random><suffix>``), so the final
+    rename stays on one filesystem; created empty (a file, or a folder with `directory`)
+    with the mode a plain open()/mkdir() would give, since the rename publishes it as it is.
+    Fresh per call: writers of the same target at once never share one."""
+    import tempfile
+
+    target = Path(target)
+    prefix = f".{target.name}."
+    if directory:
+        path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+        set_default_mode(path, directory=True)
+        return path
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+    try:
+        set_default_mode(fd)
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` to `path` through a temporary sibling renamed into place: an
     interrupted write (a signal, a full disk) leaves the old file or none, never half."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    name = temporary_sibling(path, ".tmp")
     try:
-        set_default_mode(fd)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        with open(name, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(name, path)
     except BaseException:

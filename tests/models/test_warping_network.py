@@ -183,6 +183,7 @@ def test_warp_inference_form_gives_the_warp_output():
     net = tiny_network()
     fast = warp_inference_form(net)
     assert is_inference_form(fast) and not is_inference_form(net)
+    assert warp_inference_form(fast) is fast  # no second rewrite
     blocks = fast.dense_motion_network.hourglass.decoder.up_blocks
     assert all(isinstance(b, PolyphaseUpBlock3d) for b in blocks)  # 3 levels: all of them
     assert isinstance(fast.dense_motion_network.occlusion, TapsFirstConv2d)

@@ -8,7 +8,6 @@ relies on a custom 3-D grid-sample TensorRT plugin instead.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
-from talkinghead.filemode import set_default_mode
+from talkinghead.filemode import temporary_sibling
 from talkinghead.models.motion_extractor import OUTPUT_KEYS
 
 # Names as in the release's ditto_onnx/ files (the appearance extractor's output is "pred").
@@ -101,10 +100,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name of its own: batch workers export the same cached graph at once, and
     # with one shared name one's rename (or clean-up) took the file from under the other.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    set_default_mode(fd)  # mkstemp's 0600 would outlive the rename
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_sibling(path, ".tmp")
     dynamic_axes = (
         {name: {0: "batch"} for name in (*input_names, *output_names)} if dynamic_batch else None
     )

@@ -153,16 +153,6 @@ class OnnxRuntimeNetwork:
         )
 
 
-def has_inference_form(net: nn.Module) -> bool:
-    """True when `inference_form` rewrites `net` (a SPADE decoder or warp not yet rewritten)."""
-    from talkinghead.models.spade_decoder import PolyphaseSPADEDecoder, SPADEDecoder
-    from talkinghead.models.warping_network import WarpingNetwork, is_inference_form
-
-    if isinstance(net, SPADEDecoder):
-        return not isinstance(net, PolyphaseSPADEDecoder)
-    return isinstance(net, WarpingNetwork) and not is_inference_form(net)
-
-
 def inference_form(net: nn.Module) -> nn.Module:
     """`net` as the runtimes other than ``torch`` run it: the same function within float
     rounding (about 1e-6), with fewer multiply-adds, sharing `net`'s weights.
@@ -173,12 +163,14 @@ def inference_form(net: nn.Module) -> nn.Module:
     likewise and the occlusion head as a 1x1 conv then a shifted sum (together 10% faster
     on CPU). Other networks as they are.
     """
-    if not has_inference_form(net):
-        return net
     from talkinghead.models.spade_decoder import SPADEDecoder, polyphase_decoder
-    from talkinghead.models.warping_network import warp_inference_form
+    from talkinghead.models.warping_network import WarpingNetwork, warp_inference_form
 
-    return polyphase_decoder(net) if isinstance(net, SPADEDecoder) else warp_inference_form(net)
+    if isinstance(net, SPADEDecoder):
+        return polyphase_decoder(net)
+    if isinstance(net, WarpingNetwork):
+        return warp_inference_form(net)
+    return net
 
 
 def uses_inference_forms(runtime: str, device: str | torch.device = "cpu") -> bool:
@@ -272,7 +264,6 @@ __all__ = [
     "available_providers",
     "check_runtime",
     "default_cache_dir",
-    "has_inference_form",
     "inference_form",
     "resolve_runtime",
     "runs_in_torch",

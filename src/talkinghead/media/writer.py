@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from fractions import Fraction
@@ -43,7 +42,7 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 
 from talkinghead.errors import MediaError
-from talkinghead.filemode import set_default_mode
+from talkinghead.filemode import temporary_sibling
 
 # Container chosen from the output's suffix; all hold H.264 + AAC.
 VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -232,25 +231,6 @@ def _chroma_alignment(pix_fmt: str) -> tuple[int, int]:
     return (4 // chroma.width if chroma.width else 1, 4 // chroma.height if chroma.height else 1)
 
 
-def _temp_sibling(target: Path, suffix: str, *, directory: bool = False) -> Path:
-    """A fresh hidden name next to `target`, so the final rename stays on one filesystem.
-
-    It gets the mode a plain open()/mkdir() would (tempfile makes it private), since the
-    rename publishes it as it is.
-    """
-    prefix = f".{target.name}."
-    if directory:
-        path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
-        set_default_mode(path, directory=True)
-        return path
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
-    try:
-        set_default_mode(fd)
-    finally:
-        os.close(fd)
-    return Path(name)
-
-
 class VideoWriter(FrameWriter):
     """H.264 (yuv420p) video with optional AAC audio, written with PyAV.
 
@@ -309,7 +289,7 @@ class VideoWriter(FrameWriter):
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = _temp_sibling(self.path, self.path.suffix)
+            self._tmp = temporary_sibling(self.path, self.path.suffix)
             # faststart moves the index to the front so players can start before the end arrives.
             options = {"movflags": "+faststart"} if self._format in ("mp4", "mov") else {}
             self._container = av.open(str(self._tmp), "w", format=self._format, options=options)
@@ -493,7 +473,7 @@ class FramesDirWriter(FrameWriter):
         if self._tmp is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._tmp = _temp_sibling(self.path, ".tmp", directory=True)
+                self._tmp = temporary_sibling(self.path, ".tmp", directory=True)
             except OSError as e:
                 raise MediaError(f"{self.path}: cannot create the frames directory ({e})") from e
         name = self._tmp / FRAME_NAME.format(self.frames_written)
@@ -513,7 +493,7 @@ class FramesDirWriter(FrameWriter):
         try:
             if self.path.exists():
                 # Directories cannot be swapped atomically: move the old one aside first.
-                old = _temp_sibling(self.path, ".old", directory=True)
+                old = temporary_sibling(self.path, ".old", directory=True)
                 os.replace(self.path, old)
             os.replace(self._tmp, self.path)
         except OSError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError
-from talkinghead.filemode import set_default_mode
+from talkinghead.filemode import temporary_sibling
 from talkinghead.models.registry import OFFICIAL_NETWORKS, NetworkSpec
 
 _CONTAINER_KEYS = {"retarget_shoulder": "retarget_shoulder", "model_state_dict": "model_state_dict"}
@@ -142,13 +141,11 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
     would give: an interrupted save leaves the previous file or none, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    set_default_mode(fd)  # mkstemp's 0600 would survive the rename
-    os.close(fd)
+    tmp = temporary_sibling(path, ".tmp")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -308,7 +308,10 @@ class PolyphaseSPADEDecoder(SPADEDecoder):
 
 def polyphase_decoder(decoder: SPADEDecoder) -> PolyphaseSPADEDecoder:
     """`decoder` as a `PolyphaseSPADEDecoder` (eval mode, sharing its weights; the summed
-    label-map convs are computed from the weights as they are now); `decoder` is unchanged."""
+    label-map convs are computed from the weights as they are now); `decoder` is unchanged.
+    A decoder already in that form is returned as it is."""
+    if isinstance(decoder, PolyphaseSPADEDecoder):
+        return decoder
     fast = structural_copy(decoder).eval()
     fast.__class__ = PolyphaseSPADEDecoder
     for block, scale in ((fast.up_0, 2), (fast.up_1, 4)):

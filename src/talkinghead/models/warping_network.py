@@ -221,12 +221,15 @@ def warp_inference_form(net: WarpingNetwork) -> WarpingNetwork:
     """`net` for inference (eval mode, sharing its weights): the last hourglass up blocks as
     `PolyphaseUpBlock3d` and the occlusion head as a `TapsFirstConv2d`. The same values within
     float rounding (about 1e-6), 10% faster on CPU. The rewritten convs are built from the
-    weights as they are now; `net` is unchanged."""
+    weights as they are now; `net` is unchanged. A warp already in that form is returned as it is."""
+    if is_inference_form(net):
+        return net
     fast = structural_copy(net).eval()
     dense = fast.dense_motion_network
     blocks = dense.hourglass.decoder.up_blocks
     for i in range(max(0, len(blocks) - POLYPHASE_UP_BLOCKS), len(blocks)):
         blocks[i] = PolyphaseUpBlock3d(blocks[i])
+    # Taps first makes out_channels x 49 maps: a gain only for a head with few outputs.
     if (
         dense.occlusion is not None
         and dense.occlusion.out_channels * 4 <= dense.occlusion.in_channels
