@@ -17,6 +17,7 @@ of the pipeline around the network only: the real ArcFace R50 and I3D cost more.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ def make_pair(directory: Path, size: int, seconds: float, fps: int = 25) -> tupl
     from talkinghead.audio.io import load_audio
     from talkinghead.media.source import load_source
 
-    media = REPO.parent / "shared" / "media"
+    media = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO.parent / "shared" / "media"))
     portrait = load_source(media / "ditto_example_face.jpg").frames[0]
     base = cv2.resize(portrait, (size + 16, size + 16), interpolation=cv2.INTER_AREA)
     n = int(seconds * fps)

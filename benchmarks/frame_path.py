@@ -6,8 +6,10 @@ Run by hand, e.g.::
 
     python benchmarks/frame_path.py                                   # CPU
     python benchmarks/frame_path.py --device cuda --runtimes torch,compile,onnx --fp16
+    python benchmarks/frame_path.py --tiny --frame-sizes 512x512 --encode-frames 3  # smoke run
 
-Full-size networks with random weights (weights do not change the speed); medians over
+Full-size networks with random weights (weights do not change the speed; --tiny: the
+tests' tiny sizes, to check the script in seconds); medians over
 --repeats runs after a warm-up. Prints one JSON line per figure. Besides the runtimes,
 ``forms`` runs the networks' inference forms in PyTorch (what ``auto`` runs on CPU), to
 tell whether they pay on this device.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +53,16 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
+def build(kind: str, tiny: bool) -> torch.nn.Module:
+    sizes: dict = {}
+    if tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from _tiny_release import SIZES
+
+        sizes = SIZES[kind]
+    return OFFICIAL_NETWORKS[kind].factory()(**sizes)
+
+
 def emit(**row: object) -> None:
     print(json.dumps(row), flush=True)
 
@@ -65,11 +78,12 @@ def main() -> None:
     p.add_argument("--fp16", action="store_true", help="autocast warp/decode (CUDA)")
     p.add_argument("--frame-sizes", default="512x512,1080x1920")
     p.add_argument("--encode-frames", type=int, default=50)
+    p.add_argument("--tiny", action="store_true", help="the tests' tiny sizes (smoke run)")
     args = p.parse_args()
     device = torch.device(args.device)
     b = args.batch
-    warp = OFFICIAL_NETWORKS["warp_network"].factory()().to(device).eval()
-    decoder = OFFICIAL_NETWORKS["decoder"].factory()().to(device).eval()
+    warp = build("warp_network", args.tiny).to(device).eval()
+    decoder = build("decoder", args.tiny).to(device).eval()
     f_s, kp_s, kp_d = (x.to(device) for x in example_inputs("warp_network", 1, warp))
     f_b = f_s.expand(b, -1, -1, -1, -1)
     kp_s, kp_d = kp_s.expand(b, -1, -1), kp_d.expand(b, -1, -1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +36,7 @@ from talkinghead.methods.ditto.motion.format import MOTION_DIM, motion_to_dict
 from talkinghead.models.keypoints import transform_keypoints
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO.parent / "shared" / "media"))
 FPS = 25
 SETTINGS = {  # name -> (online_overlap, online_fuse)
     "release (overlap 70, fade 10)": (70, None),

@@ -11,8 +11,9 @@ held in real time, and peak memory. Run by hand, e.g.::
     # full-size networks with random weights (the speed of the real ones) for a few
     # frames; on CPU each 512 px frame costs tens of seconds, so no streaming there
     python benchmarks/pipeline.py --full-random --seconds 0.12 --sessions 0
-    # the real release, or a GPU
+    # the real release, or a GPU; --frame 1920x1080: the portrait placed in a 1080p frame
     python benchmarks/pipeline.py --checkpoints ./checkpoints --device cuda --fp16
+    python benchmarks/pipeline.py --full-random --device cuda --fp16 --frame 1920x1080
 
 Stage times are each stage's own busy time (the renderer's stages run concurrently in
 threads, so their sum exceeds the wall time); on CUDA they are taken in a separate run
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO.parent / "shared" / "media"))
 FPS, RATE = 25, 16000
 CHUNK = RATE // FPS  # 40 ms of speech per push: one frame's worth
 
@@ -55,6 +56,42 @@ def speech(seconds: float, path: Path) -> Path:
     reps = int(np.ceil(seconds * sr / len(data)))
     sf.write(path, np.tile(data, reps)[: int(seconds * sr)], sr)
     return path
+
+
+def record_face(source: Path, out: Path) -> None:
+    """The source's face analysed with mediapipe, for --face where mediapipe is missing."""
+    from talkinghead.face.recorded import RecordedFaceAnalyzer
+    from talkinghead.media.source import load_source
+
+    rgb = load_source(source).frames[0]  # as the pipeline reads it
+    RecordedFaceAnalyzer.record(rgb).save(out)
+
+
+def framed_source(
+    source: Path, size: str, folder: Path, face: Path | None
+) -> tuple[Path, Path | None]:
+    """`source` scaled to the height of a WxH frame and centred in it, its edge columns
+    (or rows) repeated to fill the rest: a full-frame source of that size; and the
+    recorded `face` moved into that frame."""
+    import cv2
+
+    w, h = (int(v) for v in size.lower().split("x"))
+    image = cv2.imread(str(source))
+    scale = min(w / image.shape[1], h / image.shape[0])
+    image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
+    dx, dy = w - image.shape[1], h - image.shape[0]
+    image = cv2.copyMakeBorder(
+        image, dy // 2, dy - dy // 2, dx // 2, dx - dx // 2, cv2.BORDER_REPLICATE
+    )
+    out = folder / f"source_{w}x{h}.png"
+    cv2.imwrite(str(out), image)
+    if face is not None:
+        from talkinghead.face.recorded import RecordedFaceAnalyzer
+
+        moved = RecordedFaceAnalyzer.load(face).transformed(scale, (dx // 2, dy // 2))
+        face = folder / f"face_{w}x{h}.npz"
+        moved.save(face)
+    return out, face
 
 
 def build_full_random_release(root: Path) -> tuple[Path, Path]:
@@ -149,6 +186,13 @@ class StageClock:
         return out
 
 
+def pipe_source_hw(source: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(source) as image:
+        return image.height, image.width
+
+
 def stream_session(
     pipe: Any, source: Path, pcm: np.ndarray, barrier: threading.Barrier | None
 ) -> dict[str, Any]:
@@ -205,6 +249,7 @@ def sessions_held(pipe: Any, source: Path, pcm: np.ndarray, limit: int, slack: f
 
 def run_once(args: argparse.Namespace, seconds: float) -> dict:
     from talkinghead.audio.io import load_audio
+    from talkinghead.face.recorded import RecordedFaceAnalyzer
     from talkinghead.methods.ditto.pipeline import DittoPipeline
 
     tmp = Path(tempfile.mkdtemp())
@@ -216,7 +261,11 @@ def run_once(args: argparse.Namespace, seconds: float) -> dict:
     if args.online_fuse:
         settings["online_fuse"] = args.online_fuse
     pipe = DittoPipeline.from_pretrained(
-        args.checkpoints, download=False, hubert=args.hubert, **settings
+        args.checkpoints,
+        download=False,
+        hubert=args.hubert,
+        face_analyzer=RecordedFaceAnalyzer.load(args.face) if args.face else None,
+        **settings,
     )
     cuda = pipe.device.type == "cuda"
     if cuda:  # warm-up: kernels, compile, cuDNN autotuning
@@ -239,6 +288,7 @@ def run_once(args: argparse.Namespace, seconds: float) -> dict:
         "runtime": args.runtime,
         "fp16": args.fp16,
         "seconds": seconds,
+        "source_hw": list(pipe_source_hw(args.source)),
         "frames": frames,
         "stage_ms_per_frame": clock.per_frame_ms(frames),
         "end_to_end_fps": round(frames / total_s, 2),
@@ -272,6 +322,10 @@ def main() -> None:
     )
     parser.add_argument("--hubert", help="a HuBERT id/path when the release's ONNX is absent")
     parser.add_argument("--source", type=Path, default=MEDIA / "ditto_example_face.jpg")
+    parser.add_argument("--frame", help="WxH: the source placed in a frame of this size")
+    parser.add_argument("--face", type=Path, help="the source's recorded face (no mediapipe)")
+    parser.add_argument("--record-face", type=Path, help="record --source's face to this file")
+    parser.add_argument("--work", type=Path, help="--full-random: build in (and reuse) DIR")
     parser.add_argument("--seconds", default="4", help="speech lengths, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -289,16 +343,28 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(run_once(args, args.one)))
         return
+    if args.record_face:
+        record_face(args.source, args.record_face)
+        return
     if args.tiny:
         sys.path.insert(0, str(REPO / "tests"))
         from _tiny_release import build_tiny_release
 
         args.checkpoints, args.networks = build_tiny_release(Path(tempfile.mkdtemp())), "tiny"
     elif args.full_random:
-        args.checkpoints, args.hubert = build_full_random_release(Path(tempfile.mkdtemp()))
+        work = args.work or Path(tempfile.mkdtemp())
+        if (work / "built").is_file():  # an earlier run's, same seeds
+            args.checkpoints, args.hubert = work, work / "hubert_large_random"
+        else:
+            args.checkpoints, args.hubert = build_full_random_release(work)
+            (work / "built").touch()
         args.networks = "full-size random"
     if args.checkpoints is None:
         parser.error("give --checkpoints DIR, --tiny or --full-random")
+    if args.frame:
+        args.source, args.face = framed_source(
+            args.source, args.frame, Path(tempfile.mkdtemp()), args.face
+        )
     for seconds in (float(s) for s in args.seconds.split(",")):
         cmd = [sys.executable, __file__, "--one", str(seconds), "--networks", args.networks]
         cmd += ["--checkpoints", str(args.checkpoints), "--source", str(args.source)]
@@ -307,7 +373,8 @@ def main() -> None:
         cmd += ["--runtime", args.runtime, "--online-fuse", str(args.online_fuse)]
         cmd += ["--sessions", str(args.sessions), "--stream-seconds", str(args.stream_seconds)]
         cmd += ["--slack", str(args.slack)] + (["--fp16"] if args.fp16 else [])
-        cmd += ["--hubert", args.hubert] if args.hubert else []
+        cmd += ["--hubert", str(args.hubert)] if args.hubert else []
+        cmd += ["--face", str(args.face)] if args.face else []
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if out.returncode:
             sys.exit(out.stderr)

@@ -15,6 +15,7 @@ lives in a temporary directory unless --cache-dir is given. Figures are medians 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -30,7 +31,8 @@ from talkinghead.models.convnextv2 import ConvNeXtV2Config
 from talkinghead.models.motion_extractor import MotionExtractor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "media" / "ditto_example_face.jpg"
+MEDIA = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO_ROOT.parent / "shared" / "media"))
+DEFAULT_SOURCE = MEDIA / "ditto_example_face.jpg"
 
 
 def ms(fn: Callable[[], object]) -> tuple[float, object]:

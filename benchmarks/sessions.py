@@ -24,6 +24,7 @@ on CUDA).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = Path(os.environ.get("TALKINGHEAD_MEDIA_DIR", REPO.parent / "shared" / "media"))
 RATE = 16000
 CHUNK = RATE // 5  # 200 ms pushes, as the server's clients send
 

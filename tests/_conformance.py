@@ -140,3 +140,20 @@ class Conformance:
                     name,
                     key,
                 )
+
+
+def portrait_face_analyzer():
+    """The face analyser for tests that register the example portrait: None (the
+    pipeline's own default, mediapipe) where mediapipe is installed, else the portrait's
+    recorded analysis beside it (``ditto_example_face.face.npz``, as benchmarks/gpu_kit.sh
+    records it for GPU images without mediapipe); the test is skipped with neither."""
+    if importlib.util.find_spec("mediapipe") is not None:
+        return None
+    recorded = PORTRAIT.with_suffix(".face.npz")
+    if not recorded.is_file():
+        import pytest
+
+        pytest.skip(f"no mediapipe and no recorded face ({recorded}) to register the portrait")
+    from talkinghead.face.recorded import RecordedFaceAnalyzer
+
+    return RecordedFaceAnalyzer.load(recorded)

@@ -124,3 +124,21 @@ def test_two_exports_of_one_file_at_once_both_succeed(tmp_path, monkeypatch) -> 
     assert export_onnx(net, "decoder", target, inputs=(torch.randn(1, 16, 4, 4),)) == target
     assert raced and [p.name for p in tmp_path.iterdir()] == ["decoder.onnx"]
     assert OnnxNetwork(target)(torch.randn(2, 16, 4, 4)).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kind", ["warp_network", "decoder", "stitch_network", "lmdm"])
+def test_example_inputs_fit_networks_of_any_size(kind: str) -> None:
+    """The export's (and the benchmarks') example inputs follow a network's configured
+    sizes: the tiny warp's feature volume has 16 channels of depth 2, not the release's
+    32 x 16 (they once fell back to the release's shapes)."""
+    from _tiny_release import SIZES, TINY_LMDM
+    from talkinghead.export.onnx import example_inputs
+    from talkinghead.models import OFFICIAL_NETWORKS
+
+    sizes = TINY_LMDM if kind == "lmdm" else SIZES.get(kind, {})
+    net = OFFICIAL_NETWORKS[kind].factory()(**sizes).eval()
+    inputs = example_inputs(kind, 2, net)
+    if kind == "warp_network":
+        assert inputs[0].shape == (2, 16, 2, 64, 64)
+    with torch.inference_mode():
+        net(*inputs)

@@ -55,14 +55,17 @@ def example_inputs(
     if kind in ("appearance_extractor", "motion_extractor"):
         return (rand(batch, 3, 256, 256),)
     if kind == "warp_network":
+        # The volume is [B, reshape_channel, max_features / reshape_channel, 64, 64]; the
+        # network keeps those sizes only as its layers' channel counts.
         dm = getattr(net, "dense_motion_network", None)
-        channels = getattr(net, "reshape_channel", 32)
-        depth = getattr(dm, "reshape_depth", 16)
-        num_kp = getattr(net, "num_kp", 21)
+        channels = dm.compress.in_channels if dm is not None else 32
+        depth = net.third.conv.in_channels // channels if dm is not None else 16
+        num_kp = getattr(dm, "num_kp", 21)
         kp = rand(batch, num_kp, 3) - 0.5
         return rand(batch, channels, depth, 64, 64), kp, kp + 0.05 * rand(batch, num_kp, 3)
     if kind == "decoder":
-        return (rand(batch, 256, 64, 64),)
+        fc = getattr(net, "fc", None)
+        return (rand(batch, fc.in_channels if fc is not None else 256, 64, 64),)
     if kind == "stitch_network":
         kp = rand(batch, 21, 3) - 0.5
         return kp, kp + 0.05 * rand(batch, 21, 3)

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from _conformance import MEDIA_DIR, skip_missing
+from _conformance import MEDIA_DIR, portrait_face_analyzer, skip_missing
 from _tiny_release import build_tiny_release
 from talkinghead.errors import SettingsError
 from talkinghead.export.runtime import OnnxRuntimeNetwork, available_providers, resolve_runtime
@@ -26,11 +26,26 @@ MAX_LEVELS = 2
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory) -> DittoPipeline:
+def release(tmp_path_factory) -> Path:
     if not PORTRAIT.is_file():
         skip_missing(f"{MEDIA_DIR}")
-    release = build_tiny_release(tmp_path_factory.mktemp("release"))
-    return DittoPipeline.from_pretrained(release, download=False, cache=False, **SETTINGS)
+    return build_tiny_release(tmp_path_factory.mktemp("release"))
+
+
+def _pipeline(release: Path, **settings) -> DittoPipeline:
+    return DittoPipeline.from_pretrained(
+        release,
+        download=False,
+        cache=False,
+        face_analyzer=portrait_face_analyzer(),  # a recording on GPU images without mediapipe
+        **SETTINGS,
+        **settings,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe(release) -> DittoPipeline:
+    return _pipeline(release)
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +139,40 @@ def test_broadcast_source_volume_matches_copies(pipe) -> None:
     torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-6)
 
 
-def test_gpu_paths_skip_with_reason() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device: CUDA graphs, CUDA/TensorRT providers and NVENC not run")
-    assert Path("/dev").exists()
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the CUDA runtimes (CUDA graphs, CUDA provider), fp16 not run",
+)
+# On CUDA, cuDNN's convolutions run in TF32 (10-bit mantissa) by default and fp16 has 11
+# bits: against the CPU's fp32 frames a tiny render may move by a few grey levels.
+CUDA_MAX_LEVELS, CUDA_MAX_MEAN_LEVELS = 16, 1.0
+
+
+@pytest.fixture(scope="module")
+def cuda_pipe(release) -> DittoPipeline:
+    return _pipeline(release, device="cuda")
+
+
+@CUDA
+@pytest.mark.parametrize(
+    ("runtime", "fp16"),
+    [("torch", False), ("auto", False), ("compile", False), ("onnx", False), ("torch", True)],
+)
+def test_cuda_gives_the_cpu_frames(cuda_pipe, audio, reference, runtime, fp16) -> None:
+    if runtime == "onnx" and "CUDAExecutionProvider" not in available_providers():
+        pytest.skip("onnxruntime without its CUDA provider (the `gpu` extra): onnx on CUDA not run")
+    frames = cuda_pipe.generate(PORTRAIT, audio, runtime=runtime, fp16=fp16).frames
+    assert frames.shape == reference.shape and frames.dtype == np.uint8
+    diff = np.abs(frames.astype(int) - reference)
+    stats = f"{runtime} fp16={fp16}: max {diff.max()} levels, mean {diff.mean():.3f}"
+    assert diff.max() <= CUDA_MAX_LEVELS and diff.mean() <= CUDA_MAX_MEAN_LEVELS, stats
+
+
+@CUDA
+def test_cuda_streaming_gives_the_offline_frames(cuda_pipe, audio) -> None:
+    offline = cuda_pipe.generate(PORTRAIT, audio, online=True).frames
+    streamed = cuda_pipe.generate(PORTRAIT, audio, streaming=True).frames
+    _close_to(streamed, offline, 1)
 
 
 def test_device_path_writes_yuv_planes_made_on_the_device(
