@@ -31,4 +31,4 @@ cp -r "$SHARED/media" "$SHARED/conformance" "$KIT/"
 TALKINGHEAD_MEDIA_DIR="$KIT/media" PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} \
     "$PY" benchmarks/pipeline.py --record-face "$KIT/media/ditto_example_face.face.npz"
 du -sh "$KIT"
-echo "device tool: run(command=\"bash benchmarks/gpu.sh python3\", carry=[\"$KIT\"], timeout_s=480)"
+echo "device tool: run(command=\"bash benchmarks/gpu.sh python3\", carry=[\"$KIT\"], timeout_s=570)"

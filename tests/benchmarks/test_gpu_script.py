@@ -74,14 +74,15 @@ def test_smoke_run_of_every_step_with_a_kit(tmp_path) -> None:
 
 
 def test_budget_and_step_selection(tmp_path) -> None:
-    # GPU mode on a CPU: the env step runs and says there is no CUDA; a spent budget runs
-    # nothing more and says so (exit 3: nothing failed, something had no time).
-    done = run_script(tmp_path, GPU_STEPS="env")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert list(summary(done.stdout)) == ["env"]
+    # GPU mode on a CPU: the env step runs, says there is no CUDA, and the run stops
+    # there (exit 2). A spent budget runs nothing and says so (exit 3: nothing failed,
+    # something had no time).
+    done = run_script(tmp_path, GPU_STEPS="env,precision")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no CUDA device: nothing to time here" in done.stdout
     env = json.loads((tmp_path / "figures.jsonl").read_text())
     assert env["step"] == "env" and env["cuda"] is False and env["talkinghead"] == "imports"
-    spent = run_script(tmp_path, GPU_STEPS="env,precision", GPU_BUDGET_S="0")
+    spent = run_script(tmp_path, "--smoke", GPU_STEPS="env,precision", GPU_BUDGET_S="0")
     assert spent.returncode == 3
     assert summary(spent.stdout) == {
         "env": "not run, the budget was spent",
