@@ -30,6 +30,20 @@ from torch import nn
 
 from talkinghead.errors import TalkingHeadError
 
+
+def _install_cuda_guard_without_gpu() -> None:
+    """A CUDA build of PyTorch on a machine without a GPU: torch.compile's FakeTensorMode
+    installs a no-op CUDA device guard on first use, and in 2.11 a later compile in
+    another thread then segfaults once the installing thread has ended (the renderer's
+    worker threads end with each video). Installed once at import, from the importing
+    (normally the main) thread, later compiles find it in place."""
+    guard = getattr(torch._C, "_ensureCUDADeviceGuardSet", None)
+    if torch.version.cuda and guard is not None and not torch.cuda.is_available():
+        guard()
+
+
+_install_cuda_guard_without_gpu()
+
 RUNTIMES = ("auto", "torch", "compile", "onnx", "tensorrt")
 RENDER_NETWORKS = ("warp_network", "decoder")
 CACHE_DIR_ENV = "TALKINGHEAD_CACHE"
