@@ -157,3 +157,12 @@ def portrait_face_analyzer():
     from talkinghead.face.recorded import RecordedFaceAnalyzer
 
     return RecordedFaceAnalyzer.load(recorded)
+
+
+def portrait_rgb() -> np.ndarray:
+    """The example portrait as RGB uint8; the calling test is skipped when it is absent."""
+    import cv2
+
+    if not PORTRAIT.is_file():
+        skip_missing(f"{PORTRAIT}")
+    return cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)

@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import talkinghead.methods.ditto.motion
-from _conformance import MEDIA_DIR, skip_missing
+from _conformance import portrait_rgb
 from talkinghead.face.eyes import eye_attributes, eye_attributes_from_landmarks
-
-PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
 
 
 def _eye(lmk, outer, inner, lids, iris, x0, width, height, iris_offset=(0.0, 0.0)):
@@ -101,12 +99,9 @@ def test_tensor_wrapper_and_motion_reexport():
 
 
 def test_real_portrait_both_eyes_open():
-    if not PORTRAIT.is_file():
-        skip_missing(f"{PORTRAIT}")
-    cv2 = pytest.importorskip("cv2")
     from talkinghead.face.mediapipe_backend import MediapipeFaceAnalyzer
 
-    rgb = cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)
+    rgb = portrait_rgb()
     analyzer = MediapipeFaceAnalyzer()
     face = analyzer.analyze(rgb)
     analyzer.close()

@@ -6,20 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from _conformance import MEDIA_DIR, skip_missing
+from _conformance import portrait_rgb
 from talkinghead.errors import CheckpointError, NoFaceError
 from talkinghead.face import PasteBack, create_face_analyzer, warp_points
 from talkinghead.face.crop import anchor_points
 from talkinghead.face.mediapipe_backend import MediapipeFaceAnalyzer
 
-PORTRAIT = MEDIA_DIR / "ditto_example_face.jpg"
-
 
 @pytest.fixture(scope="module")
 def portrait() -> np.ndarray:
-    if not PORTRAIT.is_file():
-        skip_missing(f"{PORTRAIT}")
-    return cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)
+    return portrait_rgb()
 
 
 @pytest.fixture(scope="module")

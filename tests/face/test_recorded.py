@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from _conformance import PORTRAIT, skip_missing
+from _conformance import portrait_rgb
 from talkinghead.face.recorded import RecordedFaceAnalyzer
 
 pytest.importorskip("mediapipe")
@@ -14,9 +14,7 @@ pytest.importorskip("mediapipe")
 
 @pytest.fixture(scope="module")
 def portrait() -> np.ndarray:
-    if not PORTRAIT.is_file():
-        skip_missing(f"{PORTRAIT}")
-    return cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)
+    return portrait_rgb()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _conformance import MEDIA_DIR, skip_missing
+from _conformance import MEDIA_DIR, portrait_rgb
 from talkinghead.errors import CheckpointError, NoFaceError
 from talkinghead.face import create_face_analyzer, crop_from_landmarks, crop_transform, warp_points
 from talkinghead.face.crop import LAYOUTS, MESH_CROP_POINTS
@@ -467,11 +467,9 @@ def _pseudo_layout(lmk478: np.ndarray, n: int) -> np.ndarray:
 def test_real_portrait_with_ideal_stand_ins(tmp_path):
     """Stand-ins that output the portrait's own (mesh-derived) landmarks, with the face
     mesh of the mediapipe wheel as the 478 source: a real face through the whole chain."""
-    if not PORTRAIT.is_file():
-        skip_missing(f"{PORTRAIT}")
     from talkinghead.face.mediapipe_backend import MediapipeFaceAnalyzer, MeshLandmarker
 
-    rgb = cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)
+    rgb = portrait_rgb()
     mp_analyzer = MediapipeFaceAnalyzer()
     ref = mp_analyzer.analyze(rgb)
     mp_analyzer.close()
