@@ -223,6 +223,35 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(
     assert _contents(tmp_path) == before  # nothing of the user's changed, nothing added
 
 
+# The method whose packages are "missing", and the command: refused in one line, nothing written.
+MISSING_PACKAGE_CASES = {
+    "prepare-data --method dithead": ("dithead", ["prepare-data", "{videos}", "{tmp}/data", "--method", "dithead"]),
+    "train-difftalk": ("difftalk", ["train-difftalk", "{data}", "{tmp}/ckpt", "--stage", "ldm"]),
+    "convert-difftalk": ("difftalk", ["convert-difftalk", "{video}", "{tmp}/ckpt"]),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_PACKAGE_CASES)
+def test_a_method_without_its_packages_is_refused_in_one_line(
+    case, cli, user_files, tmp_path, monkeypatch
+) -> None:
+    from dataclasses import replace
+
+    from talkinghead.methods import METHODS
+
+    method, args = MISSING_PACKAGE_CASES[case]
+    absent = "talkinghead_test_absent_package"
+    monkeypatch.setitem(METHODS, method, replace(METHODS[method], requires=(absent,)))
+    names = {"tmp": tmp_path, **user_files}
+    before = _contents(tmp_path)
+    code, _, err = cli(*(arg.format(**names) for arg in args))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: --method {method} needs {absent}, not installed"), err
+    assert '".[latent]"' in lines[0] and "Traceback" not in err
+    assert _contents(tmp_path) == before
+
+
 # -- messages that name the real problem -----------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from types import FrameType
 import typer
 
 from talkinghead import __version__
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import err_console, labelled
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS
 
@@ -110,7 +110,7 @@ def main() -> None:
         with stop_signals_unwind():
             app()
     except TalkingHeadError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(labelled("error:", "bold red", exc), highlight=False, soft_wrap=True)
         sys.exit(1)
     except StopSignal as stop:
         err_console.print(str(stop), highlight=False)

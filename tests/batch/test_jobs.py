@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from _extras import skip_without_packages_of
 from talkinghead.batch.jobs import (
     JobFileError,
     folder_jobs,
@@ -123,6 +124,8 @@ def test_jsonl_lines_fail_one_by_one(media: Path) -> None:
 
 
 def test_other_methods_take_their_own_settings(media: Path) -> None:
+    skip_without_packages_of("dithead")
+    skip_without_packages_of("difftalk")
     (media / "model").mkdir()
     jobs = read_jobs(
         write_csv(
@@ -148,6 +151,22 @@ face.png,hello.wav,f.mp4,ditto,,,,512
     assert "supports 256 or 512" in reasons["jobs.csv:5"]
     assert "unknown method 'wav2lip'" in reasons["jobs.csv:6"]
     assert "not used by ditto jobs" in reasons["jobs.csv:7"]
+
+
+def test_a_job_of_a_method_without_its_packages_fails_by_name(media, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from talkinghead.methods import METHODS
+
+    absent = "talkinghead_test_absent_package"
+    monkeypatch.setitem(METHODS, "difftalk", replace(METHODS["difftalk"], requires=(absent,)))
+    (media / "model").mkdir()
+    csv = "source,audio,output,method,checkpoints\nface.png,hello.wav,a.mp4,difftalk,model\n"
+    jobs = read_jobs(write_csv(media / "jobs.csv", csv))
+    assert jobs.jobs == []
+    (failure,) = jobs.failures
+    assert f"--method difftalk needs {absent}, not installed here" in failure.reason
+    assert '".[latent]"' in failure.reason
 
 
 def test_plan_records_what_cannot_run_and_skips_what_is_done(media: Path) -> None:

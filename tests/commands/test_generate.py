@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -15,6 +16,7 @@ import soundfile as sf
 from PIL import Image
 
 from _conformance import MEDIA_DIR, skip_missing
+from _extras import skip_without_packages_of
 from _tiny_release import build_tiny_release
 
 MEDIA = MEDIA_DIR
@@ -324,6 +326,8 @@ def test_a_bad_option_fails_fast_in_one_line(case, cli_without_models, speech, t
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     changes, needle = FAIL_FAST_OPTIONS[case]
+    if "--method" in changes:
+        skip_without_packages_of(changes[changes.index("--method") + 1])
     changes = [arg.format(out=out_dir) for arg in changes]  # a repeated option: the last counts
     args = ["-s", str(PORTRAIT), "-a", str(speech), "-o", str(out_dir / "talking.mp4")]
     _assert_fails_fast(*cli_without_models("generate", *args, *changes), needle, out_dir)
@@ -338,6 +342,7 @@ INPUT_CASES += [("no face", "dithead"), ("undecodable audio", "difftalk")]
 def test_a_bad_input_fails_fast_in_one_line(
     case, method, cli_without_models, bad_inputs, speech, tmp_path
 ) -> None:
+    skip_without_packages_of(method)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     changes, needle = FAIL_FAST_INPUTS[case]
@@ -348,6 +353,22 @@ def test_a_bad_input_fails_fast_in_one_line(
     args += ["-o", str(out_dir / "talking.mp4"), "--method", method]
     if method != "ditto":
         args += ["--checkpoints", str(out_dir)]  # never opened: the input is refused first
+    _assert_fails_fast(*cli_without_models("generate", *args), needle, out_dir)
+
+
+@pytest.mark.parametrize("method", ["dithead", "difftalk"])
+def test_a_method_without_its_packages_fails_fast_in_one_line(
+    method, cli_without_models, speech, tmp_path, monkeypatch
+) -> None:
+    from talkinghead.methods import METHODS
+
+    absent = "talkinghead_test_absent_package"
+    monkeypatch.setitem(METHODS, method, replace(METHODS[method], requires=(absent,)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["-s", str(PORTRAIT), "-a", str(speech), "-o", str(out_dir / "talking.mp4")]
+    args += ["--method", method, "--checkpoints", str(out_dir)]
+    needle = f'--method {method} needs {absent}, not installed here: pip install -c constraints.txt -e ".[latent]"'
     _assert_fails_fast(*cli_without_models("generate", *args), needle, out_dir)
 
 

@@ -3,10 +3,13 @@ schedules, masked DDIM, checkpoints."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from _extras import needs_packages_of
 from talkinghead.diffusion import ddim_sample
 from talkinghead.diffusion.latent_inpainting import (
     BETA_END,
@@ -15,7 +18,7 @@ from talkinghead.diffusion.latent_inpainting import (
     difftalk_schedule,
     masked_ddim_sample,
 )
-from talkinghead.errors import CheckpointError
+from talkinghead.errors import CheckpointError, SettingsError
 from talkinghead.methods.difftalk.checkpoint import load_autoencoder, load_ldm, save_component
 from talkinghead.models.difftalk_autoencoder import (
     DiffTalkAutoencoder,
@@ -34,6 +37,10 @@ from talkinghead.models.difftalk_unet import (
     DiffTalkUNet,
     unet_preset,
 )
+
+# The UNet and the VQ autoencoder are diffusers blocks (the latent extra); the conditions,
+# schedules and samplers are ours and run without it.
+NEEDS_DIFFUSERS = needs_packages_of("difftalk")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +130,7 @@ def test_deepspeech_sized_conditions():
 # ---------------------------------------------------------------------------- UNet
 
 
+@NEEDS_DIFFUSERS
 def test_release_unet_sizes():
     """The release's talking.yaml UNet, built on the meta device (no memory, no time)."""
     with torch.device("meta"):
@@ -142,6 +150,7 @@ def test_release_unet_sizes():
     assert 500e6 < n_params < 560e6, n_params
 
 
+@NEEDS_DIFFUSERS
 def test_tiny_unet_denoises_nine_channels(tiny_ldm):
     audio, landmarks = conditions(2)
     z = torch.randn(2, 3, 16, 16)
@@ -152,6 +161,7 @@ def test_tiny_unet_denoises_nine_channels(tiny_ldm):
     assert tiny_ldm.unet.unet.conv_in.in_channels == 9
 
 
+@NEEDS_DIFFUSERS
 def test_unet_input_order_is_noisy_masked_reference():
     torch.manual_seed(0)
     unet = DiffTalkUNet(unet_preset("tiny", sample_size=8)).eval()
@@ -160,6 +170,14 @@ def test_unet_input_order_is_noisy_masked_reference():
     with torch.no_grad():
         ref = unet.unet(torch.cat([a, b, c], 1), t, encoder_hidden_states=ctx).sample
         torch.testing.assert_close(unet(a, b, c, t, ctx), ref)
+
+
+def test_without_diffusers_the_networks_name_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers raises ImportError
+    with pytest.raises(SettingsError, match=r"UNet is built from diffusers.*talkinghead\[latent\]"):
+        DiffTalkUNet(unet_preset("tiny"))
+    with pytest.raises(SettingsError, match=r"autoencoder is built from diffusers.*\[latent\]"):
+        DiffTalkAutoencoder(autoencoder_preset("tiny-f4"))
 
 
 def test_context_dim_must_match_the_conditions():
@@ -172,6 +190,7 @@ def test_context_dim_must_match_the_conditions():
 # ---------------------------------------------------------------------------- autoencoder
 
 
+@NEEDS_DIFFUSERS
 def test_autoencoder_presets_keep_a_64x64x3_latent():
     for name, res in (("f4", 256), ("f8", 512), ("tiny-f4", 256), ("tiny-f8", 512)):
         cfg = autoencoder_preset(name)
@@ -184,6 +203,7 @@ def test_autoencoder_presets_keep_a_64x64x3_latent():
         autoencoder_preset("f16")
 
 
+@NEEDS_DIFFUSERS
 @pytest.mark.parametrize("name", ["tiny-f4", "tiny-f8"])
 def test_tiny_autoencoder_round_trip_shapes(name):
     torch.manual_seed(0)
@@ -201,6 +221,7 @@ def test_tiny_autoencoder_round_trip_shapes(name):
 # ---------------------------------------------------------------------------- checkpoints
 
 
+@NEEDS_DIFFUSERS
 def test_checkpoints_round_trip(tmp_path, tiny_ldm):
     torch.manual_seed(1)
     ae = DiffTalkAutoencoder(autoencoder_preset("tiny-f4", resolution=64)).eval()
@@ -225,6 +246,7 @@ def test_checkpoints_round_trip(tmp_path, tiny_ldm):
         load_autoencoder(tmp_path / "missing.pt")
 
 
+@NEEDS_DIFFUSERS
 def test_checkpoint_with_other_sizes_is_rejected(tmp_path, tiny_ldm):
     path = save_component(tmp_path / "ldm.pt", "ldm", tiny_ldm, tiny_ldm.config.to_dict())
     payload = torch.load(path, weights_only=True)

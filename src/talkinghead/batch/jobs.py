@@ -241,10 +241,12 @@ def job_from_row(
     if method != "ditto":
         from talkinghead.methods import get_method
 
-        if getattr(get_method(method), "generate", None) is None:  # unknown: refused by name
+        chosen = get_method(method)  # an unknown name is refused by name
+        if getattr(chosen, "generate", None) is None:
             raise SettingsError(
                 f"{method} does not make videos from speech; use {', '.join(generating_methods())}"
             )
+        chosen.check_installed()
         allowed = OTHER_METHOD_SETTINGS.get(method, ("seed", "steps"))
         extra = sorted(set(values) - set(allowed))
         if extra or streaming:

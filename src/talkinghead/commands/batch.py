@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import err_console, out_console
 from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS
@@ -101,6 +100,7 @@ class _BatchProgress:
 
 def _summary_table(report: Any) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     rows = report.records if len(report.records) <= FULL_TABLE_MAX else report.failed
     title = "jobs" if rows is report.records else f"failed jobs (all {len(report.records)} in the report)"
@@ -120,7 +120,7 @@ def _summary_table(report: Any) -> Any:
         retried = f" ({r.attempts} tries)" if r.attempts > 1 else ""
         table.add_row(
             r.key,
-            f"[{styles[r.status]}]{r.status}[/]{retried}",
+            Text.assemble((r.status, styles[r.status]), retried),
             "" if r.frames is None else str(r.frames),
             "" if r.seconds is None else f"{r.seconds:.1f}",
             worker,
@@ -263,7 +263,7 @@ def batch(
             highlight=False,
         )
         raise typer.Exit(130) from None
-    out = Console()  # the table and the summary are the command's result: stdout
+    out = out_console()  # the table and the summary are the command's result: stdout
     out.print(_summary_table(result))
     out.print(f"{result.summary()}; report: {result.path}", highlight=False)
     failed = result.failed

@@ -23,14 +23,16 @@ from typing import Any
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import err_console, labelled
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS, get_method
 
 
 def load_prepare_function(method: str) -> Callable[..., Any]:
     """The `prepare_dataset` of `method`, as the methods registry names it."""
-    return get_method(method).entry_point("prepare")
+    chosen = get_method(method)
+    chosen.check_installed()
+    return chosen.entry_point("prepare")
 
 
 def check_options(fn: Callable[..., Any], method: str, options: dict[str, Any]) -> None:
@@ -165,7 +167,7 @@ def prepare_data(
         )
     failed = getattr(report, "failed", None) or {}
     for name, error in failed.items():
-        err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
+        err_console.print(labelled("skipped", "yellow", f"{name}: {error}"), highlight=False, soft_wrap=True)
     summary = report.summary() if hasattr(report, "summary") else str(report)
     typer.echo(summary)
     ok = getattr(report, "ok", None)

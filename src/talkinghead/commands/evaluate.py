@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import err_console, labelled, out_console
 from talkinghead.errors import TalkingHeadError
 
 
@@ -71,7 +71,6 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="torch device for the networks."),
 ) -> None:
     """Score generated videos against references: PSNR, SSIM, LPIPS, FID, LSE-D/C, CSIM, FVD."""
-    from rich.console import Console
     from rich.progress import Progress
 
     from talkinghead.eval import evaluate as run_evaluation
@@ -115,8 +114,8 @@ def evaluate(
             on_download=on_download,
         )
     for metric, reason in result.skipped.items():
-        err_console.print(f"[yellow]skipped {metric}:[/] {reason}", highlight=False, soft_wrap=True)
-    Console().print(result.table())
+        err_console.print(labelled(f"skipped {metric}:", "yellow", reason), highlight=False, soft_wrap=True)
+    out_console().print(result.table())
     if json_out is not None:
         err_console.print(f"wrote {result.write_json(json_out)}", highlight=False)
     if csv_out is not None:

@@ -201,6 +201,7 @@ def generate(
 
     # Every option and input file is checked before any model is loaded or downloaded.
     chosen = get_method(method)  # an unknown method is refused first
+    chosen.check_installed()  # then one whose packages (an extra) are not installed
     check.check_face_backend(face_backend)
     device = check.resolve_device(device)
     options: dict[str, Any]

@@ -20,6 +20,7 @@ Adding a method: write its folder, then add one line to `METHODS`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,23 @@ class Method:
     generate: str | None = "pipeline:generate_video"  # None: the method has no such entry
     prepare: str | None = "data:prepare_dataset"
     commands: str = "commands:register"
+    # Packages its networks need beyond the base install, and the extra that brings them.
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+    def missing_packages(self) -> list[str]:
+        """The packages in `requires` that are not installed (found without importing them)."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def check_installed(self) -> None:
+        """A one-line `SettingsError` naming what is missing and the extra to install."""
+        missing = self.missing_packages()
+        if missing:
+            raise SettingsError(
+                f"--method {self.name} needs {' and '.join(missing)}, not installed here: "
+                f"pip install -c constraints.txt -e \".[{self.extra}]\" (or pip install "
+                f"'talkinghead[{self.extra}]')"
+            )
 
     @property
     def package(self) -> str:
@@ -76,8 +94,18 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ditto", "motion-space diffusion (LMDM) rendered by LivePortrait networks"),
-        Method("dithead", "DiT-Head: latent diffusion transformer, lip sync by inpainting"),
-        Method("difftalk", "DiffTalk: latent-diffusion UNet with audio and landmark conditions"),
+        Method(
+            "dithead",
+            "DiT-Head: latent diffusion transformer, lip sync by inpainting",
+            requires=("transformers",),  # wav2vec2 CTC audio features
+            extra="latent",
+        ),
+        Method(
+            "difftalk",
+            "DiffTalk: latent-diffusion UNet with audio and landmark conditions",
+            requires=("diffusers", "transformers"),  # its UNet and VQ blocks; wav2vec2 CTC
+            extra="latent",
+        ),
         Method("liveportrait", "LivePortrait: video-driven animation", generate=None, prepare=None),
     )
 }

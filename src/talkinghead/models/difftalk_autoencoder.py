@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from talkinghead.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class DiffTalkAutoencoderConfig:
@@ -74,7 +76,13 @@ class DiffTalkAutoencoder(nn.Module):
 
     def __init__(self, config: DiffTalkAutoencoderConfig | None = None) -> None:
         super().__init__()
-        from diffusers import VQModel
+        try:
+            from diffusers import VQModel
+        except ImportError:
+            raise SettingsError(
+                "DiffTalk's VQ autoencoder is built from diffusers, not installed here: "
+                "pip install 'talkinghead[latent]'"
+            ) from None
 
         self.config = config or DiffTalkAutoencoderConfig()
         c = self.config

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from talkinghead.errors import SettingsError
 from talkinghead.models.difftalk_conditions import DiffTalkConditionConfig, DiffTalkConditioner
 
 
@@ -87,7 +88,13 @@ class DiffTalkUNet(nn.Module):
 
     def __init__(self, config: DiffTalkUNetConfig | None = None) -> None:
         super().__init__()
-        from diffusers import UNet2DConditionModel
+        try:
+            from diffusers import UNet2DConditionModel
+        except ImportError:
+            raise SettingsError(
+                "DiffTalk's UNet is built from diffusers, not installed here: "
+                "pip install 'talkinghead[latent]'"
+            ) from None
 
         self.config = config or DiffTalkUNetConfig()
         c = self.config

@@ -20,6 +20,7 @@ from _difftalk_compvis import (
     save_lightning_checkpoint,
 )
 from _dithead_helpers import save_tiny_wav2vec2
+from _extras import needs_packages_of
 from talkinghead.errors import CheckpointError, SettingsError, TalkingHeadError
 from talkinghead.methods.difftalk.checkpoint import (
     DiffTalkModels,
@@ -44,6 +45,8 @@ from talkinghead.models.difftalk_unet import (
     DiffTalkUNetConfig,
     unet_preset,
 )
+
+pytestmark = needs_packages_of("difftalk")
 
 RES = 64  # tiny-f4 at 64 px: a 16 x 16 latent
 

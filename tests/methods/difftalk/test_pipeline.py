@@ -14,6 +14,7 @@ import torch
 
 from _conformance import MEDIA_DIR, skip_missing
 from _dithead_helpers import save_tiny_wav2vec2
+from _extras import needs_packages_of
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods.difftalk.checkpoint import load_difftalk, save_component, write_manifest
 from talkinghead.methods.difftalk.data import MANIFEST_NAME, DiffTalkDataset, prepare_dataset
@@ -33,6 +34,8 @@ from talkinghead.methods.difftalk.train import (
 from talkinghead.models.difftalk_autoencoder import DiffTalkAutoencoder, autoencoder_preset
 from talkinghead.models.difftalk_conditions import DiffTalkConditionConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig, unet_preset
+
+pytestmark = needs_packages_of("difftalk")
 
 FACE, SPEECH = MEDIA_DIR / "ditto_example_face.jpg", MEDIA_DIR / "ditto_example_speech.wav"
 CLIP_FRAMES = 12

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from _conformance import MEDIA_DIR, skip_missing
 from _dithead_helpers import save_tiny_wav2vec2
+from _extras import needs_packages_of
 from talkinghead.errors import SettingsError
 from talkinghead.methods.difftalk import train as difftalk_train
 from talkinghead.methods.difftalk.checkpoint import read_component
@@ -31,6 +32,8 @@ from talkinghead.methods.difftalk.train import (
     train_autoencoder,
     train_ldm,
 )
+
+pytestmark = needs_packages_of("difftalk")
 
 FACE, SPEECH = MEDIA_DIR / "ditto_example_face.jpg", MEDIA_DIR / "ditto_example_speech.wav"
 RES = 64

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import err_console, labelled
+from talkinghead.methods import METHODS
 
 
 class Stage(str, Enum):
@@ -91,6 +92,7 @@ def train_difftalk(
 
     inputs = {"DATA_DIR": data_dir, "--autoencoder": autoencoder}
     check_not_an_input(out_dir, inputs, output_is_folder=False)  # checkpoints land in OUT_DIR
+    METHODS["difftalk"].check_installed()
     from talkinghead.errors import SettingsError
 
     if resume and overwrite:
@@ -225,6 +227,7 @@ def convert_difftalk(
     ),
 ) -> None:
     """Convert a CompVis-layout checkpoint (DiffTalk release, VQ first stage) to DiffTalk's layout."""
+    METHODS["difftalk"].check_installed()
     from talkinghead.methods.difftalk.convert import convert_compvis_checkpoint
 
     report = convert_compvis_checkpoint(
@@ -240,7 +243,7 @@ def convert_difftalk(
         left = ", ".join(f"{k} ({n})" for k, n in report.ignored.items())
         err_console.print(f"left out of the checkpoint: {left}", highlight=False, soft_wrap=True)
     for note in report.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(labelled("note:", "yellow", note), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,27 @@
+"""Skip marks for tests of a method whose packages (an optional extra) are not installed.
+
+CI installs `dev`, which brings every extra, so these skip only in a smaller environment;
+`test_methods_check_their_packages` covers the error a user without the extra gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from talkinghead.methods import METHODS
+
+
+def needs_packages_of(method: str) -> pytest.MarkDecorator:
+    """Skip unless the packages `method` declares (`Method.requires`) are installed."""
+    m = METHODS[method]
+    missing = m.missing_packages()
+    return pytest.mark.skipif(
+        bool(missing), reason=f"{' and '.join(missing)} not installed (the {m.extra} extra)"
+    )
+
+
+def skip_without_packages_of(method: str) -> None:
+    """Skip the calling test where `method`'s packages are missing (its error comes first)."""
+    m = METHODS.get(method)
+    missing = m.missing_packages() if m is not None else []
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (the {m.extra} extra)")
