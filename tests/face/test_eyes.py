@@ -45,6 +45,7 @@ def test_by_hand():
     # Unbatched and 2-D landmarks work too.
     o, b = eye_attributes(lmk[0, :, :2])
     assert o.shape == (2,) and b.shape == (4,)
+    assert o.dtype == b.dtype == np.float32  # one face: float32 too (FaceCrop's dtype)
     assert b.tolist() == pytest.approx([-0.5, 0.0, 0.5, 0.0], abs=1e-6)
 
 

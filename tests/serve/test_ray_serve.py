@@ -215,6 +215,7 @@ def test_webrtc_sessions_on_both_replicas_through_the_proxy(ray_server: str, loo
 def test_shared_store_is_not_left_half_written(tmp_path: Path) -> None:
     """Publishing goes through a temp file: nothing but finished sources is left."""
     from _serve_helpers import FakePipeline
+    from talkinghead.filemode import default_mode
     from talkinghead.serve.ray_serve import SharedAvatarRegistry
 
     shared = tmp_path / "shared"
@@ -225,6 +226,8 @@ def test_shared_store_is_not_left_half_written(tmp_path: Path) -> None:
     record, created = a.add_file(tmp)
     assert created
     assert [p.name for p in shared.iterdir()] == [f"{record.id}.source"]
+    published = (shared / f"{record.id}.source").stat().st_mode & 0o777
+    assert published == default_mode()  # what a plain copy would get, not a temp file's 0600
     # The other replica registers it on demand, under the same id.
     assert b.get(record.id) is not None and b.get(record.id).id == record.id
     assert b.delete(record.id)

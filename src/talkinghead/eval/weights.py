@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talkinghead.errors import CheckpointError
-from talkinghead.filemode import set_default_mode
+from talkinghead.filemode import temporary_sibling
 
 
 @dataclass(frozen=True)
@@ -196,10 +195,7 @@ class WeightResolver:
         target = self.cache / spec.name
         if self.on_download is not None:
             self.on_download(spec)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", dir=self.cache)
-        set_default_mode(fd)  # mkstemp's 0600 would survive the rename
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = temporary_sibling(target, "")  # readable like a plain download, not 0600
         try:
             try:
                 with (

@@ -56,8 +56,10 @@ def eye_attributes(lmk478: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ball = lmk[..., iris, :]
         move = _direction(ball, centre) - _direction(p_out, p_in)
         balls.append(move * _dist(ball, centre)[..., None])
-    eye_open = np.stack(opens, -1)
-    eye_ball = np.stack(balls, -1)  # [..., C, 2]
+    # One face's values are numpy scalars, which NumPy 1 promotes to float64 against the
+    # Python-float epsilon; the cast gives what the float32 condition builder would read.
+    eye_open = np.stack(opens, -1).astype(np.float32, copy=False)
+    eye_ball = np.stack(balls, -1).astype(np.float32, copy=False)  # [..., C, 2]
     return eye_open, eye_ball.reshape(*eye_ball.shape[:-2], -1)
 
 

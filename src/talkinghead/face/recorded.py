@@ -36,8 +36,8 @@ class RecordedFaceAnalyzer:
         crop: CropConfig = DEFAULT_CROP,
     ) -> None:
         self.landmarks = np.asarray(landmarks, np.float32)
-        self.eye_open = np.asarray(eye_open)  # as the backend gave them (float64 for some)
-        self.eye_ball = np.asarray(eye_ball)
+        self.eye_open = np.asarray(eye_open, np.float32)
+        self.eye_ball = np.asarray(eye_ball, np.float32)
         self.crop_config = crop
 
     @property

@@ -27,12 +27,12 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from talkinghead.filemode import temporary_sibling
 from talkinghead.serve.app import ServeSettings, create_app
 from talkinghead.serve.avatars import AVATAR_ID, SOURCE_SUFFIX, AvatarRecord, AvatarRegistry
 
@@ -70,8 +70,7 @@ class SharedAvatarRegistry(AvatarRegistry):
         shared = self._shared_path(record.id)
         if not shared.exists():
             # Temp file + rename: another replica never sees half an upload.
-            fd, tmp = tempfile.mkstemp(prefix=".publish-", suffix=".part", dir=self.shared_dir)
-            os.close(fd)
+            tmp = temporary_sibling(shared, ".part")  # the mode a plain copy would get
             try:
                 shutil.copyfile(record.path, tmp)
                 os.replace(tmp, shared)

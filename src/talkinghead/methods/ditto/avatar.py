@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +43,7 @@ from torch import nn
 
 from talkinghead.errors import MediaError, TalkingHeadError
 from talkinghead.face.types import CropConfig, FaceAnalyzer
-from talkinghead.filemode import set_default_mode
+from talkinghead.filemode import temporary_sibling
 from talkinghead.media.source import mirror_index
 from talkinghead.methods.ditto.motion.extraction import extract_source_batches
 from talkinghead.methods.ditto.motion.format import MOTION_KEYS
@@ -662,10 +661,9 @@ class AvatarCache:
             "source_path": avatar.source_path,
         }
         entry = self.entry_path(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=_TEMP_SUFFIX, dir=self.directory)
+        tmp = temporary_sibling(entry, _TEMP_SUFFIX)  # a cache file like any other, not 0600
         try:
-            set_default_mode(fd)  # a cache file like any other, not mkstemp's 0600
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 _write_entry(f, meta, arrays)
                 f.flush()
                 os.fsync(f.fileno())
