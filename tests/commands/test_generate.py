@@ -172,6 +172,7 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     proc = run(["info"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = {line.split(":")[0]: line for line in proc.stdout.splitlines() if ":" in line}
+    assert lines["methods"] == "methods: ditto, dithead, difftalk"  # dev brings every extra
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert lines["networks (torch)"] == f"networks (torch): {device}"
     providers = onnxruntime.get_available_providers()
@@ -186,6 +187,15 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     assert ("h264_nvenc" if nvenc else "libx264") in lines["video encoder"]
     hubert_ep = "CUDAExecutionProvider" if device == "cuda" and cuda_ep else "CPUExecutionProvider"
     assert lines["hubert (release ONNX)"].startswith(f"hubert (release ONNX): onnxruntime {hubert_ep}")
+
+
+def test_info_names_the_extra_a_method_lacks(monkeypatch) -> None:
+    from talkinghead.commands.generate import _methods_line
+    from talkinghead.methods import METHODS
+
+    absent = "talkinghead_test_absent_package"
+    monkeypatch.setitem(METHODS, "difftalk", replace(METHODS["difftalk"], requires=(absent,)))
+    assert _methods_line() == f"ditto, dithead; difftalk needs {absent} (the latent extra)"
 
 
 def test_blink_needs_the_release_blink_clip(release, speech, tmp_path, run_here) -> None:

@@ -348,7 +348,7 @@ def _close(analyzer: Any) -> None:
 def info(
     checkpoints: Path | None = typer.Option(None, "--checkpoints", help="Checkpoints to inspect."),
 ) -> None:
-    """Show versions, devices and which checkpoints and face backends are available."""
+    """Show versions, devices, the methods that can run, and the checkpoints found."""
     import numpy
     import torch
 
@@ -357,12 +357,13 @@ def info(
 
     typer.echo(f"talkinghead {__version__}, python {sys.version.split()[0]}")
     typer.echo(f"torch {torch.__version__}, numpy {numpy.__version__}")
-    for name in ("onnxruntime", "mediapipe", "av", "cv2", "transformers"):
+    for name in ("onnxruntime", "mediapipe", "av", "cv2", "transformers", "diffusers"):
         try:
             mod = importlib.import_module(name)
             typer.echo(f"{name} {getattr(mod, '__version__', '?')}")
         except ImportError:
             typer.echo(f"{name}: not installed")
+    typer.echo(f"methods: {_methods_line()}")
     cuda = torch.cuda.is_available()
     typer.echo(f"cuda: {torch.cuda.get_device_name(0) if cuda else 'not available'}")
     typer.echo(f"threads: {torch.get_num_threads()} (cpu count {os.cpu_count()})")
@@ -376,6 +377,20 @@ def info(
     typer.echo(f"checkpoints: {ckpt.root}")
     for kind, path in {**ckpt.models, **ckpt.aux_models, "config": ckpt.config}.items():
         typer.echo(f"  {kind:22} {'ok' if path.is_file() else 'missing'}  {path}")
+
+
+def _methods_line() -> str:
+    """The methods that generate here, then each one whose packages are missing and why."""
+    ready, lacking = [], []
+    for name, m in METHODS.items():
+        if m.generate is None:
+            continue
+        missing = m.missing_packages()
+        if missing:
+            lacking.append(f"{name} needs {' and '.join(missing)} (the {m.extra} extra)")
+        else:
+            ready.append(name)
+    return "; ".join([", ".join(ready) or "none ready", *lacking])
 
 
 def _echo_what_runs_where(device: str) -> None:
