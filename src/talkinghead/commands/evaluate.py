@@ -71,6 +71,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="torch device for the networks."),
 ) -> None:
     """Score generated videos against references: PSNR, SSIM, LPIPS, FID, LSE-D/C, CSIM, FVD."""
+    from rich.markup import escape
     from rich.progress import Progress
 
     from talkinghead.eval import evaluate as run_evaluation
@@ -91,7 +92,9 @@ def evaluate(
         task = progress.add_task("evaluating", total=None)
 
         def report(what: str, done: int, total: int) -> None:
-            progress.update(task, description=f"evaluating {what}", completed=done, total=total)
+            # The default description column reads markup: a name like "take[2].mp4" is escaped.
+            label = f"evaluating {escape(what)}"
+            progress.update(task, description=label, completed=done, total=total)
 
         def on_download(spec) -> None:
             err_console.print(f"downloading {spec.name} from {spec.url}", highlight=False)
