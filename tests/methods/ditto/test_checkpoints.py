@@ -496,3 +496,26 @@ def test_the_sidecar_is_read_beside_the_checkpoints(tmp_path):
     sidecar.write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable network configuration"):
         ck.read_sidecar(tmp_path)
+    sidecar.write_text('{"conditions": {"use_emo": false}}')
+    assert ck.read_sidecar(tmp_path) == {"conditions": {"use_emo": False}}
+    for bad in ('{"conditions": {"use_emotion": false}}', '{"conditions": {"use_sc": 0}}'):
+        sidecar.write_text(bad)
+        with pytest.raises(CheckpointError, match="'conditions' must map use_emo"):
+            ck.read_sidecar(tmp_path)
+
+
+def test_the_condition_layout_is_the_configs_then_the_sidecars(tmp_path):
+    import pickle
+
+    release = {k: k != "use_lmk" for k in ck.CONDITION_FLAGS}
+    local = ck.ReleaseCheckpoints.from_root(tmp_path)
+    assert ck.motion_condition_flags(local) == release  # no pkl, no sidecar: the release's
+    local.config.parent.mkdir(parents=True)
+    a2m = {"use_emo": True, "use_sc": False, "use_eye_open": True, "use_eye_ball": True}
+    cfg = {"base_cfg": {}, "audio2motion_cfg": a2m, "default_kwargs": {}}
+    local.config.write_bytes(pickle.dumps(cfg))
+    assert ck.motion_condition_flags(local) == {**release, "use_sc": False}  # as the release reads
+    models = local.models["lmdm"].parent
+    models.mkdir(parents=True)
+    (models / ck.SIDECAR_NAME).write_text('{"conditions": {"use_emo": false, "use_sc": true}}')
+    assert ck.motion_condition_flags(local) == {**release, "use_emo": False}  # a trained model

@@ -326,6 +326,58 @@ def test_trained_checkpoint_drives_generate(data, tmp_path):
     assert motion.shape == (50, 265) and np.isfinite(motion).all()
 
 
+def test_a_model_trained_without_some_conditions_drives_generate(data, tmp_path, monkeypatch):
+    """--no-use-emo --no-use-eye-ball: the export's sidecar records the layout, the install
+    carries it, and generate builds those conditions (audio, eye openness, shape code);
+    an emotion it cannot show is refused before any model loads."""
+    from _tiny_release import build_tiny_release
+    from talkinghead.audio.io import load_audio
+    from talkinghead.errors import SettingsError
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait, speech = media / "ditto_example_face.jpg", media / "ditto_example_speech.wav"
+    if not (portrait.is_file() and speech.is_file()):
+        skip_missing(f"{media}")
+    pytest.importorskip("mediapipe")
+    root = build_tiny_release(tmp_path / "release")
+    cfg = quick(max_steps=2, use_emo=False, use_eye_ball=False)
+    result = train_motion(data, tmp_path / "run", cfg)
+    assert json.loads(result.sidecar.read_text())["conditions"] == {
+        "use_emo": False,
+        "use_eye_ball": False,
+    }
+    install_checkpoint(tmp_path / "run", root)
+    installed = json.loads((root / "ditto_pytorch" / "models" / "talkinghead.json").read_text())
+    assert installed["conditions"] == {"use_emo": False, "use_eye_ball": False}
+
+    pipe = DittoPipeline.from_pretrained(root, download=False, cache=False, steps=2, seed=0)
+    assert pipe.models.conditions == {
+        "use_emotion": False,
+        "use_eye_open": True,
+        "use_eye_ball": False,
+        "use_shape": True,
+    }
+    avatar = pipe.register(portrait)
+    motion, _ = pipe.motion(avatar, load_audio(speech)[: 16000 * 2])
+    assert motion.shape == (50, 265) and np.isfinite(motion).all()
+    with pytest.raises(SettingsError, match=r"without the emotion condition \(use_emo off\)"):
+        DittoPipeline.from_pretrained(root, download=False, cache=False, emotion="Happy")
+
+    monkeypatch.setenv("TALKINGHEAD_CACHE", str(tmp_path / "cache"))
+    video = tmp_path / "out.mp4"
+    args = ["generate", "--checkpoints", str(root), "-s", str(portrait), "-a", str(speech)]
+    refused = invoke([*args, "-o", str(video), "--emotion", "Happy"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, SettingsError)
+    assert "leave --emotion at Neutral" in str(refused.exception) and not video.exists()
+
+    # A model of the release's layout installed over it takes the conditions entry away.
+    train_motion(data, tmp_path / "run2", quick(max_steps=1))
+    install_checkpoint(tmp_path / "run2", root)
+    installed = json.loads((root / "ditto_pytorch" / "models" / "talkinghead.json").read_text())
+    assert "conditions" not in installed
+
+
 # --- at scale ---------------------------------------------------------------------------------
 
 

@@ -126,3 +126,25 @@ def test_blink_is_checked_against_the_release_config_before_loading(tmp_path) ->
     validation.check_release_settings(blink, with_clip)
     validation.check_release_settings({"blink": False}, without_clip, final=True)
     validation.check_release_settings({}, bare, final=True)
+
+
+def test_an_emotion_the_motion_model_cannot_show_is_refused_before_loading(tmp_path) -> None:
+    from talkinghead.errors import CheckpointError, SettingsError
+    from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
+
+    local = _release_config(tmp_path)
+    models = local.models["lmdm"].parent
+    models.mkdir(parents=True)
+    validation.check_release_settings({"emotion": "Happy"}, local)  # the release's layout
+    (models / SIDECAR_NAME).write_text('{"conditions": {"use_emo": false}}')
+    validation.check_release_settings({"emotion": "Neutral"}, local)
+    validation.check_release_settings({"emotion": [4, 4]}, local)  # Neutral per frame
+    for emotion in ("Happy", [4, 3], [[4], [4, 5]]):  # a label, a mix, one per frame
+        with pytest.raises(SettingsError, match="trained without the emotion condition"):
+            validation.check_release_settings({"emotion": emotion}, local)
+    timeline = {"keyframes": [{"frame": 0, "emotion": "Happy"}]}
+    with pytest.raises(SettingsError, match="the controls timeline sets emotion"):
+        validation.check_release_settings({"controls": timeline}, local)
+    (models / SIDECAR_NAME).write_text('{"conditions": {"use_lmk": true}}')
+    with pytest.raises(CheckpointError, match="trained with use_lmk"):
+        validation.check_release_settings({}, local)

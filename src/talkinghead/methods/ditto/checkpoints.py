@@ -48,7 +48,8 @@ an existing file; `resolve_config_paths` makes them absolute the same way.
 Networks whose sizes differ from the release's (tiny test releases, a retrained
 motion model) are described by a sidecar, ``models/talkinghead.json`` (`SIDECAR_NAME`):
 constructor kwargs per network kind, read by `read_sidecar` for inference and data
-preparation and written by training's export.
+preparation and written by training's export; its ``conditions`` entry holds the condition
+flags of a trained motion model that differ from the release's (`motion_condition_flags`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ AUX_MODELS: Mapping[str, str] = {
 }
 CONFIG_SECTIONS = ("base_cfg", "audio2motion_cfg", "default_kwargs")
 SIDECAR_NAME = "talkinghead.json"  # optional per-network constructor kwargs beside the .pth files
+# The sidecar's entry for the condition blocks a trained motion model uses (train-motion's
+# use_* flags, the release's audio2motion_cfg names), beside the networks' kwargs.
+SIDECAR_CONDITIONS = "conditions"
+CONDITION_FLAGS = ("use_emo", "use_eye_open", "use_eye_ball", "use_sc", "use_lmk")
 
 
 def download_command(
@@ -185,10 +190,41 @@ def read_sidecar(models_dir: Path) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable network configuration ({exc})") from exc
-    unknown = sorted(set(data) - set(OFFICIAL_NETWORKS))
-    if not isinstance(data, dict) or unknown:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a JSON object of network kinds expected")
+    unknown = sorted(set(data) - set(OFFICIAL_NETWORKS) - {SIDECAR_CONDITIONS})
+    if unknown:
         raise CheckpointError(f"{path}: unknown network kinds {unknown}")
+    flags = data.get(SIDECAR_CONDITIONS, {})
+    if (
+        not isinstance(flags, dict)
+        or set(flags) - set(CONDITION_FLAGS)
+        or not all(isinstance(v, bool) for v in flags.values())
+    ):
+        raise CheckpointError(
+            f"{path}: {SIDECAR_CONDITIONS!r} must map {', '.join(CONDITION_FLAGS)} to true/false"
+        )
     return data
+
+
+def motion_condition_flags(
+    checkpoints: ReleaseCheckpoints, release_config: Mapping[str, Any] | None = None
+) -> dict[str, bool]:
+    """The condition blocks the motion model was trained with, as the release's flags.
+
+    The config pkl's ``audio2motion_cfg`` flags (the release builds its conditions from
+    them), then the sidecar's ``conditions`` entry over them (a model from train-motion,
+    installed into a release whose pkl describes the original). A flag neither names is the
+    release's: on, but ``use_lmk`` off. `release_config`: the pkl, when already loaded.
+    """
+    flags = {k: k != "use_lmk" for k in CONDITION_FLAGS}
+    if release_config is None and checkpoints.config.is_file():
+        release_config = load_release_config(checkpoints.config)
+    a2m = (release_config or {}).get("audio2motion_cfg") or {}
+    flags.update({k: bool(a2m[k]) for k in CONDITION_FLAGS if k in a2m})
+    models_dir = checkpoints.models["lmdm"].parent
+    flags.update(read_sidecar(models_dir).get(SIDECAR_CONDITIONS, {}))
+    return flags
 
 
 def _find_root(path: Path) -> Path:

@@ -29,7 +29,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,11 @@ from talkinghead.methods.ditto.motion import (
 )
 from talkinghead.methods.ditto.motion.clipwise import WindowSampler
 from talkinghead.methods.ditto.motion.stitch import MotionStitcher, StitchControl
-from talkinghead.methods.ditto.validation import check_ditto_config
+from talkinghead.methods.ditto.validation import (
+    check_ditto_config,
+    check_emotion_layout,
+    motion_conditions,
+)
 from talkinghead.models import OFFICIAL_NETWORKS, load_official
 from talkinghead.stages import Stage, StageRunner
 from talkinghead.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -129,6 +133,9 @@ class DittoModels:
     speech_encoder: SpeechEncoder
     registrar: AvatarRegistrar
     identity: str = ""
+    # The condition blocks the motion model was trained with (ConditionConfig's use_*
+    # fields; empty: the release's layout, every block).
+    conditions: Mapping[str, bool] = field(default_factory=dict)
 
 
 def build_speech_encoder(
@@ -306,8 +313,11 @@ class DittoPipeline:
             cache_dir=cache_dir,
             strict=False,
         )
-        if config is None and ckpt.config.is_file():
-            cfg = config_from_release(load_release_config(ckpt.config)).replace(**settings)
+        release_cfg = load_release_config(ckpt.config) if ckpt.config.is_file() else None
+        if config is None and release_cfg is not None:
+            cfg = config_from_release(release_cfg).replace(**settings)
+        conditions = motion_conditions(ckpt, release_cfg)
+        check_emotion_layout(cfg, conditions)
         missing = [p for p in ckpt.models.values() if not p.is_file()]
         if missing:
             raise CheckpointError(
@@ -346,6 +356,7 @@ class DittoPipeline:
             speech_encoder=build_speech_encoder(ckpt, hubert, device),
             registrar=registrar,
             identity=str(ckpt.root),
+            conditions=conditions,
         )
         return cls(
             models,
@@ -425,7 +436,10 @@ class DittoPipeline:
             else getattr(getattr(self.models.lmdm, "config", None), "audio_feat_dim", None)
         )
         audio_dim = self.features.feat_dim
-        cond_cfg = ConditionConfig(audio_dim=audio_dim, eye_first_frame=cfg.eye_f0_mode)
+        cond_cfg = ConditionConfig(
+            audio_dim=audio_dim, eye_first_frame=cfg.eye_f0_mode, **self.models.conditions
+        )
+        check_emotion_layout(cfg, self.models.conditions)
         if expected is not None and cond_cfg.dim != expected:
             # train-motion --use-lmk adds 478 x 3 source landmarks, a block we do not build.
             hint = (

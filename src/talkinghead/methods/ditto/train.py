@@ -98,7 +98,11 @@ import torch
 from torch import nn
 
 from talkinghead.errors import CheckpointError, TalkingHeadError
-from talkinghead.methods.ditto.checkpoints import SIDECAR_NAME
+from talkinghead.methods.ditto.checkpoints import (
+    CONDITION_FLAGS,
+    SIDECAR_CONDITIONS,
+    SIDECAR_NAME,
+)
 from talkinghead.models.registry import OFFICIAL_NETWORKS
 from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.arrays import NpyPool
@@ -260,6 +264,12 @@ class MotionTrainConfig:
         }
         release = asdict(LMDMConfig())
         return {k: v for k, v in wanted.items() if release[k] != v}
+
+    def condition_overrides(self) -> dict[str, bool]:
+        """The condition flags that differ from the release's layout (use_lmk off, the
+        others on): the sidecar's ``conditions`` entry, which generate builds them from."""
+        release = {k: k != "use_lmk" for k in CONDITION_FLAGS}
+        return {k: getattr(self, k) for k in CONDITION_FLAGS if getattr(self, k) != release[k]}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -680,14 +690,23 @@ def motion_loss(
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-def write_sidecar(directory: Path, lmdm_kwargs: Mapping[str, Any]) -> Path | None:
-    """export/talkinghead.json = {"lmdm": kwargs}, or no file for the release's network."""
+def write_sidecar(
+    directory: Path, lmdm_kwargs: Mapping[str, Any], conditions: Mapping[str, bool] | None = None
+) -> Path | None:
+    """export/talkinghead.json = {"lmdm": kwargs, "conditions": flags}, each only when it
+    differs from the release's (`MotionTrainConfig.condition_overrides`); no file for the
+    release's network and layout."""
     path = directory / SIDECAR_NAME
-    if not lmdm_kwargs:
+    data: dict[str, Any] = {}
+    if lmdm_kwargs:
+        data["lmdm"] = dict(lmdm_kwargs)
+    if conditions:
+        data[SIDECAR_CONDITIONS] = dict(conditions)
+    if not data:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return None
-    path.write_text(json.dumps({"lmdm": dict(lmdm_kwargs)}, indent=1))
+    path.write_text(json.dumps(data, indent=1))
     return path
 
 
@@ -713,8 +732,8 @@ def install_checkpoint(
 
     Copies the export (``OUT_DIR/export/lmdm_v0.4_hubert.pth`` or a given .pth) to
     ``ROOT/ditto_pytorch/models/lmdm_v0.4_hubert.pth`` (the file it replaces is kept once
-    as ``.orig``) and sets or clears the ``lmdm`` entry of the sidecar there, keeping the
-    other networks' entries.
+    as ``.orig``) and sets or clears the ``lmdm`` and ``conditions`` entries of the sidecar
+    there, keeping the other networks' entries.
     """
     name = LMDM_CHECKPOINT
     src = Path(run_or_checkpoint)
@@ -726,9 +745,9 @@ def install_checkpoint(
         sidecar_src = src.with_name(SIDECAR_NAME)
     if not src.is_file():
         raise CheckpointError(f"{src}: trained LMDM checkpoint not found")
-    lmdm_kwargs: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
     if sidecar_src is not None and sidecar_src.is_file():
-        lmdm_kwargs = json.loads(sidecar_src.read_text()).get("lmdm", {})
+        trained = json.loads(sidecar_src.read_text())
     root = Path(checkpoints_root)
     models = root / "ditto_pytorch" / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -739,10 +758,11 @@ def install_checkpoint(
     shutil.copy2(src, target)
     sidecar = models / SIDECAR_NAME
     data = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    if lmdm_kwargs:
-        data["lmdm"] = lmdm_kwargs
-    else:
-        data.pop("lmdm", None)
+    for entry in ("lmdm", SIDECAR_CONDITIONS):  # the motion model's; the renderer's stay
+        if trained.get(entry):
+            data[entry] = trained[entry]
+        else:
+            data.pop(entry, None)
     if data:
         sidecar.write_text(json.dumps(data, indent=1))
     elif sidecar.is_file():
@@ -971,7 +991,7 @@ def _video_render(
             export = tmp / EXPORT_DIR
             export.mkdir()
             export_checkpoint(weights(), lmdm_kwargs, export / LMDM_CHECKPOINT)
-            write_sidecar(export, lmdm_kwargs)
+            write_sidecar(export, lmdm_kwargs, cfg.condition_overrides())
             install_checkpoint(export, release)
             frame = next(iter(iter_video_frames(source_video, max_frames=1)))
             Image.fromarray(frame).save(tmp / "source.png")
@@ -1277,7 +1297,7 @@ def train_motion(
             result.checkpoint = export_checkpoint(
                 state_dict, lmdm_kwargs, export / LMDM_CHECKPOINT
             )
-            result.sidecar = write_sidecar(export, lmdm_kwargs)
+            result.sidecar = write_sidecar(export, lmdm_kwargs, cfg.condition_overrides())
             log.info("step %d: saved %s", step, ckpt)
         accelerator.wait_for_everyone()
 

@@ -133,13 +133,59 @@ def check_release_settings(
 
     if local is None:
         return
-    if local.config.is_file():
-        cfg = config_from_release(load_release_config(local.config))
+    release_cfg = load_release_config(local.config) if local.config.is_file() else None
+    if release_cfg is not None:
+        cfg = config_from_release(release_cfg)
     elif final:
         cfg = DittoConfig()  # what from_pretrained falls back to without a config pkl
     else:
         return  # a download may still bring the config; from_pretrained checks after it
-    cfg.replace(**settings).stitch_config()
+    cfg = cfg.replace(**settings)
+    cfg.stitch_config()
+    check_emotion_layout(cfg, motion_conditions(local, release_cfg))
+
+
+def motion_conditions(
+    checkpoints: ReleaseCheckpoints, release_config: Mapping[str, Any] | None = None
+) -> dict[str, bool]:
+    """`ConditionConfig`'s use_* fields for the checkpoints' motion model (the release's
+    flags, `motion_condition_flags`); a `CheckpointError` for a layout generate cannot build."""
+    from talkinghead.methods.ditto.checkpoints import motion_condition_flags
+    from talkinghead.methods.ditto.motion.conditions import condition_layout
+
+    flags = motion_condition_flags(checkpoints, release_config)
+    if flags.pop("use_lmk"):
+        raise CheckpointError(
+            f"{checkpoints.models['lmdm']}: the motion model was trained with use_lmk (MediaPipe "
+            "landmarks), a condition generate does not build: train it without --use-lmk"
+        )
+    return condition_layout(flags)
+
+
+def check_emotion_layout(cfg: DittoConfig, conditions: Mapping[str, bool]) -> None:
+    """A `SettingsError` when `cfg` asks a motion model trained without the emotion block
+    for an emotion other than Neutral, or its timeline sets one (it would be ignored)."""
+    import torch
+
+    from talkinghead.methods.ditto.motion.conditions import NEUTRAL, emotion_vector, parse_emotion
+
+    if conditions.get("use_emotion", True):
+        return
+    controls = getattr(cfg, "controls", None)
+    if controls is not None and "emotion" in getattr(controls, "controls", ()):
+        raise SettingsError(
+            "the controls timeline sets emotion, but the motion model was trained without the "
+            "emotion condition (use_emo off): take the emotion keys out of the timeline"
+        )
+    try:
+        rows = parse_emotion(cfg.emotion)
+    except (TypeError, ValueError):
+        return  # check_ditto_config reports a malformed emotion
+    if not torch.allclose(rows, emotion_vector(NEUTRAL).expand_as(rows)):
+        raise SettingsError(
+            "the motion model was trained without the emotion condition (use_emo off), so it "
+            "cannot show an emotion: leave --emotion at Neutral, or use a model trained with it"
+        )
 
 
 @dataclass

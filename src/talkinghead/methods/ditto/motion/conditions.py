@@ -25,7 +25,7 @@ zero-audio prefix of streaming) use frame 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +101,25 @@ class ConditionConfig:
                 return slice(offset, offset + size)
             offset += size
         raise KeyError(f"condition block {name!r} is not in use")
+
+
+# The release's audio2motion_cfg flag (also train-motion's option) -> ConditionConfig field.
+RELEASE_CONDITION_FLAGS: dict[str, str] = {
+    "use_emo": "use_emotion",
+    "use_eye_open": "use_eye_open",
+    "use_eye_ball": "use_eye_ball",
+    "use_sc": "use_shape",
+}
+
+
+def condition_layout(flags: Mapping[str, object]) -> dict[str, bool]:
+    """`ConditionConfig` fields from the release's flags (``use_emo``, ``use_sc``, ...): the
+    blocks a motion model was trained with. A flag left out keeps its block (the release's
+    layout); unknown keys are refused, so a misspelt flag cannot drop a block unnoticed."""
+    unknown = sorted(set(flags) - set(RELEASE_CONDITION_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown condition flags {unknown}; expected {list(RELEASE_CONDITION_FLAGS)}")
+    return {RELEASE_CONDITION_FLAGS[k]: bool(v) for k, v in flags.items()}
 
 
 # ---------------------------------------------------------------------------- emotion
