@@ -40,7 +40,9 @@ def test_rank_state_round_trip(tmp_path):
 SCRIPT = """
 import sys, torch
 from pathlib import Path
-from talkinghead.training.distributed import build_accelerator, save_rank_state, load_rank_state
+from talkinghead.training.distributed import (
+    build_accelerator, end_training, load_rank_state, save_rank_state,
+)
 
 # Runs of (out, stop, fresh|resume), one after another in this process.
 args = sys.argv[1:]
@@ -69,7 +71,8 @@ for out, stop, mode in zip(args[::3], args[1::3], args[2::3]):
     if acc.is_main_process:
         torch.save(acc.unwrap_model(net).state_dict(), out / "weights.pt")
         (out / "info.txt").write_text(f"{acc.num_processes} {acc.mixed_precision}")
-acc.end_training()
+net = opt = None  # as the trainers do: a DDP wrapper alive at exit may abort the process
+end_training(acc)
 """
 
 

@@ -92,6 +92,7 @@ from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig, une
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
 from talkinghead.training.distributed import (
     build_accelerator_for_device,
+    end_training,
     load_rank_state,
     save_rank_state,
 )
@@ -516,7 +517,8 @@ def train_autoencoder(
             samples.maybe_on_main(step, accelerator)
     finally:
         logger.close()
-    accelerator.end_training()
+    model = opt = None  # the DDP wrapper goes before the process group
+    end_training(accelerator)
     return TrainResult(path, losses, cfg.steps, holdout, samples.written)
 
 
@@ -767,7 +769,8 @@ def train_ldm(
         # difftalk.json names autoencoder.pt beside it: keep the directory self-contained.
         shutil.copyfile(ae_path, out_dir / AUTOENCODER_FILE)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    objective = opt = None  # the DDP wrapper goes before the process group
+    end_training(accelerator)
     return TrainResult(path, losses, cfg.steps, holdout, samples.written)
 
 

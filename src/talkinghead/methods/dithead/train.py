@@ -77,6 +77,7 @@ from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpi
 from talkinghead.timebase import FPS
 from talkinghead.training.distributed import (
     build_accelerator_for_device,
+    end_training,
     load_rank_state,
     save_rank_state,
 )
@@ -448,7 +449,8 @@ def train_vq(
     result.samples = samples.written
     result.final_loss = _vq_eval(raw_vq, eval_images)
     result.seconds = time.monotonic() - start_time
-    accelerator.end_training()
+    vq = opt_g = None  # the DDP wrapper goes before the process group
+    end_training(accelerator)
     return result
 
 
@@ -684,7 +686,8 @@ def train_dit(
     final = ema.averaged(dit) if ema is not None else dit
     result.final_loss = _dit_eval(final, schedule, eval_lat, eval_t, eval_noise)
     result.seconds = time.monotonic() - start_time
-    accelerator.end_training()
+    model = opt = None  # the DDP wrapper goes before the process group
+    end_training(accelerator)
     return result
 
 

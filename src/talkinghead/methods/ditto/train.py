@@ -108,6 +108,7 @@ from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.arrays import NpyPool
 from talkinghead.training.distributed import (
     build_accelerator,
+    end_training,
     load_rank_state,
     resolve_mixed_precision,
     save_rank_state,
@@ -1379,5 +1380,6 @@ def train_motion(
         sidecar = out_dir / EXPORT_DIR / SIDECAR_NAME
         result.sidecar = sidecar if sidecar.is_file() else None
     result.seconds = time.perf_counter() - t0
-    accelerator.end_training()
+    decoder = optimizer = loader = None  # the DDP wrapper goes before the process group
+    end_training(accelerator)
     return result
