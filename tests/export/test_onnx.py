@@ -142,3 +142,21 @@ def test_example_inputs_fit_networks_of_any_size(kind: str) -> None:
         assert inputs[0].shape == (2, 16, 2, 64, 64)
     with torch.inference_mode():
         net(*inputs)
+
+
+@pytest.mark.parametrize("kind", list(ONNX_IO_NAMES))
+def test_export_prints_no_warnings(kind: str, tmp_path) -> None:
+    """`--runtime auto` exports the decoder on a user's first run: the exporter's warnings
+    (the decoder's instance norm "set to train=True") are known and harmless, and were
+    printed above the progress bars."""
+    import warnings
+
+    from _tiny_release import SIZES, TINY_LMDM
+    from talkinghead.export.onnx import example_inputs
+    from talkinghead.models import OFFICIAL_NETWORKS
+
+    sizes = TINY_LMDM if kind == "lmdm" else SIZES.get(kind, {})
+    net = OFFICIAL_NETWORKS[kind].factory()(**sizes).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_onnx(net, kind, tmp_path / f"{kind}.onnx", inputs=example_inputs(kind, 1, net))
