@@ -288,6 +288,9 @@ def test_cli_errors_are_one_line(data, tmp_path):
         ([str(tmp_path / "missing"), str(tmp_path / "run")], "data not found"),
         ([str(data), str(tmp_path / "run"), "--preset", "huge"], "unknown preset 'huge'"),
         ([str(data), str(tmp_path / "run"), "--mixed-precision", "fp8"], "mixed_precision"),
+        # once tracebacks from the optimiser and from numpy's seeding
+        ([str(data), str(tmp_path / "run"), "--lr", "-1"], "lr must be a positive number"),
+        ([str(data), str(tmp_path / "run"), "--seed", "-1"], "seed must be a whole number"),
         (
             [str(data), str(tmp_path / "run"), "--preset", "tiny", "--audio-feat-dim", "7"],
             "audio_feat_dim 7",

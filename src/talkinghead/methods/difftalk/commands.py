@@ -97,7 +97,11 @@ def train_difftalk(
 
     if resume and overwrite:
         raise SettingsError("--resume and --overwrite exclude each other: choose one")
-    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every)):
+    counts = (
+        ("--steps", steps), ("--batch-size", batch_size), ("--log-every", log_every),
+        ("--save-every", save_every),
+    )  # fmt: skip
+    for name, value in counts:
         if value is not None and value < 1:
             raise SettingsError(f"{name} must be >= 1, not {value}")
     from talkinghead.training.samples import check_sample_options

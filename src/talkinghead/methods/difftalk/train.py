@@ -90,6 +90,7 @@ from talkinghead.models.difftalk_autoencoder import (
 from talkinghead.models.difftalk_conditions import DiffTalkConditionConfig
 from talkinghead.models.difftalk_unet import DiffTalkLDM, DiffTalkLDMConfig, unet_preset
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
+from talkinghead.training.config_checks import check_train_fields
 from talkinghead.training.distributed import (
     build_accelerator_for_device,
     end_training,
@@ -143,6 +144,9 @@ class AutoencoderTrainConfig:
     holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
 
+    def __post_init__(self) -> None:
+        check_train_fields(self)
+
 
 @dataclass(frozen=True)
 class LdmTrainConfig:
@@ -172,6 +176,9 @@ class LdmTrainConfig:
     holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
     sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
+
+    def __post_init__(self) -> None:
+        check_train_fields(self)
 
 
 @dataclass

@@ -75,6 +75,7 @@ from talkinghead.models.dithead_dit import DiTConfig, DiTHead
 from talkinghead.models.dithead_vqgan import VQGANConfig, VQModel
 from talkinghead.models.vqgan_losses import VQGANLoss, VQGANLossConfig, load_lpips
 from talkinghead.timebase import FPS
+from talkinghead.training.config_checks import check_train_fields
 from talkinghead.training.distributed import (
     build_accelerator_for_device,
     end_training,
@@ -320,6 +321,9 @@ class VQTrainConfig:
     holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
 
+    def __post_init__(self) -> None:
+        check_train_fields(self, zero_is_off=("log_every", "save_every"))
+
 
 def _vq_eval(vq: VQModel, images: torch.Tensor) -> float:
     with torch.no_grad():
@@ -498,6 +502,9 @@ class DiTTrainConfig:
     holdout: int | None = None  # clips kept out; None: 1 when sampling and >= 2 clips
     sample_seconds: float = DEFAULT_SAMPLE_SECONDS
     sample_steps: int = DEFAULT_SAMPLE_STEPS  # DDIM steps of a sample
+
+    def __post_init__(self) -> None:
+        check_train_fields(self, zero_is_off=("log_every", "save_every"))
 
 
 @dataclass

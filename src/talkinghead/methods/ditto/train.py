@@ -106,6 +106,7 @@ from talkinghead.methods.ditto.checkpoints import (
 from talkinghead.models.registry import OFFICIAL_NETWORKS
 from talkinghead.timebase import FPS, SAMPLE_RATE
 from talkinghead.training.arrays import NpyPool
+from talkinghead.training.config_checks import check_train_fields
 from talkinghead.training.distributed import (
     build_accelerator,
     end_training,
@@ -221,32 +222,19 @@ class MotionTrainConfig:
     sample_renderer: str | None = None  # a Ditto release folder: samples also rendered as .mp4
 
     def __post_init__(self) -> None:
+        check_train_fields(self)  # lr, seed, counts, decay, precision, samples...
         if self.loss_type not in ("l1", "l2"):
             raise ValueError(f"loss_type must be 'l1' or 'l2', got {self.loss_type!r}")
         if self.optimizer not in ("adamw", "adan"):
             raise ValueError(f"optimizer must be adamw or adan, got {self.optimizer!r}")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise ValueError(
-                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
-            )
         if not 0 <= self.cond_drop_prob < 1:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.sample_seconds > 0:
-            raise ValueError(f"sample_seconds must be > 0, got {self.sample_seconds}")
-        for name in (
-            "seq_frames",
-            "batch_size",
-            "epochs",
-            "save_ckpt_freq",
-            "log_every",
-            "keep_states",
-            "max_open_files",
-            "sample_steps",
-        ):
+        for name in ("keep_states", "max_open_files"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for part, weight in self.part_weights.items():
+            if not 0 <= weight < float("inf"):
+                raise ValueError(f"part weight {part}={weight}: a loss weight must be >= 0")
 
     def lmdm_overrides(self, audio_feat_dim: int) -> dict[str, Any]:
         """LMDM constructor kwargs that differ from the release's network."""
