@@ -37,15 +37,34 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_steps(steps: Any) -> None:
-    if not is_int(steps) or steps < 1:
-        raise SettingsError(f"steps must be a whole number of at least 1, got {steps!r}")
+# DDIM takes at most one step per timestep of the training schedule: 1000 for Ditto's,
+# DiT-Head's and DiffTalk's models (a DiT-Head trained on another length is checked
+# against its checkpoint's).
+MAX_STEPS = 1000
+
+
+def check_steps(steps: Any, most: int = MAX_STEPS) -> None:
+    if not is_int(steps) or not 1 <= steps <= most:
+        raise SettingsError(
+            f"steps must be a whole number from 1 to {most} (the diffusion schedule's "
+            f"length), got {steps!r}"
+        )
 
 
 def check_seed(seed: Any) -> None:
     """None (a random seed) or 0..2^63-1."""
     if seed is not None and (not is_int(seed) or not 0 <= seed <= MAX_SEED):
         raise SettingsError(f"seed must be between 0 and 2^63-1, got {seed!r}")
+
+
+# The longest source side, pixels, a run may scale to; below this no face crop is meaningful.
+MIN_MAX_SIZE = 64
+
+
+def check_max_size(max_size: Any) -> None:
+    """None (the source as it is) or a whole number of pixels >= `MIN_MAX_SIZE`."""
+    if max_size is not None and (not is_int(max_size) or max_size < MIN_MAX_SIZE):
+        raise SettingsError(f"max_size must be at least {MIN_MAX_SIZE} pixels, got {max_size!r}")
 
 
 def check_face_backend(backend: Any) -> None:
@@ -215,12 +234,15 @@ def check_inputs(
 
 __all__ = [
     "MAX_SEED",
+    "MAX_STEPS",
+    "MIN_MAX_SIZE",
     "CheckedInputs",
     "check_audio",
     "check_face",
     "check_face_backend",
     "check_input_file",
     "check_inputs",
+    "check_max_size",
     "check_not_an_input",
     "check_output",
     "check_seed",

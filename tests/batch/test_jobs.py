@@ -153,6 +153,29 @@ face.png,hello.wav,f.mp4,ditto,,,,512
     assert "not used by ditto jobs" in reasons["jobs.csv:7"]
 
 
+def test_other_method_jobs_run_as_generate_runs_them(media: Path) -> None:
+    """DiT-Head at generate's 50 fps unless the row says 25 (the batch once made 25 fps);
+    max_size reaches both methods under their own option names, and is checked."""
+    skip_without_packages_of("dithead")
+    skip_without_packages_of("difftalk")
+    (media / "model").mkdir()
+    csv = """
+source,audio,output,method,checkpoints,max_size
+face.png,hello.wav,a.mp4,dithead,model,
+face.png,hello.wav,b.mp4,dithead,model,512
+face.png,hello.wav,c.mp4,difftalk,model,640
+face.png,hello.wav,d.mp4,difftalk,model,10
+"""
+    jobs = read_jobs(write_csv(media / "jobs.csv", csv))
+    assert [j.options for j in jobs.jobs] == [
+        {"fps": 50},
+        {"fps": 50, "max_side": 512},
+        {"resolution": 256, "max_size": 640},
+    ]
+    (failure,) = jobs.failures
+    assert "max_size must be at least 64 pixels, got 10" in failure.reason
+
+
 def test_a_job_of_a_method_without_its_packages_fails_by_name(media, monkeypatch) -> None:
     from dataclasses import replace
 

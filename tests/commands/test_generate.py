@@ -302,7 +302,29 @@ FAIL_FAST_OPTIONS = {
     "controls file missing": (["--controls", "{out}/../nope.json"], "nope.json: file not found"),
     "controls with dithead": (
         ["--method", "dithead", "--checkpoints", "{out}", "--controls", "{out}/../c.json"],
-        "--controls is a Ditto option",
+        "--controls is for --method ditto; --method dithead does not use it",
+    ),
+    "emotion with dithead": (
+        ["--method", "dithead", "--checkpoints", "{out}", "--emotion", "Happy"],
+        "--emotion is for --method ditto; --method dithead does not use it",
+    ),
+    "no-cache with difftalk": (
+        ["--method", "difftalk", "--checkpoints", "{out}", "--no-cache"],
+        "--cache/--no-cache is for --method ditto",
+    ),
+    "fps with ditto": (["--fps", "25"], "--fps is for --method dithead or difftalk"),
+    "resolution with dithead": (
+        ["--method", "dithead", "--checkpoints", "{out}", "--resolution", "256"],
+        "--resolution is for --method difftalk",
+    ),
+    "steps beyond the schedule": (["--steps", "1001"], "from 1 to 1000"),
+    "dithead steps beyond the schedule": (
+        ["--method", "dithead", "--checkpoints", "{out}", "--steps", "5000"],
+        "from 1 to 1000",
+    ),
+    "difftalk max size": (
+        ["--method", "difftalk", "--checkpoints", "{out}", "--max-size", "10"],
+        "max_size must be at least 64",
     ),
     "dithead steps": (["--method", "dithead", "--checkpoints", "{out}", "--steps", "0"], "steps"),
     "dithead fps": (["--method", "dithead", "--checkpoints", "{out}", "--fps", "30"], "25 or 50"),

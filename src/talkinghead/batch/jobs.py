@@ -28,6 +28,7 @@ from typing import Any
 from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.face.types import CropConfig
 from talkinghead.methods.ditto.pose_controls import POSE_CONTROLS
+from talkinghead.validation import check_max_size
 
 # What every job names, and what it may set (columns of a CSV file, keys of a JSON line).
 REQUIRED_COLUMNS = ("source", "audio", "output")
@@ -40,10 +41,13 @@ COLUMNS = REQUIRED_COLUMNS + SETTING_COLUMNS
 
 # Settings DiT-Head and DiffTalk jobs take (their models load per job); the rest are Ditto's.
 OTHER_METHOD_SETTINGS = {
-    "dithead": ("seed", "steps", "fps"),
-    "difftalk": ("seed", "steps", "resolution"),
+    "dithead": ("seed", "steps", "fps", "max_size"),
+    "difftalk": ("seed", "steps", "resolution", "max_size"),
 }
-OTHER_METHOD_DEFAULTS = {"dithead": {"fps": 25}, "difftalk": {"resolution": 256}}
+# As `talkinghead generate` runs them: DiT-Head at the paper's 50 fps (2x interpolated).
+OTHER_METHOD_DEFAULTS = {"dithead": {"fps": 50}, "difftalk": {"resolution": 256}}
+# The name a method's generate entry point gives a setting.
+OTHER_METHOD_OPTION_NAMES = {"dithead": {"max_size": "max_side"}}
 OTHER_METHOD_CHOICES = {"fps": (25, 50), "resolution": (256, 512)}
 
 SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".mp4", ".mov", ".mkv", ".webm")
@@ -257,8 +261,12 @@ def job_from_row(
             )
         if checkpoints is None:
             raise SettingsError(f"a {method} job needs checkpoints (a trained {method} model)")
+        check_max_size(values.get("max_size"))
         options = {**OTHER_METHOD_DEFAULTS.get(method, {})}
-        options.update({k: values.pop(k) for k in list(values) if k not in ("seed", "steps")})
+        names = OTHER_METHOD_OPTION_NAMES.get(method, {})
+        options.update(
+            {names.get(k, k): values.pop(k) for k in list(values) if k not in ("seed", "steps")}
+        )
         for name, value in options.items():
             choices = OTHER_METHOD_CHOICES.get(name)
             if choices and value not in choices:

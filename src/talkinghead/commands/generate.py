@@ -105,6 +105,38 @@ class _StageProgress:
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
+# The options only some methods read (the rest every method takes). One given to a method
+# that would ignore it is refused: `--emotion Happy` must not pass silently with DiT-Head.
+DITTO_ONLY = (
+    "download", "revision", "hubert", "emotion", "delta_pitch", "delta_yaw", "delta_roll",
+    "alpha_pitch", "alpha_yaw", "alpha_roll", "fade_in", "fade_out", "controls",
+    "retargeting", "eye_open", "lip_open", "crop_scale", "crop_vy", "blink", "stream",
+    "online", "face_backend", "fp16", "batch_size", "runtime", "cache",
+)  # fmt: skip
+OPTION_METHODS: dict[str, tuple[str, ...]] = {
+    **{name: ("ditto",) for name in DITTO_ONLY},
+    "resolution": ("difftalk",),
+    "fps": ("dithead", "difftalk"),
+}
+
+
+def check_method_options(ctx: typer.Context, method: str) -> None:
+    """Refuse an option given on the command line that `method` does not read."""
+    for param in ctx.command.params:
+        owners = OPTION_METHODS.get(param.name or "")
+        if owners is None or method in owners:
+            continue
+        # By name: typer carries its own copy of click, whose ParameterSource is not click's.
+        source = ctx.get_parameter_source(param.name or "")
+        if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        flag = "/".join(o for o in (*param.opts, *param.secondary_opts) if o.startswith("--"))
+        raise SettingsError(
+            f"{flag} is for --method {' or '.join(owners)}; --method {method} does not use "
+            "it (leave it out)"
+        )
+
+
 def generate(
     ctx: typer.Context,
     source: Path = typer.Option(..., "--source", "-s", help="Portrait image or short video."),
@@ -202,6 +234,7 @@ def generate(
     # Every option and input file is checked before any model is loaded or downloaded.
     chosen = get_method(method)  # an unknown method is refused first
     chosen.check_installed()  # then one whose packages (an extra) are not installed
+    check_method_options(ctx, method)
     check.check_face_backend(face_backend)
     device = check.resolve_device(device)
     options: dict[str, Any]
@@ -268,15 +301,14 @@ def generate(
     else:
         from talkinghead.face import create_face_analyzer
 
-        if controls is not None:
-            raise SettingsError(f"--controls is a Ditto option; --method {method} has no timeline")
         if method == "difftalk":
             options = {"resolution": resolution}
             if fps is not None:
                 options["fps"] = fps
         else:
             options = {"fps": 50 if fps is None else fps}  # the paper's stage 3 by default
-        _check_other_options(method, checkpoints, steps, seed, **options)
+        _check_other_options(method, checkpoints, steps, seed, max_size, **options)
+        options["max_size" if method == "difftalk" else "max_side"] = max_size
         if method == "difftalk" and options.get("fps") == 50:
             # DiffTalk generates at 25 fps; the other half of the frames are interpolated.
             options.update(fps=25, interpolation="auto")
@@ -310,16 +342,22 @@ def generate(
 
 
 def _check_other_options(
-    method: str, checkpoints: Path | None, steps: int | None, seed: int | None, **options: Any
+    method: str,
+    checkpoints: Path | None,
+    steps: int | None,
+    seed: int | None,
+    max_size: int,
+    **options: Any,
 ) -> None:
     """DiT-Head's and DiffTalk's options, as far as they can be checked without their models."""
-    from talkinghead.validation import check_seed, check_steps
+    from talkinghead.validation import check_max_size, check_seed, check_steps
 
     if checkpoints is None:
         raise SettingsError(f"--method {method} needs --checkpoints (a trained {method} model)")
     if steps is not None:
         check_steps(steps)
     check_seed(seed)
+    check_max_size(max_size)
     allowed = {"resolution": (256, 512), "fps": (25, 50)}
     for name, value in options.items():
         if value not in allowed[name]:

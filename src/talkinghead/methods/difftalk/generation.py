@@ -41,6 +41,7 @@ from talkinghead.methods.difftalk.features import (
     track_faces,
 )
 from talkinghead.timebase import FPS, SAMPLE_RATE, num_frames
+from talkinghead.validation import check_steps
 
 SOURCE_CACHE_SIZE = 256  # source frames whose latents are kept
 
@@ -144,10 +145,9 @@ class DiffTalkGenerator:
                 f"interpolation must be one of {', '.join(INTERPOLATION_KINDS)}, "
                 f"not {self.config.interpolation!r}"
             )
-        if self.config.steps < 1 or self.config.eta < 0:
-            raise TalkingHeadError(
-                f"DiffTalk needs steps >= 1 and eta >= 0, got {self.config.steps}, {self.config.eta}"
-            )
+        check_steps(self.config.steps)
+        if self.config.eta < 0:
+            raise TalkingHeadError(f"DiffTalk needs eta >= 0, got {self.config.eta}")
         self.device = torch.device(device)
         self._audio_encoder = audio_encoder
         self._analyzer = None

@@ -55,6 +55,7 @@ from talkinghead.methods.dithead.generation import (
     pingpong,
 )
 from talkinghead.timebase import FPS, SAMPLE_RATE
+from talkinghead.validation import check_steps
 
 _OPTIONS = {
     "fps", "interpolation", "eta", "face_backend", "aux_dir", "audio_model", "max_side",
@@ -152,12 +153,12 @@ def generate_video(
     fps = int(opts.get("fps", 50))
     if fps not in (25, 50):
         raise TalkingHeadError(f"DiT-Head writes 25 or 50 fps, not {fps}")
-    steps = DEFAULT_STEPS if steps is None else int(steps)
-    if steps < 1:
-        raise TalkingHeadError(f"steps must be >= 1, got {steps}")
+    steps = DEFAULT_STEPS if steps is None else steps
+    check_steps(steps)
     seed = secrets.randbits(31) if seed is None else int(seed)
 
     models = DiTHeadModels.load(Path(checkpoints), device)
+    check_steps(steps, models.n_timestep)  # a model trained on another schedule length
     wav = load_audio(Path(audio), SAMPLE_RATE)
     if progress:
         progress("audio", 0, None)

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from talkinghead.errors import CheckpointError, SettingsError
 from talkinghead.face.types import CropConfig, FaceAnalyzer
-from talkinghead.validation import check_face_backend, check_seed, check_steps, is_int
+from talkinghead.validation import (
+    check_face_backend,
+    check_max_size,
+    check_seed,
+    check_steps,
+    is_int,
+)
 
 if TYPE_CHECKING:
     from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints
@@ -35,7 +41,6 @@ if TYPE_CHECKING:
 POSE_SETTINGS = tuple(
     f"{kind}_{axis}" for kind in ("delta", "alpha") for axis in ("pitch", "yaw", "roll")
 )
-MIN_MAX_SIZE = 64  # longest source side, pixels; below this no face crop is meaningful
 EMOTION_HINT = (
     "Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise, Contempt or 0-7 (a comma list mixes them)"
 )
@@ -85,10 +90,7 @@ def check_ditto_config(cfg: DittoConfig) -> None:
         )
     if not is_int(cfg.batch_size) or cfg.batch_size < 1:
         raise SettingsError(f"batch_size must be at least 1, got {cfg.batch_size!r}")
-    if cfg.max_size is not None and (not is_int(cfg.max_size) or cfg.max_size < MIN_MAX_SIZE):
-        raise SettingsError(
-            f"max_size must be at least {MIN_MAX_SIZE} pixels, got {cfg.max_size!r}"
-        )
+    check_max_size(cfg.max_size)
     check_render_runtime(cfg.runtime, cfg.device)
 
 
