@@ -304,3 +304,26 @@ def test_cli_missing_file_is_one_line(tmp_path, videos):
         ["evaluate", "--pred", str(videos["pred"]), "--ref", str(videos["ref"]), "--metrics", "x"],
     )
     assert bad.exit_code == 1 and "unknown metric" in str(bad.exception)
+
+
+def test_cli_download_lines_keep_their_urls_whole(tmp_path, videos, monkeypatch):
+    """The 'downloading NAME from URL' lines are one line each at any terminal width: rich
+    once folded them at 80 columns, in the middle of the URL."""
+    import urllib.error
+    import urllib.request
+
+    from talkinghead.cli import app
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--pred", str(videos["pred"]), "--ref", str(videos["ref"]),
+              "--metrics", "lpips"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("downloading ")]
+    assert lines and all(line.split(" from ")[1].startswith("https://") for line in lines)
+    urls = {spec.url for spec in WEIGHT_FILES.values()}
+    assert all(line.split(" from ")[1] in urls for line in lines), lines

@@ -78,7 +78,7 @@ class _BatchProgress:
             return
         if event.kind in ("died", "setup_failed"):
             what = "died, job retried" if event.kind == "died" else "could not load"
-            err_console.print(f"worker {event.worker}: {what} ({event.message})", highlight=False)
+            err_console.print(f"worker {event.worker}: {what} ({event.message})", highlight=False, soft_wrap=True)
         if event.kind not in ("started", "progress"):
             return
         name = event.worker.rsplit("-", 1)[-1]  # a Ray actor's name ends with its slot

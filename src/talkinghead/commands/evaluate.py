@@ -97,7 +97,7 @@ def evaluate(
             progress.update(task, description=label, completed=done, total=total)
 
         def on_download(spec) -> None:
-            err_console.print(f"downloading {spec.name} from {spec.url}", highlight=False)
+            err_console.print(f"downloading {spec.name} from {spec.url}", highlight=False, soft_wrap=True)
 
         result = run_evaluation(
             pred,
@@ -120,9 +120,9 @@ def evaluate(
         err_console.print(labelled(f"skipped {metric}:", "yellow", reason), highlight=False, soft_wrap=True)
     out_console().print(result.table())
     if json_out is not None:
-        err_console.print(f"wrote {result.write_json(json_out)}", highlight=False)
+        err_console.print(f"wrote {result.write_json(json_out)}", highlight=False, soft_wrap=True)
     if csv_out is not None:
-        err_console.print(f"wrote {result.write_csv(csv_out)}", highlight=False)
+        err_console.print(f"wrote {result.write_csv(csv_out)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

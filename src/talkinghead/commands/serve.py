@@ -255,7 +255,7 @@ def serve(
         if webrtc.available()
         else "no WebRTC: pip install 'talkinghead[webrtc]'"
     )
-    err_console.print(f"serving on {page} (WebSocket: /ws; {rtc})", highlight=False)
+    err_console.print(f"serving on {page} (WebSocket: /ws; {rtc})", highlight=False, soft_wrap=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"warning: listening on {host} without --token: anyone who can reach this "
@@ -304,6 +304,7 @@ def _serve_on_ray(
             f"serving on http://{host}:{port}/ (WebSocket: /ws) with {count} Ray Serve "
             f"replica(s), {settings.max_sessions} session(s) each; Ctrl-C stops",
             highlight=False,
+            soft_wrap=True,
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -363,7 +364,7 @@ def stream_client(
             if source.is_dir():
                 raise MediaError(f"{source}: the source is a folder; give a portrait or a video")
             avatar = upload_avatar(http_base(url), source, token=token)["id"]
-            err_console.print(f"avatar {avatar}", highlight=False)
+            err_console.print(f"avatar {avatar}", highlight=False, soft_wrap=True)
         pcm = load_audio(audio, 16000)
         controls: dict = {"lossless": True}
         if emotion is not None:

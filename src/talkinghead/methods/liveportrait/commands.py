@@ -94,6 +94,7 @@ def animate(
             f"wrote {result.output} ({result.num_frames} frames at {result.fps:g} fps, "
             f"face backend {result.face_backend})",
             highlight=False,
+            soft_wrap=True,
         )
 
 
