@@ -21,3 +21,47 @@ def test_verbose_leaves_the_hub_alone(monkeypatch) -> None:
     monkeypatch.delenv("HF_HUB_VERBOSITY", raising=False)
     with third_party_logs(verbose=True):
         assert "HF_HUB_VERBOSITY" not in os.environ
+
+
+# Commands that load face models (mediapipe, TFLite), with arguments that stop them at
+# their first check, after the logs are set up.
+FACE_MODEL_COMMANDS = {
+    "serve": ("talkinghead.commands.serve", ["serve", "--avatar", "{tmp}"]),
+    "app": ("talkinghead.commands.app", ["app", "--checkpoints", "{tmp}/none"]),
+    "animate": (
+        "talkinghead.methods.liveportrait.commands",
+        ["animate", "-s", "{tmp}/none.jpg", "-d", "{tmp}/none.mp4", "-o", "{tmp}/o.mp4", "-c", "{tmp}"],
+    ),
+}
+
+
+def _invoke_recording_logs(monkeypatch, tmp_path, name: str, extra: list[str]) -> list[bool]:
+    import contextlib
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from talkinghead.cli import app
+
+    module_name, args = FACE_MODEL_COMMANDS[name]
+    module = importlib.import_module(module_name)
+    calls: list[bool] = []
+
+    @contextlib.contextmanager
+    def recording(verbose: bool):
+        calls.append(verbose)
+        yield
+
+    monkeypatch.setattr(module, "third_party_logs", recording)
+    CliRunner().invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args] + extra)
+    return calls
+
+
+def test_commands_that_load_face_models_keep_their_logs_out_unless_verbose(
+    monkeypatch, tmp_path
+) -> None:
+    """serve, app and animate printed mediapipe's and TFLite's native log lines above their
+    own (generate and batch did not); they now take --verbose like those two."""
+    for name in FACE_MODEL_COMMANDS:
+        assert _invoke_recording_logs(monkeypatch, tmp_path, name, []) == [False], name
+        assert _invoke_recording_logs(monkeypatch, tmp_path, name, ["--verbose"]) == [True], name

@@ -9,10 +9,12 @@ from pathlib import Path
 import typer
 
 from talkinghead.commands.common import err_console
+from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import SettingsError
 
 
 def app(
+    ctx: typer.Context,
     checkpoints: Path | None = typer.Option(
         None,
         "--checkpoints",
@@ -42,11 +44,15 @@ def app(
     output_dir: Path | None = typer.Option(
         None, "--output-dir", help="Keep the clips here (default: a temporary folder)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
+    ),
 ) -> None:
     """Open a page to make talking-head clips: portrait and speech in, preview and mp4 out.
 
     Then open http://HOST:PORT/ in a browser; docs/app.md describes the page.
     """
+    ctx.with_resource(third_party_logs(verbose))
     from talkinghead import validation as check
     from talkinghead.app.generation import AppSettings, Generator, parse_models
     from talkinghead.methods.ditto.checkpoints import resolve_checkpoints

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from talkinghead.commands.common import err_console
+from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.media.source import DEFAULT_MAX_PIXELS
 
@@ -17,6 +18,7 @@ WS_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def serve(
+    ctx: typer.Context,
     checkpoints: Path | None = typer.Option(
         None,
         "--checkpoints",
@@ -145,11 +147,15 @@ def serve(
     replica_cpus: float = typer.Option(
         1.0, "--replica-cpus", min=0.0, help="With --ray: CPUs each replica reserves."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
+    ),
 ) -> None:
     """Serve talking heads in real time: speech in over a WebSocket, JPEG frames out.
 
     Open http://HOST:PORT/ for the browser page; the protocol is in docs/serving.md.
     """
+    ctx.with_resource(third_party_logs(verbose))
     import uvicorn
 
     from talkinghead.serve import ServeSettings, create_app

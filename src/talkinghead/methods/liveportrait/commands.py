@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 
 from talkinghead.commands.common import err_console
+from talkinghead.commands.logs import third_party_logs
 
 
 def animate(
+    ctx: typer.Context,
     source: Path = typer.Option(..., "--source", "-s", help="The portrait (an image)."),
     driving: Path = typer.Option(..., "--driving", "-d", help="The driving video."),
     output: str = typer.Option(
@@ -36,8 +38,12 @@ def animate(
     max_size: int = typer.Option(1920, "--max-size", help="The portrait's longest side."),
     batch_size: int = typer.Option(8, "--batch-size", help="Driving frames per batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
+    ),
 ) -> None:
     """Animate a portrait by a driving video (relative motion), optionally retargeting eyes and lips."""
+    ctx.with_resource(third_party_logs(verbose))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from talkinghead.errors import NoFaceError
