@@ -9,7 +9,7 @@ import soundfile
 
 from _audio_files import encode_with_pyav, tone
 from _conformance import MEDIA_DIR, skip_missing
-from talkinghead.audio.io import load_audio, pcm16_to_float32, resample
+from talkinghead.audio.io import chunk_to_mono, load_audio, pcm16_to_float32, resample
 from talkinghead.errors import MediaError
 
 
@@ -119,6 +119,24 @@ def test_pcm16_bytes():
     np.testing.assert_array_equal(pcm16_to_float32(stereo, channels=2), [0.25, -0.5])
     with pytest.raises(MediaError, match=r"3 bytes"):
         pcm16_to_float32(b"abc")
+
+
+def test_stream_chunks_are_read_as_whole_files_are():
+    pcm = np.array([0, 16384, -32768, 32767], dtype=np.int16)
+    want = pcm.astype(np.float32) / 32768
+    for chunk in (pcm, pcm.tobytes(), want, want.astype(np.float64), np.stack([pcm, pcm], 1)):
+        got = chunk_to_mono(chunk)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(chunk_to_mono(np.array([1.5, -2.0])), [1.0, -1.0])
+    for bad, message in (
+        (np.array([0.0, np.inf]), "NaN or infinite"),
+        (np.array(["a"]), "samples must be float, int16 or int32"),
+        (np.zeros((4, 4, 4)), "expected mono samples"),
+        (b"abc", "not a whole number"),
+    ):
+        with pytest.raises(MediaError, match=message):
+            chunk_to_mono(bad)
 
 
 def test_missing_empty_and_corrupt_files(tmp_path):

@@ -63,6 +63,21 @@ def pcm16_to_float32(data: bytes | bytearray | memoryview, channels: int = 1) ->
     return x
 
 
+def chunk_to_mono(
+    chunk: np.ndarray | bytes | bytearray | memoryview, where: str = "audio chunk"
+) -> np.ndarray:
+    """A streamed chunk -> float32 mono in [-1, 1], as `load_audio` makes a whole file:
+    PCM16 bytes, or an array as `read_audio` takes one (float, int16 or int32 samples;
+    [n], [n, channels] or [channels, n]). The caller gives it at 16 kHz."""
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        x = pcm16_to_float32(chunk)
+    else:
+        x = _array_to_mono(chunk, where)
+    if not np.all(np.isfinite(x)):
+        raise MediaError(f"{where}: the audio contains NaN or infinite samples")
+    return np.clip(x, -1.0, 1.0)
+
+
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
     """[n, channels] float32 and the rate, or None if libsndfile does not know the format."""
     try:

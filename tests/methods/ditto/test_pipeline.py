@@ -132,6 +132,36 @@ def test_stream_accepts_pcm16_and_renders_before_the_end(pipe) -> None:
     assert all(f.shape == (256, 256, 3) and f.dtype == np.uint8 for f in got)
 
 
+def test_stream_takes_int16_and_multichannel_arrays_as_the_same_audio(pipe) -> None:
+    """An int16 array, PCM16 bytes, a [n, 2] array and the float samples are one audio:
+    int16 arrays once reached HuBERT unscaled and [n, 2] arrays as interleaved samples
+    of twice the length; NaN is refused instead of rendered."""
+    from talkinghead.audio.io import resample
+    from talkinghead.errors import MediaError
+
+    data, sr = sf.read(SPEECH, dtype="float32")
+    pcm16 = np.round(np.clip(resample(data[: sr // 2], sr, 16000), -1, 1) * 32767).astype("<i2")
+    kinds = {
+        "float": lambda c: c.astype(np.float32) / 32768,
+        "int16": lambda c: c,
+        "bytes": lambda c: c.tobytes(),
+        "stereo": lambda c: np.stack([c, c], axis=1),
+    }
+    frames = {}
+    for name, convert in kinds.items():
+        session = pipe.stream(PORTRAIT, seed=0)
+        got = []
+        for i in range(0, len(pcm16), 3200):
+            got += session.push(convert(pcm16[i : i + 3200]))
+        frames[name] = np.stack(got + session.close())
+    for name in kinds:
+        np.testing.assert_array_equal(frames[name], frames["float"], err_msg=name)
+    session = pipe.stream(PORTRAIT, seed=0)
+    with pytest.raises(MediaError, match="NaN or infinite"):
+        session.push(np.full(3200, np.nan, np.float32))
+    session.close()
+
+
 def test_offline_and_online_motion_settings_differ_as_documented(pipe, speech) -> None:
     from talkinghead.audio.io import load_audio
 

@@ -1190,14 +1190,14 @@ class DittoStream:
         return [frame for batch in self._runner.poll() for frame in batch]
 
     def push(self, audio: np.ndarray | bytes) -> list[np.ndarray]:
-        """Add audio; returns the frames rendered so far (possibly none)."""
+        """Add 16 kHz audio (float, int16 or int32 samples, mono or [n, channels], or PCM16
+        bytes); returns the frames rendered so far (possibly none)."""
         if self._closed:
             raise TalkingHeadError("push() on a closed stream")
-        if isinstance(audio, (bytes, bytearray, memoryview)):
-            from talkinghead.audio.io import pcm16_to_float32
+        from talkinghead.audio.io import chunk_to_mono
 
-            audio = pcm16_to_float32(audio)
-        feats = self.features.push(np.asarray(audio, dtype=np.float32))
+        # int16 arrays once went in unscaled and [n, 2] interleaved; NaN went on to HuBERT.
+        feats = self.features.push(chunk_to_mono(audio, "push()"))
         if len(feats):
             cond = self.builder(feats, start=self.frames_in)
             self.frames_in += len(feats)
