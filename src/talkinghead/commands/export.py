@@ -27,7 +27,7 @@ def export_onnx(
     """Export the PyTorch checkpoints to ONNX files with the release's names and I/O names.
 
     Networks whose sizes differ from the release's (a trained motion model) are built from
-    the ``talkinghead.json`` sidecar beside the checkpoints, as `generate` builds them.
+    the `talkinghead.json` sidecar beside the checkpoints, as `generate` builds them.
     """
     from rich.progress import Progress
 
