@@ -188,3 +188,12 @@ def test_generate_passes_revision(tmp_path, monkeypatch, capsys, args, revision)
     )
     assert code == 1 and "stopped before loading" in err
     assert received["checkpoints"] is None and received["revision"] == revision
+
+
+def test_a_dir_that_is_a_file_is_refused_before_the_hub(tmp_path, monkeypatch, capsys, cache):
+    monkeypatch.setattr(hub, "snapshot_download", FakeHub(error=AssertionError("no hub call")))
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    code, out, err = run_cli(monkeypatch, capsys, "download", "--dir", str(target))
+    assert code == 1 and out == "" and target.read_text() == "mine"
+    assert err.strip().splitlines()[-1].startswith(f"error: --dir {target}: a file, not a folder")

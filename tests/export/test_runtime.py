@@ -54,3 +54,25 @@ def test_onnx_decoder_is_the_polyphase_export_of_the_release_decoder(conformance
     with torch.no_grad():
         torch.testing.assert_close(run(feature), net(feature), atol=1e-5, rtol=0)
     assert type(net).__name__ == "SPADEDecoder"  # the torch module itself is unchanged
+
+
+def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_run(tmp_path, caplog) -> None:
+    """$TALKINGHEAD_CACHE naming a file (or a read-only home) was a NotADirectoryError
+    traceback on the first --runtime auto run; the export now goes to a folder of the
+    process's own, removed at exit."""
+    import logging
+
+    import talkinghead.export.runtime as runtime
+
+    net = SPADEDecoder(block_expansion=4, max_features=16, out_channels=8, spade_hidden=8).eval()
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file")
+    example = (torch.randn(1, 16, 4, 4),)
+    with caplog.at_level(logging.WARNING, logger="talkinghead.export.runtime"):
+        run = runtime_network(net, "decoder", "onnx", example, cache_dir=not_a_folder)
+    assert "cannot write the runtime cache" in caplog.text and "for this run only" in caplog.text
+    assert not_a_folder.read_text() == "a file"
+    assert runtime._run_cache is not None and any(runtime._run_cache.glob("decoder-*.onnx"))
+    feature = torch.randn(2, 16, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(run(feature), net(feature), atol=1e-5, rtol=0)

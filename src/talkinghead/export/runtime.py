@@ -19,8 +19,12 @@ within a stated tolerance (tests/methods/ditto/test_runtimes.py).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +51,18 @@ _install_cuda_guard_without_gpu()
 RUNTIMES = ("auto", "torch", "compile", "onnx", "tensorrt")
 RENDER_NETWORKS = ("warp_network", "decoder")
 CACHE_DIR_ENV = "TALKINGHEAD_CACHE"
+
+log = logging.getLogger(__name__)
+_run_cache: Path | None = None  # this process's stand-in for a cache it cannot write
+
+
+def _temporary_cache() -> Path:
+    """A folder for this process's exports, removed at exit."""
+    global _run_cache
+    if _run_cache is None:
+        _run_cache = Path(tempfile.mkdtemp(prefix="talkinghead-runtimes-"))
+        atexit.register(shutil.rmtree, _run_cache, ignore_errors=True)
+    return _run_cache
 
 
 def default_cache_dir() -> Path:
@@ -205,18 +221,33 @@ def _onnx_network(
     from talkinghead.export.onnx import export_onnx
 
     device = next(net.parameters()).device
-    path = cache_dir / f"{kind}-{weights_digest(net)}.onnx"
+    name = f"{kind}-{weights_digest(net)}.onnx"
+    path = cache_dir / name
     if not path.is_file():  # exported once per set of weights (export_onnx writes atomically)
         cpu_net = net.to("cpu")
+        inputs = tuple(x.cpu() for x in example)
         try:
-            export_onnx(cpu_net, kind, path, inputs=tuple(x.cpu() for x in example))
+            try:
+                export_onnx(cpu_net, kind, path, inputs=inputs)
+            except OSError as exc:
+                # A read-only home or a cache path that is a file costs the cache, not the run.
+                cache_dir = _temporary_cache()
+                log.warning(
+                    "cannot write the runtime cache %s (%s); exporting %s for this run only",
+                    path.parent, exc.strerror or exc, kind,
+                )  # fmt: skip
+                path = export_onnx(cpu_net, kind, cache_dir / name, inputs=inputs)
         finally:
             net.to(device)
     providers = available_providers()
     chosen: list = []
     if device.type == "cuda" and runtime == "tensorrt":
         engines = cache_dir / "trt_engines"
-        engines.mkdir(parents=True, exist_ok=True)
+        try:
+            engines.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            engines = _temporary_cache() / "trt_engines"
+            engines.mkdir(parents=True, exist_ok=True)
         chosen.append(
             (
                 "TensorrtExecutionProvider",
