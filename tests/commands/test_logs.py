@@ -28,6 +28,7 @@ def test_verbose_leaves_the_hub_alone(monkeypatch) -> None:
 FACE_MODEL_COMMANDS = {
     "serve": ("talkinghead.commands.serve", ["serve", "--avatar", "{tmp}"]),
     "app": ("talkinghead.commands.app", ["app", "--checkpoints", "{tmp}/none"]),
+    "prepare-data": ("talkinghead.commands.data", ["prepare-data", "{tmp}/none", "{tmp}/out"]),
     "animate": (
         "talkinghead.methods.liveportrait.commands",
         ["animate", "-s", "{tmp}/none.jpg", "-d", "{tmp}/none.mp4", "-o", "{tmp}/o.mp4", "-c", "{tmp}"],
@@ -60,8 +61,8 @@ def _invoke_recording_logs(monkeypatch, tmp_path, name: str, extra: list[str]) -
 def test_commands_that_load_face_models_keep_their_logs_out_unless_verbose(
     monkeypatch, tmp_path
 ) -> None:
-    """serve, app and animate printed mediapipe's and TFLite's native log lines above their
-    own (generate and batch did not); they now take --verbose like those two."""
+    """serve, app, animate and prepare-data printed mediapipe's and TFLite's native log
+    lines above their own (generate and batch did not); they now take --verbose too."""
     for name in FACE_MODEL_COMMANDS:
         assert _invoke_recording_logs(monkeypatch, tmp_path, name, []) == [False], name
         assert _invoke_recording_logs(monkeypatch, tmp_path, name, ["--verbose"]) == [True], name

@@ -24,6 +24,7 @@ from typing import Any
 import typer
 
 from talkinghead.commands.common import err_console, labelled
+from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS, get_method
 
@@ -81,6 +82,7 @@ def _log_to_console() -> None:
 
 
 def prepare_data(
+    ctx: typer.Context,
     videos_dir: Path = typer.Argument(..., help="Folder of talking videos (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Where the training data goes (resumable)."),
     method: str = typer.Option(
@@ -124,8 +126,12 @@ def prepare_data(
     option: list[str] = typer.Option(
         None, "--option", help="Other method option as KEY=VALUE (repeatable)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show log messages, including mediapipe's and TFLite's."
+    ),
 ) -> None:
     """Prepare training data from a folder of talking videos; finished videos are skipped."""
+    ctx.with_resource(third_party_logs(verbose))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     prepare = load_prepare_function(method)
