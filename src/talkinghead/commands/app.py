@@ -95,7 +95,16 @@ def app(
     if status is not None:
         err_console.print(f"note: {status}", highlight=False, soft_wrap=True)
     try:
-        launch(generator, host, port)
+        try:
+            page = launch(generator, host, port, block=False)
+        except OSError:  # gradio's "Cannot find empty port in range", whatever the cause
+            raise SettingsError(
+                f"cannot serve on {host}:{port}: the port is taken (or not allowed here); "
+                "choose another --port"
+            ) from None
+        # Our own line instead of gradio's, whose hint (share=True in launch()) is for its API.
+        err_console.print(f"app on {page.local_url} (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+        page.block_thread()
     finally:
         generator.close()
 
