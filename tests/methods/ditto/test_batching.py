@@ -268,10 +268,30 @@ def test_an_error_in_one_request_fails_only_that_stream(pipe, avatars, clips, al
         motion_denoiser=_RejectsNonFinite(pipe.models.lmdm),
         shared_batching=GATHER,
     )
-    broken = clips[0].copy()
-    broken[4000:] = np.nan  # conditions of every window after the first are NaN
+    def broken_stream() -> list[np.ndarray]:
+        # The audio features after the first 0.25 s are NaN, so every window after the
+        # first has a non-finite condition (push() itself refuses NaN audio).
+        session = shared.stream(avatars[0], seed=0)
+        features, seen = session.features.push, [0]
+
+        def poisoned(pcm: np.ndarray) -> np.ndarray:
+            out = np.array(features(pcm), dtype=np.float32)
+            out[max(0, 6 - seen[0]) :] = np.nan
+            seen[0] += len(out)
+            return out
+
+        session.features.push = poisoned
+        frames: list[np.ndarray] = []
+        try:
+            for i in range(0, len(clips[0]), CHUNK):
+                frames += session.push(clips[0][i : i + CHUNK])
+            return frames + session.close()
+        except BaseException:
+            session.abort()
+            raise
+
     failed, frames = in_threads(
-        lambda: run_stream(shared, avatars[0], broken, seed=0),
+        broken_stream,
         lambda: run_stream(shared, avatars[1], clips[1], seed=1),
     )
     assert isinstance(failed, ValueError) and "non-finite condition" in str(failed)
