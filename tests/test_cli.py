@@ -318,3 +318,35 @@ def test_stream_client_names_a_folder_given_as_a_file(cli, odd_inputs, tmp_path)
         )
         assert code == 1 and needle in err and "not found" not in err, err
     assert not out.exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("http://127.0.0.1:8000/", "not a WebSocket URL; use ws://127.0.0.1:8000/ws"),
+        ("https://example.org/ws", "not a WebSocket URL; use wss://example.org/ws"),
+        ("localhost:8000", "not a WebSocket URL; use ws://HOST:PORT/ws"),
+        ("ws://127.0.0.1:{port}/ws", "cannot reach the server ("),
+    ],
+)
+def test_stream_client_names_a_wrong_or_silent_server_in_one_line(
+    url, needle, cli, odd_inputs, tmp_path
+) -> None:
+    """An http:// URL (the page's) was a websockets InvalidURI traceback; a server that is
+    not there read '<urlopen error [Errno 111] Connection refused>'."""
+    out = tmp_path / "out.mp4"
+    code, _, err = cli(
+        "stream-client", "--url", url.format(port=_closed_port()), "-a", odd_inputs["speech"],
+        "--source", odd_inputs["dot"], "-o", out,
+    )  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err and "urlopen error" not in err and not out.exists()

@@ -354,6 +354,7 @@ def stream_client(
     from talkinghead.media.writer import open_writer
     from talkinghead.serve.client import SessionError, http_base, stream_audio, upload_avatar
 
+    _check_session_url(url)
     if audio.is_dir():
         raise MediaError(f"{audio}: the audio is a folder; give a speech file (wav, mp3, ...)")
     from talkinghead.validation import check_input_file, check_not_an_input, check_output
@@ -401,14 +402,35 @@ def stream_client(
         except BaseException:
             writer.abort()
             raise
-    except (SessionError, OSError) as exc:
+    except SessionError as exc:
         raise TalkingHeadError(f"{url}: {exc}") from None
+    except OSError as exc:  # refused, unknown host, reset: urllib's URLError is one too
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise TalkingHeadError(
+            f"{url}: cannot reach the server ({reason}); is `talkinghead serve` running there?"
+        ) from None
     latency = result.first_frame_latency
     typer.echo(
         f"{path} ({len(result.frames)} frames"
         + (f", first frame after {latency * 1000:.0f} ms" if latency is not None else "")
         + ")"
     )
+
+
+def _check_session_url(url: str) -> None:
+    """A ws:// or wss:// URL with a host; an http(s) one is answered with its ws twin."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("ws", "wss") and parts.netloc:
+        return
+    if parts.scheme in ("http", "https") and parts.netloc:
+        scheme = "ws" if parts.scheme == "http" else "wss"
+        path = parts.path if parts.path not in ("", "/") else "/ws"
+        hint = f"{scheme}://{parts.netloc}{path}"
+    else:
+        hint = "ws://HOST:PORT/ws"
+    raise TalkingHeadError(f"--url {url}: not a WebSocket URL; use {hint} (the session endpoint)")
 
 
 def register(app: typer.Typer) -> None:
