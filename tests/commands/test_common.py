@@ -33,3 +33,26 @@ def test_table_cells_keep_their_brackets() -> None:
     table.add_column("reason")
     table.add_row(HINT)
     assert "talkinghead[latent]" in _render(out_console(), table)
+
+
+def test_progress_descriptions_show_as_they_are() -> None:
+    """train-motion, prepare-data and animate once gave their bars the markup string
+    "[progress.description]{task.description}", which the markup-off console printed
+    literally in front of every description."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, Progress
+
+    from talkinghead.commands.common import description_column
+
+    console = Console(markup=False, width=100, force_terminal=False)
+    with console.capture() as captured:
+        with Progress(description_column(), BarColumn(), console=console, auto_refresh=False) as bar:
+            bar.add_task("take [2].mp4", total=4, completed=2)
+            bar.refresh()
+    text = captured.get()
+    assert "take [2].mp4" in text and "[progress" not in text
+    # No command passes a markup string as a column any more.
+    package = Path(__import__("talkinghead").__file__).parent
+    offenders = [p for p in package.rglob("*.py") if '"[progress.' in p.read_text()]
+    assert offenders == []

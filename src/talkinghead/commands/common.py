@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import TextColumn
 from rich.text import Text
 
 # Markup off: messages carry the user's paths and hints such as pip install
@@ -18,3 +19,10 @@ def out_console() -> Console:
 def labelled(label: str, style: str, message: object) -> Text:
     """``label message`` with only the label styled; the message is printed as it is."""
     return Text.assemble((label, style), " ", str(message))
+
+
+def description_column() -> TextColumn:
+    """A progress bar's description, styled as rich's default one and shown as it is: a
+    column given as a markup string (``[progress.description]{task.description}``)
+    reaches the markup-off console as text, and a video's name may hold brackets."""
+    return TextColumn("{task.description}", style="progress.description", markup=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from talkinghead.commands.common import err_console, labelled
+from talkinghead.commands.common import description_column, err_console, labelled
 from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS, get_method
@@ -152,7 +152,7 @@ def prepare_data(
     check_options(prepare, method, options)
     _log_to_console()
     columns = (
-        "[progress.description]{task.description}",
+        description_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),

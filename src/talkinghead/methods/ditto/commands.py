@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import description_column, err_console
 from talkinghead.errors import TalkingHeadError
 
 
@@ -204,7 +204,7 @@ def train_motion(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     columns = (
-        "[progress.description]{task.description}",
+        description_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import description_column, err_console
 from talkinghead.commands.logs import third_party_logs
 
 
@@ -82,7 +82,7 @@ def animate(
 
     animator = LivePortraitAnimator(load_liveportrait(checkpoints, device=device), analyzer)
     with Progress(
-        "[progress.description]{task.description}",
+        description_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
