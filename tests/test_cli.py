@@ -350,3 +350,22 @@ def test_stream_client_names_a_wrong_or_silent_server_in_one_line(
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err and "urlopen error" not in err and not out.exists()
+
+
+def test_an_error_message_from_a_library_prints_on_one_line(monkeypatch, capsys) -> None:
+    """A TalkingHeadError wrapping a multi-line library message still prints as one line."""
+    import typer
+
+    import talkinghead.cli as cli
+    from talkinghead.errors import CheckpointError
+
+    def fails() -> None:
+        raise CheckpointError("model: cannot read it (first line.\n  Second line.)")
+
+    monkeypatch.setattr(cli, "app", typer.Typer(callback=fails, invoke_without_command=True))
+    monkeypatch.setattr(sys, "argv", ["talkinghead"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.strip() == "error: model: cannot read it (first line. Second line.)"

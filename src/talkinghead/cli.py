@@ -110,7 +110,9 @@ def main() -> None:
         with stop_signals_unwind():
             app()
     except TalkingHeadError as exc:
-        err_console.print(labelled("error:", "bold red", exc), highlight=False, soft_wrap=True)
+        # One line, whatever a wrapped third-party message brought (transformers' span lines).
+        message = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        err_console.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
         sys.exit(1)
     except StopSignal as stop:
         err_console.print(str(stop), highlight=False)

@@ -52,6 +52,21 @@ def test_missing_model_is_a_checkpoint_error(tmp_path):
         Wav2Vec2CTCEncoder(tmp_path / "nope")
 
 
+def test_a_hub_model_out_of_reach_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    """transformers' offline message spans two lines; it is joined, and the hint names
+    where a local copy goes."""
+    from talkinghead.audio.ctc import ctc_vocab_size
+
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError) as info:
+        ctc_vocab_size("someone/wav2vec2-not-cached-here")
+    message = str(info.value)
+    assert "\n" not in message and "cannot read the wav2vec2 config" in message
+    assert "put a copy of someone/wav2vec2-not-cached-here in <checkpoints>/wav2vec2/" in message
+
+
 def test_frame_windows_are_centred_and_clamped():
     feats = np.arange(100, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
     win = frame_windows(feats, num_frames=50, fps=25)

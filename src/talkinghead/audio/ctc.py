@@ -86,7 +86,12 @@ def ctc_vocab_size(model: str | Path) -> int:
             f"{model}: wav2vec2 CTC features need the 'transformers' package"
         ) from None
     except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{model}: cannot read the wav2vec2 config ({e})") from None
+        reason = " ".join(str(e).split())  # transformers' offline message spans lines
+        hint = "" if _looks_local(model) else (
+            f"; without network access, put a copy of {model} in <checkpoints>/"
+            f"{LOCAL_MODEL_DIRNAME}/ or name a local folder (prepare-data: --option audio_model=DIR)"
+        )
+        raise CheckpointError(f"{model}: cannot read the wav2vec2 config ({reason}){hint}") from None
 
 
 class Wav2Vec2CTCEncoder:

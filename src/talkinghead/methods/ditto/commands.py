@@ -225,7 +225,8 @@ def train_motion(
         return
     if result.start_step:
         typer.echo(f"resumed at step {result.start_step}")
-    typer.echo(f"trained to step {result.step} ({result.epoch} epochs) in {out_dir}")
+    epochs = f"{result.epoch} full epoch{'' if result.epoch == 1 else 's'}"  # --max-steps may end one early
+    typer.echo(f"trained to step {result.step} ({epochs}) in {out_dir}")
     if result.holdout:
         typer.echo(f"held out of training: {', '.join(result.holdout)}")
     if result.samples:
