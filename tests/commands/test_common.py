@@ -46,10 +46,10 @@ def test_progress_descriptions_show_as_they_are() -> None:
     from talkinghead.commands.common import description_column
 
     console = Console(markup=False, width=100, force_terminal=False)
-    with console.capture() as captured:
-        with Progress(description_column(), BarColumn(), console=console, auto_refresh=False) as bar:
-            bar.add_task("take [2].mp4", total=4, completed=2)
-            bar.refresh()
+    bar = Progress(description_column(), BarColumn(), console=console, auto_refresh=False)
+    with console.capture() as captured, bar:
+        bar.add_task("take [2].mp4", total=4, completed=2)
+        bar.refresh()
     text = captured.get()
     assert "take [2].mp4" in text and "[progress" not in text
     # No command passes a markup string as a column any more.
