@@ -101,3 +101,16 @@ def test_one_wrapper_serves_both_methods(encoder):
     assert frames.shape == (10, 32)
     np.testing.assert_allclose(frames, logits.reshape(10, 2, 32).mean(1), atol=1e-6)
     assert encoder.logits(audio, 30)[20:].shape == (10, 32)  # padded with silence
+
+
+def test_a_local_model_loads_without_transformers_weight_bar(tmp_path, capsys):
+    """transformers 5 drew "Loading weights: 100%|...|" between prepare-data's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    directory = save_tiny_wav2vec2(tmp_path / "w2v")
+    capsys.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    Wav2Vec2CTCEncoder(directory)
+    captured = capsys.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()  # hub downloads keep their bars

@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from talkinghead.audio.transformers_loading import from_pretrained_quietly, looks_local
 from talkinghead.errors import CheckpointError
 from talkinghead.timebase import SAMPLE_RATE, num_frames
 
@@ -51,14 +52,8 @@ class CharProbabilityEncoder(Protocol):
     def probabilities(self, audio_16k: np.ndarray) -> np.ndarray: ...
 
 
-def _looks_local(name: str | Path) -> bool:
-    """A filesystem path rather than a hub id ("org/model"), so no download is attempted."""
-    s = str(name)
-    return isinstance(name, Path) or s.startswith((".", "/", "~")) or "\\" in s
-
-
 def _check_local(name: str | Path) -> None:
-    if _looks_local(name) and not Path(name).expanduser().exists():
+    if looks_local(name) and not Path(name).expanduser().exists():
         raise CheckpointError(f"{name}: wav2vec2 CTC model directory not found")
 
 
@@ -87,11 +82,17 @@ def ctc_vocab_size(model: str | Path) -> int:
         ) from None
     except (OSError, ValueError, AttributeError) as e:
         reason = " ".join(str(e).split())  # transformers' offline message spans lines
-        hint = "" if _looks_local(model) else (
-            f"; without network access, put a copy of {model} in <checkpoints>/"
-            f"{LOCAL_MODEL_DIRNAME}/ or name a local folder (prepare-data: --option audio_model=DIR)"
+        hint = (
+            ""
+            if looks_local(model)
+            else (
+                f"; without network access, put a copy of {model} in <checkpoints>/"
+                f"{LOCAL_MODEL_DIRNAME}/ or name a local folder (prepare-data: --option audio_model=DIR)"
+            )
         )
-        raise CheckpointError(f"{model}: cannot read the wav2vec2 config ({reason}){hint}") from None
+        raise CheckpointError(
+            f"{model}: cannot read the wav2vec2 config ({reason}){hint}"
+        ) from None
 
 
 class Wav2Vec2CTCEncoder:
@@ -127,7 +128,7 @@ class Wav2Vec2CTCEncoder:
         self.name = str(model_id_or_path)
         _check_local(model_id_or_path)
         try:
-            self.model = Wav2Vec2ForCTC.from_pretrained(self.name).to(device).eval()
+            self.model = from_pretrained_quietly(Wav2Vec2ForCTC, self.name).to(device).eval()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{self.name}: cannot load a wav2vec2 CTC model ({e})") from None
         self.device = torch.device(device)

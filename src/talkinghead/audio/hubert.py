@@ -34,6 +34,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from einops import rearrange
 
+from talkinghead.audio.transformers_loading import from_pretrained_quietly, looks_local
 from talkinghead.errors import CheckpointError
 from talkinghead.timebase import SAMPLE_RATE as SAMPLE_RATE  # re-exported: the rate HuBERT takes
 from talkinghead.timebase import SAMPLES_PER_FRAME, num_frames
@@ -102,12 +103,6 @@ class OnnxHubertEncoder:
         return _as_frames(self.session.run(None, {self.INPUT_NAME: x})[0])
 
 
-def _looks_local(name: str | Path) -> bool:
-    """A filesystem path rather than a hub id ("org/model"), so no download is attempted."""
-    s = str(name)
-    return isinstance(name, Path) or s.startswith((".", "/", "~")) or "\\" in s
-
-
 class TransformersHubertEncoder:
     """A HuggingFace `HubertModel` (last hidden state) run on each chunk on its own, giving
     the ONNX model's per-chunk frame layout. Needs the optional `transformers` package.
@@ -130,10 +125,10 @@ class TransformersHubertEncoder:
             ) from None
         self._torch = torch
         self.name = str(model_id_or_path)
-        if _looks_local(model_id_or_path) and not Path(model_id_or_path).expanduser().exists():
+        if looks_local(model_id_or_path) and not Path(model_id_or_path).expanduser().exists():
             raise CheckpointError(f"{self.name}: HuBERT model directory not found")
         try:
-            self.model = HubertModel.from_pretrained(self.name).to(device).eval()
+            self.model = from_pretrained_quietly(HubertModel, self.name).to(device).eval()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{self.name}: cannot load a HuBERT model ({e})") from None
         self.device = torch.device(device)
