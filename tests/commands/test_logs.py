@@ -66,3 +66,29 @@ def test_commands_that_load_face_models_keep_their_logs_out_unless_verbose(
     for name in FACE_MODEL_COMMANDS:
         assert _invoke_recording_logs(monkeypatch, tmp_path, name, []) == [False], name
         assert _invoke_recording_logs(monkeypatch, tmp_path, name, ["--verbose"]) == [True], name
+
+
+def test_training_log_lines_print_above_a_live_bar_not_inside_it() -> None:
+    """train-dithead/train-difftalk's loss lines went through a plain stream handler, which
+    wrote at the end of the bar's line on a terminal ("... 14/20 0:00:02autoencoder step 15")."""
+    import io
+    import logging
+    import re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from talkinghead.commands.logs import log_lines_through
+
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=True, width=60)
+    logger = logging.getLogger("talkinghead")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    with Progress(console=console, auto_refresh=False) as bar, log_lines_through(bar.console):
+        bar.add_task("training", total=20, completed=14)
+        bar.refresh()
+        logging.getLogger("talkinghead.methods.x").info("step 15/20  loss 0.73")
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", stream.getvalue())
+    lines = [line.split("\r")[-1] for line in text.split("\n")]
+    assert "step 15/20  loss 0.73" in lines  # a line of its own

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 # For library versions that do honour them; set before mediapipe/TensorFlow are imported.
 # HF_HUB_VERBOSITY: huggingface_hub sets its logger's level when imported; "error" keeps its
@@ -77,3 +78,36 @@ def third_party_logs(verbose: bool) -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.ERROR)
     with native_stderr_silenced():
         yield
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Any) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def log_lines_through(console: Any, level: int = logging.INFO) -> Iterator[None]:
+    """Our log lines (training losses) printed by `console` for the block.
+
+    A handler on a plain stream writes wherever the cursor is, which under a live rich
+    progress bar is the end of the bar's line; the bar's own console prints above it.
+    """
+    logger = logging.getLogger("talkinghead")
+    handler = _ConsoleHandler(console)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # once here, not again through a root handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.level, logger.propagate = saved

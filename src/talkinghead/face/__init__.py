@@ -38,7 +38,7 @@ def create_face_analyzer(
     from talkinghead.face import release_backend
 
     if backend not in BACKENDS:
-        raise ValueError(f"unknown face backend {backend!r}; expected one of {BACKENDS}")
+        raise ValueError(f"unknown face backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "release" or (backend == "auto" and release_backend.has_release_files(aux_dir)):
         if aux_dir is None:
             raise ValueError("the release face backend needs aux_dir")

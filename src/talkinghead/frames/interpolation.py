@@ -143,7 +143,7 @@ def create_interpolator(
     """ "auto": RIFE when its weights are in ``checkpoints``, else DIS flow; "rife" requires
     them; "flow" / "farneback": the classical one; "none": None."""
     if kind not in KINDS:
-        raise ValueError(f"unknown interpolation {kind!r}; expected one of {KINDS}")
+        raise ValueError(f"unknown interpolation {kind!r}; expected one of {', '.join(KINDS)}")
     if kind == "none":
         return None
     if kind in ("auto", "rife"):

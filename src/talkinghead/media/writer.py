@@ -262,7 +262,7 @@ class VideoWriter(FrameWriter):
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_FORMATS:
             raise MediaError(
-                f"{self.path}: unsupported video suffix (expected one of {sorted(VIDEO_SUFFIXES)})"
+                f"{self.path}: unsupported video suffix (expected one of {', '.join(sorted(VIDEO_SUFFIXES))})"
             )
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")

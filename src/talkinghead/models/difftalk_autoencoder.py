@@ -66,7 +66,7 @@ AUTOENCODER_PRESETS: dict[str, DiffTalkAutoencoderConfig] = {
 def autoencoder_preset(name: str, **overrides) -> DiffTalkAutoencoderConfig:
     if name not in AUTOENCODER_PRESETS:
         raise ValueError(
-            f"unknown autoencoder preset {name!r}; expected one of {list(AUTOENCODER_PRESETS)}"
+            f"unknown autoencoder preset {name!r}; expected one of {', '.join(AUTOENCODER_PRESETS)}"
         )
     return replace(AUTOENCODER_PRESETS[name], **overrides)
 

@@ -79,7 +79,7 @@ UNET_PRESETS: dict[str, DiffTalkUNetConfig] = {
 
 def unet_preset(name: str, **overrides) -> DiffTalkUNetConfig:
     if name not in UNET_PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r}; expected one of {list(UNET_PRESETS)}")
+        raise ValueError(f"unknown UNet preset {name!r}; expected one of {', '.join(UNET_PRESETS)}")
     return replace(UNET_PRESETS[name], **overrides)
 
 

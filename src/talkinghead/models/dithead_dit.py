@@ -95,7 +95,9 @@ class DiTConfig:
         }
         key = name.lower()
         if key not in presets:
-            raise ValueError(f"unknown DiT preset {name!r}; expected one of {sorted(presets)}")
+            raise ValueError(
+                f"unknown DiT preset {name!r}; expected one of {', '.join(sorted(presets))}"
+            )
         return presets[key](**overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -78,7 +78,9 @@ class VQGANConfig:
     def from_preset(cls, name: str, **overrides: Any) -> VQGANConfig:
         presets = {"paper": cls.paper, "tiny": cls.tiny}
         if name not in presets:
-            raise ValueError(f"unknown VQGAN preset {name!r}; expected one of {sorted(presets)}")
+            raise ValueError(
+                f"unknown VQGAN preset {name!r}; expected one of {', '.join(sorted(presets))}"
+            )
         return presets[name](**overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console, labelled
+from talkinghead.commands.common import description_column, err_console, labelled
+from talkinghead.commands.logs import log_lines_through
 from talkinghead.methods import METHODS
 
 
@@ -113,9 +114,8 @@ def train_difftalk(
         raise SettingsError(
             f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, not {mixed_precision!r}"
         )
-    import logging
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from talkinghead.methods.difftalk.data import read_manifest
     from talkinghead.methods.difftalk.train import (
@@ -144,39 +144,39 @@ def train_difftalk(
         ).items()
         if v is not None
     }
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the loss lines
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-    )
+    if stage is Stage.autoencoder:
+        if preset is None:
+            resolution = int(read_manifest(data_dir)["resolution"])
+            preset = "f8" if resolution >= 512 else "f4"
+        ae_options = dict(disc_start=disc_start, disc_weight=disc_weight)
+        options.update({k: v for k, v in ae_options.items() if v is not None})
+        if perceptual is None and (out_dir / "lpips").is_dir():
+            perceptual = out_dir / "lpips"
+        cfg = AutoencoderTrainConfig(preset=preset, **options)
+    else:
+        if sample_steps is not None:
+            options["sample_steps"] = sample_steps
+        cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
+    columns = (description_column(), BarColumn(), MofNCompleteColumn())
     from talkinghead.training.distributed import is_main_process
 
     main = is_main_process()  # one progress bar and summary under `accelerate launch`
-    with Progress(
-        *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
-    ) as bar:
+    with (
+        Progress(
+            *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
+        ) as bar,
+        log_lines_through(bar.console),
+    ):  # the loss lines, above the bar
         task = bar.add_task(f"training {stage.value}", total=None)
 
         def progress(_stage: str, done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
         if stage is Stage.autoencoder:
-            if preset is None:
-                resolution = int(read_manifest(data_dir)["resolution"])
-                preset = "f8" if resolution >= 512 else "f4"
-            ae_options = dict(disc_start=disc_start, disc_weight=disc_weight)
-            options.update({k: v for k, v in ae_options.items() if v is not None})
-            if perceptual is None and (out_dir / "lpips").is_dir():
-                perceptual = out_dir / "lpips"
-            cfg = AutoencoderTrainConfig(preset=preset, **options)
             result = train_autoencoder(
                 data_dir, out_dir, cfg, progress=progress, perceptual_dir=perceptual
             )
         else:
-            if sample_steps is not None:
-                options["sample_steps"] = sample_steps
-            cfg = LdmTrainConfig(preset=preset or "release", ema=ema, **options)
             result = train_ldm(data_dir, out_dir, cfg, autoencoder=autoencoder, progress=progress)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     if main:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from talkinghead.commands.common import err_console
+from talkinghead.commands.logs import log_lines_through
 from talkinghead.errors import TalkingHeadError
 
 STAGES = ("vq", "dit")
@@ -92,7 +93,6 @@ def train_dithead(
 
     # --vq-dir and --perceptual may be OUT_DIR (their default); the data may not.
     check_not_an_input(out_dir, {"DATA_DIR": data_dir}, output_is_folder=False)
-    import logging
     from dataclasses import replace
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -110,7 +110,6 @@ def train_dithead(
         raise TalkingHeadError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     if which not in ("full", "masked", "both"):
         raise TalkingHeadError(f"--which must be full, masked or both, not {which!r}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if log_every is not None and log_every < 0:
         raise TalkingHeadError(f"--log-every must be >= 0, not {log_every}")
     from talkinghead.training.samples import check_sample_options
@@ -139,41 +138,59 @@ def train_dithead(
         holdout=holdout, sample_seconds=sample_seconds,
     )  # fmt: skip
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
-    ) as bar:
-        tasks: dict[str, int] = {}
+    # Summaries wait for the bar to close (a line echoed under a live bar lands inside it),
+    # and a VQGAN that finished is still reported when the next one fails.
+    finished: list[tuple[str, object]] = []
+    try:
+        with (
+            Progress(
+                *columns,
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+                disable=not main,
+            ) as bar,
+            log_lines_through(bar.console),
+        ):
+            tasks: dict[str, int] = {}
 
-        def report(name: str, done: int, total: int | None) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
+            def report(name: str, done: int, total: int | None) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done, total=total)
 
-        if stage == "vq":
-            cfg = with_overrides(
-                VQTrainConfig(preset=preset or "paper", device=device, seed=seed, resume=resume),
-                **common,
-            )
-            if disc_start is not None:
-                cfg = replace(cfg, loss=replace(cfg.loss, disc_start=disc_start))
-            lpips_dir = perceptual
-            if lpips_dir is None and (out_dir / LPIPS_DIRNAME).is_dir():
-                lpips_dir = out_dir / LPIPS_DIRNAME
-            for w in ("full", "masked") if which == "both" else (which,):
-                result = train_vq(
-                    data_dir, out_dir, cfg, which=w, perceptual_dir=lpips_dir, progress=report
+            if stage == "vq":
+                cfg = with_overrides(
+                    VQTrainConfig(
+                        preset=preset or "paper", device=device, seed=seed, resume=resume
+                    ),
+                    **common,
                 )
-                _summary(f"vq-{w}", result, main)
-        else:
-            cfg = with_overrides(
-                DiTTrainConfig(preset=preset or "dit-l/2", device=device, seed=seed, resume=resume),
-                ema_decay=ema_decay,
-                ema_warmup=ema_warmup,
-                sample_steps=sample_steps,
-                **common,
-            )
-            result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)
-            _summary("dit", result, main)
+                if disc_start is not None:
+                    cfg = replace(cfg, loss=replace(cfg.loss, disc_start=disc_start))
+                lpips_dir = perceptual
+                if lpips_dir is None and (out_dir / LPIPS_DIRNAME).is_dir():
+                    lpips_dir = out_dir / LPIPS_DIRNAME
+                for w in ("full", "masked") if which == "both" else (which,):
+                    result = train_vq(
+                        data_dir, out_dir, cfg, which=w, perceptual_dir=lpips_dir, progress=report
+                    )
+                    finished.append((f"vq-{w}", result))
+            else:
+                cfg = with_overrides(
+                    DiTTrainConfig(
+                        preset=preset or "dit-l/2", device=device, seed=seed, resume=resume
+                    ),
+                    ema_decay=ema_decay,
+                    ema_warmup=ema_warmup,
+                    sample_steps=sample_steps,
+                    **common,
+                )
+                result = train_dit(data_dir, out_dir, cfg, vq_dir=vq_dir, progress=report)
+                finished.append(("dit", result))
+    finally:
+        for name, result in finished:
+            _summary(name, result, main)
 
 
 def _summary(name: str, result, main: bool = True) -> None:

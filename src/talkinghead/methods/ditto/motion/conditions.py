@@ -130,7 +130,7 @@ def emotion_index(label: EmotionLabel) -> int:
     if isinstance(label, str):
         names = [e.lower() for e in EMOTIONS]
         if label.lower() not in names:
-            raise ValueError(f"unknown emotion {label!r}; expected one of {EMOTIONS}")
+            raise ValueError(f"unknown emotion {label!r}; expected one of {', '.join(EMOTIONS)}")
         return names.index(label.lower())
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
         raise TypeError(f"emotion labels are ints or names, got {label!r}")
