@@ -56,3 +56,16 @@ def test_progress_descriptions_show_as_they_are() -> None:
     package = Path(__import__("talkinghead").__file__).parent
     offenders = [p for p in package.rglob("*.py") if '"[progress.' in p.read_text()]
     assert offenders == []
+
+
+def test_transient_bars_leave_nothing_in_a_log(capsys, monkeypatch) -> None:
+    """Rich draws no bar where stderr is no terminal, yet a transient one still ended with an
+    empty line: `train-difftalk ... 2> log` left a blank line there."""
+    from talkinghead.commands.common import err_console, transient_progress
+
+    with transient_progress() as bar:
+        bar.add_task("training", total=3, completed=1)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(type(err_console), "is_terminal", property(lambda self: True))
+    assert not transient_progress().disable
+    assert transient_progress(main=False).disable  # other `accelerate launch` processes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import TextColumn
+from rich.progress import Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
 # Markup off: messages carry the user's paths and hints such as pip install
@@ -26,3 +26,15 @@ def description_column() -> TextColumn:
     column given as a markup string (``[progress.description]{task.description}``)
     reaches the markup-off console as text, and a video's name may hold brackets."""
     return TextColumn("{task.description}", style="progress.description", markup=False)
+
+
+def transient_progress(*columns: str | ProgressColumn, main: bool = True) -> Progress:
+    """A progress bar on stderr that clears itself when done. Off where stderr is no
+    terminal (a log, a pipe): rich draws nothing there and would leave one empty line;
+    off too outside the main process of `accelerate launch`."""
+    return Progress(
+        *columns,
+        console=err_console,
+        transient=True,
+        disable=not main or not err_console.is_terminal,
+    )

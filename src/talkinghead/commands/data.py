@@ -23,7 +23,12 @@ from typing import Any
 
 import typer
 
-from talkinghead.commands.common import description_column, err_console, labelled
+from talkinghead.commands.common import (
+    description_column,
+    err_console,
+    labelled,
+    transient_progress,
+)
 from talkinghead.commands.logs import third_party_logs
 from talkinghead.errors import TalkingHeadError
 from talkinghead.methods import METHODS, get_method
@@ -132,7 +137,7 @@ def prepare_data(
 ) -> None:
     """Prepare training data from a folder of talking videos; finished videos are skipped."""
     ctx.with_resource(third_party_logs(verbose))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     prepare = load_prepare_function(method)
     if not videos_dir.is_dir():
@@ -157,7 +162,7 @@ def prepare_data(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with transient_progress(*columns) as bar:
         task = bar.add_task(f"{method}: preparing videos", total=None)
 
         def progress(done: int, total: int) -> None:

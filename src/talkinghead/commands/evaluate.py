@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console, labelled, out_console
+from talkinghead.commands.common import err_console, labelled, out_console, transient_progress
 from talkinghead.errors import TalkingHeadError
 
 
@@ -88,7 +88,7 @@ def evaluate(
         {"--pred": pred, "--ref": ref, "--audio": audio, "--source": source},
     )
 
-    with Progress(console=err_console, transient=True) as progress:
+    with transient_progress(*Progress.get_default_columns()) as progress:
         task = progress.add_task("evaluating", total=None)
 
         def report(what: str, done: int, total: int) -> None:

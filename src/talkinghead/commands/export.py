@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import transient_progress
 from talkinghead.errors import TalkingHeadError
 
 
@@ -54,7 +54,7 @@ def export_onnx(
     check_export_targets(output, targets.values(), overwrite=overwrite)
     # The command passes the sidecar's sizes: the export layer knows no method's files.
     sizes = read_sidecar(models_dir)
-    with Progress(console=err_console, transient=True) as progress:
+    with transient_progress(*Progress.get_default_columns()) as progress:
         task = progress.add_task("exporting", total=len(kinds))
         for k in kinds:
             progress.update(task, description=f"exporting {k}")

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import description_column, err_console, labelled
+from talkinghead.commands.common import (
+    description_column,
+    err_console,
+    labelled,
+    transient_progress,
+)
 from talkinghead.commands.logs import log_lines_through
 from talkinghead.methods import METHODS
 
@@ -115,7 +120,7 @@ def train_difftalk(
             f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, not {mixed_precision!r}"
         )
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from talkinghead.methods.difftalk.data import read_manifest
     from talkinghead.methods.difftalk.train import (
@@ -162,9 +167,7 @@ def train_difftalk(
 
     main = is_main_process()  # one progress bar and summary under `accelerate launch`
     with (
-        Progress(
-            *columns, TimeRemainingColumn(), console=err_console, transient=True, disable=not main
-        ) as bar,
+        transient_progress(*columns, TimeRemainingColumn(), main=main) as bar,
         log_lines_through(bar.console),
     ):  # the loss lines, above the bar
         task = bar.add_task(f"training {stage.value}", total=None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from talkinghead.commands.common import err_console
+from talkinghead.commands.common import transient_progress
 from talkinghead.commands.logs import log_lines_through
 from talkinghead.errors import TalkingHeadError
 
@@ -143,13 +143,7 @@ def train_dithead(
     finished: list[tuple[str, object]] = []
     try:
         with (
-            Progress(
-                *columns,
-                TimeRemainingColumn(),
-                console=err_console,
-                transient=True,
-                disable=not main,
-            ) as bar,
+            transient_progress(*columns, TimeRemainingColumn(), main=main) as bar,
             log_lines_through(bar.console),
         ):
             tasks: dict[str, int] = {}

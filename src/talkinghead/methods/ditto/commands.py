@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from talkinghead.commands.common import description_column, err_console
+from talkinghead.commands.common import description_column, transient_progress
 from talkinghead.errors import TalkingHeadError
 
 
@@ -132,7 +132,7 @@ def train_motion(
     ),
 ) -> None:
     """Train the motion diffusion model (MotionDiT) on data from `prepare-data`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from talkinghead.methods.ditto.train import PRESETS, install_checkpoint
     from talkinghead.methods.ditto.train import train_motion as run
@@ -212,7 +212,7 @@ def train_motion(
     from talkinghead.training.distributed import is_main_process
 
     main = is_main_process()  # one bar, not one per `accelerate launch` process
-    with Progress(*columns, console=err_console, transient=True, disable=not main) as bar:
+    with transient_progress(*columns, main=main) as bar:
         task = bar.add_task("training", total=None)
 
         def progress(step: int, total: int, loss: float) -> None:
