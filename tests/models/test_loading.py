@@ -80,3 +80,50 @@ def test_save_official_round_trip(conformance, tmp_path) -> None:
     again = load_official("stitch_network", path)
     for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+class _NotAllowed:  # a class the weights-only unpickler refuses
+    pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("empty", "the file is empty; an interrupted download or copy?"),
+        ("text", "neither torch.save's zip archive nor a pickle"),
+        ("video", "neither torch.save's zip archive nor a pickle"),
+        ("truncated", "a damaged zip archive; a truncated download or copy?"),
+        ("object", "it holds a Python object, "),
+        ("pickle", "a pickle, but not one written by torch.save"),
+        ("pickle4", "the safe weights-only loader cannot read its pickle"),
+    ],
+)
+def test_an_unreadable_file_says_why_in_a_few_words(tmp_path, kind, reason) -> None:
+    """torch's text for these is a paragraph that advises weights_only=False, with escape
+    codes: wrong for a video given as a checkpoint, or a half-downloaded one."""
+    import pickle
+    import warnings
+
+    from talkinghead.models.loading import read_checkpoint
+
+    path = tmp_path / "model.pth"
+    if kind == "text":
+        path.write_text("hi\n")
+    elif kind == "video":
+        path.write_bytes(b"\x00\x00\x00\x20ftypisom" + bytes(64))
+    elif kind.startswith("pickle"):
+        path.write_bytes(pickle.dumps({"x": 1}, protocol=4 if kind == "pickle4" else 2))
+    elif kind in ("object", "truncated"):
+        obj = _NotAllowed() if kind == "object" else {"w": torch.ones(64)}
+        torch.save({"w": torch.ones(2), "o": obj}, path)
+        if kind == "truncated":
+            path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on pickle protocol 4
+        read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable PyTorch checkpoint: {reason}")
+    assert kind != "object" or "_NotAllowed, that the safe weights-only loader refuses" in message
+    assert "\n" not in message and "\x1b" not in message and "weights_only=False" not in message

@@ -20,7 +20,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike mean "not this file"
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
+        from talkinghead.models.loading import load_failure
+
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file: {load_failure(path, e)}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

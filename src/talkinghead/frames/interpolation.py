@@ -104,7 +104,11 @@ class RIFEInterpolator:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{path}: cannot read the RIFE weights ({e})") from None
+            from talkinghead.models.loading import load_failure
+
+            raise CheckpointError(
+                f"{path}: cannot read the RIFE weights: {load_failure(path, e)}"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,40 @@ def _short_list(keys: list[str]) -> str:
     return shown + (f" (+{more} more)" if more > 0 else "")
 
 
+def load_failure(path: str | os.PathLike, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, short enough for a one-line error.
+
+    torch's own text for a foreign file is a paragraph advising ``weights_only=False`` (the
+    unsafe loader), which is the wrong advice for a video or a truncated download.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if not head:
+        return "the file is empty; an interrupted download or copy?"
+    zipped = zipfile.is_zipfile(path)
+    text = str(exc)
+    if not zipped and head == b"PK":
+        return "a damaged zip archive; a truncated download or copy?"
+    if not zipped and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
+        return "neither torch.save's zip archive nor a pickle"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a Python object, {found.group(1)}, that the safe weights-only loader "
+            "refuses; only tensors and plain containers load"
+        )
+    if "Invalid magic number" in text:
+        return "a pickle, but not one written by torch.save"
+    if "Weights only load failed" in text:
+        return "the safe weights-only loader cannot read its pickle"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first or type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """`torch.load` with `weights_only=True`, turning every failure into a CheckpointError."""
     path = Path(path)
@@ -32,10 +68,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # torch.load raises many types (IndexError, UnpicklingError...) on junk
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    except Exception as exc:  # torch.load raises many types (KeyError, UnpicklingError...) on junk
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: {load_failure(path, exc)}"
+        ) from None
 
 
 def unwrap_state_dict(obj: Any, container: str, path: str | os.PathLike) -> OrderedDict:
@@ -121,7 +157,9 @@ def save_official(net: nn.Module, kind: str, path: str | os.PathLike) -> None:
     save_atomically(obj, path)
 
 
-def read_payload(path: str | os.PathLike, fmt: str, *, missing: str, foreign: str) -> dict[str, Any]:
+def read_payload(
+    path: str | os.PathLike, fmt: str, *, missing: str, foreign: str
+) -> dict[str, Any]:
     """The dict a `save_atomically` checkpoint of format `fmt` holds, read safely (weights only);
     a `CheckpointError` ``"{path}: {missing}"`` / ``"{path}: {foreign}"`` when absent or not one."""
     path = Path(path)
@@ -130,7 +168,9 @@ def read_payload(path: str | os.PathLike, fmt: str, *, missing: str, foreign: st
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint: {load_failure(path, e)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path}: {foreign}")
     return payload

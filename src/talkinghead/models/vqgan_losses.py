@@ -103,11 +103,17 @@ def load_lpips(directory: Path) -> LPIPS:
         if not p.is_file():
             raise CheckpointError(f"{p}: perceptual-loss weights not found")
     net = LPIPS()
-    try:
-        sd_trunk = torch.load(trunk, map_location="cpu", weights_only=True)
-        sd_lin = torch.load(lin, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{directory}: cannot read the LPIPS weights ({e})") from None
+    from talkinghead.models.loading import load_failure
+
+    loaded = []
+    for p in (trunk, lin):
+        try:
+            loaded.append(torch.load(p, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise CheckpointError(
+                f"{p}: cannot read the LPIPS weights: {load_failure(p, e)}"
+            ) from None
+    sd_trunk, sd_lin = loaded
     state = {f"net.{k}": v for k, v in sd_trunk.items() if k.startswith("features.")}
     state.update({k: v for k, v in sd_lin.items() if k.startswith("lin")})
     try:

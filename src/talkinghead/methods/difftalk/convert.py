@@ -61,6 +61,7 @@ from talkinghead.models.difftalk_unet import (
     DiffTalkUNetConfig,
     unet_preset,
 )
+from talkinghead.models.loading import load_failure
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -150,8 +151,9 @@ def read_compvis_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Ten
                 path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
             )
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint: {load_failure(path, e)}"
+        ) from None
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: already a talkinghead DiffTalk checkpoint; use it as it is")
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
