@@ -17,9 +17,9 @@ from _conformance import PORTRAIT, skip_missing
 from _tiny_release import build_tiny_release
 
 
-def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run(args: list[str], tmp_path: Path, columns: int = 200) -> subprocess.CompletedProcess:
     env = {**os.environ, "TALKINGHEAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    env["COLUMNS"] = "200"  # the table's reasons on one line each
+    env["COLUMNS"] = str(columns)  # 200: the table's reasons on one line each
     return subprocess.run(
         [sys.executable, "-m", "talkinghead", "batch", *args],
         capture_output=True,
@@ -127,7 +127,9 @@ def test_a_batch_runs_reports_and_resumes(tmp_path) -> None:
     assert report["workers"][0]["load_seconds"] > 0
 
     (tmp_path / "none.wav").write_bytes((tmp_path / "a.wav").read_bytes())  # fixed
-    proc = run(args, tmp_path)
+    proc = run(args, tmp_path, columns=80)
     assert proc.returncode == 0, proc.stderr
     assert "1 done, 1 already done, 0 failed" in proc.stdout
+    # The summary names the report whole, however narrow the terminal (rich folded it).
+    assert f"; report: {tmp_path / 'jobs.report.json'}\n" in proc.stdout
     check_video(tmp_path / "videos" / "x.mp4", 8)

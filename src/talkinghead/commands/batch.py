@@ -265,7 +265,7 @@ def batch(
         raise typer.Exit(130) from None
     out = out_console()  # the table and the summary are the command's result: stdout
     out.print(_summary_table(result))
-    out.print(f"{result.summary()}; report: {result.path}", highlight=False)
+    out.print(f"{result.summary()}; report: {result.path}", highlight=False, soft_wrap=True)
     failed = result.failed
     if failed:
         raise BatchFailed(
