@@ -97,6 +97,10 @@ def test_api_errors(release, media, tmp_path):
         animator.animate(portrait, driving, eye_open=2.0)
     with pytest.raises(MediaError, match="must be a video"):
         animator.animate(portrait, portrait)
+    with pytest.raises(MediaError, match="the output is the driving input"):
+        animator.animate(portrait, driving, driving)
+    with pytest.raises(MediaError, match="the source is a video"):
+        animator.animate(driving, driving)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +111,8 @@ def test_api_errors(release, media, tmp_path):
         (["--driving", "{tmp}/nothing.mp4"], "driving video not found"),
         (["--checkpoints", "{tmp}"], "no LivePortrait release"),
         (["-o", "{tmp}/out.avi"], "cannot tell what to write"),
+        (["-o", "{driving}"], "the output is the --driving input"),  # it was overwritten
+        (["--source", "{driving}"], "the source is a video; animate takes a portrait"),
     ],
 )
 def test_cli_errors_are_one_line_before_any_model_loads(
@@ -119,15 +125,17 @@ def test_cli_errors_are_one_line_before_any_model_loads(
             "--checkpoints": str(release)}
     key, value = change
     if key in args:
-        args[key] = value.format(portrait=portrait, tmp=tmp_path)
+        args[key] = value.format(portrait=portrait, tmp=tmp_path, driving=driving)
     else:
         args[key] = value
+    driving_bytes = driving.read_bytes()
     proc = run_cli(["animate", *[x for kv in args.items() for x in kv]], monkeypatch, capsys)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o.mp4").exists()
+    assert driving.read_bytes() == driving_bytes
 
 
 def test_generate_refuses_liveportrait_by_name():

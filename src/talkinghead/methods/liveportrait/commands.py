@@ -52,10 +52,11 @@ def animate(
     from talkinghead.methods.liveportrait.pipeline import (
         AnimateSettings,
         LivePortraitAnimator,
+        check_portrait,
         check_settings,
         open_driving,
     )
-    from talkinghead.validation import check_output, check_source, resolve_device
+    from talkinghead.validation import check_not_an_input, check_output, resolve_device
 
     settings = AnimateSettings(
         eye_open=eye_open,
@@ -71,7 +72,8 @@ def animate(
     check_settings(settings)
     device = resolve_device(device)
     check_output(output)
-    portrait = check_source(source, max_size)
+    check_not_an_input(output, {"--source": source, "--driving": driving})
+    portrait = check_portrait(source, max_size)
     open_driving(driving).close()
     find_release(checkpoints)
     analyzer = create_face_analyzer("mediapipe")  # LivePortrait's own face models are not loaded

@@ -36,7 +36,7 @@ from talkinghead.methods.liveportrait.motion import (
 )
 from talkinghead.models.motion_extractor import OUTPUT_KEYS
 from talkinghead.models.retargeting import retarget
-from talkinghead.validation import check_output, check_source
+from talkinghead.validation import check_not_an_input, check_output, check_source
 
 NETWORK_SIZE = 256
 # The sliders' range: LivePortrait's own (0 closed ... 0.8 wide open).
@@ -107,6 +107,16 @@ def _to_input(crops: list[np.ndarray], device: torch.device) -> torch.Tensor:
     ]
     x = torch.from_numpy(np.stack(small)).to(device)
     return x.permute(0, 3, 1, 2).float() / 255.0
+
+
+def check_portrait(source: SourceInput, max_size: int) -> np.ndarray:
+    """The portrait as RGB uint8 (longest side at most `max_size`); a video is refused:
+    animate takes its motion from the driving video only."""
+    portrait = check_source(source, max_size)
+    if not source_media(source, max_side=max_size, max_frames=2).is_image:
+        where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
+        raise MediaError(f"{where}the source is a video; animate takes a portrait image")
+    return portrait
 
 
 class LivePortraitAnimator:
@@ -185,9 +195,8 @@ class LivePortraitAnimator:
         check_settings(settings)
         if output is not None:
             check_output(output)
-        portrait = check_source(source, settings.max_size)
-        if not source_media(source, max_side=settings.max_size, max_frames=2).is_image:
-            raise MediaError("the source is a video; animate takes a portrait image")
+            check_not_an_input(output, {"source": source, "driving": driving})
+        portrait = check_portrait(source, settings.max_size)
         reader = open_driving(driving)
         try:
             face = self.face_analyzer.analyze(portrait)
