@@ -13,6 +13,7 @@ from PIL import Image
 from _extras import skip_without_packages_of
 from talkinghead.batch.jobs import (
     JobFileError,
+    check_report_target,
     folder_jobs,
     load_jobs,
     plan_jobs,
@@ -20,6 +21,7 @@ from talkinghead.batch.jobs import (
     remove_stale_temporaries,
     stale_temporaries,
 )
+from talkinghead.errors import MediaError
 from talkinghead.face.types import CropConfig
 
 
@@ -208,10 +210,12 @@ face.png,bye.wav,new/a.mp4,,f
 face.png,bye.wav,g.mp4,,a
 face.png,bye.wav,face.png,,h
 face.png,bye.wav,x.avi,,i
+face.png,bye.wav,jobs.csv,,j
+face.png,bye.wav,jobs.report.json,,k
 """,
         )
     )
-    plan = plan_jobs(jobs)
+    plan = plan_jobs(jobs, report_path=media / "jobs.report.json")
     assert [j.key for j in plan.todo] == ["a"] and [j.key for j in plan.skipped] == ["b"]
     assert (media / "new").is_dir() and not (media / "new" / "a.mp4").exists()
     reasons = {job.key: reason for job, reason in plan.failed}
@@ -220,11 +224,22 @@ face.png,bye.wav,x.avi,,i
     assert "unknown emotion 'Furious'" in reasons["e"]
     assert "job a writes the same output" in reasons["f"]
     assert "ids must be unique" in reasons["a#2"]
-    assert "overwrite the job's input" in reasons["h"]
+    assert "the output is the source input" in reasons["h"]
     assert "x.avi" in reasons["i"]
-    assert plan.total == 9
+    assert "the output is the job file input" in reasons["j"]
+    assert "the output is the batch report input" in reasons["k"]
+    assert plan.total == 11
     redo = plan_jobs(jobs, overwrite=True)
     assert [j.key for j in redo.todo] == ["a", "b"]
+
+
+def test_a_report_that_would_replace_an_input_is_refused(media: Path) -> None:
+    """`--report jobs.csv` overwrote the job file, `--report hello.wav` a job's audio."""
+    jobs = read_jobs(write_csv(media / "jobs.csv", "source,audio,output\nface.png,hello.wav,a.mp4"))
+    for name, what in [("jobs.csv", "the job file"), ("hello.wav", "job jobs.csv:2's audio")]:
+        with pytest.raises(MediaError, match=f"report would overwrite {what}"):
+            check_report_target(media / name, jobs)
+    check_report_target(media / "jobs.report.json", jobs)
 
 
 def test_batch_wide_settings_are_checked_with_each_job(media: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from talkinghead.errors import MediaError, SettingsError, TalkingHeadError
 from talkinghead.face.types import CropConfig
 from talkinghead.methods.ditto.pose_controls import POSE_CONTROLS
-from talkinghead.validation import check_max_size
+from talkinghead.validation import check_max_size, check_not_an_input
 
 # What every job names, and what it may set (columns of a CSV file, keys of a JSON line).
 REQUIRED_COLUMNS = ("source", "audio", "output")
@@ -543,11 +543,13 @@ def plan_jobs(
     *,
     overwrite: bool = False,
     worker_settings: Mapping[str, Any] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
 ) -> BatchPlan:
     """Sort `jobs` into to-do, finished (skipped unless `overwrite`) and failed-with-reason.
 
     `worker_settings`: the Ditto settings every worker loads with (face backend, batch
-    size...), checked together with each job's own.
+    size...), checked together with each job's own. A job whose output is one of its
+    inputs, the job file or `report_path` fails.
     """
     plan = BatchPlan([], [], [(f, f.reason) for f in jobs.failures], jobs.origin, jobs.order)
     outputs: dict[str, str] = {}
@@ -564,8 +566,11 @@ def plan_jobs(
             plan.failed.append((job, f"{job.output}: job {outputs[target]} writes the same output"))
             continue
         outputs[target] = job.key
-        if job.output_path in (job.source, job.audio):
-            plan.failed.append((job, f"{job.output}: the output would overwrite the job's input"))
+        inputs = {"source": job.source, "audio": job.audio, "job file": jobs.origin}
+        try:
+            check_not_an_input(job.output, {**inputs, "batch report": report_path})
+        except MediaError as exc:
+            plan.failed.append((job, str(exc)))
             continue
         if not overwrite and output_done(job.output):
             plan.skipped.append(job)
@@ -577,6 +582,25 @@ def plan_jobs(
             continue
         plan.todo.append(job)
     return plan
+
+
+def check_report_target(report: str | os.PathLike[str], jobs: JobList) -> None:
+    """Refuse a report path that is the job file or a job's source or audio (writing the
+    report would replace it), before anything runs."""
+    named = [("the job file", jobs.origin)]
+    named += [
+        (f"job {job.key}'s {what}", value)
+        for job in jobs.jobs
+        for what, value in (("source", job.source), ("audio", job.audio))
+    ]
+    for what, value in named:
+        try:
+            check_not_an_input(report, {what: value}, output_is_folder=False)
+        except MediaError:
+            raise MediaError(
+                f"{report}: the report would overwrite {what} ({value}); choose another "
+                "with --report"
+            ) from None
 
 
 def stale_temporaries(output: str) -> list[Path]:
@@ -616,6 +640,7 @@ __all__ = [
     "JobList",
     "RowFailure",
     "check_job",
+    "check_report_target",
     "folder_jobs",
     "job_from_row",
     "load_jobs",

@@ -19,6 +19,7 @@ from talkinghead.batch.jobs import (
     BatchJob,
     BatchPlan,
     JobList,
+    check_report_target,
     load_jobs,
     plan_jobs,
     remove_stale_temporaries,
@@ -181,10 +182,11 @@ def run_batch(
         job_list = load_jobs(jobs)
     else:
         job_list = JobList(list(jobs))
-    plan = plan_jobs(job_list, overwrite=overwrite, worker_settings=ditto)
+    path = Path(report_path) if report_path is not None else default_report_path(job_list)
+    check_report_target(path, job_list)
+    plan = plan_jobs(job_list, overwrite=overwrite, worker_settings=ditto, report_path=path)
     if on_plan is not None:
         on_plan(plan)
-    path = Path(report_path) if report_path is not None else default_report_path(job_list)
     report = new_report(plan, "ray" if use_ray else "local", path)
     try:
         report.write()
