@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import http.client as httpclient
+import io
 import json
 import math
 import threading
@@ -102,6 +103,10 @@ def test_uploads_are_checked_by_content_and_size(tmp_path) -> None:
     with fake_server(tmp_path) as srv:
         # Not images, whatever they claim to be.
         assert upload(srv, b"hello, I am a jpeg")[0] == 415
+        wav = io.BytesIO()
+        sf.write(wav, np.zeros(1600, np.float32), 16000, format="WAV")
+        status, reply = upload(srv, wav.getvalue())  # said "not an image or video" twice
+        assert status == 415 and reply["detail"] == "not an image or video (no picture in a 'wav' file)"
         assert upload(srv, b"")[0] == 415
         assert upload(srv, np.random.default_rng(0).bytes(5000))[0] == 415
         # Too large: refused from the declared length, and while reading a chunked body.
@@ -139,7 +144,7 @@ def test_uploads_are_checked_by_content_and_size(tmp_path) -> None:
         names = sorted(p.name for p in (tmp_path / "avatars").iterdir())
         assert names == sorted(f"{i}.source" for i in ids)
         metrics = http("GET", f"{srv.url}/metrics")[1].decode()
-        assert metric_value(metrics, 'talkinghead_uploads_total{status="415"}') == 3
+        assert metric_value(metrics, 'talkinghead_uploads_total{status="415"}') == 4
         assert metric_value(metrics, 'talkinghead_uploads_total{status="413"}') == 2
 
 

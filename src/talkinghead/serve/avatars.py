@@ -302,9 +302,10 @@ class AvatarRegistry:
         except PixelLimitError as exc:
             raise UploadError(413, _without_path(exc, path)) from None
         except MediaError as exc:
-            raise UploadError(
-                415, f"not an image or video the server can decode: {_without_path(exc, path)}"
-            ) from None
+            reason = _without_path(exc, path)
+            if not reason.startswith(("not an image or video", "not a readable image")):  # once
+                reason = f"not an image or video the server can decode: {reason}"
+            raise UploadError(415, reason) from None
 
     def _register(self, media: SourceMedia) -> Any:
         """The avatar of decoded frames (caller holds `_work_lock`)."""
