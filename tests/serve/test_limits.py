@@ -379,6 +379,7 @@ def test_stream_client_command_writes_the_video(avatar_server, tmp_path) -> None
               "--output", str(tmp_path / "x.mp4")],
     )  # fmt: skip
     assert refused.exit_code != 0 and not (tmp_path / "x.mp4").exists()
+    assert "upload one with POST /avatars (or give --source FILE)" in str(refused.exception)
 
 
 # ---------------------------------------------------------------------------- pieces

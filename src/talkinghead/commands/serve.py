@@ -403,7 +403,8 @@ def stream_client(
             writer.abort()
             raise
     except SessionError as exc:
-        raise TalkingHeadError(f"{url}: {exc}") from None
+        hint = " (or give --source FILE)" if exc.code == "not_found" else ""
+        raise TalkingHeadError(f"{url}: {exc}{hint}") from None
     except OSError as exc:  # refused, unknown host, reset: urllib's URLError is one too
         reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise TalkingHeadError(
