@@ -32,6 +32,10 @@ from talkinghead.errors import MediaError
 
 log = logging.getLogger(__name__)
 
+class NotAPictureError(MediaError):
+    """FFmpeg cannot open the file, or it holds no picture (the message says which)."""
+
+
 # ffmpeg demuxers that read text: a file only they accept has no picture to show.
 TEXT_DEMUXERS = frozenset({"tty"})
 
@@ -73,12 +77,14 @@ class VideoReader:
         try:
             self._container = av.open(str(self.path))
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise MediaError(f"{self.path}: not a readable {kind} ({ffmpeg_reason(e)})") from None
+            raise NotAPictureError(
+                f"{self.path}: not a readable {kind} ({ffmpeg_reason(e)})"
+            ) from None
         self.container_format: str = self._container.format.name
         streams = self._container.streams.video
         if self.container_format in TEXT_DEMUXERS or not streams:
             self._container.close()
-            raise MediaError(
+            raise NotAPictureError(
                 f"{self.path}: not {'an' if kind[:1] in 'aeiou' else 'a'} {kind} "
                 f"(no picture in a {self.container_format!r} file)"
             )

@@ -36,6 +36,7 @@ import numpy as np
 
 from talkinghead.errors import MediaError, NoFaceError, TalkingHeadError
 from talkinghead.media.source import DEFAULT_MAX_PIXELS, PixelLimitError, SourceMedia
+from talkinghead.media.video import NotAPictureError
 
 log = logging.getLogger(__name__)
 
@@ -301,11 +302,12 @@ class AvatarRegistry:
             )
         except PixelLimitError as exc:
             raise UploadError(413, _without_path(exc, path)) from None
+        except NotAPictureError as exc:  # its message already says "not ... image or video"
+            raise UploadError(415, _without_path(exc, path)) from None
         except MediaError as exc:
-            reason = _without_path(exc, path)
-            if not reason.startswith(("not an image or video", "not a readable image")):  # once
-                reason = f"not an image or video the server can decode: {reason}"
-            raise UploadError(415, reason) from None
+            raise UploadError(
+                415, f"not an image or video the server can decode: {_without_path(exc, path)}"
+            ) from None
 
     def _register(self, media: SourceMedia) -> Any:
         """The avatar of decoded frames (caller holds `_work_lock`)."""
