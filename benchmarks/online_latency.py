@@ -94,7 +94,10 @@ def synthetic_motion(overlap: int, fuse: int | None, frames: int, drift: float):
     cfg = ClipwiseConfig.release_online(overlap=overlap, fuse_frames=fuse)
     prefix = torch.arange(-overlap, 0, dtype=torch.float32)[:, None]
     gen = ClipwiseGenerator(
-        DriftingWindows(source, drift), source, cfg, prefix=prefix,
+        DriftingWindows(source, drift),
+        source,
+        cfg,
+        prefix=prefix,
         generator=torch.Generator().manual_seed(2),
     )
     motion = gen.generate(torch.arange(frames, dtype=torch.float32)[:, None])

@@ -65,7 +65,11 @@ def make_batch(folder: Path, *, with_face_failure: bool = True) -> BatchFiles:
     jobs_csv = folder / "jobs.csv"
     jobs_csv.write_text("\n".join([HEADER, *rows]) + "\n")
     out = folder / "out"
-    good = {"one": (out / "one.mp4", 10), "two": (out / "two.mp4", 8), "three": (out / "three.mp4", 25)}
+    good = {
+        "one": (out / "one.mp4", 10),
+        "two": (out / "two.mp4", 8),
+        "three": (out / "three.mp4", 25),
+    }
     return BatchFiles(folder, jobs_csv, good, bad, "three")
 
 

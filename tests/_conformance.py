@@ -27,7 +27,9 @@ def skip_missing(what: str) -> None:
     """Skip the calling test because `what` (a folder or file of ../shared) is absent."""
     import pytest
 
-    pytest.skip(f"{MISSING_FIXTURES}: {what} (set TALKINGHEAD_CONFORMANCE_DIR/TALKINGHEAD_MEDIA_DIR)")
+    pytest.skip(
+        f"{MISSING_FIXTURES}: {what} (set TALKINGHEAD_CONFORMANCE_DIR/TALKINGHEAD_MEDIA_DIR)"
+    )
 
 
 def conformance_path() -> Path:

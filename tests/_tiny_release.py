@@ -113,6 +113,7 @@ def build_tiny_release(root: Path, seed: int = 0) -> Path:
     tiny_hubert_onnx(aux / "hubert_streaming_fix_kv.onnx")
     return root
 
+
 # A tiny motion model for the LMDM and DDIM unit tests.
 TINY_LMDM = dict(
     motion_feat_dim=6,

@@ -225,7 +225,10 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(
 
 # The method whose packages are "missing", and the command: refused in one line, nothing written.
 MISSING_PACKAGE_CASES = {
-    "prepare-data --method dithead": ("dithead", ["prepare-data", "{videos}", "{tmp}/data", "--method", "dithead"]),
+    "prepare-data --method dithead": (
+        "dithead",
+        ["prepare-data", "{videos}", "{tmp}/data", "--method", "dithead"],
+    ),
     "train-difftalk": ("difftalk", ["train-difftalk", "{data}", "{tmp}/ckpt", "--stage", "ldm"]),
     "convert-difftalk": ("difftalk", ["convert-difftalk", "{video}", "{tmp}/ckpt"]),
 }

@@ -27,7 +27,11 @@ SINGLE_DEFINITIONS = [
     ("an EMA class", r"^\s*class \w*EMA\w*\b", "training/ema.py"),
     ("MOTION_KEYS", r"^MOTION_KEYS\s*(:[^=]*)?=", "methods/ditto/motion/format.py"),
     ("a DDIM sampler class", r"^\s*class \w*DDIM\w*Sampler\b", "diffusion/ddim.py"),
-    ("the DDIM sampling loop", r"^\s*def (ddim_sample|ddim_step|sample_loop)\(", "diffusion/ddim.py"),
+    (
+        "the DDIM sampling loop",
+        r"^\s*def (ddim_sample|ddim_step|sample_loop)\(",
+        "diffusion/ddim.py",
+    ),
     ("a diffusion schedule class", r"^\s*class \w*Schedule\b", "diffusion/schedules.py"),
     ("the video-frame iterator", r"^\s*def \w*iter_video_frames\(", "media/video.py"),
     ("a data-preparation report", r"^\s*class \w*PrepareReport\b", "training/prepare.py"),

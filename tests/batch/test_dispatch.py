@@ -32,17 +32,29 @@ def test_a_job_whose_worker_died_is_retried_then_failed(tmp_path: Path) -> None:
     assert not partial.exists()
     assert dispatch.next_job(1, "w1").key == "a"  # the retry goes first
     dispatch.worker_died(1, "killed by SIGKILL")  # and dies again: no tries left
-    assert outcomes == [("a", False, "its worker died 2 time(s) running it (last: killed by SIGKILL)", 2)]
+    assert outcomes == [
+        ("a", False, "its worker died 2 time(s) running it (last: killed by SIGKILL)", 2)
+    ]
     job = dispatch.next_job(2, "w2")
     dispatch.finished(2, JobOutcome(job.key, True, frames=3))
     assert outcomes[-1] == ("b", True, None, 1) and not dispatch.pending
-    assert [e.kind for e in events] == ["started", "died", "started", "died", "finished", "started", "finished"]
+    assert [e.kind for e in events] == [
+        "started",
+        "died",
+        "started",
+        "died",
+        "finished",
+        "started",
+        "finished",
+    ]
 
 
 def test_no_worker_left_fails_what_waits() -> None:
     jobs = [BatchJob(k, Path("/s.png"), Path("/a.wav"), f"/{k}.mp4") for k in ("a", "b")]
     failed = []
-    dispatch = Dispatch(jobs, retries=0, on_outcome=lambda job, out, t, w: failed.append(out.reason))
+    dispatch = Dispatch(
+        jobs, retries=0, on_outcome=lambda job, out, t, w: failed.append(out.reason)
+    )
     dispatch.fail_remaining("no worker left to run it (bad checkpoint)")
     assert failed == ["no worker left to run it (bad checkpoint)"] * 2 and not dispatch.pending
 

@@ -298,7 +298,8 @@ def test_a_method_without_generation_is_refused(media: Path, monkeypatch) -> Non
     (media / "model").mkdir()
     jobs = read_jobs(
         write_csv(
-            media / "jobs.csv", "source,audio,output,method,checkpoints\nface.png,hello.wav,a.mp4,viewer,model"
+            media / "jobs.csv",
+            "source,audio,output,method,checkpoints\nface.png,hello.wav,a.mp4,viewer,model",
         )
     )
     assert "viewer does not make videos from speech" in jobs.failures[0].reason

@@ -186,7 +186,9 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     nvenc = hardware_encoder_works("h264_nvenc")
     assert ("h264_nvenc" if nvenc else "libx264") in lines["video encoder"]
     hubert_ep = "CUDAExecutionProvider" if device == "cuda" and cuda_ep else "CPUExecutionProvider"
-    assert lines["hubert (release ONNX)"].startswith(f"hubert (release ONNX): onnxruntime {hubert_ep}")
+    assert lines["hubert (release ONNX)"].startswith(
+        f"hubert (release ONNX): onnxruntime {hubert_ep}"
+    )
 
 
 def test_info_names_the_extra_a_method_lacks(monkeypatch) -> None:

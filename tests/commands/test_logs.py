@@ -31,7 +31,17 @@ FACE_MODEL_COMMANDS = {
     "prepare-data": ("talkinghead.commands.data", ["prepare-data", "{tmp}/none", "{tmp}/out"]),
     "animate": (
         "talkinghead.methods.liveportrait.commands",
-        ["animate", "-s", "{tmp}/none.jpg", "-d", "{tmp}/none.mp4", "-o", "{tmp}/o.mp4", "-c", "{tmp}"],
+        [
+            "animate",
+            "-s",
+            "{tmp}/none.jpg",
+            "-d",
+            "{tmp}/none.mp4",
+            "-o",
+            "{tmp}/o.mp4",
+            "-c",
+            "{tmp}",
+        ],
     ),
 }
 

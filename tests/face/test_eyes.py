@@ -94,7 +94,10 @@ def test_tensor_wrapper_and_motion_reexport():
     eye_open, eye_ball = eye_attributes_from_landmarks(torch.from_numpy(lmk))
     assert isinstance(eye_open, torch.Tensor) and eye_ball.shape == (2, 6)
     np.testing.assert_array_equal(eye_open.numpy(), eye_attributes(lmk)[0])
-    assert talkinghead.methods.ditto.motion.eye_attributes_from_landmarks is eye_attributes_from_landmarks
+    assert (
+        talkinghead.methods.ditto.motion.eye_attributes_from_landmarks
+        is eye_attributes_from_landmarks
+    )
     with pytest.raises(ValueError):
         eye_attributes(np.zeros((1, 468, 3)))
 

@@ -106,7 +106,10 @@ def test_uploads_are_checked_by_content_and_size(tmp_path) -> None:
         wav = io.BytesIO()
         sf.write(wav, np.zeros(1600, np.float32), 16000, format="WAV")
         status, reply = upload(srv, wav.getvalue())  # said "not an image or video" twice
-        assert status == 415 and reply["detail"] == "not an image or video (no picture in a 'wav' file)"
+        assert (
+            status == 415
+            and reply["detail"] == "not an image or video (no picture in a 'wav' file)"
+        )
         assert upload(srv, b"")[0] == 415
         assert upload(srv, np.random.default_rng(0).bytes(5000))[0] == 415
         # Too large: refused from the declared length, and while reading a chunked body.

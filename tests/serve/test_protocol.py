@@ -290,9 +290,7 @@ def test_a_timeline_message_steers_a_live_session(idle, avatar_id) -> None:
     again = _session_frames(idle.ws_url, avatar_id, [])
     wait_idle(idle.url)
     timeline = {"keyframes": [{"frame": 0, "delta_yaw": 30}]}
-    turned = _session_frames(
-        idle.ws_url, avatar_id, [{"type": "timeline", "timeline": timeline}]
-    )
+    turned = _session_frames(idle.ws_url, avatar_id, [{"type": "timeline", "timeline": timeline}])
     assert len(plain) == len(again) == len(turned) == 10
     assert plain == again
     assert turned != plain

@@ -275,4 +275,6 @@ def test_multipart_helper_builds_a_form_starlette_reads(tmp_path) -> None:
     assert content_type.startswith("multipart/form-data; boundary=")
     with server(tmp_path) as srv:
         status, reply = http("POST", f"{srv.url}/avatars", body, {"Content-Type": content_type})
-        assert status == 415 and json.loads(reply)["detail"].startswith("not a readable image or video")  # read, then refused
+        assert status == 415 and json.loads(reply)["detail"].startswith(
+            "not a readable image or video"
+        )  # read, then refused

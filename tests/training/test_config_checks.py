@@ -55,7 +55,9 @@ def test_fields_a_trainer_has_are_checked_and_others_skipped() -> None:
     if ldm is not None:
         with pytest.raises(SettingsError, match="grad_clip must be a number >= 0"):
             replace(ldm, grad_clip=-0.1)
-        with pytest.raises(SettingsError, match="sample_steps must be a whole number from 1 to 1000"):
+        with pytest.raises(
+            SettingsError, match="sample_steps must be a whole number from 1 to 1000"
+        ):
             replace(ldm, sample_steps=1001)
     with pytest.raises(SettingsError, match=r"ema_decay must be in \[0, 1\)"):
         replace(CONFIGS["dit"], ema_decay=1.0)

@@ -32,7 +32,9 @@ def test_rank_state_round_trip(tmp_path):
     torch.manual_seed(99)
     g.manual_seed(99)
     assert load_rank_state(tmp_path, 1, {"noise": g}) == {"step": 7}
-    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(torch.rand(2, generator=g), expected[1])
+    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(
+        torch.rand(2, generator=g), expected[1]
+    )
     with pytest.raises(FileNotFoundError, match="rank 0"):
         load_rank_state(tmp_path, 0)
 

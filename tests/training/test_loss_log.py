@@ -18,7 +18,9 @@ def test_lines_every_n_steps(tmp_path):
     assert wrote == [False, True, False, True]
     rows = read_log(tmp_path)
     assert [r["step"] for r in rows] == [2, 4]
-    assert rows[0]["loss/total"] == pytest.approx(1.5) and rows[1]["loss/total"] == pytest.approx(3.5)
+    assert rows[0]["loss/total"] == pytest.approx(1.5) and rows[1]["loss/total"] == pytest.approx(
+        3.5
+    )
     assert rows[0]["loss/exp_P"] == 0.5 and rows[0]["samples_per_s"] > 0
     assert printed[0].startswith("step 2/4  loss 1.5") and "samples/s" in printed[0]
     assert "exp_P" not in printed[0]  # the console shows the totals; the file has every term

@@ -353,9 +353,7 @@ def _rows_from_file(path: Path) -> Iterable[tuple[str, Any]]:
         yield where, {k: v for k, v in row.items() if k is not None}
 
 
-def read_jobs(
-    path: str | os.PathLike[str], defaults: Mapping[str, Any] | None = None
-) -> JobList:
+def read_jobs(path: str | os.PathLike[str], defaults: Mapping[str, Any] | None = None) -> JobList:
     """The jobs of a CSV / JSON Lines / JSON file; `defaults` fill the columns a row leaves
     empty. Rows that are not jobs are `RowFailure`s; an unreadable file is a `JobFileError`."""
     path = Path(path).expanduser()
@@ -415,7 +413,9 @@ def folder_jobs(
         if p.name.startswith(".") or not p.is_file() or p.resolve() == out:
             continue
         suffix = p.suffix.lower()
-        table = sources if suffix in SOURCE_SUFFIXES else audios if suffix in AUDIO_SUFFIXES else None
+        table = (
+            sources if suffix in SOURCE_SUFFIXES else audios if suffix in AUDIO_SUFFIXES else None
+        )
         if table is None:
             continue
         if p.stem in table:
@@ -431,9 +431,13 @@ def folder_jobs(
     if pair == "stem":
         for stem in sorted(set(sources) | set(audios)):
             if stem not in sources:
-                failures.append(RowFailure(stem, f"no source named {stem}.* for {audios[stem].name}"))
+                failures.append(
+                    RowFailure(stem, f"no source named {stem}.* for {audios[stem].name}")
+                )
             elif stem not in audios:
-                failures.append(RowFailure(stem, f"no audio named {stem}.* for {sources[stem].name}"))
+                failures.append(
+                    RowFailure(stem, f"no audio named {stem}.* for {sources[stem].name}")
+                )
             else:
                 rows.append((stem, _folder_row(sources[stem], audios[stem], out / f"{stem}.mp4")))
     else:
@@ -466,7 +470,9 @@ def load_jobs(
     if path.is_dir():
         return folder_jobs(path, pair=pair, output_dir=output_dir, defaults=defaults)
     if output_dir is not None:
-        raise JobFileError("--output-dir is for a folder of sources and audio; a job file names its outputs")
+        raise JobFileError(
+            "--output-dir is for a folder of sources and audio; a job file names its outputs"
+        )
     return read_jobs(path, defaults)
 
 

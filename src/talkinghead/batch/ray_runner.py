@@ -44,7 +44,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise SettingsError(f"--ray needs Ray, which is not installed: {RAY_INSTALL_HINT}") from None
+        raise SettingsError(
+            f"--ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
+        ) from None
     return ray
 
 
@@ -200,7 +202,9 @@ class RayRunner:
             while dispatch.pending and not all(a.closed for a in actors):
                 if not calls:  # every actor idle: a retry is on its way into the queue
                     time.sleep(POLL_S)
-                ready, _ = ray.wait(list(calls), num_returns=1, timeout=POLL_S) if calls else ([], [])
+                ready, _ = (
+                    ray.wait(list(calls), num_returns=1, timeout=POLL_S) if calls else ([], [])
+                )
                 self._forward_progress(progress, dispatch)
                 for ref in ready:
                     if ref not in calls:

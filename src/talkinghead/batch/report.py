@@ -110,8 +110,7 @@ class BatchReport:
         text += f" in {self.seconds:.1f} s"
         if c["done"]:
             text += (
-                f": {self.videos_per_hour:.0f} videos/hour, "
-                f"{self.frames_per_second:.1f} frames/s"
+                f": {self.videos_per_hour:.0f} videos/hour, {self.frames_per_second:.1f} frames/s"
             )
         return text
 

@@ -78,7 +78,10 @@ def check_options(
 
 
 def resolve_release(
-    checkpoints: str | os.PathLike[str] | None, *, download: bool, revision: str | None,
+    checkpoints: str | os.PathLike[str] | None,
+    *,
+    download: bool,
+    revision: str | None,
     hubert: str | None,
 ) -> str:
     """The Ditto release folder every worker loads (downloaded now when it must be)."""

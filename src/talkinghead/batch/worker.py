@@ -217,13 +217,19 @@ class JobWorker:
         cfg = pipe.config.replace(**settings)  # the values were checked before the run
         source, cached = self._image_avatar(pipe, job, cfg, progress)
         result = pipe.generate(
-            source, job.audio, job.output, streaming=job.streaming, progress=progress,
+            source,
+            job.audio,
+            job.output,
+            streaming=job.streaming,
+            progress=progress,
             **settings,
         )
         if cached is None and pipe.cache is not None and cfg.cache:
             cached = pipe.cache.last_hit
         h, w = result.size
-        return JobOutcome(job.key, True, frames=result.num_frames, size=(h, w), avatar_cached=cached)
+        return JobOutcome(
+            job.key, True, frames=result.num_frames, size=(h, w), avatar_cached=cached
+        )
 
     # -- DiT-Head, DiffTalk ----------------------------------------------------------------------
 

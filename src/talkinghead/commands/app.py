@@ -103,7 +103,9 @@ def app(
                 "choose another --port"
             ) from None
         # Our own line instead of gradio's, whose hint (share=True in launch()) is for its API.
-        err_console.print(f"app on {page.local_url} (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"app on {page.local_url} (Ctrl-C stops it)", highlight=False, soft_wrap=True
+        )
         page.block_thread()
     finally:
         generator.close()

@@ -78,7 +78,9 @@ class _BatchProgress:
             return
         if event.kind in ("died", "setup_failed"):
             what = "died, job retried" if event.kind == "died" else "could not load"
-            err_console.print(f"worker {event.worker}: {what} ({event.message})", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"worker {event.worker}: {what} ({event.message})", highlight=False, soft_wrap=True
+            )
         if event.kind not in ("started", "progress"):
             return
         name = event.worker.rsplit("-", 1)[-1]  # a Ray actor's name ends with its slot
@@ -103,7 +105,11 @@ def _summary_table(report: Any) -> Any:
     from rich.text import Text
 
     rows = report.records if len(report.records) <= FULL_TABLE_MAX else report.failed
-    title = "jobs" if rows is report.records else f"failed jobs (all {len(report.records)} in the report)"
+    title = (
+        "jobs"
+        if rows is report.records
+        else f"failed jobs (all {len(report.records)} in the report)"
+    )
     table = Table(title=title, title_justify="left", show_lines=False)
     for column, justify in (
         ("job", "left"),
@@ -177,8 +183,9 @@ def batch(
         "per GPU, or per 4 CPUs).",
     ),
     devices: str | None = typer.Option(
-        None, help="Comma list, given to workers round-robin, e.g. cuda:0,cuda:1 (default: "
-        "every GPU, else cpu)."
+        None,
+        help="Comma list, given to workers round-robin, e.g. cuda:0,cuda:1 (default: "
+        "every GPU, else cpu).",
     ),
     ray: bool = typer.Option(
         False,

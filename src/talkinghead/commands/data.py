@@ -91,7 +91,9 @@ def prepare_data(
     videos_dir: Path = typer.Argument(..., help="Folder of talking videos (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Where the training data goes (resumable)."),
     method: str = typer.Option(
-        "ditto", "--method", help=f"Whose data to prepare: {', '.join(n for n, m in METHODS.items() if m.prepare)}."
+        "ditto",
+        "--method",
+        help=f"Whose data to prepare: {', '.join(n for n, m in METHODS.items() if m.prepare)}.",
     ),
     checkpoints: Path | None = typer.Option(
         None, "--checkpoints", help="Release checkpoints directory the method's networks come from."
@@ -120,7 +122,9 @@ def prepare_data(
         "frame (a roll-aligned crop per frame).",
     ),
     flip: bool | None = typer.Option(
-        None, "--flip/--no-flip", help="ditto: also store every video mirrored (the release's augmentation; default on)."
+        None,
+        "--flip/--no-flip",
+        help="ditto: also store every video mirrored (the release's augmentation; default on).",
     ),
     landmarks: bool | None = typer.Option(
         None,
@@ -178,7 +182,9 @@ def prepare_data(
         )
     failed = getattr(report, "failed", None) or {}
     for name, error in failed.items():
-        err_console.print(labelled("skipped", "yellow", f"{name}: {error}"), highlight=False, soft_wrap=True)
+        err_console.print(
+            labelled("skipped", "yellow", f"{name}: {error}"), highlight=False, soft_wrap=True
+        )
     summary = report.summary() if hasattr(report, "summary") else str(report)
     typer.echo(summary)
     ok = getattr(report, "ok", None)

@@ -36,7 +36,9 @@ def download(
     if directory is not None and directory.exists() and not directory.is_dir():
         from talkinghead.errors import SettingsError
 
-        raise SettingsError(f"--dir {directory}: a file, not a folder; name a folder to put the release in")
+        raise SettingsError(
+            f"--dir {directory}: a file, not a folder; name a folder to put the release in"
+        )
     dest = directory if directory is not None else hub_cache_dir()
     rev = revision or DEFAULT_REVISION
     err_console.print(

@@ -97,7 +97,9 @@ def evaluate(
             progress.update(task, description=label, completed=done, total=total)
 
         def on_download(spec) -> None:
-            err_console.print(f"downloading {spec.name} from {spec.url}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"downloading {spec.name} from {spec.url}", highlight=False, soft_wrap=True
+            )
 
         result = run_evaluation(
             pred,
@@ -117,7 +119,9 @@ def evaluate(
             on_download=on_download,
         )
     for metric, reason in result.skipped.items():
-        err_console.print(labelled(f"skipped {metric}:", "yellow", reason), highlight=False, soft_wrap=True)
+        err_console.print(
+            labelled(f"skipped {metric}:", "yellow", reason), highlight=False, soft_wrap=True
+        )
     out_console().print(result.table())
     if json_out is not None:
         err_console.print(f"wrote {result.write_json(json_out)}", highlight=False, soft_wrap=True)

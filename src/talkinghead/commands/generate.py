@@ -144,7 +144,9 @@ def generate(
     output: str = typer.Option(
         ..., "--output", "-o", help="Output .mp4, a directory ending in '/' (PNG frames), or '-'."
     ),
-    method: str = typer.Option("ditto", help=f"Method: {', '.join(n for n, m in METHODS.items() if m.generate)}."),
+    method: str = typer.Option(
+        "ditto", help=f"Method: {', '.join(n for n, m in METHODS.items() if m.generate)}."
+    ),
     checkpoints: Path | None = typer.Option(
         None,
         "--checkpoints",
@@ -287,7 +289,9 @@ def generate(
             analyzer = None
 
         def loaded(pipe: Any) -> None:
-            err_console.print(f"face backend: {pipe.face_backend}, device: {device}", highlight=False)
+            err_console.print(
+                f"face backend: {pipe.face_backend}, device: {device}", highlight=False
+            )
 
         options = {
             **settings,
@@ -457,13 +461,17 @@ def _echo_what_runs_where(device: str) -> None:
     else:
         typer.echo("onnxruntime providers: none (onnxruntime not installed)")
     nvenc = hardware_encoder_works("h264_nvenc")
-    typer.echo(f"video encoder: {'h264_nvenc (NVENC)' if nvenc else 'libx264 (CPU; NVENC not available)'}")
+    typer.echo(
+        f"video encoder: {'h264_nvenc (NVENC)' if nvenc else 'libx264 (CPU; NVENC not available)'}"
+    )
     if providers:
         from talkinghead.audio.hubert import onnx_providers
 
         hubert = onnx_providers(device)[0]
-        note = "" if device == "cpu" or hubert != "CPUExecutionProvider" else (
-            " (install onnxruntime-gpu for CUDA: see the README's gpu install)"
+        note = (
+            ""
+            if device == "cpu" or hubert != "CPUExecutionProvider"
+            else (" (install onnxruntime-gpu for CUDA: see the README's gpu install)")
         )
         typer.echo(f"hubert (release ONNX): onnxruntime {hubert}{note}")
     else:

@@ -32,6 +32,7 @@ from talkinghead.errors import MediaError
 
 log = logging.getLogger(__name__)
 
+
 class NotAPictureError(MediaError):
     """FFmpeg cannot open the file, or it holds no picture (the message says which)."""
 

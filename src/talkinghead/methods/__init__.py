@@ -58,7 +58,7 @@ class Method:
         if missing:
             raise SettingsError(
                 f"--method {self.name} needs {' and '.join(missing)}, not installed here: "
-                f"pip install -c constraints.txt -e \".[{self.extra}]\" (or pip install "
+                f'pip install -c constraints.txt -e ".[{self.extra}]" (or pip install '
                 f"'talkinghead[{self.extra}]')"
             )
 
@@ -116,9 +116,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise SettingsError(
-            f"unknown method {name!r}: use one of {', '.join(METHODS)}"
-        ) from None
+        raise SettingsError(f"unknown method {name!r}: use one of {', '.join(METHODS)}") from None
 
 
 __all__ = ["METHODS", "Method", "get_method"]

@@ -38,9 +38,7 @@ LIP_KEYPOINTS: tuple[int, ...] = (6, 12, 14, 17, 19, 20)
 class RetargetingNetwork(nn.Module):
     """(kp_source [B, K, 3], ratios [B, R]) -> keypoint offsets [B, K, 3]."""
 
-    def __init__(
-        self, input_size: int, hidden_sizes: Sequence[int], output_size: int = 63
-    ) -> None:
+    def __init__(self, input_size: int, hidden_sizes: Sequence[int], output_size: int = 63) -> None:
         super().__init__()
         sizes = [input_size, *hidden_sizes]
         layers: list[nn.Module] = []
@@ -143,9 +141,7 @@ def retargeting_network_from_state_dict(
     ):
         raise CheckpointError(f"{where}: does not hold a state_dict of tensors")
     sd = {k.replace("module.", ""): v for k, v in state_dict.items()}
-    layers = sorted(
-        int(m.group(1)) for k in sd if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k))
-    )
+    layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k)))
     if not layers or any(sd[f"mlp.{i}.weight"].ndim != 2 for i in layers):
         raise CheckpointError(f"{where}: no mlp.N.weight matrices of a retargeting MLP")
     shapes = [tuple(sd[f"mlp.{i}.weight"].shape) for i in layers]  # (out, in)

@@ -40,7 +40,9 @@ def resolve_mixed_precision(requested: str | None) -> str:
     value = requested if requested is not None else os.environ.get("ACCELERATE_MIXED_PRECISION")
     value = (value or "no").lower()
     if value not in MIXED_PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {value!r}")
+        raise ValueError(
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {value!r}"
+        )
     return value
 
 

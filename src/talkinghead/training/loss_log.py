@@ -119,7 +119,9 @@ class LossLog:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
+            f.write(
+                json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n"
+            )
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
@@ -128,7 +130,9 @@ class LossLog:
             shown = values
             if self.console_keys is not None:
                 shown = {
-                    k: v for k, v in values.items() if k in self.console_keys or k == "samples_per_s"
+                    k: v
+                    for k, v in values.items()
+                    if k in self.console_keys or k == "samples_per_s"
                 }
             self.echo(format_line(step, shown, self.total_steps))
 

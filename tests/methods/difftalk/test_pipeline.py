@@ -255,7 +255,10 @@ def test_autoencoder_resume_is_exact_with_the_gan_and_refuses_to_overwrite(prepa
     with pytest.raises(TalkingHeadError, match="already reached step 4"):
         train_autoencoder(prepared[0], part, replace(config, resume=True))
     # the resumed run appends to the loss log of the first
-    log = [json.loads(x) for x in (part / "log_autoencoder" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(x)
+        for x in (part / "log_autoencoder" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert (part / "state_autoencoder" / "rank_state_0.pt").is_file()
     assert {"loss", "rec", "codebook", "g", "g_weight", "d"} <= set(log[-1])

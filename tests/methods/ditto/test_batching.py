@@ -268,6 +268,7 @@ def test_an_error_in_one_request_fails_only_that_stream(pipe, avatars, clips, al
         motion_denoiser=_RejectsNonFinite(pipe.models.lmdm),
         shared_batching=GATHER,
     )
+
     def broken_stream() -> list[np.ndarray]:
         # The audio features after the first 0.25 s are NaN, so every window after the
         # first has a non-finite condition (push() itself refuses NaN audio).

@@ -263,7 +263,8 @@ def test_mirrored_copies_by_default(videos, tmp_path):
     plain, mirrored = (np.load(out / "LP_npy" / f"{n}.npy") for n in ("clip", "clip_flip"))
     assert plain.shape == mirrored.shape and not np.allclose(plain, mirrored)
     np.testing.assert_array_equal(
-        np.load(out / "hubert_aud_npy" / "clip.npy"), np.load(out / "hubert_aud_npy" / "clip_flip.npy")
+        np.load(out / "hubert_aud_npy" / "clip.npy"),
+        np.load(out / "hubert_aud_npy" / "clip_flip.npy"),
     )
 
 

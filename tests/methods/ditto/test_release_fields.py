@@ -116,8 +116,12 @@ def test_ch_info_scales_the_driven_expression_and_angles_as_the_release(avatar) 
 
     x_s = {k: torch.from_numpy(v) for k, v in avatar.x_s_info_at(0).items()}
     g = torch.Generator().manual_seed(0)
-    x_d = {k: v.repeat(3, 1) + 0.05 * torch.randn(3, v.shape[1], generator=g) for k, v in x_s.items()}
-    plain = MotionStitcher(None, DittoConfig(stitch=StitchConfig(flag_stitching=False)).stitch_config())
+    x_d = {
+        k: v.repeat(3, 1) + 0.05 * torch.randn(3, v.shape[1], generator=g) for k, v in x_s.items()
+    }
+    plain = MotionStitcher(
+        None, DittoConfig(stitch=StitchConfig(flag_stitching=False)).stitch_config()
+    )
     scaled = MotionStitcher(None, stitch)
     outs = []
     for st in (plain, scaled):
@@ -144,7 +148,9 @@ def test_ch_info_drives_the_conditions_and_the_motion(pipe, avatar, audio) -> No
     eye_ball_sc = slice(d - 6 - 63, d)  # the eye-ball and shape-code blocks end the vector
     assert not torch.allclose(c_own[:, eye_ball_sc], c_other[:, eye_ball_sc])
     torch.testing.assert_close(c_other[0, d - 63 :], torch.from_numpy(cond.sc))
-    torch.testing.assert_close(c_own[:, : d - 6 - 63 - 2], c_other[:, : d - 6 - 63 - 2])  # audio, emotion
+    torch.testing.assert_close(
+        c_own[:, : d - 6 - 63 - 2], c_other[:, : d - 6 - 63 - 2]
+    )  # audio, emotion
     own, _ = pipe.motion(avatar, audio)
     other, _ = pipe.motion(avatar, audio, config=cfg)
     assert not np.allclose(own, other)
@@ -185,7 +191,9 @@ def test_n_d_plans_the_streaming_blinks_as_the_release(pipe, avatar) -> None:
     blink = np.zeros((3, 63), np.float32)
     blink[:, 3 * EYE_KEYPOINTS[0] + 1] = [0.1, 0.2, 0.1]
     stitch = StitchConfig(delta_eye_arr=blink, delta_eye_open_n=5)
-    planned = pipe._renderer(avatar, pipe.config.replace(stitch=stitch, driving_frames=20), None, None)
+    planned = pipe._renderer(
+        avatar, pipe.config.replace(stitch=stitch, driving_frames=20), None, None
+    )
     unknown = pipe._renderer(avatar, pipe.config.replace(stitch=stitch), None, None)
     # release: delta_eye_idx_list over N_d frames (3000 when N_d = -1), indexed idx % len.
     assert planned.stitcher.blink_index.tolist() == blink_schedule(20, 3, 5)
@@ -196,7 +204,9 @@ def test_n_d_plans_the_streaming_blinks_as_the_release(pipe, avatar) -> None:
     b = unknown.stitcher.driving_info(x_s, x_d, 21)[0]["exp"]
     assert not torch.allclose(a, b)  # 21 % 20 = frame 1 (open) vs a blink at 21
     # Offline the audio's length plans the blinks whatever N_d says (the release's setup_Nd).
-    offline = pipe._renderer(avatar, pipe.config.replace(stitch=stitch, driving_frames=20), 40, None)
+    offline = pipe._renderer(
+        avatar, pipe.config.replace(stitch=stitch, driving_frames=20), 40, None
+    )
     assert offline.stitcher.blink_index.tolist() == blink_schedule(40, 3, 5)
 
 
@@ -206,7 +216,9 @@ def test_n_d_plans_the_streaming_blinks_as_the_release(pipe, avatar) -> None:
 @pytest.fixture(scope="module")
 def retargeting_file(tmp_path_factory) -> Path:
     root = build_tiny_liveportrait(tmp_path_factory.mktemp("lp"), seed=3)
-    return root / "pretrained_weights/liveportrait/retargeting_models/stitching_retargeting_module.pth"
+    return (
+        root / "pretrained_weights/liveportrait/retargeting_models/stitching_retargeting_module.pth"
+    )
 
 
 class _Recorder(torch.nn.Module):

@@ -446,13 +446,27 @@ def test_cli_release_options_and_loss_lines(data, tmp_path):
     out = tmp_path / "run"
     args = ["train-motion", str(data), str(out), "--preset", "tiny", "--no-tensorboard"]
     result = invoke(
-        [*args, "--max-steps", "4", "--log-every", "2", "--optimizer", "adan",
-         "--part-weight", "exp=2", "--part-weight", "t=0.5"]
+        [
+            *args,
+            "--max-steps",
+            "4",
+            "--log-every",
+            "2",
+            "--optimizer",
+            "adan",
+            "--part-weight",
+            "exp=2",
+            "--part-weight",
+            "t=0.5",
+        ]
     )
     assert result.exit_code == 0, result.output
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["part_weights"] == {"exp": 2.0, "t": 0.5} and recorded["optimizer"] == "adan"
-    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [2, 4]
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [
+        2,
+        4,
+    ]
     bad = invoke([*args, "--part-weight", "mouth=2"])
     assert bad.exit_code == 1 and "PART=WEIGHT" in str(bad.exception)
     missing = invoke([*args, "--dim-ws-npy", str(tmp_path / "nope.npy")])
@@ -464,8 +478,17 @@ def test_two_process_accelerate_launch_resume_is_exact(data, tmp_path):
     (one launch; the straight run comes between the split one and its resume)."""
     from _accelerate_launch import launch_commands
 
-    base = ["train-motion", str(data), "--preset", "tiny", "--no-tensorboard",
-            "--batch-size", "4", "--save-every-steps", "3"]
+    base = [
+        "train-motion",
+        str(data),
+        "--preset",
+        "tiny",
+        "--no-tensorboard",
+        "--batch-size",
+        "4",
+        "--save-every-steps",
+        "3",
+    ]
     runs = [
         [*base[:2], str(tmp_path / out), *base[2:], "--max-steps", str(steps)]
         for out, steps in (("split", 3), ("straight", 6), ("split", 6))
@@ -498,14 +521,18 @@ def test_reg_loss_is_the_releases_l1_pull_on_every_part_but_the_scale():
     pred[:, :, 202:] = -3.0  # exp: mean |.| = 3; yaw, roll and t stay 0
     cfg = quick(use_reg_loss=True)
     total, terms = motion_loss(pred, pred.clone(), pred[:, 0].clone(), cfg)
-    assert {k for k in terms if k.endswith("_R")} == {f"{p}_R" for p in ("pitch", "yaw", "roll", "t", "exp")}
+    assert {k for k in terms if k.endswith("_R")} == {
+        f"{p}_R" for p in ("pitch", "yaw", "roll", "t", "exp")
+    }
     assert float(terms["pitch_R"]) == pytest.approx(1e-4)
     assert float(terms["exp_R"]) == pytest.approx(3e-4)
     assert float(terms["yaw_R"]) == float(terms["t_R"]) == 0.0
     assert float(total) == pytest.approx(4e-4)
     # Neither the part weights, the dimension weights nor the loss type touch it (as there).
     other = replace(cfg, part_weights={"pitch": 0.0, "exp": 5.0}, loss_type="l1")
-    weighted, _ = motion_loss(pred, pred.clone(), pred[:, 0].clone(), other, torch.full((265,), 3.0))
+    weighted, _ = motion_loss(
+        pred, pred.clone(), pred[:, 0].clone(), other, torch.full((265,), 3.0)
+    )
     assert float(weighted) == pytest.approx(4e-4)
     _, plain = motion_loss(pred, pred.clone(), pred[:, 0].clone(), quick())
     assert not any(k.endswith("_R") for k in plain)
@@ -548,8 +575,18 @@ def test_use_lmk_without_landmarks_in_the_data_is_a_clear_error(data):
 
 def test_cli_trains_with_lmk_cond_end_and_reg_loss_and_records_them(lmk_data, tmp_path):
     out = tmp_path / "run"
-    args = ["train-motion", str(lmk_data), str(out), "--preset", "tiny", "--no-tensorboard",
-            "--seq-frames", "12", "--log-every", "1"]
+    args = [
+        "train-motion",
+        str(lmk_data),
+        str(out),
+        "--preset",
+        "tiny",
+        "--no-tensorboard",
+        "--seq-frames",
+        "12",
+        "--log-every",
+        "1",
+    ]
     result = invoke([*args, "--max-steps", "3", "--use-lmk", "--use-cond-end", "--use-reg-loss"])
     assert result.exit_code == 0, result.output
     recorded = json.loads((out / "train_config.json").read_text())
@@ -580,8 +617,23 @@ def test_generate_refuses_a_use_lmk_model_naming_the_option(lmk_data, tmp_path, 
     install_checkpoint(tmp_path / "run", root)
     monkeypatch.setenv("TALKINGHEAD_CACHE", str(tmp_path / "cache"))
     video = tmp_path / "out.mp4"
-    result = invoke(["generate", "--checkpoints", str(root), "-s", str(portrait), "-a", str(speech),
-                     "-o", str(video), "--steps", "1", "--max-size", "256"])
+    result = invoke(
+        [
+            "generate",
+            "--checkpoints",
+            str(root),
+            "-s",
+            str(portrait),
+            "-a",
+            str(speech),
+            "-o",
+            str(video),
+            "--steps",
+            "1",
+            "--max-size",
+            "256",
+        ]
+    )
     assert result.exit_code == 1
     assert isinstance(result.exception, CheckpointError), result.output
     message = str(result.exception)

@@ -30,7 +30,13 @@ def test_liveportrait_names_and_ditto_names_give_the_same_outputs(releases) -> N
         kind: load_official(
             kind, ditto / "models" / OFFICIAL_NETWORKS[kind].checkpoint_name, **LP_SIZES[kind]
         )
-        for kind in ("appearance_extractor", "motion_extractor", "warp_network", "decoder", "stitch_network")
+        for kind in (
+            "appearance_extractor",
+            "motion_extractor",
+            "warp_network",
+            "decoder",
+            "stitch_network",
+        )
     }
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 64, 64, generator=g)
@@ -65,7 +71,9 @@ def test_any_level_of_the_release_folder_is_found(releases) -> None:
 
 def test_missing_and_wrong_files_are_named(tmp_path) -> None:
     root = build_tiny_liveportrait(tmp_path / "lp")
-    retarget = root / "pretrained_weights" / "liveportrait" / "retargeting_models" / RETARGETING_FILE
+    retarget = (
+        root / "pretrained_weights" / "liveportrait" / "retargeting_models" / RETARGETING_FILE
+    )
     obj = torch.load(retarget, weights_only=True)
     del obj["retarget_eye"]
     torch.save(obj, retarget)

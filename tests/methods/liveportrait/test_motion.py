@@ -40,7 +40,13 @@ def test_a_driving_yaw_turn_turns_the_source_by_the_same_angle() -> None:
     f0 = {**first, "pitch": torch.zeros(1, 1), "roll": torch.zeros(1, 1)}
     t0 = {**turned, "pitch": torch.zeros(1, 1), "roll": torch.zeros(1, 1)}
     expected = transform_keypoints(
-        src0["kp"], src0["pitch"], torch.tensor([[15.0]]), src0["roll"], src0["t"], src0["exp"], src0["scale"]
+        src0["kp"],
+        src0["pitch"],
+        torch.tensor([[15.0]]),
+        src0["roll"],
+        src0["t"],
+        src0["exp"],
+        src0["scale"],
     )
     torch.testing.assert_close(relative_driving_keypoints(src0, t0, f0), expected)
     # In general: the composed rotation, the source's scale and translation (z dropped).

@@ -67,8 +67,21 @@ def test_animate_gives_the_driving_frame_count_at_the_source_size(release, media
     portrait, driving = media
     out = tmp_path / "out.mp4"
     proc = run(
-        ["animate", "--source", str(portrait), "--driving", str(driving), "-o", str(out),
-         "--checkpoints", str(release), "--eye-open", "0.3", "--batch-size", "4"],
+        [
+            "animate",
+            "--source",
+            str(portrait),
+            "--driving",
+            str(driving),
+            "-o",
+            str(out),
+            "--checkpoints",
+            str(release),
+            "--eye-open",
+            "0.3",
+            "--batch-size",
+            "4",
+        ],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
@@ -121,8 +134,12 @@ def test_cli_errors_are_one_line_before_any_model_loads(
     from _cli_in_process import run_cli
 
     portrait, driving = media
-    args = {"--source": str(portrait), "--driving": str(driving), "-o": str(tmp_path / "o.mp4"),
-            "--checkpoints": str(release)}
+    args = {
+        "--source": str(portrait),
+        "--driving": str(driving),
+        "-o": str(tmp_path / "o.mp4"),
+        "--checkpoints": str(release),
+    }
     key, value = change
     if key in args:
         args[key] = value.format(portrait=portrait, tmp=tmp_path, driving=driving)

@@ -61,7 +61,10 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """The raw checkpoint dict; `CheckpointError` when missing or not a ``kind`` checkpoint."""
     path = Path(path)
     payload = read_payload(
-        path, CHECKPOINT_FORMAT, missing="DiT-Head checkpoint not found", foreign="not a DiT-Head checkpoint"
+        path,
+        CHECKPOINT_FORMAT,
+        missing="DiT-Head checkpoint not found",
+        foreign="not a DiT-Head checkpoint",
     )
     if payload.get("kind") != kind:
         raise CheckpointError(f"{path}: holds a {payload.get('kind')!r} network, not {kind!r}")

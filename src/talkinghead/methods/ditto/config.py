@@ -90,8 +90,12 @@ class ConditionSource:
             info[key] = arr.reshape(1, size)
         return cls(
             info,
-            np.concatenate([np.asarray(e, np.float32).reshape(-1, 2) for e in value["eye_open_lst"]]),
-            np.concatenate([np.asarray(e, np.float32).reshape(-1, 6) for e in value["eye_ball_lst"]]),
+            np.concatenate(
+                [np.asarray(e, np.float32).reshape(-1, 2) for e in value["eye_open_lst"]]
+            ),
+            np.concatenate(
+                [np.asarray(e, np.float32).reshape(-1, 6) for e in value["eye_ball_lst"]]
+            ),
             np.asarray(value["sc"], np.float32).reshape(-1),
         )
 
@@ -180,9 +184,7 @@ class DittoConfig:
     def __post_init__(self) -> None:
         # Files and the release's ctrl_info dicts become a timeline once, here.
         object.__setattr__(self, "controls", ControlTimeline.coerce(self.controls))
-        object.__setattr__(
-            self, "condition_source", ConditionSource.coerce(self.condition_source)
-        )
+        object.__setattr__(self, "condition_source", ConditionSource.coerce(self.condition_source))
         if self.driving_frames is not None and (
             isinstance(self.driving_frames, bool)
             or not isinstance(self.driving_frames, int | np.integer)
@@ -195,8 +197,10 @@ class DittoConfig:
         self._check_retargeting()
         if self.fix_kp_cond_dim is not None:
             dims = tuple(self.fix_kp_cond_dim)
-            if len(dims) != 2 or not all(isinstance(d, int) for d in dims) or not (
-                0 <= dims[0] < dims[1]
+            if (
+                len(dims) != 2
+                or not all(isinstance(d, int) for d in dims)
+                or not (0 <= dims[0] < dims[1])
             ):
                 raise TalkingHeadError(
                     f"fix_kp_cond_dim must be a (start, end) pair of motion dims, "
@@ -214,8 +218,10 @@ class DittoConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                0.0 <= float(value) <= 1.5
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (0.0 <= float(value) <= 1.5)
             ):
                 raise SettingsError(
                     f"{name} must be a close ratio between 0 (closed) and 1.5, not {value!r}"

@@ -218,7 +218,9 @@ def resolve_emotion_classifier(spec: Any, *, instantiate: bool = True) -> Any:
 
         path = spec[len(HSEMOTION_SPEC_PREFIX) :]
         if not path:
-            raise TalkingHeadError("emotion classifier 'hsemotion:': give the model, hsemotion:PATH")
+            raise TalkingHeadError(
+                "emotion classifier 'hsemotion:': give the model, hsemotion:PATH"
+            )
         if not instantiate:
             return resolve_hsemotion_path(path)
         return HSEmotionClassifier(path)
@@ -430,7 +432,9 @@ class DittoVideoWorker:
         n = track["mtn"].shape[0]
         return {**track, "emo": self._emotions(emo_known, n), "fps": fps, "resampled": resampled}
 
-    def _track_per_frame(self, frames: Any, where: str, emo_known: dict[int, np.ndarray]) -> dict[str, Any]:
+    def _track_per_frame(
+        self, frames: Any, where: str, emo_known: dict[int, np.ndarray]
+    ) -> dict[str, Any]:
         """Each frame cropped on its own face (roll-aligned): avatar registration's crop."""
         from talkinghead.methods.ditto.motion.extraction import extract_source_batches
         from talkinghead.methods.ditto.motion.format import dict_to_motion

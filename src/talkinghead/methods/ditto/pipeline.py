@@ -525,7 +525,9 @@ class DittoPipeline:
         prefix = None
         if clip_cfg.fuse == "online":
             # The release's streaming driver starts from `overlap` frames of silence.
-            silence = self.features.features(np.zeros(clip_cfg.overlap * SAMPLES_PER_FRAME, np.float32))
+            silence = self.features.features(
+                np.zeros(clip_cfg.overlap * SAMPLES_PER_FRAME, np.float32)
+            )
             prefix = builder(silence, start=-clip_cfg.overlap)
         if generator is None and cfg.seed is not None:
             generator = torch.Generator().manual_seed(cfg.seed)
@@ -589,7 +591,8 @@ class DittoPipeline:
         nets = self._retargeting_nets.get(key)
         if nets is None:
             nets = self._retargeting_nets[key] = load_retargeting_networks(
-                cfg.retargeting, self.device  # type: ignore[arg-type]
+                cfg.retargeting,
+                self.device,  # type: ignore[arg-type]
             )
         # The MLPs take the source face's close ratios (its first frame's), from landmarks
         # the avatar does not keep: one more face analysis, only when a slider is set.
@@ -768,7 +771,9 @@ class DittoPipeline:
     ) -> DittoStream:
         """A streaming session: `push(pcm_16k)` -> frames, `close()` -> the remaining frames."""
         cfg = self._settings(settings)
-        max_frames = cfg.max_source_frames if cfg.max_source_frames is not None else cfg.driving_frames
+        max_frames = (
+            cfg.max_source_frames if cfg.max_source_frames is not None else cfg.driving_frames
+        )
         cfg = self._with_condition_source(cfg, max_frames, None)
         avatar = self.register(source, max_frames=max_frames, config=cfg)
         return DittoStream(self, avatar, cfg, generator=generator)
@@ -779,7 +784,9 @@ class DittoPipeline:
         """`cfg` with a condition source given as a file registered (as the source is)."""
         if not isinstance(cfg.condition_source, (str, os.PathLike)):
             return cfg
-        cond = self.register(cfg.condition_source, max_frames=max_frames, config=cfg, progress=progress)
+        cond = self.register(
+            cfg.condition_source, max_frames=max_frames, config=cfg, progress=progress
+        )
         return cfg.replace(condition_source=cond)
 
 

@@ -199,7 +199,9 @@ class MotionTrainConfig:
     optimizer: str = "adamw"  # "adamw" | "adan" (the release's; pytorch-optimizer's Adan)
     ema_decay: float = 0.9999  # 0 disables; exports then hold the raw weights
     ema_warmup: bool = True  # decay min(decay, (1+n)/(10+n)): short runs export trained weights
-    mixed_precision: str | None = None  # None: accelerate's (launch flag / config), else no|fp16|bf16
+    mixed_precision: str | None = (
+        None  # None: accelerate's (launch flag / config), else no|fp16|bf16
+    )
     max_open_files: int = 64  # memory-mapped arrays open at once per process
     num_workers: int = 0
     seed: int = 0
@@ -1283,9 +1285,7 @@ def train_motion(
             )
             export = out_dir / EXPORT_DIR
             export.mkdir(exist_ok=True)
-            result.checkpoint = export_checkpoint(
-                state_dict, lmdm_kwargs, export / LMDM_CHECKPOINT
-            )
+            result.checkpoint = export_checkpoint(state_dict, lmdm_kwargs, export / LMDM_CHECKPOINT)
             result.sidecar = write_sidecar(export, lmdm_kwargs, cfg.condition_overrides())
             log.info("step %d: saved %s", step, ckpt)
         accelerator.wait_for_everyone()

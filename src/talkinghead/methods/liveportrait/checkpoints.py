@@ -101,7 +101,9 @@ def find_release(root: str | os.PathLike) -> ReleaseLayout:
             f"{root}: no LivePortrait release here (expected base_models/ and "
             "retargeting_models/, as in pretrained_weights/liveportrait/)"
         )
-    missing = [layout.base_models / f for f in BASE_MODELS if not (layout.base_models / f).is_file()]
+    missing = [
+        layout.base_models / f for f in BASE_MODELS if not (layout.base_models / f).is_file()
+    ]
     if not (layout.retargeting / RETARGETING_FILE).is_file():
         missing.append(layout.retargeting / RETARGETING_FILE)
     if missing:
@@ -160,7 +162,9 @@ def load_liveportrait(
     for file_name, kind in BASE_MODELS.items():
         path = layout.base_models / file_name
         net = _build(kind, sizes.get(kind, {}))
-        load_state_dict_strict(net, convert_state_dict(kind, read_checkpoint(path), path), path, kind)
+        load_state_dict_strict(
+            net, convert_state_dict(kind, read_checkpoint(path), path), path, kind
+        )
         nets[kind] = net
     path = layout.retargeting / RETARGETING_FILE
     container = read_checkpoint(path)

@@ -80,7 +80,9 @@ def animate(
     try:
         analyzer.analyze(portrait)
     except NoFaceError as exc:
-        raise NoFaceError(f"{source}: {exc}; use a picture where a face is clearly visible") from None
+        raise NoFaceError(
+            f"{source}: {exc}; use a picture where a face is clearly visible"
+        ) from None
 
     animator = LivePortraitAnimator(load_liveportrait(checkpoints, device=device), analyzer)
     with Progress(

@@ -68,7 +68,9 @@ def check_settings(settings: AnimateSettings) -> None:
         ):
             raise SettingsError(f"{name} must be a number from {lo} to {hi}, got {value!r}")
     if not (isinstance(settings.multiplier, (int, float)) and 0 < settings.multiplier <= 10):
-        raise SettingsError(f"multiplier must be above 0 and at most 10, got {settings.multiplier!r}")
+        raise SettingsError(
+            f"multiplier must be above 0 and at most 10, got {settings.multiplier!r}"
+        )
     if settings.batch_size < 1:
         raise SettingsError(f"batch_size must be at least 1, got {settings.batch_size!r}")
     if settings.max_frames is not None and settings.max_frames < 1:
@@ -203,7 +205,9 @@ class LivePortraitAnimator:
         except NoFaceError as exc:
             reader.close()
             where = source if isinstance(source, (str, os.PathLike)) else "the source"
-            raise NoFaceError(f"{where}: {exc}; use a picture where a face is clearly visible") from None
+            raise NoFaceError(
+                f"{where}: {exc}; use a picture where a face is clearly visible"
+            ) from None
         fps = reader.fps or 25.0
         device = self.device
         m = self.models

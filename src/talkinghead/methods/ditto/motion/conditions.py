@@ -118,7 +118,9 @@ def condition_layout(flags: Mapping[str, object]) -> dict[str, bool]:
     layout); unknown keys are refused, so a misspelt flag cannot drop a block unnoticed."""
     unknown = sorted(set(flags) - set(RELEASE_CONDITION_FLAGS))
     if unknown:
-        raise ValueError(f"unknown condition flags {unknown}; expected {list(RELEASE_CONDITION_FLAGS)}")
+        raise ValueError(
+            f"unknown condition flags {unknown}; expected {list(RELEASE_CONDITION_FLAGS)}"
+        )
     return {RELEASE_CONDITION_FLAGS[k]: bool(v) for k, v in flags.items()}
 
 
