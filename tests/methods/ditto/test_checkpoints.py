@@ -472,8 +472,18 @@ def test_config_bad_files(tmp_path):
         load_release_config(tmp_path / "absent.pkl")
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps(release_like_config())[:50])
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match=r"a damaged config pickle .*a truncated download"):
         load_release_config(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="the config file is empty"):
+        load_release_config(bad)
+    bad.write_bytes(b"xyz: a YAML file, say")
+    with pytest.raises(
+        CheckpointError, match=r"not a pickle \(a ditto_cfg/\*.pkl config is one\)$"
+    ):
+        load_release_config(bad)
+    bad.write_bytes(pickle.dumps(release_like_config(), protocol=0))  # old protocols still load
+    load_release_config(bad)
     bad.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_release_config(bad)

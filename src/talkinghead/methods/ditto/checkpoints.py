@@ -537,12 +537,18 @@ def load_release_config(
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the config ({e.strerror or e})") from e
+    if not data:
+        raise CheckpointError(f"{path}: the config file is empty; an interrupted download or copy?")
     try:
         cfg = _ConfigUnpickler(io.BytesIO(data)).load()
     except _Refused as e:
         raise CheckpointError(f"{path}: not a plain Ditto config pickle ({e})") from e
     except Exception as e:  # truncated/corrupt pickles raise a variety of errors
-        raise CheckpointError(f"{path}: corrupt config pickle ({type(e).__name__}: {e})") from e
+        if data[:1] != b"\x80":  # how pickles of protocol 2 and up start (the release's: 4)
+            raise CheckpointError(f"{path}: not a pickle (a ditto_cfg/*.pkl config is one)") from e
+        raise CheckpointError(
+            f"{path}: a damaged config pickle ({type(e).__name__}: {e}); a truncated download?"
+        ) from e
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: config is a {type(cfg).__name__}, expected a dict")
     absent = [k for k in CONFIG_SECTIONS if not isinstance(cfg.get(k), dict)]
