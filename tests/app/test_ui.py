@@ -222,6 +222,36 @@ def test_a_method_without_a_model_says_how_to_give_one(tmp_path) -> None:
         generator.close()
 
 
+def test_another_method_s_model_loads_once_for_all_its_clips(tmp_path, monkeypatch) -> None:
+    from talkinghead.app.generation import Request
+    from talkinghead.methods.dithead import pipeline as dithead
+
+    loads, calls = [], []
+
+    class Loaded:
+        def generate(self, source, audio, output, **kwargs):
+            calls.append(kwargs)
+            Path(output).write_bytes(b"video")
+            return Path(output)
+
+    def from_pretrained(cls, checkpoints, *, device):
+        loads.append((Path(checkpoints), device))
+        return Loaded()
+
+    monkeypatch.setattr(dithead.DiTHeadPipeline, "from_pretrained", classmethod(from_pretrained))
+    generator = Generator(AppSettings(device="cpu", other_models={"dithead": tmp_path}))
+    try:
+        request = Request(
+            source=str(PORTRAIT), audio=str(_wav(tmp_path, 0.2)), method="dithead", steps=3, seed=1
+        )
+        outputs = [generator.run(request), generator.run(request)]
+        assert outputs[0] != outputs[1] and all(p.read_bytes() == b"video" for p in outputs)
+        assert loads == [(tmp_path, "cpu")]
+        assert [(c["seed"], c["steps"]) for c in calls] == [(1, 3), (1, 3)]
+    finally:
+        generator.close()
+
+
 def test_the_page_makes_a_clip_in_chromium(app_url, tmp_path) -> None:
     try:
         from playwright.sync_api import sync_playwright

@@ -247,7 +247,7 @@ def test_transformers_encoder(tmp_path):
     torch.manual_seed(0)
     transformers.HubertModel(config).save_pretrained(tmp_path)
     enc = TransformersHubertEncoder(tmp_path)
-    assert enc.feat_dim == 32 and enc.normalize is False
+    assert enc.feat_dim == 32 and enc.normalize is False and enc.where == "transformers, cpu"
     chunk = np.random.default_rng(4).uniform(-1, 1, 6480).astype(np.float32)
     out = enc.encode(chunk)
     assert out.shape == (20, 32) and out.dtype == np.float32

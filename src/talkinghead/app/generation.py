@@ -93,6 +93,7 @@ class Generator:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self._pipe: Any = None
+        self._other_pipes: dict[str, Any] = {}  # method -> its pipeline, loaded on first use
         # One generation at a time: the pipeline and its face analyser's crop are shared.
         self._lock = threading.Lock()
         if settings.output_dir is None:
@@ -253,17 +254,15 @@ class Generator:
             check.check_face(checked.frame, analyzer, Path(request.source).name)
         finally:
             _close(analyzer)
-        result = METHODS[request.method].entry_point("generate")(
-            request.source,
-            request.audio,
-            str(output),
-            checkpoints=s.other_models[request.method],
-            seed=seed,
-            steps=steps,
-            device=s.device,
-            progress=progress,
+        pipe = self._other_pipes.get(request.method)
+        if pipe is None:
+            pipeline = METHODS[request.method].entry_point("pipeline")
+            pipe = pipeline.from_pretrained(s.other_models[request.method], device=s.device)
+            self._other_pipes[request.method] = pipe
+        result = pipe.generate(
+            request.source, request.audio, str(output), seed=seed, steps=steps, progress=progress
         )
-        return Path(getattr(result, "output", result))
+        return Path(result)
 
 
 def _close(analyzer: Any) -> None:

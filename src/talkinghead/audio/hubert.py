@@ -98,6 +98,11 @@ class OnnxHubertEncoder:
         dim = self.session.get_outputs()[0].shape[-1]
         self.feat_dim = dim if isinstance(dim, int) else FEATURE_DIM
 
+    @property
+    def where(self) -> str:
+        """What runs it: "onnxruntime, CUDAExecutionProvider" or "..., CPUExecutionProvider"."""
+        return f"onnxruntime, {self.session.get_providers()[0]}"
+
     def encode(self, chunk: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(chunk, dtype=np.float32).reshape(1, -1)
         return _as_frames(self.session.run(None, {self.INPUT_NAME: x})[0])
@@ -132,6 +137,7 @@ class TransformersHubertEncoder:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{self.name}: cannot load a HuBERT model ({e})") from None
         self.device = torch.device(device)
+        self.where = f"transformers, {self.device}"
         self.feat_dim = int(self.model.config.hidden_size)
         self.normalize = self._read_normalize(self.name) if normalize is None else normalize
 

@@ -39,7 +39,7 @@ TEXT_SETTINGS = ("id", "method", "checkpoints", "emotion")
 SETTING_COLUMNS = TEXT_SETTINGS + INT_SETTINGS + FLOAT_SETTINGS + BOOL_SETTINGS
 COLUMNS = REQUIRED_COLUMNS + SETTING_COLUMNS
 
-# Settings DiT-Head and DiffTalk jobs take (their models load per job); the rest are Ditto's.
+# Settings DiT-Head and DiffTalk jobs take; the rest are Ditto's.
 OTHER_METHOD_SETTINGS = {
     "dithead": ("seed", "steps", "fps", "max_size"),
     "difftalk": ("seed", "steps", "resolution", "max_size"),

@@ -5,9 +5,9 @@ Ditto release once, when it starts, and keeps it for every Ditto job it runs; a 
 with another crop gets a pipeline sharing the same networks with its own face
 analyser (the crop is fixed when the analyser is built). A portrait is registered
 once (through the avatar disk cache, which all workers share) and its avatar kept in
-memory for the worker's next jobs with it. DiT-Head and DiffTalk jobs go
-through the methods registry's ``generate`` entry point, which loads their models for
-every job. Each job is written by the media writers (temp file + rename), so a job
+memory for the worker's next jobs with it. DiT-Head and DiffTalk jobs run on the
+methods registry's ``pipeline`` class, loaded on a worker's first job with those
+checkpoints and kept for its later ones (the last `OTHER_PIPELINES_KEPT`). Each job is written by the media writers (temp file + rename), so a job
 that fails, or a worker that is killed, never leaves a partial output under its name.
 
 A job's failure (a picture without a face, an unreadable file, any exception) is
@@ -27,6 +27,10 @@ from typing import Any
 
 from talkinghead.batch.jobs import BatchJob
 from talkinghead.training.prepare import error_message
+
+# DiT-Head / DiffTalk pipelines a worker keeps loaded (least recently used go first):
+# enough for a batch alternating between two models without holding many in memory.
+OTHER_PIPELINES_KEPT = 2
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,7 @@ class JobWorker:
         self.load_seconds = 0.0
         self.pipe: Any = None
         self._crop_pipes: dict[Any, Any] = {}
+        self._other_pipes: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._avatars: OrderedDict[str, Any] = OrderedDict()  # avatar_key -> Avatar
         if settings.torch_threads:
             import torch
@@ -233,18 +238,29 @@ class JobWorker:
 
     # -- DiT-Head, DiffTalk ----------------------------------------------------------------------
 
-    def _run_other(self, job: BatchJob, progress: StageProgress) -> JobOutcome:
+    def _other_pipeline(self, job: BatchJob) -> Any:
+        """The job's method's pipeline for its checkpoints, loaded once per worker."""
         from talkinghead.methods import get_method
 
-        generate = get_method(job.method).entry_point("generate")
-        path = generate(
+        cls = get_method(job.method).entry_point("pipeline")
+        load = {k: job.options[k] for k in cls.LOAD_OPTIONS if job.options.get(k) is not None}
+        key = (job.method, str(job.checkpoints), tuple(sorted(load.items())))
+        if key in self._other_pipes:
+            self._other_pipes.move_to_end(key)
+            return self._other_pipes[key]
+        while len(self._other_pipes) >= OTHER_PIPELINES_KEPT:
+            self._other_pipes.popitem(last=False)
+        pipe = cls.from_pretrained(job.checkpoints, device=self.device, **load)
+        self._other_pipes[key] = pipe
+        return pipe
+
+    def _run_other(self, job: BatchJob, progress: StageProgress) -> JobOutcome:
+        path = self._other_pipeline(job).generate(
             job.source,
             job.audio,
             job.output,
-            checkpoints=job.checkpoints,
             seed=job.settings.get("seed"),
             steps=job.settings.get("steps"),
-            device=self.device,
             progress=progress,
             **job.options,
         )

@@ -10,6 +10,10 @@ folder offers these entry points, named in its `Method` line:
   device, progress=None, **options) -> Path`` (``talkinghead generate --method``);
   Ditto's returns its `GenerationResult` instead (``output`` is the path; the CLI
   reports its ``num_frames`` and ``num_faces``)
+- ``pipeline``: a class with ``from_pretrained(checkpoints, *, device, **load_options)``
+  and ``generate(source, audio, output, *, seed, steps, progress=None, **options)``
+  whose networks stay loaded between videos (batch workers keep one per checkpoint);
+  ``LOAD_OPTIONS`` names the options that choose the weights (DiffTalk's ``resolution``)
 - ``prepare``: ``prepare_dataset(videos_dir, out_dir, *, checkpoints=None, workers=1,
   progress=None, **options) -> PrepareReport`` (``talkinghead prepare-data --method``)
 - ``commands``: ``register(app)``, adding the method's own commands (training)
@@ -27,7 +31,12 @@ from typing import Any
 
 from talkinghead.errors import SettingsError, TalkingHeadError
 
-_WHAT = {"generate": "generation", "prepare": "data preparation", "commands": "the commands"}
+_WHAT = {
+    "generate": "generation",
+    "pipeline": "a pipeline class",
+    "prepare": "data preparation",
+    "commands": "the commands",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Method:
     name: str
     summary: str
     generate: str | None = "pipeline:generate_video"  # None: the method has no such entry
+    pipeline: str | None = None
     prepare: str | None = "data:prepare_dataset"
     commands: str = "commands:register"
     # Packages its networks need beyond the base install, and the extra that brings them.
@@ -67,7 +77,7 @@ class Method:
         return f"{__name__}.{self.name}"
 
     def entry_point(self, kind: str) -> Callable[..., Any]:
-        """The callable behind `kind` ("generate", "prepare" or "commands")."""
+        """The callable behind `kind` ("generate", "pipeline", "prepare" or "commands")."""
         target = getattr(self, kind)
         if target is None:
             raise TalkingHeadError(
@@ -97,12 +107,14 @@ METHODS: dict[str, Method] = {
         Method(
             "dithead",
             "DiT-Head: latent diffusion transformer, lip sync by inpainting",
+            pipeline="pipeline:DiTHeadPipeline",
             requires=("transformers",),  # wav2vec2 CTC audio features
             extra="latent",
         ),
         Method(
             "difftalk",
             "DiffTalk: latent-diffusion UNet with audio and landmark conditions",
+            pipeline="pipeline:DiffTalkPipeline",
             requires=("diffusers", "transformers"),  # its UNet and VQ blocks; wav2vec2 CTC
             extra="latent",
         ),

@@ -482,3 +482,31 @@ def test_unsupported_resolution_and_options(trained, media, videos):
         generate_video(media[1], videos[1], media[0] / "x.mp4", checkpoints=trained[0], colour=1)
     with pytest.raises(TalkingHeadError, match="no DiffTalk checkpoint for 512"):
         load_difftalk(trained[0], 512)
+
+
+def test_pipeline_loads_once_and_gives_generate_videos_frames(trained, media, videos, monkeypatch):
+    from PIL import Image
+
+    from talkinghead.media.clip import VideoClip
+    from talkinghead.methods.difftalk import pipeline as module
+
+    pipe = module.DiffTalkPipeline.from_pretrained(trained[0])
+    assert pipe.to("cpu") is pipe and f"resolution={RES}" in repr(pipe)
+    loads = []
+    real = module.load_difftalk
+    monkeypatch.setattr(module, "load_difftalk", lambda *a: loads.append(a) or real(*a))
+    clip = pipe.generate(media[1], videos[1], seed=5, steps=2)
+    assert isinstance(clip, VideoClip)
+    assert (clip.num_frames, clip.fps, clip.size) == (5, 25, (256, 256))
+    again = pipe.generate(media[1], videos[1], generator=torch.Generator().manual_seed(5), steps=2)
+    np.testing.assert_array_equal(clip.frames, again.frames)
+    assert len(pipe._encoders) == 1 and len(pipe._analyzers) == 1 and not loads
+    out = media[0] / "pipe_frames"
+    generate_video(media[1], videos[1], f"{out}/", checkpoints=trained[0], seed=5, steps=2)
+    png = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))])
+    np.testing.assert_array_equal(png, clip.frames)
+    assert len(loads) == 1
+    with pytest.raises(TalkingHeadError, match=f"holds the {RES} px DiffTalk checkpoint"):
+        pipe.generate(media[1], videos[1], resolution=512)
+    with pytest.raises(TalkingHeadError, match="seed or generator, not both"):
+        pipe.generate(media[1], videos[1], seed=1, generator=torch.Generator())

@@ -334,3 +334,79 @@ def test_generate_errors(trained):
         )
     with pytest.raises(CheckpointError, match="not found"):
         generate_video(work / "videos" / "clip.mp4", work / "x.wav", "o.mp4", checkpoints=work)
+
+
+def _png_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def test_pipeline_loads_once_and_gives_generate_videos_frames(trained, monkeypatch):
+    from talkinghead.media.clip import VideoClip
+    from talkinghead.methods.dithead.pipeline import (
+        DiTHeadModels,
+        DiTHeadPipeline,
+        generate_video,
+    )
+
+    _, ckpt, _, work = trained
+    source, audio = work / "videos" / "clip.mp4", _audio(work, 4)
+    opts = {"steps": 2, "fps": 25, "face_backend": "mediapipe"}
+    pipe = DiTHeadPipeline.from_pretrained(ckpt)
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu")
+    assert "DiTHeadPipeline(" in repr(pipe) and "32px" in repr(pipe)
+    loads = []
+    real_load = DiTHeadModels.load.__func__
+    monkeypatch.setattr(
+        DiTHeadModels, "load", classmethod(lambda cls, *a: loads.append(a) or real_load(cls, *a))
+    )
+    clip = pipe.generate(source, audio, seed=3, **opts)
+    assert isinstance(clip, VideoClip)
+    assert (clip.num_frames, clip.fps, clip.size, clip.sample_rate) == (4, 25, (160, 160), 16000)
+    # seed=s is generator=manual_seed(s); the audio model and face analyser are made once
+    again = pipe.generate(source, audio, generator=torch.Generator().manual_seed(3), **opts)
+    np.testing.assert_array_equal(clip.frames, again.frames)
+    assert len(pipe._encoders) == 1 and len(pipe._analyzers) == 1 and not loads
+    other = pipe.generate(source, audio, seed=4, **opts)
+    assert not np.array_equal(clip.frames, other.frames)
+    # the one-video entry point makes the same frames (PNG frames: lossless)
+    generate_video(source, audio, f"{work}/pipe_frames/", checkpoints=ckpt, seed=3, **opts)
+    np.testing.assert_array_equal(_png_frames(work / "pipe_frames"), clip.frames)
+    assert len(loads) == 1
+    assert _video_info(clip.save(work / "clip_saved.mp4")) == (4, 25, 160, 160)
+    with pytest.raises(TalkingHeadError, match="seed or generator, not both"):
+        pipe.generate(source, audio, seed=1, generator=torch.Generator(), **opts)
+    with pytest.raises(TalkingHeadError, match="the output is the source input"):
+        pipe.generate(source, audio, source, **opts)
+
+
+def test_batch_worker_loads_a_dithead_checkpoint_once(trained, monkeypatch):
+    from talkinghead.batch.jobs import BatchJob
+    from talkinghead.batch.worker import JobWorker, WorkerSettings
+    from talkinghead.methods.dithead.pipeline import DiTHeadModels
+
+    _, ckpt, _, work = trained
+    loads = []
+    real_load = DiTHeadModels.load.__func__
+    monkeypatch.setattr(
+        DiTHeadModels, "load", classmethod(lambda cls, *a: loads.append(a) or real_load(cls, *a))
+    )
+    worker = JobWorker(WorkerSettings(), "cpu")
+    outcomes = [
+        worker.run(
+            BatchJob(
+                f"job{i}",
+                work / "videos" / "clip.mp4",
+                _audio(work, 3),
+                str(work / f"batch_{i}.mp4"),
+                method="dithead",
+                settings={"seed": i, "steps": 1},
+                checkpoints=ckpt,
+                options={"fps": 25, "face_backend": "mediapipe"},
+            )
+        )
+        for i in range(2)
+    ]
+    assert [(o.ok, o.frames) for o in outcomes] == [(True, 3), (True, 3)], outcomes
+    assert len(loads) == 1

@@ -151,6 +151,15 @@ def test_to_moves_the_networks_and_returns_the_pipeline(pipe) -> None:
     assert pipe.config.device == "cpu" and not pipe.config.fp16  # unchanged by the failures
 
 
+def test_repr_says_what_runs_where(pipe) -> None:
+    text = repr(pipe)
+    assert text.startswith("DittoPipeline(checkpoints=") and "device=cpu" in text
+    assert "dtype=float32" in text and "runtime='auto'" in text
+    assert "motion='LMDM, 2 DDIM steps'" in text
+    assert "hubert='onnxruntime, CPUExecutionProvider'" in text
+    assert f"face_backend={pipe.face_backend!r}" in text and "shared_batching=False" in text
+
+
 def test_blink_is_a_config_field(pipe, speech, tmp_path) -> None:
     with pytest.raises(TalkingHeadError, match="blink clip"):
         DittoConfig(blink=True).stitch_config()

@@ -86,6 +86,20 @@ class DiffTalkConfig:
             )
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def check(self) -> DiffTalkConfig:
+        """Refuse settings generation cannot run with (before any model loads); returns self."""
+        if self.fps is not None and self.fps <= 0:
+            raise TalkingHeadError(f"fps must be positive, got {self.fps}")
+        if self.interpolation not in INTERPOLATION_KINDS:
+            raise TalkingHeadError(
+                f"interpolation must be one of {', '.join(INTERPOLATION_KINDS)}, "
+                f"not {self.interpolation!r}"
+            )
+        check_steps(self.steps)
+        if self.eta < 0:
+            raise TalkingHeadError(f"DiffTalk needs eta >= 0, got {self.eta}")
+        return self
+
 
 @dataclass
 class SourceFaces:
@@ -135,22 +149,13 @@ class DiffTalkGenerator:
         config: DiffTalkConfig | None = None,
         device: str | torch.device = "cpu",
         audio_encoder=None,
+        analyzer=None,
     ) -> None:
         self.models = models
-        self.config = config or DiffTalkConfig()
-        if self.config.fps is not None and self.config.fps <= 0:
-            raise TalkingHeadError(f"fps must be positive, got {self.config.fps}")
-        if self.config.interpolation not in INTERPOLATION_KINDS:
-            raise TalkingHeadError(
-                f"interpolation must be one of {', '.join(INTERPOLATION_KINDS)}, "
-                f"not {self.config.interpolation!r}"
-            )
-        check_steps(self.config.steps)
-        if self.config.eta < 0:
-            raise TalkingHeadError(f"DiffTalk needs eta >= 0, got {self.config.eta}")
+        self.config = (config or DiffTalkConfig()).check()
         self.device = torch.device(device)
         self._audio_encoder = audio_encoder
-        self._analyzer = None
+        self._analyzer = analyzer
         self._source_cache: OrderedDict[Any, _SourceInputs] = OrderedDict()
 
     # -- inputs
@@ -304,11 +309,14 @@ class DiffTalkGenerator:
         num_frames: int,
         *,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
         progress: Progress | None = None,
     ) -> Iterator[FrameResult]:
         """Output frames in order (progressive: each frame's reference is the last output)."""
         audio = self.audio_windows(audio_16k, num_frames, source.fps)
-        yield from self.frames_from_windows(source, audio, seed=seed, progress=progress)
+        yield from self.frames_from_windows(
+            source, audio, seed=seed, generator=generator, progress=progress
+        )
 
     def frames_from_windows(
         self,
@@ -316,16 +324,19 @@ class DiffTalkGenerator:
         audio: np.ndarray,
         *,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
         progress: Progress | None = None,
     ) -> Iterator[FrameResult]:
         """`frames` for audio already windowed: [num_frames, 2w + 1, 16, C] (`audio_windows`;
-        training's samples take a prepared clip's windows)."""
+        training's samples take a prepared clip's windows). The noise comes from
+        ``generator`` (a CPU one), else from ``seed``, else from a fresh random seed."""
         from talkinghead.face.paste import PasteBack
 
         num_frames = len(audio)
-        generator = torch.Generator("cpu").manual_seed(
-            int(seed) if seed is not None else random.SystemRandom().randrange(2**63)
-        )
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(
+                int(seed) if seed is not None else random.SystemRandom().randrange(2**63)
+            )
         paste = PasteBack()
         reference = source.crops[0]
         if progress:

@@ -22,12 +22,17 @@ training's validation samples run too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from talkinghead.errors import TalkingHeadError
 from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
-from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, load_difftalk
+from talkinghead.media.clip import VideoClip
+from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, DiffTalkModels, load_difftalk
 from talkinghead.methods.difftalk.generation import (
     DiffTalkConfig,
     DiffTalkGenerator,
@@ -37,6 +42,157 @@ from talkinghead.methods.difftalk.generation import (
     compose,
 )
 from talkinghead.timebase import SAMPLE_RATE
+from talkinghead.validation import check_not_an_input, check_output, resolve_device
+
+
+def _check_resolution(resolution: Any) -> int | None:
+    if resolution is not None and int(resolution) not in RESOLUTIONS:
+        raise TalkingHeadError(
+            f"DiffTalk resolution must be one of {RESOLUTIONS}, got {resolution}"
+        )
+    return None if resolution is None else int(resolution)
+
+
+class DiffTalkPipeline:
+    """DiffTalk with its networks loaded once: `from_pretrained`, `.to()`, then `generate`
+    as often as wanted. The audio model, face analyser and frame interpolator are made
+    on first use and kept for later calls with the same settings. One `generate` at a
+    time per pipeline (the face analyser is not shared between threads)."""
+
+    LOAD_OPTIONS: tuple[str, ...] = ("resolution",)  # picks the 256 or 512 px checkpoint
+
+    def __init__(
+        self, models: DiffTalkModels, device: str | torch.device = "cpu", *, audio_encoder=None
+    ) -> None:
+        self.models = models
+        self._device = torch.device(device)
+        self._audio_encoder = audio_encoder  # a given `CharProbabilityEncoder`: every call
+        self._encoders: dict[str | None, Any] = {}
+        self._analyzers: dict[str, Any] = {}
+        self._interpolators: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoints: str | os.PathLike[str],
+        *,
+        resolution: int | None = None,
+        device: str | torch.device = "cpu",
+        audio_encoder=None,
+    ) -> DiffTalkPipeline:
+        """Load a `train-difftalk` folder (``resolution`` 256 | 512 picks between the
+        ``256/`` and ``512/`` subfolders of one holding both)."""
+        device = resolve_device(str(device))
+        models = load_difftalk(Path(checkpoints), _check_resolution(resolution), device)
+        return cls(models, device, audio_encoder=audio_encoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to(self, device: str | torch.device) -> DiffTalkPipeline:
+        """Move the networks to ``device`` (cpu, cuda, cuda:N, auto); returns the pipeline."""
+        device = torch.device(resolve_device(str(device)))
+        if device != self._device:
+            self.models.autoencoder.to(device)
+            self.models.ldm.to(device)
+            self._device = device
+            self._encoders.clear()  # they hold device-bound networks
+            self._interpolators.clear()
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"DiffTalkPipeline(checkpoints={str(self.models.directory)!r}, "
+            f"device={self.device}, resolution={self.models.resolution})"
+        )
+
+    def _generator(self, config: DiffTalkConfig) -> DiffTalkGenerator:
+        encoder = self._audio_encoder or self._encoders.get(config.audio_model)
+        gen = DiffTalkGenerator(
+            self.models,
+            config,
+            self.device,
+            audio_encoder=encoder,
+            analyzer=self._analyzers.get(config.face_backend),
+        )
+        if self._audio_encoder is None:  # loaded (and checked) before any frame is decoded
+            self._encoders[config.audio_model] = gen.audio_encoder()
+        return gen
+
+    def _interpolator(self, kind: str) -> Any:
+        if kind not in self._interpolators:
+            self._interpolators[kind] = create_interpolator(
+                kind, self.models.directory, str(self.device)
+            )
+        return self._interpolators[kind]
+
+    def generate(
+        self,
+        source: str | os.PathLike[str],
+        audio: str | os.PathLike[str],
+        output: str | os.PathLike[str] | None = None,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> Path | VideoClip:
+        """`source` (image or video) speaking `audio`: the written path, or with
+        ``output=None`` a `VideoClip` (every frame in memory).
+
+        ``generator`` (a CPU `torch.Generator`) draws the noise; ``seed=s`` is the same as
+        ``generator=torch.Generator().manual_seed(s)``; neither: a fresh random seed.
+        Options: the fields of `DiffTalkConfig` (``resolution`` is accepted when it is the
+        loaded checkpoint's).
+        """
+        from talkinghead.audio.io import load_audio
+        from talkinghead.media.writer import open_writer
+
+        options = dict(options)
+        resolution = _check_resolution(options.pop("resolution", None))
+        if resolution is not None and resolution != self.models.resolution:
+            raise TalkingHeadError(
+                f"this pipeline holds the {self.models.resolution} px DiffTalk checkpoint, "
+                f"not {resolution} px: load that one with from_pretrained(resolution={resolution})"
+            )
+        if generator is not None and seed is not None:
+            raise TalkingHeadError("pass seed or generator, not both")
+        config = DiffTalkConfig().replace(steps=steps, **options)
+        if output is not None:
+            check_not_an_input(output, {"source": source, "audio": audio})
+            check_output(output)  # before the work, not after minutes of it
+        gen = self._generator(config)
+        # Before any frame is made: "rife" without its weights fails here.
+        interpolator = self._interpolator(config.interpolation)
+
+        audio_path = Path(audio)
+        audio_16k = load_audio(audio_path, SAMPLE_RATE)
+        src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
+        self._analyzers[config.face_backend] = gen.analyzer()
+        out_fps = src.fps * 2 if interpolator is not None else src.fps
+        stream = (
+            r.frame
+            for r in gen.frames(
+                src, audio_16k, n, seed=seed, generator=generator, progress=progress
+            )
+        )
+        if interpolator is not None:
+            stream = interpolate_2x(stream, interpolator)
+        mux_rate = 48000
+        mux_audio = load_audio(audio_path, mux_rate)
+        if output is None:
+            return VideoClip(np.stack(list(stream)), out_fps, mux_audio, mux_rate)
+        writer = open_writer(output, fps=out_fps, audio=(mux_audio, mux_rate))
+        try:
+            for frame in stream:
+                writer.write(frame)
+            path = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return Path(path) if path is not None else Path(str(output))
 
 
 def generate_video(
@@ -53,47 +209,27 @@ def generate_video(
 ) -> Path:
     """Write a DiffTalk video of `source` (image or video) speaking `audio` to `output`.
 
-    Method options: ``resolution`` (256 | 512: which checkpoint), ``audio_encoder`` (a
-    `CharProbabilityEncoder` object) and the fields of `DiffTalkConfig`.
+    The registry's entry point (``talkinghead generate --method difftalk``): loads a
+    `DiffTalkPipeline` for this one video. Method options: ``resolution`` (256 | 512:
+    which checkpoint), ``audio_encoder`` (a `CharProbabilityEncoder` object) and the
+    fields of `DiffTalkConfig`.
     """
-    from talkinghead.audio.io import load_audio
-    from talkinghead.media.writer import open_writer
-
     options = dict(method_options)
-    resolution = options.pop("resolution", None)
+    resolution = _check_resolution(options.pop("resolution", None))
     encoder = options.pop("audio_encoder", None)
-    if resolution is not None and int(resolution) not in RESOLUTIONS:
-        raise TalkingHeadError(
-            f"DiffTalk resolution must be one of {RESOLUTIONS}, got {resolution}"
-        )
-    config = DiffTalkConfig().replace(steps=steps, **options)
-    models = load_difftalk(Path(checkpoints), int(resolution) if resolution else None, device)
-    gen = DiffTalkGenerator(models, config, device, audio_encoder=encoder)
-    # Before any frame is made: "rife" without its weights fails here.
-    interpolator = create_interpolator(config.interpolation, models.directory, device)
-
-    audio_path = Path(audio)
-    audio_16k = load_audio(audio_path, SAMPLE_RATE)
-    src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
-    out_fps = src.fps * 2 if interpolator is not None else src.fps
-    mux_rate = 48000
-    writer = open_writer(output, fps=out_fps, audio=(load_audio(audio_path, mux_rate), mux_rate))
-    try:
-        stream = (r.frame for r in gen.frames(src, audio_16k, n, seed=seed, progress=progress))
-        if interpolator is not None:
-            stream = interpolate_2x(stream, interpolator)
-        for frame in stream:
-            writer.write(frame)
-        path = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return Path(path) if path is not None else Path(str(output))
+    DiffTalkConfig().replace(steps=steps, **options).check()  # before any model loads
+    pipe = DiffTalkPipeline.from_pretrained(
+        checkpoints, resolution=resolution, device=device, audio_encoder=encoder
+    )
+    out = pipe.generate(source, audio, output, seed=seed, steps=steps, progress=progress, **options)
+    assert isinstance(out, Path)
+    return out
 
 
 __all__ = [
     "DiffTalkConfig",
     "DiffTalkGenerator",
+    "DiffTalkPipeline",
     "FrameResult",
     "SourceFaces",
     "compose",

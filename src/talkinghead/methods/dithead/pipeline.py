@@ -20,7 +20,9 @@ forwards and backwards when it is shorter, and a still image is repeated):
    else DIS optical flow); ``fps=25`` skips it.
 
 The video is written with the (16 kHz) audio. Everything random (the reference
-frame, the initial noise of each frame) comes from ``seed``. Steps 2-4 are
+frame, the initial noise of each frame) comes from one ``torch.Generator`` (``seed``).
+`DiTHeadPipeline` holds the loaded networks for many videos; `generate_video` is the
+one-video entry point the CLI and batch runs call. Steps 2-4 are
 `talkinghead.methods.dithead.generation.DiTHeadGenerator`, which training's validation
 samples run too.
 
@@ -32,6 +34,7 @@ optionally ``wav2vec2/`` (a local copy of the audio model) and ``rife/flownet.pk
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ import torch
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
 from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
+from talkinghead.media.clip import VideoClip
 from talkinghead.media.video import iter_video_frames
 from talkinghead.methods.dithead.config import DataSettings
 from talkinghead.methods.dithead.features import audio_windows, crop_face, lower_face_mask
@@ -55,7 +59,7 @@ from talkinghead.methods.dithead.generation import (
     pingpong,
 )
 from talkinghead.timebase import FPS, SAMPLE_RATE
-from talkinghead.validation import check_steps
+from talkinghead.validation import check_not_an_input, check_output, check_steps, resolve_device
 
 _OPTIONS = {
     "fps", "interpolation", "eta", "face_backend", "aux_dir", "audio_model", "max_side",
@@ -102,22 +106,177 @@ def analyze_source(
     return out
 
 
-def audio_features(
-    audio_16k: np.ndarray, models: DiTHeadModels, audio_model: str | None, device: str
-) -> np.ndarray:
-    """Per-frame windows [N, window * vocab] for the audio, with the training's encoder:
-    ``audio_model`` if given, else ``<checkpoints>/wav2vec2``, else the one recorded in
-    the checkpoint (a local directory or a hub id)."""
-    local = models.root / LOCAL_MODEL_DIRNAME
-    name = audio_model or (str(local) if local.is_dir() else models.settings.audio_model)
-    encoder = Wav2Vec2CTCEncoder(name, device=device)
-    a = models.settings.audio
-    if encoder.vocab_size != a.vocab_size:
-        raise CheckpointError(
-            f"{name}: the audio model has {encoder.vocab_size} CTC tokens, the DiT was "
-            f"trained with {a.vocab_size}"
+def _check_options(options: dict[str, Any]) -> int:
+    """Refuse unknown options and a frame rate DiT-Head does not write; returns the fps."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TalkingHeadError(f"unknown dithead option(s): {', '.join(sorted(unknown))}")
+    fps = int(options.get("fps", 50))
+    if fps not in (25, 50):
+        raise TalkingHeadError(f"DiT-Head writes 25 or 50 fps, not {fps}")
+    return fps
+
+
+class DiTHeadPipeline:
+    """DiT-Head with its networks loaded once: `from_pretrained`, `.to()`, then `generate`
+    as often as wanted. The audio model, face analyser and frame interpolator are made
+    on first use and kept for later calls with the same settings. One `generate` at a
+    time per pipeline (the face analyser is not shared between threads)."""
+
+    LOAD_OPTIONS: tuple[str, ...] = ()  # the checkpoint alone fixes the weights
+
+    def __init__(self, models: DiTHeadModels, device: str | torch.device = "cpu") -> None:
+        self.models = models
+        self._device = torch.device(device)
+        self._encoders: dict[str, Wav2Vec2CTCEncoder] = {}
+        self._analyzers: dict[tuple[str, str | None], Any] = {}
+        self._interpolators: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, checkpoints: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    ) -> DiTHeadPipeline:
+        """Load ``vq_full.pt``, ``vq_masked.pt`` and ``dit.pt`` from a `train-dithead`
+        folder (or its ``dithead/`` subfolder)."""
+        device = resolve_device(str(device))
+        return cls(DiTHeadModels.load(Path(checkpoints), device), device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to(self, device: str | torch.device) -> DiTHeadPipeline:
+        """Move the networks to ``device`` (cpu, cuda, cuda:N, auto); returns the pipeline."""
+        device = torch.device(resolve_device(str(device)))
+        if device != self._device:
+            for net in (self.models.vq_full, self.models.vq_masked, self.models.dit):
+                net.to(device)
+            self._device = device
+            self._encoders.clear()  # they hold device-bound networks
+            self._interpolators.clear()
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"DiTHeadPipeline(checkpoints={str(self.models.root)!r}, device={self.device}, "
+            f"crop={self.models.settings.crop.size}px)"
         )
-    return audio_windows(encoder.frame_logits(audio_16k), a.window)
+
+    def _encoder(self, audio_model: str | None) -> Wav2Vec2CTCEncoder:
+        local = self.models.root / LOCAL_MODEL_DIRNAME
+        name = audio_model or (str(local) if local.is_dir() else self.models.settings.audio_model)
+        if name not in self._encoders:
+            self._encoders[name] = Wav2Vec2CTCEncoder(name, device=str(self.device))
+        return self._encoders[name]
+
+    def _analyzer(self, backend: str, aux_dir: str | None) -> Any:
+        from talkinghead.face import create_face_analyzer
+
+        key = (backend, None if aux_dir is None else str(aux_dir))
+        if key not in self._analyzers:
+            self._analyzers[key] = create_face_analyzer(backend, aux_dir)
+        return self._analyzers[key]
+
+    def _interpolator(self, kind: str) -> Any:
+        if kind not in self._interpolators:
+            self._interpolators[kind] = create_interpolator(
+                kind, self.models.root, str(self.device)
+            )
+        return self._interpolators[kind]
+
+    def generate(
+        self,
+        source: str | os.PathLike[str],
+        audio: str | os.PathLike[str],
+        output: str | os.PathLike[str] | None = None,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> Path | VideoClip:
+        """Dub ``source`` (video or image) with ``audio``: the written path, or with
+        ``output=None`` a `VideoClip` (every frame in memory).
+
+        ``generator`` (a CPU `torch.Generator`) draws everything random, the first
+        reference frame and each frame's noise; ``seed=s`` is the same as
+        ``generator=torch.Generator().manual_seed(s)``; neither: a fresh random seed.
+        Options: ``fps`` (50: 2x interpolated, the paper's output; or 25),
+        ``interpolation`` ("auto" | "rife" | "flow" | "farneback" | "none"), ``eta``
+        (DDIM, 0.0), ``face_backend`` ("auto") and ``aux_dir``, ``audio_model`` (wav2vec2
+        directory or hub id; default ``<checkpoints>/wav2vec2``, else the model used in
+        training), ``max_side`` (1920), ``evolve`` (True: previous latent as reference),
+        ``reference_frame`` (index of the first reference; default random). ``resolution``
+        is accepted for the CLI's sake and ignored: the checkpoint fixes the crop size.
+        """
+        from talkinghead.audio.io import load_audio
+        from talkinghead.media.writer import open_writer
+
+        opts = options
+        fps = _check_options(opts)
+        steps = DEFAULT_STEPS if steps is None else steps
+        check_steps(steps, self.models.n_timestep)
+        if generator is not None and seed is not None:
+            raise TalkingHeadError("pass seed or generator, not both")
+        if generator is None:
+            seed = secrets.randbits(31) if seed is None else int(seed)
+            generator = torch.Generator().manual_seed(seed)
+        if output is not None:
+            check_not_an_input(output, {"source": source, "audio": audio})
+            check_output(output)  # before the work, not after minutes of it
+
+        wav = load_audio(Path(audio), SAMPLE_RATE)
+        if progress:
+            progress("audio", 0, None)
+        windows = self._audio_windows(wav, opts.get("audio_model"))
+        if len(windows) == 0:
+            raise MediaError(f"{audio}: the audio is too short for one frame")
+        if progress:
+            progress("audio", len(windows), len(windows))
+
+        # ping-pong never needs more than N source frames
+        frames = _source_frames(Path(source), opts.get("max_side", 1920), len(windows))
+        analyzer = self._analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
+        faces = analyze_source(frames, self.models.settings, analyzer, progress)
+
+        reference = opts.get("reference_frame")
+        if reference is None:
+            reference = int(torch.randint(len(faces), (1,), generator=generator))
+        elif not 0 <= int(reference) < len(faces):
+            raise TalkingHeadError(f"reference_frame {reference} is outside 0..{len(faces) - 1}")
+        gen = DiTHeadGenerator(self.models, steps, float(opts.get("eta", 0.0)), str(self.device))
+        stream = gen.frames(
+            faces,
+            windows,
+            generator=generator,
+            reference=int(reference),
+            evolve=bool(opts.get("evolve", True)),
+            progress=progress,
+        )
+        if fps == 50:
+            interp = self._interpolator(opts.get("interpolation", "auto"))
+            if interp is not None:
+                stream = interpolate_2x(stream, interp)
+            else:  # no interpolation asked for: each frame shown twice
+                stream = (f for frame in stream for f in (frame, frame))
+        if output is None:
+            return VideoClip(np.stack(list(stream)), fps, wav, SAMPLE_RATE)
+        with open_writer(output, fps=fps, audio=(wav, SAMPLE_RATE)) as writer:
+            for frame in stream:
+                writer.write(frame)
+        path = writer.close()
+        return Path(output) if path is None else path
+
+    def _audio_windows(self, audio_16k: np.ndarray, audio_model: str | None) -> np.ndarray:
+        encoder = self._encoder(audio_model)
+        a = self.models.settings.audio
+        if encoder.vocab_size != a.vocab_size:
+            raise CheckpointError(
+                f"{encoder.name}: the audio model has {encoder.vocab_size} CTC tokens, the "
+                f"DiT was trained with {a.vocab_size}"
+            )
+        return audio_windows(encoder.frame_logits(audio_16k), a.window)
 
 
 def generate_video(
@@ -134,81 +293,26 @@ def generate_video(
 ) -> Path:
     """Dub ``source`` (video or image) with ``audio``; returns the written path.
 
-    Options: ``fps`` (50: 2x interpolated, the paper's output; or 25), ``interpolation``
-    ("auto" | "rife" | "flow" | "farneback" | "none"), ``eta`` (DDIM, 0.0),
-    ``face_backend`` ("auto") and ``aux_dir``, ``audio_model`` (wav2vec2 directory
-    or hub id; default ``<checkpoints>/wav2vec2``, else the model used in training),
-    ``max_side`` (1920), ``evolve`` (True: previous latent as reference),
-    ``reference_frame`` (index of the first reference; default random). ``resolution``
-    is accepted for the CLI's sake and ignored: the checkpoint fixes the crop size.
+    The registry's entry point (``talkinghead generate --method dithead``): loads a
+    `DiTHeadPipeline` for this one video; its `generate` lists the options.
     """
-    from talkinghead.audio.io import load_audio
-    from talkinghead.face import create_face_analyzer
-    from talkinghead.media.writer import open_writer
-
-    unknown = set(method_options) - _OPTIONS
-    if unknown:
-        raise TalkingHeadError(f"unknown dithead option(s): {', '.join(sorted(unknown))}")
-    opts = method_options
-    fps = int(opts.get("fps", 50))
-    if fps not in (25, 50):
-        raise TalkingHeadError(f"DiT-Head writes 25 or 50 fps, not {fps}")
-    steps = DEFAULT_STEPS if steps is None else steps
-    check_steps(steps)
-    seed = secrets.randbits(31) if seed is None else int(seed)
-
-    models = DiTHeadModels.load(Path(checkpoints), device)
-    check_steps(steps, models.n_timestep)  # a model trained on another schedule length
-    wav = load_audio(Path(audio), SAMPLE_RATE)
-    if progress:
-        progress("audio", 0, None)
-    windows = audio_features(wav, models, opts.get("audio_model"), device)
-    if len(windows) == 0:
-        raise MediaError(f"{audio}: the audio is too short for one frame")
-    if progress:
-        progress("audio", len(windows), len(windows))
-
-    # ping-pong never needs more than N source frames
-    frames = _source_frames(Path(source), opts.get("max_side", 1920), len(windows))
-    analyzer = create_face_analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
-    faces = analyze_source(frames, models.settings, analyzer, progress)
-
-    rng = np.random.default_rng(seed)
-    reference = opts.get("reference_frame")
-    if reference is None:
-        reference = int(rng.integers(0, len(faces)))
-    elif not 0 <= int(reference) < len(faces):
-        raise TalkingHeadError(f"reference_frame {reference} is outside 0..{len(faces) - 1}")
-    generator = torch.Generator().manual_seed(seed)
-    gen = DiTHeadGenerator(models, steps, float(opts.get("eta", 0.0)), device)
-    stream = gen.frames(
-        faces,
-        windows,
-        generator=generator,
-        reference=int(reference),
-        evolve=bool(opts.get("evolve", True)),
-        progress=progress,
+    _check_options(method_options)  # before any model loads
+    check_steps(DEFAULT_STEPS if steps is None else steps)
+    pipe = DiTHeadPipeline.from_pretrained(checkpoints, device=device)
+    out = pipe.generate(
+        source, audio, output, seed=seed, steps=steps, progress=progress, **method_options
     )
-    if fps == 50:
-        interp = create_interpolator(opts.get("interpolation", "auto"), models.root, device)
-        if interp is not None:
-            stream = interpolate_2x(stream, interp)
-        else:  # no interpolation asked for: each frame shown twice
-            stream = (f for frame in stream for f in (frame, frame))
-    with open_writer(output, fps=fps, audio=(wav, SAMPLE_RATE)) as writer:
-        for frame in stream:
-            writer.write(frame)
-    path = writer.close()
-    return Path(output) if path is None else path
+    assert isinstance(out, Path)
+    return out
 
 
 __all__ = [
     "DEFAULT_STEPS",
     "DiTHeadGenerator",
     "DiTHeadModels",
+    "DiTHeadPipeline",
     "SourceFace",
     "analyze_source",
-    "audio_features",
     "generate_video",
     "paste_masked",
     "pingpong",

@@ -370,6 +370,23 @@ class DittoPipeline:
     def face_backend(self) -> str:
         return str(getattr(self.models.registrar.face_analyzer, "name", "unknown"))
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        if self.motion_sampler is not None:
+            motion = type(self.motion_sampler).__name__
+        elif self.motion_denoiser is not None:
+            motion = f"{type(self.motion_denoiser).__name__}, {cfg.steps} DDIM steps"
+        else:
+            motion = f"LMDM, {cfg.steps} DDIM steps"
+        speech = self.models.speech_encoder
+        return (
+            f"DittoPipeline(checkpoints={self.models.identity!r}, device={self.device}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, runtime={cfg.runtime!r}, "
+            f"motion={motion!r}, face_backend={self.face_backend!r}, "
+            f"hubert={getattr(speech, 'where', type(speech).__name__)!r}, "
+            f"shared_batching={self.batcher is not None})"
+        )
+
     # ------------------------------------------------------------------ building blocks
 
     def register(
