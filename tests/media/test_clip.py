@@ -43,3 +43,29 @@ def test_an_unknown_output_is_refused(tmp_path):
     with pytest.raises(MediaError, match="cannot tell what to write"):
         _clip().save(tmp_path / "clip.gif")
     assert not list(tmp_path.iterdir())
+
+
+def test_write_or_return_collects_or_writes_frames_as_they_come(tmp_path):
+    from talkinghead.media.clip import write_or_return
+
+    clip = _clip(4)
+    made = write_or_return(iter(clip.frames), None, fps=25, audio=clip.audio, sample_rate=16000)
+    assert isinstance(made, VideoClip) and np.array_equal(made.frames, clip.frames)
+    path = write_or_return(
+        (f for f in clip.frames), tmp_path / "out.mp4", fps=25, audio=clip.audio, sample_rate=16000
+    )
+    assert path == tmp_path / "out.mp4" and path.stat().st_size > 0
+
+
+def test_a_failing_frame_source_leaves_no_output(tmp_path):
+    from talkinghead.media.clip import write_or_return
+
+    def frames():
+        yield _clip(1).frames[0]
+        raise RuntimeError("the network failed")
+
+    with pytest.raises(RuntimeError, match="the network failed"):
+        write_or_return(
+            frames(), tmp_path / "out.mp4", fps=25, audio=_clip().audio, sample_rate=16000
+        )
+    assert not list(tmp_path.iterdir())

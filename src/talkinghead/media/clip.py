@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,33 @@ class VideoClip:
     def seconds(self) -> float:
         return self.num_frames / float(self.fps)
 
-    def save(self, output: str | os.PathLike[str]) -> Path | None:
-        """Write the clip to ``output``; returns the written path (None for stdout)."""
-        from talkinghead.media.writer import open_writer
+    def save(self, output: str | os.PathLike[str]) -> Path:
+        """Write the clip to ``output``; returns the written path ("-" for stdout)."""
+        path = write_or_return(
+            self.frames, output, fps=self.fps, audio=self.audio, sample_rate=self.sample_rate
+        )
+        assert isinstance(path, Path)
+        return path
 
-        with open_writer(output, fps=self.fps, audio=(self.audio, self.sample_rate)) as writer:
-            writer.write_batch(self.frames)
-        return writer.close()
+
+def write_or_return(
+    frames: Iterable[np.ndarray],
+    output: str | os.PathLike[str] | None,
+    *,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+) -> Path | VideoClip:
+    """A pipeline's last step: ``frames`` (read as they come) written to ``output`` with
+    the audio, returning its path; ``output=None``: all of them, as a `VideoClip`."""
+    from talkinghead.media.writer import open_writer
+
+    if output is None:
+        return VideoClip(np.stack(list(frames)), fps, audio, sample_rate)
+    with open_writer(output, fps=fps, audio=(audio, sample_rate)) as writer:
+        writer.write_batch(frames)
+    path = writer.close()
+    return Path(os.fspath(output)) if path is None else path
 
 
-__all__ = ["VideoClip"]
+__all__ = ["VideoClip", "write_or_return"]

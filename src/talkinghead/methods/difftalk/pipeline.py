@@ -26,12 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from talkinghead.errors import TalkingHeadError
 from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
-from talkinghead.media.clip import VideoClip
+from talkinghead.media.clip import VideoClip, write_or_return
 from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, DiffTalkModels, load_difftalk
 from talkinghead.methods.difftalk.generation import (
     DiffTalkConfig,
@@ -148,7 +147,6 @@ class DiffTalkPipeline:
         loaded checkpoint's).
         """
         from talkinghead.audio.io import load_audio
-        from talkinghead.media.writer import open_writer
 
         options = dict(options)
         resolution = _check_resolution(options.pop("resolution", None))
@@ -182,17 +180,7 @@ class DiffTalkPipeline:
             stream = interpolate_2x(stream, interpolator)
         mux_rate = 48000
         mux_audio = load_audio(audio_path, mux_rate)
-        if output is None:
-            return VideoClip(np.stack(list(stream)), out_fps, mux_audio, mux_rate)
-        writer = open_writer(output, fps=out_fps, audio=(mux_audio, mux_rate))
-        try:
-            for frame in stream:
-                writer.write(frame)
-            path = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        return Path(path) if path is not None else Path(str(output))
+        return write_or_return(stream, output, fps=out_fps, audio=mux_audio, sample_rate=mux_rate)
 
 
 def generate_video(

@@ -45,7 +45,7 @@ import torch
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
 from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
-from talkinghead.media.clip import VideoClip
+from talkinghead.media.clip import VideoClip, write_or_return
 from talkinghead.media.video import iter_video_frames
 from talkinghead.methods.dithead.config import DataSettings
 from talkinghead.methods.dithead.features import audio_windows, crop_face, lower_face_mask
@@ -211,7 +211,6 @@ class DiTHeadPipeline:
         is accepted for the CLI's sake and ignored: the checkpoint fixes the crop size.
         """
         from talkinghead.audio.io import load_audio
-        from talkinghead.media.writer import open_writer
 
         opts = options
         fps = _check_options(opts)
@@ -260,13 +259,7 @@ class DiTHeadPipeline:
                 stream = interpolate_2x(stream, interp)
             else:  # no interpolation asked for: each frame shown twice
                 stream = (f for frame in stream for f in (frame, frame))
-        if output is None:
-            return VideoClip(np.stack(list(stream)), fps, wav, SAMPLE_RATE)
-        with open_writer(output, fps=fps, audio=(wav, SAMPLE_RATE)) as writer:
-            for frame in stream:
-                writer.write(frame)
-        path = writer.close()
-        return Path(output) if path is None else path
+        return write_or_return(stream, output, fps=fps, audio=wav, sample_rate=SAMPLE_RATE)
 
     def _audio_windows(self, audio_16k: np.ndarray, audio_model: str | None) -> np.ndarray:
         encoder = self._encoder(audio_model)
