@@ -12,16 +12,30 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-_LAZY = ("DittoPipeline", "DittoConfig")
+# name -> the module that defines it
+_LAZY = {
+    "DittoPipeline": "talkinghead.methods.ditto",
+    "DittoConfig": "talkinghead.methods.ditto",
+    "DiTHeadPipeline": "talkinghead.methods.dithead.pipeline",
+    "DiffTalkPipeline": "talkinghead.methods.difftalk.pipeline",
+    "VideoClip": "talkinghead.media.clip",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Importing the pipeline pulls in torch: done on first use, so the CLI starts fast.
+    # Importing a pipeline pulls in torch: done on first use, so the CLI starts fast.
     if name in _LAZY:
-        import talkinghead.methods.ditto as ditto
+        import importlib
 
-        return getattr(ditto, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DittoConfig", "DittoPipeline", "__version__"]
+__all__ = [
+    "DiTHeadPipeline",
+    "DiffTalkPipeline",
+    "DittoConfig",
+    "DittoPipeline",
+    "VideoClip",
+    "__version__",
+]
