@@ -252,6 +252,33 @@ def test_another_method_s_model_loads_once_for_all_its_clips(tmp_path, monkeypat
         generator.close()
 
 
+def test_a_method_without_a_pipeline_class_runs_generate_per_clip(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from talkinghead.app.generation import Request
+    from talkinghead.methods import METHODS
+    from talkinghead.methods.dithead import pipeline as dithead
+
+    calls = []
+
+    def generate_video(source, audio, output, *, checkpoints, seed, steps, device, progress):
+        calls.append((Path(checkpoints), seed, steps, device))
+        Path(output).write_bytes(b"video")
+        return Path(output)
+
+    monkeypatch.setitem(METHODS, "dithead", replace(METHODS["dithead"], pipeline=None))
+    monkeypatch.setattr(dithead, "generate_video", generate_video)
+    generator = Generator(AppSettings(device="cpu", other_models={"dithead": tmp_path}))
+    try:
+        request = Request(
+            source=str(PORTRAIT), audio=str(_wav(tmp_path, 0.2)), method="dithead", steps=2, seed=4
+        )
+        assert generator.run(request).read_bytes() == b"video"
+        assert calls == [(tmp_path, 4, 2, "cpu")]
+    finally:
+        generator.close()
+
+
 def test_the_page_makes_a_clip_in_chromium(app_url, tmp_path) -> None:
     try:
         from playwright.sync_api import sync_playwright

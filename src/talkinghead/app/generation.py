@@ -254,10 +254,23 @@ class Generator:
             check.check_face(checked.frame, analyzer, Path(request.source).name)
         finally:
             _close(analyzer)
+        method = METHODS[request.method]
+        checkpoints = s.other_models[request.method]
+        if method.pipeline is None:  # no pipeline class: the one-video entry point
+            result = method.entry_point("generate")(
+                request.source,
+                request.audio,
+                str(output),
+                checkpoints=checkpoints,
+                seed=seed,
+                steps=steps,
+                device=s.device,
+                progress=progress,
+            )
+            return Path(getattr(result, "output", result))
         pipe = self._other_pipes.get(request.method)
         if pipe is None:
-            pipeline = METHODS[request.method].entry_point("pipeline")
-            pipe = pipeline.from_pretrained(s.other_models[request.method], device=s.device)
+            pipe = method.entry_point("pipeline").from_pretrained(checkpoints, device=s.device)
             self._other_pipes[request.method] = pipe
         result = pipe.generate(
             request.source, request.audio, str(output), seed=seed, steps=steps, progress=progress

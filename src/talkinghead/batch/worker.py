@@ -7,7 +7,9 @@ analyser (the crop is fixed when the analyser is built). A portrait is registere
 once (through the avatar disk cache, which all workers share) and its avatar kept in
 memory for the worker's next jobs with it. DiT-Head and DiffTalk jobs run on the
 methods registry's ``pipeline`` class, loaded on a worker's first job with those
-checkpoints and kept for its later ones (the last `OTHER_PIPELINES_KEPT`). Each job is written by the media writers (temp file + rename), so a job
+checkpoints and kept for its later ones (the last `OTHER_PIPELINES_KEPT`); a method
+without one goes through its ``generate`` entry point. Each job is written by the
+media writers (temp file + rename), so a job
 that fails, or a worker that is killed, never leaves a partial output under its name.
 
 A job's failure (a picture without a face, an unreadable file, any exception) is
@@ -255,15 +257,26 @@ class JobWorker:
         return pipe
 
     def _run_other(self, job: BatchJob, progress: StageProgress) -> JobOutcome:
-        path = self._other_pipeline(job).generate(
-            job.source,
-            job.audio,
-            job.output,
-            seed=job.settings.get("seed"),
-            steps=job.settings.get("steps"),
-            progress=progress,
-            **job.options,
-        )
+        from talkinghead.methods import get_method
+
+        method = get_method(job.method)
+        common = {"seed": job.settings.get("seed"), "steps": job.settings.get("steps")}
+        if method.pipeline is None:
+            generate = method.entry_point("generate")
+            path = generate(
+                job.source,
+                job.audio,
+                job.output,
+                checkpoints=job.checkpoints,
+                device=self.device,
+                progress=progress,
+                **common,
+                **job.options,
+            )
+        else:
+            path = self._other_pipeline(job).generate(
+                job.source, job.audio, job.output, progress=progress, **common, **job.options
+            )
         frames, size = probe_video(Path(path))
         return JobOutcome(job.key, True, frames=frames, size=size)
 

@@ -33,7 +33,7 @@ from talkinghead.errors import SettingsError, TalkingHeadError
 
 _WHAT = {
     "generate": "generation",
-    "pipeline": "a pipeline class",
+    "pipeline": "pipeline class",
     "prepare": "data preparation",
     "commands": "the commands",
 }
@@ -51,7 +51,7 @@ class Method:
     name: str
     summary: str
     generate: str | None = "pipeline:generate_video"  # None: the method has no such entry
-    pipeline: str | None = None
+    pipeline: str | None = None  # None: batch runs and the app call `generate` per video
     prepare: str | None = "data:prepare_dataset"
     commands: str = "commands:register"
     # Packages its networks need beyond the base install, and the extra that brings them.

@@ -80,7 +80,7 @@ class DiffTalkPipeline:
         audio_encoder=None,
     ) -> DiffTalkPipeline:
         """Load a `train-difftalk` folder (``resolution`` 256 | 512 picks between the
-        ``256/`` and ``512/`` subfolders of one holding both)."""
+        ``difftalk_256/`` and ``difftalk_512/`` subfolders of one holding both)."""
         device = resolve_device(str(device))
         models = load_difftalk(Path(checkpoints), _check_resolution(resolution), device)
         return cls(models, device, audio_encoder=audio_encoder)
