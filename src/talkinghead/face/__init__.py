@@ -7,6 +7,7 @@ mediapipe wheel (``mediapipe_backend``). Both are imported on first use.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from talkinghead.face.crop import (
@@ -48,6 +49,23 @@ def create_face_analyzer(
     return MediapipeFaceAnalyzer(crop)
 
 
+_THREAD_ANALYZERS = threading.local()
+
+
+def thread_face_analyzer(backend: str = "auto", aux_dir: str | Path | None = None) -> FaceAnalyzer:
+    """`create_face_analyzer`'s analyser (default crop), built once per thread and reused by
+    that thread's later calls with the same settings: MediaPipe's graphs take a while to
+    build and must not be shared between threads."""
+    cache = getattr(_THREAD_ANALYZERS, "cache", None)
+    if cache is None:
+        cache = _THREAD_ANALYZERS.cache = {}
+    # Only the release backend (and "auto", choosing it) reads files from aux_dir.
+    key = (backend, None if aux_dir is None or backend == "mediapipe" else str(aux_dir))
+    if key not in cache:
+        cache[key] = create_face_analyzer(backend, aux_dir=aux_dir)
+    return cache[key]
+
+
 __all__ = [
     "BACKENDS",
     "Crop",
@@ -63,6 +81,7 @@ __all__ = [
     "eye_attributes_from_landmarks",
     "feather_mask",
     "paste_back",
+    "thread_face_analyzer",
     "warp_image",
     "warp_points",
 ]

@@ -42,13 +42,13 @@ import numpy as np
 
 from talkinghead.audio.ctc import DEFAULT_CTC_MODEL, neighbour_indices, resolve_ctc_model
 from talkinghead.errors import MediaError, TalkingHeadError
+from talkinghead.face import thread_face_analyzer
 from talkinghead.methods.difftalk.features import (
     CROP_SCALE,
     CROP_SMOOTHING,
     CROP_VY,
     TrackedFaces,
     audio_windows,
-    face_analyzer,
     landmark_condition,
     masked_frame,
     to_tensor_image,
@@ -143,7 +143,7 @@ class DiffTalkVideoWorker:
     ) -> None:
         self.clips_dir = Path(out_dir) / "clips"
         self.options = options
-        self.analyzer = face_analyzer(options.face_backend, checkpoints)
+        self.analyzer = thread_face_analyzer(options.face_backend, checkpoints)
         if encoder is None:
             from talkinghead.audio.ctc import Wav2Vec2CTCEncoder
 

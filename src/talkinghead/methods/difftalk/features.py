@@ -14,10 +14,8 @@ and ``pipeline`` take all of these from here:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -131,25 +129,6 @@ def smooth_transforms(matrices: np.ndarray, window: int = CROP_SMOOTHING) -> np.
     return out
 
 
-_ANALYZERS = threading.local()
-
-
-def face_analyzer(backend: str = "mediapipe", aux_dir: Path | None = None) -> Any:
-    """A face analyser, reused by later calls from the same thread (MediaPipe's graphs take
-    a while to build and must not be shared between threads). Its own crop is unused:
-    DiffTalk crops from the landmarks (`track_faces`)."""
-    from talkinghead.face import create_face_analyzer
-
-    cache = getattr(_ANALYZERS, "cache", None)
-    if cache is None:
-        cache = _ANALYZERS.cache = {}
-    # Only the release backend reads files from aux_dir.
-    key = (backend, None if aux_dir is None or backend == "mediapipe" else str(aux_dir))
-    if key not in cache:
-        cache[key] = create_face_analyzer(backend, aux_dir=aux_dir)
-    return cache[key]
-
-
 @dataclass
 class TrackedFaces:
     """A face tracked through frames, on a temporally smoothed crop transform."""
@@ -229,7 +208,6 @@ __all__ = [
     "NOSE_TIP",
     "TrackedFaces",
     "audio_windows",
-    "face_analyzer",
     "generation_mask",
     "landmark_condition",
     "latent_keep_mask",

@@ -25,6 +25,7 @@ import torch
 
 from talkinghead.audio.ctc import neighbour_windows
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
+from talkinghead.face import thread_face_analyzer
 from talkinghead.frames.interpolation import KINDS as INTERPOLATION_KINDS
 from talkinghead.methods.difftalk.checkpoint import DiffTalkModels
 from talkinghead.methods.difftalk.features import (
@@ -32,7 +33,6 @@ from talkinghead.methods.difftalk.features import (
     CROP_SMOOTHING,
     CROP_VY,
     audio_windows,
-    face_analyzer,
     generation_mask,
     landmark_condition,
     latent_keep_mask,
@@ -149,13 +149,12 @@ class DiffTalkGenerator:
         config: DiffTalkConfig | None = None,
         device: str | torch.device = "cpu",
         audio_encoder=None,
-        analyzer=None,
     ) -> None:
         self.models = models
         self.config = (config or DiffTalkConfig()).check()
         self.device = torch.device(device)
         self._audio_encoder = audio_encoder
-        self._analyzer = analyzer
+        self._analyzer = None
         self._source_cache: OrderedDict[Any, _SourceInputs] = OrderedDict()
 
     # -- inputs
@@ -181,7 +180,7 @@ class DiffTalkGenerator:
 
     def analyzer(self):
         if self._analyzer is None:
-            self._analyzer = face_analyzer(self.config.face_backend, self.models.directory)
+            self._analyzer = thread_face_analyzer(self.config.face_backend, self.models.directory)
         return self._analyzer
 
     def prepare_source(

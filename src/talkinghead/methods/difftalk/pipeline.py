@@ -54,9 +54,9 @@ def _check_resolution(resolution: Any) -> int | None:
 
 class DiffTalkPipeline:
     """DiffTalk with its networks loaded once: `from_pretrained`, `.to()`, then `generate`
-    as often as wanted. The audio model, face analyser and frame interpolator are made
-    on first use and kept for later calls with the same settings. One `generate` at a
-    time per pipeline (the face analyser is not shared between threads)."""
+    as often as wanted. The audio model and frame interpolator are made on first use and
+    kept for later calls with the same settings; the face analyser is the calling
+    thread's (`talkinghead.face.thread_face_analyzer`)."""
 
     LOAD_OPTIONS: tuple[str, ...] = ("resolution",)  # picks the 256 or 512 px checkpoint
 
@@ -67,7 +67,6 @@ class DiffTalkPipeline:
         self._device = torch.device(device)
         self._audio_encoder = audio_encoder  # a given `CharProbabilityEncoder`: every call
         self._encoders: dict[str | None, Any] = {}
-        self._analyzers: dict[str, Any] = {}
         self._interpolators: dict[str, Any] = {}
 
     @classmethod
@@ -108,13 +107,7 @@ class DiffTalkPipeline:
 
     def _generator(self, config: DiffTalkConfig) -> DiffTalkGenerator:
         encoder = self._audio_encoder or self._encoders.get(config.audio_model)
-        gen = DiffTalkGenerator(
-            self.models,
-            config,
-            self.device,
-            audio_encoder=encoder,
-            analyzer=self._analyzers.get(config.face_backend),
-        )
+        gen = DiffTalkGenerator(self.models, config, self.device, audio_encoder=encoder)
         if self._audio_encoder is None:  # loaded (and checked) before any frame is decoded
             self._encoders[config.audio_model] = gen.audio_encoder()
         return gen
@@ -168,7 +161,6 @@ class DiffTalkPipeline:
         audio_path = Path(audio)
         audio_16k = load_audio(audio_path, SAMPLE_RATE)
         src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
-        self._analyzers[config.face_backend] = gen.analyzer()
         out_fps = src.fps * 2 if interpolator is not None else src.fps
         stream = (
             r.frame

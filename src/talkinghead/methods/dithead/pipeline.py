@@ -44,6 +44,7 @@ import torch
 
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
+from talkinghead.face import thread_face_analyzer
 from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
 from talkinghead.media.clip import VideoClip, write_or_return
 from talkinghead.media.video import iter_video_frames
@@ -119,9 +120,9 @@ def _check_options(options: dict[str, Any]) -> int:
 
 class DiTHeadPipeline:
     """DiT-Head with its networks loaded once: `from_pretrained`, `.to()`, then `generate`
-    as often as wanted. The audio model, face analyser and frame interpolator are made
-    on first use and kept for later calls with the same settings. One `generate` at a
-    time per pipeline (the face analyser is not shared between threads)."""
+    as often as wanted. The audio model and frame interpolator are made on first use and
+    kept for later calls with the same settings; the face analyser is the calling
+    thread's (`talkinghead.face.thread_face_analyzer`)."""
 
     LOAD_OPTIONS: tuple[str, ...] = ()  # the checkpoint alone fixes the weights
 
@@ -129,7 +130,6 @@ class DiTHeadPipeline:
         self.models = models
         self._device = torch.device(device)
         self._encoders: dict[str, Wav2Vec2CTCEncoder] = {}
-        self._analyzers: dict[tuple[str, str | None], Any] = {}
         self._interpolators: dict[str, Any] = {}
 
     @classmethod
@@ -169,14 +169,6 @@ class DiTHeadPipeline:
             self._encoders[name] = Wav2Vec2CTCEncoder(name, device=str(self.device))
         return self._encoders[name]
 
-    def _analyzer(self, backend: str, aux_dir: str | None) -> Any:
-        from talkinghead.face import create_face_analyzer
-
-        key = (backend, None if aux_dir is None else str(aux_dir))
-        if key not in self._analyzers:
-            self._analyzers[key] = create_face_analyzer(backend, aux_dir)
-        return self._analyzers[key]
-
     def _interpolator(self, kind: str) -> Any:
         if kind not in self._interpolators:
             self._interpolators[kind] = create_interpolator(
@@ -212,7 +204,7 @@ class DiTHeadPipeline:
         """
         from talkinghead.audio.io import load_audio
 
-        opts = options
+        opts = options  # the method options, as `_OPTIONS` names them
         fps = _check_options(opts)
         steps = DEFAULT_STEPS if steps is None else steps
         check_steps(steps, self.models.n_timestep)
@@ -236,7 +228,7 @@ class DiTHeadPipeline:
 
         # ping-pong never needs more than N source frames
         frames = _source_frames(Path(source), opts.get("max_side", 1920), len(windows))
-        analyzer = self._analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
+        analyzer = thread_face_analyzer(opts.get("face_backend", "auto"), opts.get("aux_dir"))
         faces = analyze_source(frames, self.models.settings, analyzer, progress)
 
         reference = opts.get("reference_frame")
