@@ -223,6 +223,9 @@ def test_a_method_without_a_model_says_how_to_give_one(tmp_path) -> None:
 
 
 def test_another_method_s_model_loads_once_for_all_its_clips(tmp_path, monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from talkinghead import face
     from talkinghead.app.generation import Request
     from talkinghead.methods.dithead import pipeline as dithead
 
@@ -239,14 +242,25 @@ def test_another_method_s_model_loads_once_for_all_its_clips(tmp_path, monkeypat
         return Loaded()
 
     monkeypatch.setattr(dithead.DiTHeadPipeline, "from_pretrained", classmethod(from_pretrained))
+    built = []
+    real_create = face.create_face_analyzer
+
+    def create(*args, **kwargs):
+        built.append(args)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(face, "create_face_analyzer", create)
     generator = Generator(AppSettings(device="cpu", other_models={"dithead": tmp_path}))
     try:
         request = Request(
             source=str(PORTRAIT), audio=str(_wav(tmp_path, 0.2)), method="dithead", steps=3, seed=1
         )
-        outputs = [generator.run(request), generator.run(request)]
+        # A fresh thread: the face check's analyser is cached per thread.
+        with ThreadPoolExecutor(1) as pool:
+            outputs = [pool.submit(generator.run, request).result() for _ in range(2)]
         assert outputs[0] != outputs[1] and all(p.read_bytes() == b"video" for p in outputs)
         assert loads == [(tmp_path, "cpu")]
+        assert built == [("mediapipe",)]  # the face check's analyser, built once
         assert [(c["seed"], c["steps"]) for c in calls] == [(1, 3), (1, 3)]
     finally:
         generator.close()

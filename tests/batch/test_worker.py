@@ -79,6 +79,46 @@ def test_a_method_without_a_pipeline_class_runs_generate_per_job(tmp_path, monke
     assert calls == [(Path("m"), "cpu", {"seed": 0, "steps": None, "resolution": 256})]
 
 
+def test_a_job_s_timings_name_its_method_s_stages_and_the_load(tmp_path, monkeypatch):
+    import time
+
+    from talkinghead.methods.difftalk import pipeline
+
+    class Staged(_Pipeline):
+        @classmethod
+        def from_pretrained(cls, checkpoints, *, device, **load):
+            time.sleep(0.05)
+            return cls()
+
+        def generate(self, source, audio, output, *, seed, steps, progress=None, **options):
+            for stage in ("source", "frames"):
+                progress(stage, 0, 1)
+                time.sleep(0.02)
+            return _video(output)
+
+    monkeypatch.setattr(pipeline, "DiffTalkPipeline", Staged)
+    worker = JobWorker(WorkerSettings(), "cpu")
+    assert worker.load_seconds is None  # no Ditto release: nothing loaded at start
+    first, second = (worker.run(_job(tmp_path, i, "a")) for i in range(2))
+    assert list(first.timings) == ["load", "prepare", "source", "frames", "total"]
+    assert first.timings["load"] >= 0.05 and second.timings["frames"] >= 0.02
+    assert list(second.timings) == ["prepare", "source", "frames", "total"]  # loaded already
+    total = sum(v for k, v in first.timings.items() if k != "total")
+    assert total == pytest.approx(first.timings["total"], abs=1e-3)
+
+
+def test_stage_timings_for_ditto_name_its_three_phases():
+    from talkinghead.batch.worker import stage_timings
+
+    stamps = {"audio": 1.5, "features": 2.0, "motion": 2.5, "render": 4.0}
+    assert stage_timings(1.0, stamps, 10.0) == {
+        "register": 1.0,
+        "motion": 2.0,
+        "render": 6.0,
+        "total": 9.0,
+    }
+
+
 @pytest.fixture(autouse=True)
 def _needs_the_latent_extra():
     from _extras import skip_without_packages_of

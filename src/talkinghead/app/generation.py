@@ -241,7 +241,7 @@ class Generator:
 
     def _run_other(self, request: Request, output: Path, progress: Progress | None) -> Path:
         from talkinghead import validation as check
-        from talkinghead.face import create_face_analyzer
+        from talkinghead.face import thread_face_analyzer
 
         s = self.settings
         steps = _whole(request.steps, "steps")
@@ -249,11 +249,9 @@ class Generator:
         check.check_steps(steps)
         check.check_seed(seed)
         checked = check.check_inputs(request.source, request.audio, output, max_size=s.max_size)
-        analyzer = create_face_analyzer("mediapipe")  # both methods find faces with mediapipe
-        try:
-            check.check_face(checked.frame, analyzer, Path(request.source).name)
-        finally:
-            _close(analyzer)
+        # Both methods find faces with mediapipe; its graph is built once per worker thread.
+        analyzer = thread_face_analyzer("mediapipe")
+        check.check_face(checked.frame, analyzer, Path(request.source).name)
         method = METHODS[request.method]
         checkpoints = s.other_models[request.method]
         if method.pipeline is None:  # no pipeline class: the one-video entry point

@@ -197,7 +197,7 @@ class LocalPool:
             return  # from a process this slot has already replaced
         if kind == "ready":
             slot.ready = True
-            records[name] = WorkerRecord(name, slot.device, load_seconds=round(message[3], 3))
+            records[name] = WorkerRecord(name, slot.device, load_seconds=_rounded(message[3]))
             report.workers.append(records[name])
             dispatch.emit(BatchEvent("ready", name, seconds=message[3], pid=message[4]))
         elif kind == "setup_failed":
@@ -289,3 +289,7 @@ def _exit_reason(exitcode: int | None) -> str:
 
 
 __all__ = ["LocalPool", "serve_local_jobs"]
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

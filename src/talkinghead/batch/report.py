@@ -21,9 +21,10 @@ STATUSES = ("done", "skipped", "failed", "pending")
 
 @dataclass
 class JobRecord:
-    """One job's outcome. `timings` (seconds): ``register`` (audio decoding and the source's
-    registration, or its cache hit), ``motion`` (speech features and motion sampling),
-    ``render`` (rendering and encoding), ``total``."""
+    """One job's outcome. `timings` (seconds), for Ditto: ``register`` (audio decoding and
+    the source's registration, or its cache hit), ``motion`` (speech features and motion
+    sampling), ``render`` (rendering and encoding), ``total``; for another method:
+    ``load`` (on the job that loaded its pipeline), ``prepare``, then its progress stages."""
 
     key: str
     status: str
@@ -47,7 +48,7 @@ class WorkerRecord:
 
     name: str
     device: str
-    load_seconds: float | None = None
+    load_seconds: float | None = None  # the Ditto release's; None: the worker loaded none
     jobs: int = 0
     error: str | None = None  # why it could not load its models
     died: bool = False  # it died (killed, crashed) before the batch ended

@@ -105,17 +105,31 @@ def quiet_logs(verbose: bool, *, silence_native: bool) -> None:
         os.close(devnull)
 
 
-def stage_timings(start: float, stamps: Mapping[str, float], end: float) -> dict[str, float]:
-    """Seconds per phase from the first time each pipeline stage reported.
+# The Ditto pipeline's stages that start a report phase, and that phase's name.
+DITTO_PHASES = {"features": "motion", "render": "render", "stream": "stream"}
 
-    register: start -> speech features (audio decoding, registration or its cache hit);
-    motion: features -> rendering; render: rendering and encoding -> end. A streamed job
-    has one phase after registration, ``stream``.
+
+def stage_timings(
+    start: float,
+    stamps: Mapping[str, float],
+    end: float,
+    phases: Mapping[str, str] | None = DITTO_PHASES,
+    first: str = "register",
+) -> dict[str, float]:
+    """Seconds per phase, from the first time each pipeline stage reported.
+
+    A phase runs from its stage's first report to the next phase's; `first` names the one
+    from `start` to there. ``phases`` maps the stages that start a phase to its name (None:
+    every stage starts a phase of its own name). Ditto's: register: start -> speech
+    features (audio decoding, registration or its cache hit); motion: features ->
+    rendering; render: rendering and encoding -> end. A streamed job has one phase after
+    registration, ``stream``.
     """
-    marks = [("register", start)]
-    for phase, stage in (("motion", "features"), ("render", "render"), ("stream", "stream")):
-        if stage in stamps:
-            marks.append((phase, stamps[stage]))
+    marks = [(first, start)]
+    for stage, t in stamps.items():
+        phase = stage if phases is None else phases.get(stage)
+        if phase is not None:
+            marks.append((phase, t))
     marks.sort(key=lambda m: m[1])
     out = {}
     for (phase, t0), (_, t1) in zip(marks, [*marks[1:], ("end", end)], strict=True):
@@ -132,7 +146,7 @@ class JobWorker:
         self.settings = settings
         self.device = device
         self.name = name
-        self.load_seconds = 0.0
+        self.load_seconds: float | None = None  # the Ditto release's; None without one
         self.pipe: Any = None
         self._crop_pipes: dict[Any, Any] = {}
         self._other_pipes: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -240,8 +254,9 @@ class JobWorker:
 
     # -- DiT-Head, DiffTalk ----------------------------------------------------------------------
 
-    def _other_pipeline(self, job: BatchJob) -> Any:
-        """The job's method's pipeline for its checkpoints, loaded once per worker."""
+    def _other_pipeline(self, job: BatchJob, stamps: dict[str, float]) -> Any:
+        """The job's method's pipeline for its checkpoints, loaded once per worker (a job
+        that loads it gets a ``prepare`` stamp when the load ends)."""
         from talkinghead.methods import get_method
 
         cls = get_method(job.method).entry_point("pipeline")
@@ -253,10 +268,13 @@ class JobWorker:
         while len(self._other_pipes) >= OTHER_PIPELINES_KEPT:
             self._other_pipes.popitem(last=False)
         pipe = cls.from_pretrained(job.checkpoints, device=self.device, **load)
+        stamps["prepare"] = time.perf_counter()
         self._other_pipes[key] = pipe
         return pipe
 
-    def _run_other(self, job: BatchJob, progress: StageProgress) -> JobOutcome:
+    def _run_other(
+        self, job: BatchJob, progress: StageProgress, stamps: dict[str, float]
+    ) -> JobOutcome:
         from talkinghead.methods import get_method
 
         method = get_method(job.method)
@@ -274,7 +292,7 @@ class JobWorker:
                 **job.options,
             )
         else:
-            path = self._other_pipeline(job).generate(
+            path = self._other_pipeline(job, stamps).generate(
                 job.source, job.audio, job.output, progress=progress, **common, **job.options
             )
         frames, size = probe_video(Path(path))
@@ -291,17 +309,22 @@ class JobWorker:
             if progress is not None:
                 progress(stage, done, total)
 
+        ditto = job.method == "ditto"
         start = time.perf_counter()
         try:
-            run = self._run_ditto if job.method == "ditto" else self._run_other
-            outcome = run(job, report)
+            outcome = (
+                self._run_ditto(job, report) if ditto else self._run_other(job, report, stamps)
+            )
         except Exception as exc:  # one bad job must not end the worker
             log.debug("job %s failed", job.key, exc_info=True)
             outcome = JobOutcome(job.key, False, reason=error_message(exc))
         end = time.perf_counter()
         outcome.seconds = round(end - start, 4)
-        if outcome.ok:
+        if outcome.ok and ditto:
             outcome.timings = stage_timings(start, stamps, end)
+        elif outcome.ok:  # the method's own stages; "load" when this job loaded its pipeline
+            first = "load" if "prepare" in stamps else "prepare"
+            outcome.timings = stage_timings(start, stamps, end, phases=None, first=first)
         return outcome
 
     def close(self) -> None:

@@ -422,3 +422,6 @@ def test_batch_worker_loads_a_dithead_checkpoint_once(trained, monkeypatch):
     ]
     assert [(o.ok, o.frames) for o in outcomes] == [(True, 3), (True, 3)], outcomes
     assert len(loads) == 1
+    # The report's phases: the load on the first job only, then DiT-Head's own stages.
+    stages = ["prepare", "audio", "faces", "denoise", "total"]
+    assert [list(o.timings) for o in outcomes] == [["load", *stages], stages]

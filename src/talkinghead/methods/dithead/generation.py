@@ -151,6 +151,8 @@ class DiTHeadGenerator:
         m = self.models
         ref = self.encode(m.vq_full, faces[reference].crop)
         n = len(audio)
+        if progress:
+            progress("denoise", 0, n)
         for k in range(n):
             face = faces[pingpong(k, len(faces))]
             masked = self.encode(m.vq_masked, apply_mask(face.crop, face.mask))

@@ -90,6 +90,8 @@ def analyze_source(
     """Track, crop and mask every source frame (a lost face reuses the last landmarks)."""
     out: list[SourceFace] = []
     previous = None
+    if progress:
+        progress("faces", 0, len(frames))
     s = settings.crop.size
     for i, rgb in enumerate(frames):
         try:
