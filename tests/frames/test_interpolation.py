@@ -9,6 +9,7 @@ import pytest
 from talkinghead.errors import CheckpointError
 from talkinghead.frames.interpolation import (
     FlowInterpolator,
+    Interpolators,
     create_interpolator,
     interpolate_2x,
 )
@@ -65,3 +66,24 @@ def test_create_interpolator(tmp_path):
         create_interpolator("rife", tmp_path)
     with pytest.raises(ValueError):
         create_interpolator("magic")
+
+
+def test_interpolators_are_made_once_per_kind(tmp_path, monkeypatch):
+    from talkinghead.frames import interpolation
+
+    made = []
+    real = interpolation.create_interpolator
+
+    def create(kind, checkpoints, device):
+        made.append((kind, checkpoints, device))
+        return real(kind, checkpoints, device)
+
+    monkeypatch.setattr(interpolation, "create_interpolator", create)
+    cache = Interpolators(tmp_path, "cpu")
+    first = cache.get("auto")
+    assert cache.get("auto") is first and cache.get("none") is None and cache.get("none") is None
+    assert made == [("auto", tmp_path, "cpu"), ("none", tmp_path, "cpu")]
+    with pytest.raises(CheckpointError):  # a failure is not kept: the next call fails again
+        cache.get("rife")
+    with pytest.raises(CheckpointError):
+        cache.get("rife")

@@ -161,6 +161,21 @@ def create_interpolator(
     return FlowInterpolator("farneback" if kind == "farneback" else "dis")
 
 
+class Interpolators:
+    """`create_interpolator`'s interpolators for one checkpoints folder and device, each
+    made on first use and kept: a pipeline loads RIFE's weights once for all its videos."""
+
+    def __init__(self, checkpoints: Path | None = None, device: str = "cpu") -> None:
+        self.checkpoints = checkpoints
+        self.device = device
+        self._made: dict[str, Interpolator | None] = {}
+
+    def get(self, kind: str = "auto") -> Interpolator | None:
+        if kind not in self._made:
+            self._made[kind] = create_interpolator(kind, self.checkpoints, self.device)
+        return self._made[kind]
+
+
 def interpolate_2x(
     frames: Iterable[np.ndarray], interpolator: Interpolator
 ) -> Iterator[np.ndarray]:

@@ -12,7 +12,6 @@ and audio windows with the current (EMA) weights (`frames_from_windows`).
 from __future__ import annotations
 
 import math
-import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from talkinghead.audio.ctc import neighbour_windows
+from talkinghead.diffusion.seeding import noise_generator
 from talkinghead.errors import CheckpointError, MediaError, TalkingHeadError
 from talkinghead.face import thread_face_analyzer
 from talkinghead.frames.interpolation import KINDS as INTERPOLATION_KINDS
@@ -332,10 +332,7 @@ class DiffTalkGenerator:
         from talkinghead.face.paste import PasteBack
 
         num_frames = len(audio)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(
-                int(seed) if seed is not None else random.SystemRandom().randrange(2**63)
-            )
+        generator = noise_generator(seed, generator)
         paste = PasteBack()
         reference = source.crops[0]
         if progress:

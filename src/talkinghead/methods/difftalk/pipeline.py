@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
+from talkinghead.diffusion.seeding import noise_generator
 from talkinghead.errors import TalkingHeadError
-from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
+from talkinghead.frames.interpolation import Interpolators, interpolate_2x
 from talkinghead.media.clip import VideoClip, write_or_return
 from talkinghead.methods.difftalk.checkpoint import RESOLUTIONS, DiffTalkModels, load_difftalk
 from talkinghead.methods.difftalk.generation import (
@@ -67,7 +68,7 @@ class DiffTalkPipeline:
         self._device = torch.device(device)
         self._audio_encoder = audio_encoder  # a given `CharProbabilityEncoder`: every call
         self._encoders: dict[str | None, Any] = {}
-        self._interpolators: dict[str, Any] = {}
+        self._interpolators = Interpolators(models.directory, str(self._device))
 
     @classmethod
     def from_pretrained(
@@ -96,7 +97,7 @@ class DiffTalkPipeline:
             self.models.ldm.to(device)
             self._device = device
             self._encoders.clear()  # they hold device-bound networks
-            self._interpolators.clear()
+            self._interpolators = Interpolators(self.models.directory, str(device))
         return self
 
     def __repr__(self) -> str:
@@ -111,13 +112,6 @@ class DiffTalkPipeline:
         if self._audio_encoder is None:  # loaded (and checked) before any frame is decoded
             self._encoders[config.audio_model] = gen.audio_encoder()
         return gen
-
-    def _interpolator(self, kind: str) -> Any:
-        if kind not in self._interpolators:
-            self._interpolators[kind] = create_interpolator(
-                kind, self.models.directory, str(self.device)
-            )
-        return self._interpolators[kind]
 
     def generate(
         self,
@@ -148,25 +142,21 @@ class DiffTalkPipeline:
                 f"this pipeline holds the {self.models.resolution} px DiffTalk checkpoint, "
                 f"not {resolution} px: load that one with from_pretrained(resolution={resolution})"
             )
-        if generator is not None and seed is not None:
-            raise TalkingHeadError("pass seed or generator, not both")
+        generator = noise_generator(seed, generator)
         config = DiffTalkConfig().replace(steps=steps, **options)
         if output is not None:
             check_not_an_input(output, {"source": source, "audio": audio})
             check_output(output)  # before the work, not after minutes of it
         gen = self._generator(config)
         # Before any frame is made: "rife" without its weights fails here.
-        interpolator = self._interpolator(config.interpolation)
+        interpolator = self._interpolators.get(config.interpolation)
 
         audio_path = Path(audio)
         audio_16k = load_audio(audio_path, SAMPLE_RATE)
         src, n = gen.prepare_source(Path(source), len(audio_16k), progress)
         out_fps = src.fps * 2 if interpolator is not None else src.fps
         stream = (
-            r.frame
-            for r in gen.frames(
-                src, audio_16k, n, seed=seed, generator=generator, progress=progress
-            )
+            r.frame for r in gen.frames(src, audio_16k, n, generator=generator, progress=progress)
         )
         if interpolator is not None:
             stream = interpolate_2x(stream, interpolator)

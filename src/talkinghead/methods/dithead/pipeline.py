@@ -35,7 +35,6 @@ optionally ``wav2vec2/`` (a local copy of the audio model) and ``rife/flownet.pk
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,10 @@ import numpy as np
 import torch
 
 from talkinghead.audio.ctc import LOCAL_MODEL_DIRNAME, Wav2Vec2CTCEncoder
+from talkinghead.diffusion.seeding import noise_generator
 from talkinghead.errors import CheckpointError, MediaError, NoFaceError, TalkingHeadError
 from talkinghead.face import thread_face_analyzer
-from talkinghead.frames.interpolation import create_interpolator, interpolate_2x
+from talkinghead.frames.interpolation import Interpolators, interpolate_2x
 from talkinghead.media.clip import VideoClip, write_or_return
 from talkinghead.media.video import iter_video_frames
 from talkinghead.methods.dithead.config import DataSettings
@@ -132,7 +132,7 @@ class DiTHeadPipeline:
         self.models = models
         self._device = torch.device(device)
         self._encoders: dict[str, Wav2Vec2CTCEncoder] = {}
-        self._interpolators: dict[str, Any] = {}
+        self._interpolators = Interpolators(models.root, str(self._device))
 
     @classmethod
     def from_pretrained(
@@ -155,7 +155,7 @@ class DiTHeadPipeline:
                 net.to(device)
             self._device = device
             self._encoders.clear()  # they hold device-bound networks
-            self._interpolators.clear()
+            self._interpolators = Interpolators(self.models.root, str(device))
         return self
 
     def __repr__(self) -> str:
@@ -170,13 +170,6 @@ class DiTHeadPipeline:
         if name not in self._encoders:
             self._encoders[name] = Wav2Vec2CTCEncoder(name, device=str(self.device))
         return self._encoders[name]
-
-    def _interpolator(self, kind: str) -> Any:
-        if kind not in self._interpolators:
-            self._interpolators[kind] = create_interpolator(
-                kind, self.models.root, str(self.device)
-            )
-        return self._interpolators[kind]
 
     def generate(
         self,
@@ -210,11 +203,7 @@ class DiTHeadPipeline:
         fps = _check_options(opts)
         steps = DEFAULT_STEPS if steps is None else steps
         check_steps(steps, self.models.n_timestep)
-        if generator is not None and seed is not None:
-            raise TalkingHeadError("pass seed or generator, not both")
-        if generator is None:
-            seed = secrets.randbits(31) if seed is None else int(seed)
-            generator = torch.Generator().manual_seed(seed)
+        generator = noise_generator(seed, generator)
         if output is not None:
             check_not_an_input(output, {"source": source, "audio": audio})
             check_output(output)  # before the work, not after minutes of it
@@ -248,7 +237,7 @@ class DiTHeadPipeline:
             progress=progress,
         )
         if fps == 50:
-            interp = self._interpolator(opts.get("interpolation", "auto"))
+            interp = self._interpolators.get(opts.get("interpolation", "auto"))
             if interp is not None:
                 stream = interpolate_2x(stream, interp)
             else:  # no interpolation asked for: each frame shown twice
