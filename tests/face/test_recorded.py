@@ -44,8 +44,17 @@ def test_replay_is_the_analysis(portrait, live, recorded, tmp_path) -> None:
     recorded.save(tmp_path / "face.rec")  # any name: np.savez would have added ".npz"
     replayed = RecordedFaceAnalyzer.load(tmp_path / "face.rec").analyze(portrait)
     assert replayed.crop.dtype == np.uint8 and replayed.crop.shape == (512, 512, 3)
-    for field in ("crop", "M_c2o", "landmarks", "eye_open", "eye_ball"):
+    for field in ("crop", "M_c2o", "landmarks", "eye_open", "eye_ball", "mesh"):
         np.testing.assert_array_equal(getattr(replayed, field), getattr(live, field), field)
+
+
+def test_a_recording_without_a_mesh_still_loads(portrait, live, tmp_path) -> None:
+    with open(tmp_path / "old.rec", "wb") as f:  # what recordings held before the mesh
+        np.savez(f, landmarks=live.landmarks, eye_open=live.eye_open, eye_ball=live.eye_ball)
+    old = RecordedFaceAnalyzer.load(tmp_path / "old.rec")
+    assert old.mesh is None and old.analyze(portrait).mesh is None
+    with_mesh = RecordedFaceAnalyzer(old.landmarks, old.eye_open, old.eye_ball, mesh=live.mesh)
+    assert old.identity != with_mesh.identity  # the avatar cache keeps the two apart
 
 
 def test_transformed_follows_the_face_into_a_larger_frame(portrait, recorded) -> None:

@@ -225,4 +225,5 @@ def describe_face(
         eye_ball=eye_ball,
         box=box,
         num_faces=num_faces,
+        mesh=np.asarray(mesh, np.float32).reshape(478, -1),
     )

@@ -41,6 +41,8 @@ class FaceCrop:
     eye_ball:    [6] float32 eye-ball offsets, as the release computes them
     box:         the detected face box (None when the frame was tracked, not detected)
     num_faces:   how many faces the detector saw (the largest is used)
+    mesh:        [478, 3] float32 MediaPipe face mesh found on the crop, normalised (x / 512,
+                 y / 512, z), which the eye attributes come from; None when not kept
     """
 
     crop: np.ndarray
@@ -50,6 +52,7 @@ class FaceCrop:
     eye_ball: np.ndarray
     box: FaceBox | None = None
     num_faces: int = 1
+    mesh: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

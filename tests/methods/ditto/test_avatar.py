@@ -67,6 +67,7 @@ class FakeAnalyzer:
             eye_open=np.array([m / 255, m / 510], np.float32),
             eye_ball=np.arange(6, dtype=np.float32) * m,
             num_faces=2,
+            mesh=np.full((478, 3), m / 255, np.float32),
         )
         self.results.append(result)
         return result
@@ -304,7 +305,8 @@ def test_second_registration_is_a_hit(nets, source, tmp_path):
 
     second = cache.get_or_register(source, reg, load=no_load)
     assert reg.calls == 1 and cache.last_hit is True
-    assert_same_avatar(first, second)
+    assert_same_avatar(first, second)  # the face mesh too
+    assert second.mesh is not None and second.mesh.shape == (478, 3)
     assert second.source_path == str(source)
 
 
@@ -316,6 +318,10 @@ def test_video_round_trip(nets, tmp_path):
     second = cache.get_or_register(path, counting(nets), load=load_npy)
     assert cache.last_hit and not second.is_image and second.fps == 25.0
     assert_same_avatar(first, second)
+    # Frame 0's mesh is kept (the use_lmk condition), not a later frame's.
+    frames = np.load(path).astype(np.float64)
+    assert second.mesh.shape == (478, 3) and frames[0].mean() != frames[1].mean()
+    np.testing.assert_allclose(second.mesh, frames[0].mean() / 255, rtol=1e-6)
 
 
 def test_what_changes_the_key(nets, source, tmp_path):

@@ -360,6 +360,7 @@ def test_a_model_trained_without_some_conditions_drives_generate(data, tmp_path,
         "use_eye_open": True,
         "use_eye_ball": False,
         "use_shape": True,
+        "use_landmarks": False,
     }
     avatar = pipe.register(portrait)
     motion, _ = pipe.motion(avatar, load_audio(speech)[: 16000 * 2])
@@ -603,9 +604,15 @@ def test_cli_trains_with_lmk_cond_end_and_reg_loss_and_records_them(lmk_data, tm
     assert again.exit_code == 1 and "use_lmk: True -> False" in str(again.exception)
 
 
-def test_generate_refuses_a_use_lmk_model_naming_the_option(lmk_data, tmp_path, monkeypatch):
+def test_generate_conditions_a_use_lmk_model_on_the_portrait_s_mesh(
+    lmk_data, tmp_path, monkeypatch
+):
+    """A train-motion --use-lmk model drives generate: its landmark block is the mesh the
+    face analyser found on the source's crop (frame 0), as prepare-data --landmarks stores it."""
     from _tiny_release import build_tiny_release
-    from talkinghead.errors import CheckpointError
+    from talkinghead.audio.io import load_audio
+    from talkinghead.face.recorded import RecordedFaceAnalyzer
+    from talkinghead.methods.ditto.pipeline import DittoPipeline
 
     media = REPO_ROOT.parent / "shared" / "media"
     portrait, speech = media / "ditto_example_face.jpg", media / "ditto_example_speech.wav"
@@ -616,26 +623,39 @@ def test_generate_refuses_a_use_lmk_model_naming_the_option(lmk_data, tmp_path, 
     train_motion(lmk_data, tmp_path / "run", quick(max_steps=1, use_lmk=True))
     install_checkpoint(tmp_path / "run", root)
     monkeypatch.setenv("TALKINGHEAD_CACHE", str(tmp_path / "cache"))
+    clip = tmp_path / "speech.wav"
+    import soundfile as sf
+
+    sf.write(clip, load_audio(speech)[:8000], 16000)
     video = tmp_path / "out.mp4"
-    result = invoke(
-        [
-            "generate",
-            "--checkpoints",
-            str(root),
-            "-s",
-            str(portrait),
-            "-a",
-            str(speech),
-            "-o",
-            str(video),
-            "--steps",
-            "1",
-            "--max-size",
-            "256",
-        ]
+    args = ["-s", str(portrait), "-a", str(clip), "-o", str(video), "--steps", "1"]
+    result = invoke(["generate", "--checkpoints", str(root), *args, "--max-size", "256"])
+    assert result.exit_code == 0, result.output
+    assert video.stat().st_size > 0
+
+    pipe = DittoPipeline.from_pretrained(
+        root, download=False, cache=False, steps=1, seed=0, max_size=256
     )
-    assert result.exit_code == 1
-    assert isinstance(result.exception, CheckpointError), result.output
-    message = str(result.exception)
-    assert "use_lmk" in message and "--use-lmk" in message and "\n" not in message
-    assert not video.exists()
+    avatar = pipe.register(portrait)
+    face = pipe.models.registrar.face_analyzer.analyze(avatar.frames[0])
+    assert avatar.mesh.shape == (478, 3)
+    np.testing.assert_array_equal(avatar.mesh, face.mesh)
+    cond = pipe._conditions(avatar, pipe.config)(torch.zeros(3, AUD_DIM))
+    assert cond.shape == (3, AUD_DIM + 8 + 2 + 6 + 63 + LMK_DIM)
+    assert torch.equal(cond[:, -LMK_DIM:], torch.from_numpy(avatar.mesh.reshape(-1)).expand(3, -1))
+    # Another registration driving the conditions (the release's ch_info) brings its own mesh.
+    mirrored = pipe.register(np.ascontiguousarray(avatar.frames[0][:, ::-1]))
+    assert not np.array_equal(mirrored.mesh, avatar.mesh)
+    cond = pipe._conditions(avatar, pipe.config.replace(condition_source=mirrored))
+    assert torch.equal(
+        cond(torch.zeros(1, AUD_DIM))[0, -LMK_DIM:], torch.from_numpy(mirrored.mesh.reshape(-1))
+    )
+
+    # An analyser that keeps no mesh (an old recording): a one-line error, nothing written.
+    recorded = RecordedFaceAnalyzer(face.landmarks, face.eye_open, face.eye_ball)
+    pipe = DittoPipeline.from_pretrained(
+        root, download=False, cache=False, steps=1, face_analyzer=recorded, max_size=256
+    )
+    with pytest.raises(TalkingHeadError, match=r"trained with use_lmk.*gave none") as err:
+        pipe.generate(portrait, clip, tmp_path / "none.mp4")
+    assert "\n" not in str(err.value) and not (tmp_path / "none.mp4").exists()

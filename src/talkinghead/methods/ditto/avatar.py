@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_SMOOTH_K = 13  # the release's smo_k_s
 # Bump when registration results or the cache layout change: old entries then miss.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: + frame 0's face mesh (the use_lmk condition)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -105,6 +105,9 @@ class Avatar:
     face_backend: name of the face analyser that registered it
     num_faces:    faces the analyser saw in frame 0 (the largest is used)
     source_path:  the source file, when registration started from one
+    mesh:         [478, 3] float32, frame 0's MediaPipe face mesh on its 512 crop, normalised
+                  (a motion model trained with use_lmk is conditioned on it); None when the
+                  face analyser gave none
     """
 
     frames: np.ndarray
@@ -119,6 +122,7 @@ class Avatar:
     face_backend: str
     num_faces: int
     source_path: str | None = None
+    mesh: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -174,6 +178,8 @@ class Avatar:
             raise ValueError(f"bad M_c2o {self.M_c2o.shape} or sc {self.sc.shape}")
         if self.is_image and n != 1:
             raise ValueError(f"an image avatar has one frame, got {n}")
+        if self.mesh is not None and (self.mesh.ndim != 2 or self.mesh.shape[0] != 478):
+            raise ValueError(f"mesh must be [478, C], got {self.mesh.shape}")
 
 
 # --- registration -------------------------------------------------------------------------
@@ -341,6 +347,7 @@ class AvatarRegistrar:
         motion: dict[str, np.ndarray] = {}
         f_s: np.ndarray | None = None
         num_faces = 0
+        mesh = None
         if progress is not None:
             progress(0, n)
         batches = extract_source_batches(
@@ -358,6 +365,7 @@ class AvatarRegistrar:
             assert batch.f_s is not None
             if start == 0:
                 num_faces = int(batch.faces[0].num_faces)
+                mesh = batch.faces[0].mesh
                 # sizes come from the networks (tiny test variants differ)
                 f_s = np.empty((n, *batch.f_s.shape[1:]), np.float32)
                 motion = {k: np.empty((n, o.shape[1]), np.float32) for k, o in batch.motion.items()}
@@ -391,6 +399,7 @@ class AvatarRegistrar:
             ),
             num_faces=num_faces,
             source_path=path,
+            mesh=None if mesh is None else np.asarray(mesh, np.float32),
         )
         avatar.validate()
         return avatar
@@ -541,6 +550,8 @@ def _avatar_arrays(avatar: Avatar) -> dict[str, np.ndarray]:
         "eye_ball": avatar.eye_ball,
         "sc": avatar.sc,
     }
+    if avatar.mesh is not None:
+        arrays["mesh"] = avatar.mesh
     arrays.update({f"x_s_info.{k}": v for k, v in avatar.x_s_info.items()})
     return arrays
 
@@ -618,6 +629,7 @@ class AvatarCache:
                 face_backend=meta["face_backend"],
                 num_faces=int(meta["num_faces"]),
                 source_path=meta.get("source_path"),
+                mesh=z.get("mesh"),
             )
             avatar.validate()
             _mark_used(entry)

@@ -235,8 +235,6 @@ def train_motion(
         typer.echo(f"checkpoint: {result.checkpoint}")
         if result.sidecar is not None:
             typer.echo(f"network config (sidecar): {result.sidecar}")
-        if config.use_lmk:
-            typer.echo("note: generate does not build the use_lmk condition and refuses this model")
         if install_to is not None:
             target = install_checkpoint(out_dir, install_to)
             typer.echo(f"installed as {target}")

@@ -42,13 +42,16 @@ class ConditionSource:
     its first frame, {key: [1, size]}), the eye-openness / eye-ball / shape-code condition
     blocks (``eye_open`` [F, 2], ``eye_ball`` [F, 6], ``sc`` [63]), and its ``scale``,
     whose ratio to the animated source's scales the driven expression and head angles.
-    Built by `coerce` from an `Avatar`, or from the release's source-info dict.
+    Built by `coerce` from an `Avatar`, or from the release's source-info dict. ``mesh``
+    (frame 0's face mesh, [478, 3]) feeds a use_lmk motion model's landmark block; the
+    release's dict has none (the animated source's is used then).
     """
 
     x_s_info: dict[str, np.ndarray]
     eye_open: np.ndarray
     eye_ball: np.ndarray
     sc: np.ndarray
+    mesh: np.ndarray | None = None
 
     @property
     def scale(self) -> float:
@@ -61,11 +64,13 @@ class ConditionSource:
         if value is None or isinstance(value, ConditionSource | str | os.PathLike):
             return value
         if hasattr(value, "x_s_info_at") and hasattr(value, "eye_open"):  # an Avatar
+            mesh = getattr(value, "mesh", None)
             return cls(
                 {k: np.asarray(v, np.float32) for k, v in value.x_s_info_at(0).items()},
                 np.asarray(value.eye_open, np.float32).reshape(-1, 2),
                 np.asarray(value.eye_ball, np.float32).reshape(-1, 6),
                 np.asarray(value.sc, np.float32).reshape(-1),
+                None if mesh is None else np.asarray(mesh, np.float32),
             )
         if not isinstance(value, Mapping):
             raise SettingsError(

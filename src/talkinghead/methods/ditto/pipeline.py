@@ -458,25 +458,26 @@ class DittoPipeline:
         )
         check_emotion_layout(cfg, self.models.conditions)
         if expected is not None and cond_cfg.dim != expected:
-            # train-motion --use-lmk adds 478 x 3 source landmarks, a block we do not build.
-            hint = (
-                "; it was trained with use_lmk (MediaPipe landmarks), which generate does not "
-                "support: train it without --use-lmk"
-                if expected - cond_cfg.dim == 478 * 3
-                else ""
-            )
             raise CheckpointError(
                 f"the motion model expects {expected}-dim conditions, but "
-                f"{audio_dim}-dim speech features give {cond_cfg.dim}{hint}"
+                f"{audio_dim}-dim speech features give {cond_cfg.dim}"
             )
         # The release's ch_info: another registration supplies the eye and shape blocks.
         cond_src = _condition_source(cfg) or avatar
+        mesh = cond_src.mesh if cond_src.mesh is not None else avatar.mesh
+        if cond_cfg.use_landmarks and mesh is None:
+            raise TalkingHeadError(
+                f"the motion model was trained with use_lmk, which needs the source's face "
+                f"mesh, but the {avatar.face_backend} face analyser gave none: register the "
+                "source with --face-backend mediapipe or release"
+            )
         builder = ConditionBuilder(
             cond_cfg,
             emotion=cfg.emotion,
             eye_open=cond_src.eye_open,
             eye_ball=cond_src.eye_ball,
             shape_code=cond_src.sc,
+            landmarks=mesh if cond_cfg.use_landmarks else None,
         )
         if cfg.controls is not None and cfg.controls.conditions_controlled:
             return _TimelineConditions(builder, cfg.controls)  # type: ignore[return-value]

@@ -151,17 +151,11 @@ def motion_conditions(
     checkpoints: ReleaseCheckpoints, release_config: Mapping[str, Any] | None = None
 ) -> dict[str, bool]:
     """`ConditionConfig`'s use_* fields for the checkpoints' motion model (the release's
-    flags, `motion_condition_flags`); a `CheckpointError` for a layout generate cannot build."""
+    flags, `motion_condition_flags`)."""
     from talkinghead.methods.ditto.checkpoints import motion_condition_flags
     from talkinghead.methods.ditto.motion.conditions import condition_layout
 
-    flags = motion_condition_flags(checkpoints, release_config)
-    if flags.pop("use_lmk"):
-        raise CheckpointError(
-            f"{checkpoints.models['lmdm']}: the motion model was trained with use_lmk (MediaPipe "
-            "landmarks), a condition generate does not build: train it without --use-lmk"
-        )
-    return condition_layout(flags)
+    return condition_layout(motion_condition_flags(checkpoints, release_config))
 
 
 def check_emotion_layout(cfg: DittoConfig, conditions: Mapping[str, bool]) -> None:

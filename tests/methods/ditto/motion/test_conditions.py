@@ -171,3 +171,21 @@ def test_configurable_dims_1059_variant():
         ConditionBuilder(
             eye_open=torch.ones(1, 3), eye_ball=torch.ones(1, 6), shape_code=torch.zeros(63)
         )
+
+
+def test_the_landmark_block_of_use_lmk_comes_last_flattened():
+    from talkinghead.methods.ditto.motion.conditions import condition_layout
+
+    cfg = ConditionConfig(**condition_layout({"use_lmk": True}))
+    assert cfg.use_landmarks and cfg.dim == 1103 + 478 * 3
+    assert cfg.blocks[-2:] == (("shape", 63), ("landmarks", 1434))
+    mesh = np.arange(478 * 3, dtype=np.float32).reshape(478, 3) / 1000
+    cond = _builder(config=cfg, landmarks=mesh)(torch.zeros(4, 1024))
+    # train-motion's layout: x, y, z of point 0, then point 1, ..., the same on every frame
+    assert torch.equal(cond[:, -1434:], torch.from_numpy(mesh.reshape(-1)).expand(4, -1))
+    assert torch.equal(cond[:, 1040:1103], -torch.arange(63.0).expand(4, 63))
+    with pytest.raises(ValueError, match="pass landmarks"):
+        _builder(config=cfg)
+    with pytest.raises(ValueError, match="1434 values"):
+        _builder(config=cfg, landmarks=mesh[:468])
+    assert not ConditionConfig().use_landmarks  # the release's layout leaves it out

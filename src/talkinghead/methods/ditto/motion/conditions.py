@@ -10,11 +10,13 @@ emotion       8  softmax of 8 x multi-hot labels (or a given [N, 8])
 eye open      2  left/right eye openness of the source frame
 eye ball      6  left/right iris offset of the source frame
 shape        63  canonical keypoints of the first source frame
+landmarks  1434  the first source frame's MediaPipe face mesh (478 x 3)
 =========  ====  =====================================================
 
-1103 dims with the v0.4 defaults. Each block can be resized or switched off
-(`ConditionConfig`), e.g. for the 1059-dim condition the release's motion
-model class defaults to.
+1103 dims with the v0.4 defaults, which leave the landmark block out (the
+release trains with it only under ``use_lmk``, and its inference never builds
+it). Each block can be resized or switched off (`ConditionConfig`), e.g. for
+the 1059-dim condition the release's motion model class defaults to.
 
 Source attributes follow the output frame index: eye sequences of a video
 source are looped back and forth (0 1 2 2 1 0 0 1 ...), an image source (one
@@ -67,10 +69,12 @@ class ConditionConfig:
     use_eye_open: bool = True
     use_eye_ball: bool = True
     use_shape: bool = True
+    use_landmarks: bool = False  # train-motion --use-lmk (the release's use_lmk)
     emotion_dim: int = len(EMOTIONS)
     eye_open_dim: int = 2
     eye_ball_dim: int = 6
     shape_dim: int = 63
+    landmarks_dim: int = 478 * 3  # normalised x, y, z of each point, flattened
     # Video sources: repeat the first frame's eye state instead of looping the video's.
     eye_first_frame: bool = False
     # Logit given to each chosen emotion label before the softmax.
@@ -88,6 +92,8 @@ class ConditionConfig:
             out.append(("eye_ball", self.eye_ball_dim))
         if self.use_shape:
             out.append(("shape", self.shape_dim))
+        if self.use_landmarks:
+            out.append(("landmarks", self.landmarks_dim))
         return tuple(out)
 
     @property
@@ -109,6 +115,7 @@ RELEASE_CONDITION_FLAGS: dict[str, str] = {
     "use_eye_open": "use_eye_open",
     "use_eye_ball": "use_eye_ball",
     "use_sc": "use_shape",
+    "use_lmk": "use_landmarks",
 }
 
 
@@ -238,6 +245,7 @@ class ConditionBuilder:
         eye_open: [F, 2] per source frame (F = 1 for an image).
         eye_ball: [F, 6] per source frame.
         shape_code: [63] or the source keypoints (see `shape_code_from_keypoints`).
+        landmarks: [478, 3] (or flattened) face mesh of the first source frame on its crop.
     """
 
     def __init__(
@@ -248,9 +256,10 @@ class ConditionBuilder:
         eye_open: torch.Tensor | np.ndarray | None = None,
         eye_ball: torch.Tensor | np.ndarray | None = None,
         shape_code: torch.Tensor | np.ndarray | None = None,
+        landmarks: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         self.config = cfg = config or ConditionConfig()
-        self.emotion = self.eye_open = self.eye_ball = self.shape_code = None
+        self.emotion = self.eye_open = self.eye_ball = self.shape_code = self.landmarks = None
         if cfg.use_emotion:
             self.emotion = parse_emotion(emotion, cfg.emotion_logit)
             self._check("emotion", self.emotion, cfg.emotion_dim)
@@ -262,6 +271,15 @@ class ConditionBuilder:
             if shape_code is None:
                 raise ValueError("the condition uses a shape code; pass shape_code")
             self.shape_code = shape_code_from_keypoints(shape_code, cfg.shape_dim)
+        if cfg.use_landmarks:
+            if landmarks is None:
+                raise ValueError("the condition uses the source's face mesh; pass landmarks")
+            self.landmarks = _as_float(landmarks).reshape(-1)
+            if self.landmarks.numel() != cfg.landmarks_dim:
+                raise ValueError(
+                    f"landmarks must have {cfg.landmarks_dim} values (478 x 3), "
+                    f"got {tuple(_as_float(landmarks).shape)}"
+                )
 
     @staticmethod
     def _check(name: str, value: torch.Tensor, dim: int) -> None:
@@ -294,6 +312,8 @@ class ConditionBuilder:
             parts.append(self._source_rows(self.eye_ball, idx))
         if self.shape_code is not None:
             parts.append(self.shape_code.expand(n, -1))
+        if self.landmarks is not None:
+            parts.append(self.landmarks.expand(n, -1))
         if not parts:
             return torch.zeros(n, 0)
         return torch.cat(parts, -1)
