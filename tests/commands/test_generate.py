@@ -161,6 +161,8 @@ def test_info_lists_checkpoints(release, tmp_path) -> None:
     proc = run(["info", "--checkpoints", str(release)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "decoder" in proc.stdout and "ok" in proc.stdout and "torch" in proc.stdout
+    # The blocks generate feeds the motion model (the release's layout here).
+    assert "motion model conditions: audio + emotion + eye_open + eye_ball + shape\n" in proc.stdout
 
 
 def test_info_says_what_runs_where(tmp_path) -> None:

@@ -419,6 +419,20 @@ def info(
     typer.echo(f"checkpoints: {ckpt.root}")
     for kind, path in {**ckpt.models, **ckpt.aux_models, "config": ckpt.config}.items():
         typer.echo(f"  {kind:22} {'ok' if path.is_file() else 'missing'}  {path}")
+    if ckpt.models["lmdm"].is_file():
+        typer.echo(f"motion model conditions: {_condition_blocks(ckpt)}")
+
+
+def _condition_blocks(ckpt: Any) -> str:
+    """The condition blocks generate builds for the checkpoints' motion model, in order."""
+    from talkinghead.methods.ditto.motion.conditions import ConditionConfig
+    from talkinghead.methods.ditto.validation import motion_conditions
+
+    try:
+        layout = ConditionConfig(**motion_conditions(ckpt))
+    except TalkingHeadError as exc:  # a damaged config pkl or sidecar
+        return f"unknown ({exc})"
+    return " + ".join(name for name, _ in layout.blocks)
 
 
 def _methods_line() -> str:

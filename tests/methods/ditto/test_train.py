@@ -632,6 +632,8 @@ def test_generate_conditions_a_use_lmk_model_on_the_portrait_s_mesh(
     result = invoke(["generate", "--checkpoints", str(root), *args, "--max-size", "256"])
     assert result.exit_code == 0, result.output
     assert video.stat().st_size > 0
+    info = invoke(["info", "--checkpoints", str(root)])
+    assert "conditions: audio + emotion + eye_open + eye_ball + shape + landmarks" in info.output
 
     pipe = DittoPipeline.from_pretrained(
         root, download=False, cache=False, steps=1, seed=0, max_size=256
