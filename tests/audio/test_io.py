@@ -68,6 +68,24 @@ def test_ffmpeg_formats(tmp_path, name, codec, fmt):
     check_tone(load_audio(path), 500, 1.0, 0.5, tol_samples=1600, rel=0.1)
 
 
+def test_an_mp4_s_audio_is_as_long_as_its_track_says(tmp_path):
+    """AAC decodes in whole 1024-sample frames: what passes the track's declared length is
+    padding and is cut (2.048 s for 2 s before), so a video of our own gets no extra frame."""
+    from talkinghead.audio.io import probe_audio
+    from talkinghead.media.clip import VideoClip
+
+    sr = 16000
+    x = np.zeros(2 * sr, np.float32)
+    x[sr // 2 : sr // 2 + 40] = 0.9
+    path = VideoClip(np.zeros((50, 32, 32, 3), np.uint8), 25, x, sr).save(tmp_path / "click.mp4")
+    with av.open(str(path)) as container:
+        decoded = sum(f.samples for f in container.decode(audio=0))
+    assert decoded > 2 * sr  # the padding is there in the file
+    y = load_audio(path)
+    assert len(y) == 2 * sr and probe_audio(path) == 2.0
+    assert int(np.argmax(np.abs(y) > 0.3)) == sr // 2  # nothing cut at the start
+
+
 def test_stereo_aac_channels_are_averaged(tmp_path):
     path = tmp_path / "stereo.m4a"
     x = tone(600, 48000, 1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -27,6 +28,9 @@ from talkinghead.media.video import ffmpeg_reason  # FFmpeg's words, no errno nu
 AudioInput = str | os.PathLike | np.ndarray | tuple[np.ndarray, int]
 DEFAULT_ARRAY_RATE = 16000
 _MAX_CHANNELS = 16  # a 2-D array's channel axis is the shorter one, and at most this long
+# An AAC track in MP4 decodes to whole 1024-sample frames, up to a frame (and its encoder
+# delay) past the length the container declares; that much is cut, never more.
+MAX_END_PADDING = 2048
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -113,11 +117,24 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         except (av.FFmpegError, OSError, ValueError) as e:
             if not chunks:
                 raise MediaError(f"{path}: cannot decode the audio ({ffmpeg_reason(e)})") from None
+        declared = _declared_samples(container, stream, sr)
     if not chunks:
         return np.zeros((0, 1), np.float32), int(sr or 0)
     channels = min(c.shape[0] for c in chunks)  # a layout change mid-stream is not supported
     x = np.concatenate([c[:channels] for c in chunks], axis=1).T
+    if declared is not None and declared < len(x) <= declared + MAX_END_PADDING:
+        x = x[:declared]  # the codec's last-frame padding, past the track's length
     return np.ascontiguousarray(x, dtype=np.float32), int(sr)
+
+
+def _declared_samples(container: Any, stream: Any, sr: int | None) -> int | None:
+    """The track's length in samples as an MP4/MOV container states it (exact there, unlike
+    the estimates other formats give), or None."""
+    if not sr or not stream.duration or not stream.time_base:
+        return None
+    if "mp4" not in (container.format.name or "").split(","):
+        return None
+    return round(stream.duration * stream.time_base * sr)
 
 
 def _array_to_mono(samples: np.ndarray, where: str) -> np.ndarray:
