@@ -288,8 +288,8 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-__all__ = ["LocalPool", "serve_local_jobs"]
-
-
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
+
+
+__all__ = ["LocalPool", "serve_local_jobs"]

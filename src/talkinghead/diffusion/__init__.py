@@ -5,6 +5,8 @@
 `ddim.ddim_sample` / `ddim.DDIMSampler` run the reverse process for any
 ``model_fn(x_t, t) -> x_0 or eps``, with the prediction type and the time grid as
 parameters. `DDIMSampler(...)(model, cond_frame, cond)` samples Ditto's motion model.
+`seeding.noise_generator` turns a seed (or a given generator) into the CPU generator the
+latent methods draw their noise from.
 """
 
 from talkinghead.diffusion.ddim import (
@@ -26,6 +28,7 @@ from talkinghead.diffusion.schedules import (
     predict_noise_from_start,
     scaled_linear_beta_schedule,
 )
+from talkinghead.diffusion.seeding import noise_generator
 
 __all__ = [
     "DDIMCoefficients",
@@ -41,6 +44,7 @@ __all__ = [
     "ddim_sample",
     "ddim_time_pairs",
     "linear_beta_schedule",
+    "noise_generator",
     "predict_noise_from_start",
     "scaled_linear_beta_schedule",
 ]
