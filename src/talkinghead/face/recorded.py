@@ -3,8 +3,9 @@
 Registration needs a face backend (mediapipe, or the release's ONNX models); a machine
 with neither (a GPU image without mediapipe, say) can still register a portrait whose
 analysis was recorded elsewhere. The recording keeps the face's landmarks in image pixels,
-its eye attributes and, when the analyser gave it, the face mesh on the crop; the 512 crop and its transform are rebuilt from the landmarks as
-every backend builds them, so the same image gives the same `FaceCrop`.
+its eye attributes and, when the analyser gave it, the face mesh on the crop; the 512
+crop and its transform are rebuilt from the landmarks as every backend builds them, so
+the same image gives the same `FaceCrop`.
 """
 
 from __future__ import annotations

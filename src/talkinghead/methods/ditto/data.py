@@ -465,9 +465,10 @@ class DittoVideoWorker:
             eye_open.append(batch.eye_open)
             eye_ball.append(batch.eye_ball)
             for i, face in enumerate(batch.faces, batch.start):
-                if self.mesh is not None:  # the analyser's own mesh on this crop, if it kept it
-                    kept = face.mesh
-                    lmk.append(self._crop_landmarks(face.crop, where, i) if kept is None else kept)
+                if self.mesh is not None and face.mesh is not None:  # the analyser's, on this crop
+                    lmk.append(face.mesh)
+                elif self.mesh is not None:
+                    lmk.append(self._crop_landmarks(face.crop, where, i))
                 if i in held:
                     emo_crops.append((i, self._emotion_crop(held.pop(i), face.landmarks)))
             if len(emo_crops) >= self.spec.batch_size:

@@ -274,12 +274,13 @@ class ConditionBuilder:
         if cfg.use_landmarks:
             if landmarks is None:
                 raise ValueError("the condition uses the source's face mesh; pass landmarks")
-            self.landmarks = _as_float(landmarks).reshape(-1)
-            if self.landmarks.numel() != cfg.landmarks_dim:
+            mesh = _as_float(landmarks)
+            if mesh.numel() != cfg.landmarks_dim:
                 raise ValueError(
                     f"landmarks must have {cfg.landmarks_dim} values (478 x 3), "
-                    f"got {tuple(_as_float(landmarks).shape)}"
+                    f"got {tuple(mesh.shape)}"
                 )
+            self.landmarks = mesh.reshape(-1)
 
     @staticmethod
     def _check(name: str, value: torch.Tensor, dim: int) -> None:
