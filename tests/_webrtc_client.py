@@ -104,7 +104,7 @@ async def webrtc_session(
                 while True:
                     try:
                         frame = await asyncio.wait_for(tracks["video"].recv(), 10)
-                    except (MediaStreamError, asyncio.TimeoutError):
+                    except (TimeoutError, MediaStreamError):
                         return
                     level = float(frame.to_ndarray(format="gray").mean())
                     result["video"].append((frame.pts, level))
@@ -113,7 +113,7 @@ async def webrtc_session(
                 while True:
                     try:
                         frame = await asyncio.wait_for(tracks["audio"].recv(), 3)
-                    except (MediaStreamError, asyncio.TimeoutError):
+                    except (TimeoutError, MediaStreamError):
                         return
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
                     result["audio"].append((frame.pts, frame.sample_rate, pcm.astype(np.float32)))

@@ -23,6 +23,7 @@ from _tiny_release import build_tiny_release
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from _extras import needs_offline_face  # noqa: E402
 from talkinghead.app.generation import AppSettings, Generator  # noqa: E402
 from talkinghead.app.ui import INPUT_NAMES, launch  # noqa: E402
 
@@ -293,6 +294,7 @@ def test_a_method_without_a_pipeline_class_runs_generate_per_clip(tmp_path, monk
         generator.close()
 
 
+@needs_offline_face
 def test_the_page_makes_a_clip_in_chromium(app_url, tmp_path) -> None:
     try:
         from playwright.sync_api import sync_playwright

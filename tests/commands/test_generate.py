@@ -16,7 +16,7 @@ import soundfile as sf
 from PIL import Image
 
 from _conformance import MEDIA_DIR, skip_missing
-from _extras import skip_without_packages_of
+from _extras import needs_offline_face, skip_without_packages_of
 from _tiny_release import build_tiny_release
 
 MEDIA = MEDIA_DIR
@@ -169,6 +169,7 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     import onnxruntime
     import torch
 
+    from talkinghead.face.mediapipe_backend import offline_backend_available
     from talkinghead.media.writer import hardware_encoder_works
 
     proc = run(["info"], tmp_path)
@@ -191,6 +192,8 @@ def test_info_says_what_runs_where(tmp_path) -> None:
     assert lines["hubert (release ONNX)"].startswith(
         f"hubert (release ONNX): onnxruntime {hubert_ep}"
     )
+    # mediapipe 1.x (Python 3.13+) runs only the release's face models.
+    assert ("tasks API only" in proc.stdout) is not offline_backend_available()
 
 
 def test_info_names_the_extra_a_method_lacks(monkeypatch) -> None:
@@ -408,6 +411,24 @@ def test_a_method_without_its_packages_fails_fast_in_one_line(
     _assert_fails_fast(*cli_without_models("generate", *args), needle, out_dir)
 
 
+@pytest.mark.parametrize("method", ["ditto", "dithead"])
+def test_no_mediapipe_fails_fast_in_one_line(
+    method, cli_without_models, speech, tmp_path, monkeypatch
+) -> None:
+    """A lean install (or Python 3.13, which mediapipe 0.10.21 has no wheel for) has no face
+    backend: the face check says so before any model loads, with no traceback."""
+    skip_without_packages_of(method)
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["-s", str(PORTRAIT), "-a", str(speech), "-o", str(out_dir / "talking.mp4")]
+    if method != "ditto":
+        args += ["--method", method, "--checkpoints", str(out_dir)]
+    needle = "face analysis needs mediapipe"
+    _assert_fails_fast(*cli_without_models("generate", *args), needle, out_dir)
+
+
+@needs_offline_face
 def test_a_bad_controls_file_fails_fast_in_one_line(cli_without_models, speech, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -422,6 +443,7 @@ def test_a_bad_controls_file_fails_fast_in_one_line(cli_without_models, speech, 
         cli_without_models(*args, "--controls", str(good))
 
 
+@needs_offline_face
 def test_good_inputs_pass_the_checks_and_reach_the_models(cli_without_models, speech, tmp_path):
     """The other side of the tests above: their guard fires once a model is wanted."""
     out = tmp_path / "talking.mp4"

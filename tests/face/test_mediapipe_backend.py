@@ -2,15 +2,70 @@
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
 
 from _conformance import portrait_rgb
-from talkinghead.errors import CheckpointError, NoFaceError
+from talkinghead.errors import CheckpointError, NoFaceError, SettingsError
 from talkinghead.face import PasteBack, create_face_analyzer, warp_points
 from talkinghead.face.crop import anchor_points
-from talkinghead.face.mediapipe_backend import MediapipeFaceAnalyzer
+from talkinghead.face.mediapipe_backend import (
+    MediapipeFaceAnalyzer,
+    import_mediapipe,
+    missing_mediapipe_message,
+    offline_backend_available,
+)
+
+
+def test_without_mediapipe_both_backends_say_how_to_get_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    with pytest.raises(SettingsError, match=r"^face analysis needs mediapipe, not installed"):
+        import_mediapipe()
+    with pytest.raises(SettingsError, match="needs mediapipe"):
+        create_face_analyzer("mediapipe")
+    from talkinghead.face.release_backend import TaskLandmarker478
+
+    with pytest.raises(SettingsError, match="needs mediapipe"):
+        TaskLandmarker478("face_landmarker.task")
+
+
+def test_the_missing_mediapipe_message_fits_the_python() -> None:
+    pinned = 'pip install -c constraints.txt -e ".[face]"'
+    assert pinned in missing_mediapipe_message((3, 11))
+    assert pinned in missing_mediapipe_message((3, 12))
+    on_313 = missing_mediapipe_message((3, 13))
+    assert pinned not in on_313 and 'pip install -e ".[face]"' in on_313
+    assert "mediapipe 1.x, enough for the release's face models" in on_313
+
+
+def test_a_mediapipe_without_the_legacy_graphs_is_refused_for_this_backend(monkeypatch) -> None:
+    """mediapipe 1.x (Python 3.13+): the tasks API only, no face models in the wheel."""
+    from talkinghead.face import mediapipe_backend
+
+    monkeypatch.setattr(mediapipe_backend, "offline_backend_available", lambda: False)
+    assert import_mediapipe() is not None  # the release backend's tasks API is enough
+    with pytest.raises(SettingsError, match=r"needs mediapipe 0\.10\.21 .*, not 0\.10\.21: pip"):
+        MediapipeFaceAnalyzer()
+    monkeypatch.setattr(mediapipe_backend, "MEDIAPIPE_PYTHONS", ((3, 0), (3, 1)))
+    with pytest.raises(SettingsError, match=r"use the release's face models"):
+        MediapipeFaceAnalyzer()
+
+
+def _mediapipe_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mediapipe")
+    except PackageNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(_mediapipe_version() != "0.10.21", reason="mediapipe 0.10.21 not installed")
+def test_mediapipe_0_10_21_has_the_offline_backend() -> None:
+    assert offline_backend_available()  # what CI installs
 
 
 @pytest.fixture(scope="module")

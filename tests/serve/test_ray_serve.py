@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from _conformance import skip_missing
+from _extras import needs_offline_face
 from _serve_helpers import PORTRAIT, TINY_SETTINGS, get_json, speech_16k, upload_bytes
 from _tiny_release import build_tiny_release
 from _webrtc_client import webrtc_session, with_loopback_ice
@@ -113,6 +114,7 @@ def _speak(ws, pcm: bytes, result: dict) -> None:
         ws.close()
 
 
+@needs_offline_face
 def test_two_replicas_one_session_each_third_busy(ray_server: str) -> None:
     base = ray_server
     ws_url = base.replace("http", "ws", 1) + "/ws"
@@ -159,6 +161,7 @@ def _sessions(stack: contextlib.ExitStack, base: str, ws_url: str, avatar: str) 
         assert result["end"]["frames"] == expected
 
 
+@needs_offline_face
 def test_avatar_deleted_on_one_replica_is_gone_on_all(ray_server: str) -> None:
     from _serve_helpers import http
 
@@ -172,6 +175,7 @@ def test_avatar_deleted_on_one_replica_is_gone_on_all(ray_server: str) -> None:
         assert http("GET", f"{base}/avatars/{record['id']}")[0] == 404
 
 
+@needs_offline_face
 def test_webrtc_sessions_on_both_replicas_through_the_proxy(ray_server: str, loopback_ice) -> None:
     """The offer travels on the session's socket, so it reaches the replica holding the
     session whichever replica the proxy would give a separate request. One session on each

@@ -513,7 +513,7 @@ async def _conversation(url: str, ws_url: str, avatar: str) -> dict:
             while True:
                 try:
                     frame = await asyncio.wait_for(tracks[kind].recv(), 5)
-                except (MediaStreamError, asyncio.TimeoutError):
+                except (TimeoutError, MediaStreamError):
                     return
                 if kind == "audio":
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]

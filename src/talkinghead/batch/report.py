@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class BatchReport:
     backend: str  # "local" or "ray"
     records: list[JobRecord] = field(default_factory=list)
     workers: list[WorkerRecord] = field(default_factory=list)
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: float = 0.0
     path: Path | None = None  # where it is written
     finished: bool = False

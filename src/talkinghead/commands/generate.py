@@ -399,12 +399,18 @@ def info(
 
     typer.echo(f"talkinghead {__version__}, python {sys.version.split()[0]}")
     typer.echo(f"torch {torch.__version__}, numpy {numpy.__version__}")
+    from talkinghead.face.mediapipe_backend import offline_backend_available
+
     for name in ("onnxruntime", "mediapipe", "av", "cv2", "transformers", "diffusers"):
         try:
             mod = importlib.import_module(name)
-            typer.echo(f"{name} {getattr(mod, '__version__', '?')}")
         except ImportError:
             typer.echo(f"{name}: not installed")
+            continue
+        note = ""
+        if name == "mediapipe" and not offline_backend_available():
+            note = " (tasks API only: the release's face models run, the offline backend not)"
+        typer.echo(f"{name} {getattr(mod, '__version__', '?')}{note}")
     typer.echo(f"methods: {_methods_line()}")
     cuda = torch.cuda.is_available()
     typer.echo(f"cuda: {torch.cuda.get_device_name(0) if cuda else 'not available'}")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talkinghead.errors import CheckpointError, MediaError
+from talkinghead.errors import CheckpointError, MediaError, SettingsError
 from talkinghead.eval import face as face_mod
 from talkinghead.eval.video import (
     SYNC_FPS,
@@ -367,11 +367,8 @@ def evaluate(
     if needs_faces and tracker is None:
         try:
             tracker = face_mod.MeshFaceTracker()
-        except ImportError as e:
-            raise ImportError(
-                f"face tracking (LSE, CSIM, --face-crop) needs mediapipe: pip install "
-                f"'talkinghead[face]' ({e})"
-            ) from e
+        except SettingsError as e:  # mediapipe missing: say what needs it
+            raise SettingsError(f"face tracking (LSE, CSIM, --face-crop): {e}") from None
 
     rows: list[VideoScores] = []
     fid_feats: dict[str, list[np.ndarray]] = {"pred": [], "ref": []}

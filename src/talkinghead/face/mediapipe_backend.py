@@ -26,9 +26,12 @@ face is lost, the frame is detected afresh.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import numpy as np
 
-from talkinghead.errors import NoFaceError
+from talkinghead.errors import NoFaceError, SettingsError
 from talkinghead.face.crop import (
     DEFAULT_CROP,
     crop_transform,
@@ -41,6 +44,68 @@ from talkinghead.face.types import CropConfig, FaceBox, FaceCrop
 REGION_SIZE = 384  # pixels of the region the mesh runs on
 DETECT_REGION_SCALE = 1.6  # region side / the detector box's longer side
 TRACK_CROP = CropConfig(dsize=REGION_SIZE, scale=1.5, vx_ratio=0.0, vy_ratio=-0.1)
+
+# The last release whose wheel carries the face models; its wheels stop at Python 3.12.
+MEDIAPIPE_PYTHONS = ((3, 9), (3, 12))
+
+
+def import_mediapipe(*, solutions: bool = False) -> ModuleType:
+    """The mediapipe module, or a one-line `SettingsError` saying how to get it: both face
+    backends need it. `solutions`: this backend's legacy graphs and the models in the wheel
+    (0.10.21; mediapipe 1.x has only the tasks API, which the release backend uses)."""
+    here = sys.version_info[:2]
+    try:
+        import mediapipe
+    except ImportError:
+        raise SettingsError(missing_mediapipe_message(here)) from None
+    if solutions and not offline_backend_available():
+        version = getattr(mediapipe, "__version__", "?")
+        raise SettingsError(
+            f"the offline mediapipe face backend needs mediapipe 0.10.21 (the last with its "
+            f"face models), not {version}: "
+            + (
+                "pip install mediapipe==0.10.21"
+                if MEDIAPIPE_PYTHONS[0] <= here <= MEDIAPIPE_PYTHONS[1]
+                else "on this Python use the release's face models (talkinghead download; "
+                "--face-backend release)"
+            )
+        )
+    return mediapipe
+
+
+def offline_backend_available() -> bool:
+    """Whether this backend can run: a mediapipe with its legacy face graphs and models
+    (looked up without importing mediapipe, which takes a second)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(next(iter(spec.submodule_search_locations)))
+    needed = (
+        "python/solutions/face_mesh.py",
+        "modules/face_detection/face_detection_full_range_sparse.tflite",
+        "modules/face_landmark/face_landmark_with_attention.tflite",
+    )
+    return all((root / name).is_file() for name in needed)
+
+
+def missing_mediapipe_message(python: tuple[int, int]) -> str:
+    """What to do without mediapipe on Python `python` (major, minor)."""
+    if MEDIAPIPE_PYTHONS[0] <= python <= MEDIAPIPE_PYTHONS[1]:
+        how = (
+            'not installed here: pip install -c constraints.txt -e ".[face]" '
+            "(or pip install 'talkinghead[face]')"
+        )
+    else:
+        how = (
+            f'not installed here: pip install -e ".[face]" (on Python {python[0]}.{python[1]} '
+            "it brings mediapipe 1.x, enough for the release's face models, not for the "
+            "offline mediapipe backend)"
+        )
+    return f"face analysis needs mediapipe, {how}"
+
 
 # 5 keypoints in the detector order (eyes, nose tip, mouth corners; image-left first).
 MESH_KEYPOINTS = (468, 473, 1, 61, 291)
@@ -57,8 +122,7 @@ class MeshLandmarker:
     (x / width, y / height, z / width), the face nearest the image centre first."""
 
     def __init__(self, max_num_faces: int = 2, min_detection_confidence: float = 0.5) -> None:
-        import mediapipe as mp
-
+        mp = import_mediapipe(solutions=True)
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True,
             refine_landmarks=True,
@@ -89,8 +153,7 @@ class MediapipeDetector:
     """MediaPipe's full-range face detector: RGB uint8 -> boxes in pixels, largest first."""
 
     def __init__(self, min_detection_confidence: float = 0.5) -> None:
-        import mediapipe as mp
-
+        mp = import_mediapipe(solutions=True)
         self._det = mp.solutions.face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=min_detection_confidence
         )

@@ -226,7 +226,9 @@ class TaskLandmarker478:
     [478, 3] normalised (x / width, y / height, z / width), or None."""
 
     def __init__(self, task_path: str | Path) -> None:
-        import mediapipe as mp
+        from talkinghead.face.mediapipe_backend import import_mediapipe
+
+        mp = import_mediapipe()
         from mediapipe.tasks.python import BaseOptions, vision
 
         path = Path(task_path)

@@ -3,13 +3,12 @@
 Python 3.11's `asyncio.wait_for` returns the result when the awaited call has just finished
 as the waiting task is cancelled: the cancellation is dropped (CPython gh-86296, fixed in
 3.12). A session's frame sender cancelled that way kept sending for good after its
-receiver had closed the session. `asyncio.timeout` (3.11+) keeps the cancellation.
+receiver had closed the session. `asyncio.timeout` keeps the cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -18,10 +17,5 @@ T = TypeVar("T")
 
 async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
     """`await awaitable`, raising `TimeoutError` after `seconds` (None: no limit)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    try:  # 3.10: no asyncio.timeout, and its TimeoutError is not the builtin one
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
-        raise TimeoutError from None
+    async with asyncio.timeout(seconds):
+        return await awaitable

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from tests.methods.ditto.test_train import invoke, write_dataset
 
+from _extras import needs_offline_face
 from talkinghead.errors import SettingsError
 from talkinghead.methods.ditto import train as ditto_train
 from talkinghead.methods.ditto.train import PRESETS, MotionTrainConfig, train_motion
@@ -201,6 +202,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@needs_offline_face
 def test_sample_renderer_renders_a_video_of_the_held_out_clip(rendered_data, renderer, tmp_path):
     before = _tree_bytes(renderer)
     cfg = sampling(max_steps=2, sample_seconds=0.4, sample_steps=2, sample_renderer=str(renderer))

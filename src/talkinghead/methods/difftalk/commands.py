@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -18,7 +18,7 @@ from talkinghead.commands.logs import log_lines_through
 from talkinghead.methods import METHODS
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     autoencoder = "autoencoder"
     ldm = "ldm"
 
