@@ -47,7 +47,10 @@ def test_a_mediapipe_without_the_legacy_graphs_is_refused_for_this_backend(monke
 
     monkeypatch.setattr(mediapipe_backend, "offline_backend_available", lambda: False)
     assert import_mediapipe() is not None  # the release backend's tasks API is enough
-    with pytest.raises(SettingsError, match=r"needs mediapipe 0\.10\.21 .*, not 0\.10\.21: pip"):
+    with pytest.raises(
+        SettingsError,
+        match=r"needs mediapipe 0\.10\.21 .*, not 0\.10\.21: pip install -c constraints",
+    ):
         MediapipeFaceAnalyzer()
     monkeypatch.setattr(mediapipe_backend, "MEDIAPIPE_PYTHONS", ((3, 0), (3, 1)))
     with pytest.raises(SettingsError, match=r"use the release's face models"):

@@ -395,12 +395,11 @@ def info(
     import torch
 
     from talkinghead import __version__
+    from talkinghead.face.mediapipe_backend import offline_backend_available
     from talkinghead.methods.ditto.checkpoints import ReleaseCheckpoints, resolve_checkpoints
 
     typer.echo(f"talkinghead {__version__}, python {sys.version.split()[0]}")
     typer.echo(f"torch {torch.__version__}, numpy {numpy.__version__}")
-    from talkinghead.face.mediapipe_backend import offline_backend_available
-
     for name in ("onnxruntime", "mediapipe", "av", "cv2", "transformers", "diffusers"):
         try:
             mod = importlib.import_module(name)

@@ -64,7 +64,7 @@ def import_mediapipe(*, solutions: bool = False) -> ModuleType:
             f"the offline mediapipe face backend needs mediapipe 0.10.21 (the last with its "
             f"face models), not {version}: "
             + (
-                "pip install mediapipe==0.10.21"
+                'pip install -c constraints.txt -e ".[face]"'
                 if MEDIAPIPE_PYTHONS[0] <= here <= MEDIAPIPE_PYTHONS[1]
                 else "on this Python use the release's face models (talkinghead download; "
                 "--face-backend release)"
