@@ -10,12 +10,11 @@ import pytest
 from talkinghead.face.mediapipe_backend import offline_backend_available
 from talkinghead.methods import METHODS
 
+OFFLINE_FACE = offline_backend_available()
+NO_OFFLINE_FACE = "the offline mediapipe face backend is not installed (mediapipe 0.10.21)"
 # For tests whose check comes after a face analysis: without the offline backend they would
 # fail for that reason, not the one they test (conftest turns the plain cases into skips).
-needs_offline_face = pytest.mark.skipif(
-    not offline_backend_available(),
-    reason="the offline mediapipe face backend is not installed (mediapipe 0.10.21)",
-)
+needs_offline_face = pytest.mark.skipif(not OFFLINE_FACE, reason=NO_OFFLINE_FACE)
 
 
 def needs_packages_of(method: str) -> pytest.MarkDecorator:

@@ -14,7 +14,7 @@ from _conformance import (
     conformance_dir,
     conformance_path,
 )
-from talkinghead.face.mediapipe_backend import offline_backend_available
+from _extras import NO_OFFLINE_FACE, OFFLINE_FACE
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +48,6 @@ _CACHE_ROOT: str | None = None
 # Without the offline mediapipe face backend (a lean install, or Python 3.13+, which mediapipe
 # 0.10.21 has no wheel for) the tests that need it are skipped, saying so. Where it is
 # installed (CI) this never acts, so it cannot hide a failure there.
-OFFLINE_FACE = offline_backend_available()
-NO_OFFLINE_FACE = "the offline mediapipe face backend is not installed (mediapipe 0.10.21)"
 
 
 def _needs_offline_face(exc: BaseException) -> bool:
@@ -114,7 +112,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """Say plainly how many tests were skipped for want of ../shared, and how to fix it."""
+    """Say plainly how many tests were skipped for want of ../shared or of the offline face
+    backend, and how to fix it."""
     no_face = [
         r for r in terminalreporter.stats.get("skipped", []) if NO_OFFLINE_FACE in str(r.longrepr)
     ]

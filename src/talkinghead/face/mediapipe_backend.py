@@ -26,7 +26,9 @@ face is lost, the frame is detected afresh.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -49,6 +51,10 @@ TRACK_CROP = CropConfig(dsize=REGION_SIZE, scale=1.5, vx_ratio=0.0, vy_ratio=-0.
 MEDIAPIPE_PYTHONS = ((3, 9), (3, 12))
 
 
+def _has_0_10_21_wheel(python: tuple[int, int]) -> bool:
+    return MEDIAPIPE_PYTHONS[0] <= python <= MEDIAPIPE_PYTHONS[1]
+
+
 def import_mediapipe(*, solutions: bool = False) -> ModuleType:
     """The mediapipe module, or a one-line `SettingsError` saying how to get it: both face
     backends need it. `solutions`: this backend's legacy graphs and the models in the wheel
@@ -65,7 +71,7 @@ def import_mediapipe(*, solutions: bool = False) -> ModuleType:
             f"face models), not {version}: "
             + (
                 'pip install -c constraints.txt -e ".[face]"'
-                if MEDIAPIPE_PYTHONS[0] <= here <= MEDIAPIPE_PYTHONS[1]
+                if _has_0_10_21_wheel(here)
                 else "on this Python use the release's face models (talkinghead download; "
                 "--face-backend release)"
             )
@@ -76,9 +82,6 @@ def import_mediapipe(*, solutions: bool = False) -> ModuleType:
 def offline_backend_available() -> bool:
     """Whether this backend can run: a mediapipe with its legacy face graphs and models
     (looked up without importing mediapipe, which takes a second)."""
-    import importlib.util
-    from pathlib import Path
-
     spec = importlib.util.find_spec("mediapipe")
     if spec is None or not spec.submodule_search_locations:
         return False
@@ -93,7 +96,7 @@ def offline_backend_available() -> bool:
 
 def missing_mediapipe_message(python: tuple[int, int]) -> str:
     """What to do without mediapipe on Python `python` (major, minor)."""
-    if MEDIAPIPE_PYTHONS[0] <= python <= MEDIAPIPE_PYTHONS[1]:
+    if _has_0_10_21_wheel(python):
         how = (
             'not installed here: pip install -c constraints.txt -e ".[face]" '
             "(or pip install 'talkinghead[face]')"
